@@ -1,0 +1,71 @@
+/* autodiff.c — symbolic reverse-mode differentiation, IR → IR.
+ *
+ * Takes the train graph (whose "loss" output is a scalar) and appends to it the gradient of
+ * the loss with respect to every parameter, as outputs to NN_IO_GRAD. It walks the nodes in
+ * reverse topological order, calls each op's gradient rule from ops.c, and sums the
+ * contributions a node receives from its users with `add`. The result is ordinary IR, so the
+ * later stages need no special cases and --emit=grad-ir can print it. */
+#include "nnc.h"
+
+#include <string.h>
+
+static Node *loss_of(const Graph *g) {
+  for (int i = 0; i < g->n_outs; i++)
+    if (g->outs[i].io == NN_IO_LOSS) return g->outs[i].node;
+  return NULL;
+}
+
+bool ad_gradients(Unit *u) {
+  Graph *g = u->train;
+  Node *loss = loss_of(g);
+  if (!loss) diag_internal(__FILE__, __LINE__, "train graph has no loss");
+  int n = g->n_nodes;
+  /* only nodes that depend on a parameter need a gradient */
+  bool *needs = xalloc(n * sizeof *needs);
+  for (int i = 0; i < n; i++) {
+    Node *x = g->nodes[i];
+    needs[i] = x->op == OP_PARAM;
+    for (int k = 0; k < op_info[x->op].arity; k++) needs[i] |= needs[x->src[k]->id];
+  }
+  Node **adj = xalloc(n * sizeof *adj); /* adj[i] = dLoss / d nodes[i] */
+  Builder b = {g, loss->loc, true};
+  adj[loss->id] = ir_const(&b, 1);
+  for (int i = loss->id; i >= 0; i--) {
+    Node *x = g->nodes[i];
+    if (!adj[i] || !needs[i] || op_info[x->op].arity == 0) continue;
+    if (!op_info[x->op].grad) {
+      diag_error(x->loc, "cannot differentiate '%s': it has no gradient rule",
+                 op_info[x->op].text);
+      return false;
+    }
+    b.loc = x->loc;
+    Node *d[2] = {NULL, NULL};
+    op_info[x->op].grad(&b, x, adj[i], d);
+    for (int k = 0; k < op_info[x->op].arity; k++) {
+      Node *src = x->src[k];
+      if (!d[k] || !needs[src->id]) continue;
+      if (!shape_eq(d[k]->shape, src->shape))
+        diag_internal(__FILE__, __LINE__, "gradient of %s operand %d is %s, operand is %s",
+                      op_info[x->op].text, k, shape_str(d[k]->shape, false),
+                      shape_str(src->shape, false));
+      adj[src->id] = adj[src->id] ? ir_add(&b, adj[src->id], d[k]) : d[k];
+    }
+    if (!b.ok) diag_internal(__FILE__, __LINE__, "a gradient rule of '%s' failed", op_info[x->op].text);
+  }
+  /* a parameter read in several places (a model called twice) sums its leaves' gradients */
+  for (int p = 0; p < u->n_params; p++) {
+    const ParamDecl *pd = &u->params[p];
+    Node *grad = NULL;
+    for (int i = 0; i < n; i++) {
+      Node *x = g->nodes[i];
+      if (x->op != OP_PARAM || x->attr.index != p || !adj[i]) continue;
+      b.loc = x->loc;
+      grad = grad ? ir_add(&b, grad, adj[i]) : adj[i];
+    }
+    if (!grad) grad = ir_expand(&b, ir_const(&b, 0), pd->shape); /* unused by the loss */
+    ir_output(g, grad, NN_IO_GRAD, pd->offset, xprintf("grad %s", pd->name));
+  }
+  ir_prune(g);
+  ir_verify(g);
+  return true;
+}

@@ -1,0 +1,240 @@
+/* ir.c — the tensor IR: shapes, the node builder, the printer and the verifier.
+ *
+ * Takes requests from sema and autodiff ("add these two nodes"), checks them with the op's
+ * shape rule from ops.c, and appends nodes to a Graph in topological order. The printer's
+ * text is stable: lit tests check it (--emit=ir, --emit=grad-ir). */
+#include "nnc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- shapes ---- */
+
+Shape shape_of(int rank, ...) {
+  Shape s = {.rank = rank};
+  va_list ap;
+  va_start(ap, rank);
+  for (int i = 0; i < rank; i++) s.dim[i] = va_arg(ap, int);
+  va_end(ap);
+  return s;
+}
+
+bool shape_eq(Shape a, Shape b) {
+  if (a.rank != b.rank) return false;
+  for (int i = 0; i < a.rank; i++)
+    if (a.dim[i] != b.dim[i]) return false;
+  return true;
+}
+
+int64_t shape_elems(Shape s, int64_t batch) {
+  int64_t n = 1;
+  for (int i = 0; i < s.rank; i++) n *= s.dim[i] < 0 ? -s.dim[i] * batch : s.dim[i];
+  return n;
+}
+
+/* "f32[B,2]", or with per_sample the shape a user wrote: the batch dim left out. */
+char *shape_str(Shape s, bool per_sample) {
+  char buf[256];
+  int len = snprintf(buf, sizeof buf, "f32[");
+  bool first = true;
+  for (int i = 0; i < s.rank; i++) {
+    if (per_sample && s.dim[i] == DIM_BATCH) continue;
+    if (s.dim[i] == DIM_BATCH)
+      len += snprintf(buf + len, sizeof buf - len, "%sB", first ? "" : ",");
+    else if (s.dim[i] < 0)
+      len += snprintf(buf + len, sizeof buf - len, "%s%lldB", first ? "" : ",",
+                      (long long)-s.dim[i]);
+    else
+      len += snprintf(buf + len, sizeof buf - len, "%s%lld", first ? "" : ",",
+                      (long long)s.dim[i]);
+    first = false;
+  }
+  snprintf(buf + len, sizeof buf - len, "]");
+  return xstrdup(buf);
+}
+
+/* numpy broadcasting: shapes align on the right; a dim of 1 stretches. */
+bool shape_broadcast(Shape a, Shape b, Shape *out) {
+  Shape r = {.rank = a.rank > b.rank ? a.rank : b.rank};
+  for (int i = 0; i < r.rank; i++) {
+    int ia = a.rank - r.rank + i, ib = b.rank - r.rank + i;
+    int64_t da = ia >= 0 ? a.dim[ia] : 1, db = ib >= 0 ? b.dim[ib] : 1;
+    if (da == db || db == 1) r.dim[i] = da;
+    else if (da == 1) r.dim[i] = db;
+    else return false;
+  }
+  *out = r;
+  return true;
+}
+
+/* ---- graphs and nodes ---- */
+
+Graph *ir_graph(const char *name) {
+  Graph *g = xalloc(sizeof *g);
+  g->name = name;
+  return g;
+}
+
+static Node *append(Builder *b, OpKind op, Shape shape) {
+  Graph *g = b->g;
+  if (g->n_nodes == g->cap) {
+    int cap = g->cap ? 2 * g->cap : 64;
+    Node **nodes = xalloc(cap * sizeof *nodes);
+    if (g->n_nodes) memcpy(nodes, g->nodes, g->n_nodes * sizeof *nodes);
+    g->nodes = nodes, g->cap = cap;
+  }
+  Node *n = xalloc(sizeof *n);
+  n->op = op, n->shape = shape, n->loc = b->loc, n->id = g->n_nodes, n->io = -1;
+  g->nodes[g->n_nodes++] = n;
+  return n;
+}
+
+void ir_output(Graph *g, Node *node, int io, int64_t offset, const char *label) {
+  if (g->n_outs == g->out_cap) {
+    int cap = g->out_cap ? 2 * g->out_cap : 16;
+    Output *outs = xalloc(cap * sizeof *outs);
+    if (g->n_outs) memcpy(outs, g->outs, g->n_outs * sizeof *outs);
+    g->outs = outs, g->out_cap = cap;
+  }
+  g->outs[g->n_outs++] = (Output){node, io, offset, label};
+}
+
+Node *ir_leaf(Builder *b, OpKind op, Shape shape, int index, const char *name) {
+  Node *n = append(b, op, shape);
+  n->attr.index = index, n->name = name;
+  return n;
+}
+
+Node *ir_const(Builder *b, double value) {
+  Node *n = append(b, OP_CONST, (Shape){0});
+  n->attr.value = value;
+  return n;
+}
+
+Node *ir_scalar(Builder *b, OpKind op, int index, const char *name) {
+  return ir_leaf(b, op, (Shape){0}, index, name);
+}
+
+/* Runs the op's shape rule on a candidate node; a NULL operand means an error was already
+ * reported upstream, so it propagates silently. */
+static Node *make(Builder *b, OpKind op, Node *x, Node *y, Attr attr, Shape given) {
+  if (!x || (op_info[op].arity == 2 && !y)) return NULL;
+  Node tmp = {.op = op, .src = {x, y}, .attr = attr, .shape = given, .loc = b->loc};
+  Shape s;
+  if (!op_info[op].shape(b, &tmp, &s)) {
+    b->ok = false;
+    return NULL;
+  }
+  Node *n = append(b, op, s);
+  n->src[0] = x, n->src[1] = y, n->attr = attr;
+  return n;
+}
+
+Node *ir_unary(Builder *b, OpKind op, Node *a) { return make(b, op, a, NULL, (Attr){0}, a ? a->shape : (Shape){0}); }
+Node *ir_binary(Builder *b, OpKind op, Node *a, Node *c) { return make(b, op, a, c, (Attr){0}, (Shape){0}); }
+Node *ir_reduce(Builder *b, OpKind op, Node *a, unsigned axes) {
+  return make(b, op, a, NULL, (Attr){.axes = axes}, (Shape){0});
+}
+Node *ir_expand(Builder *b, Node *a, Shape to) {
+  if (a && shape_eq(a->shape, to)) return a;
+  return make(b, OP_EXPAND, a, NULL, (Attr){0}, to);
+}
+Node *ir_reshape(Builder *b, Node *a, Shape to) {
+  if (a && shape_eq(a->shape, to)) return a;
+  return make(b, OP_RESHAPE, a, NULL, (Attr){0}, to);
+}
+Node *ir_matmul(Builder *b, Node *a, Node *c, bool ta, bool tb) {
+  return make(b, OP_MATMUL, a, c, (Attr){.ta = ta, .tb = tb}, (Shape){0});
+}
+
+/* The gradient of a broadcast: sum g over the axes where `shape` had 1 or nothing. */
+Node *ir_unbroadcast(Builder *b, Node *g, Shape shape) {
+  if (!g || shape_eq(g->shape, shape)) return g;
+  unsigned axes = 0;
+  int lead = g->shape.rank - shape.rank;
+  for (int i = 0; i < g->shape.rank; i++)
+    if (i < lead || (shape.dim[i - lead] == 1 && g->shape.dim[i] != 1)) axes |= 1u << i;
+  Node *s = axes ? ir_reduce(b, OP_SUM, g, axes) : g;
+  return ir_reshape(b, s, shape);
+}
+
+/* ---- printer ---- */
+
+static const char *io_name(int io) {
+  static const char *names[NN_IO_COUNT] = {"arena", "param", "grad", "state", "x",
+                                           "y",     "out",   "loss", "hyper"}; /* ORDER IO */
+  return io >= 0 && io < NN_IO_COUNT ? names[io] : "?";
+}
+
+static void print_node(FILE *out, const Node *n) {
+  fprintf(out, "  %%%d = %s", n->id, op_info[n->op].text);
+  switch (n->op) {
+  case OP_CONST: fprintf(out, " %.9g", n->attr.value); break;
+  case OP_INPUT: case OP_PARAM: case OP_GRAD: case OP_STATE: case OP_HYPER:
+    fprintf(out, " @%s", n->name);
+    break;
+  default: break;
+  }
+  for (int i = 0; i < op_info[n->op].arity; i++)
+    fprintf(out, "%s %%%d", i ? "," : "", n->src[i]->id);
+  if (op_info[n->op].cls == CLASS_REDUCE) {
+    fprintf(out, " axes=[");
+    const char *sep = "";
+    for (int i = 0; i < MAX_RANK; i++)
+      if (n->attr.axes >> i & 1) fprintf(out, "%s%d", sep, i), sep = ",";
+    fprintf(out, "]");
+  }
+  if (n->op == OP_MATMUL && (n->attr.ta || n->attr.tb))
+    fprintf(out, "%s%s", n->attr.ta ? " ta" : "", n->attr.tb ? " tb" : "");
+  fprintf(out, " : %s\n", shape_str(n->shape, false));
+}
+
+void ir_print(FILE *out, const Graph *g) {
+  fprintf(out, "func %s {\n", g->name);
+  for (int i = 0; i < g->n_nodes; i++) print_node(out, g->nodes[i]);
+  for (int i = 0; i < g->n_outs; i++)
+    fprintf(out, "  %s -> %s = %%%d\n", io_name(g->outs[i].io), g->outs[i].label,
+            g->outs[i].node->id);
+  fprintf(out, "}\n");
+}
+
+/* ---- verifier: structural invariants every pass must keep ---- */
+
+void ir_verify(const Graph *g) {
+  for (int i = 0; i < g->n_nodes; i++) {
+    const Node *n = g->nodes[i];
+    if (n->id != i) diag_internal(__FILE__, __LINE__, "%s: node %d has id %d", g->name, i, n->id);
+    if (n->shape.rank < 0 || n->shape.rank > MAX_RANK)
+      diag_internal(__FILE__, __LINE__, "%s: %%%d has rank %d", g->name, i, n->shape.rank);
+    for (int d = 1; d < n->shape.rank; d++)
+      if (n->shape.dim[d] < 1)
+        diag_internal(__FILE__, __LINE__, "%s: %%%d has dim %d = %lld", g->name, i, d,
+                      (long long)n->shape.dim[d]);
+    for (int k = 0; k < op_info[n->op].arity; k++) {
+      const Node *s = n->src[k];
+      if (!s || s->id >= i || g->nodes[s->id] != s)
+        diag_internal(__FILE__, __LINE__, "%s: %%%d operand %d is not an earlier node", g->name,
+                      i, k);
+    }
+  }
+  for (int i = 0; i < g->n_outs; i++) {
+    const Node *n = g->outs[i].node;
+    if (!n || n->id >= g->n_nodes || g->nodes[n->id] != n)
+      diag_internal(__FILE__, __LINE__, "%s: output %s is not a node", g->name,
+                    g->outs[i].label);
+  }
+}
+
+/* ---- dead-node removal: keep what the outputs need, renumbered in order ---- */
+
+void ir_prune(Graph *g) {
+  bool *live = xalloc(g->n_nodes * sizeof *live);
+  for (int i = 0; i < g->n_outs; i++) live[g->outs[i].node->id] = true;
+  for (int i = g->n_nodes - 1; i >= 0; i--)
+    if (live[i])
+      for (int k = 0; k < op_info[g->nodes[i]->op].arity; k++) live[g->nodes[i]->src[k]->id] = true;
+  int n = 0;
+  for (int i = 0; i < g->n_nodes; i++)
+    if (live[i]) g->nodes[n] = g->nodes[i], g->nodes[n]->id = n, n++;
+  g->n_nodes = n;
+}

@@ -1,0 +1,175 @@
+/* main.c — the nnc command line and the pipeline, one call per stage:
+ *
+ *   parse_source → sema → ad_gradients → plan_memory → lower_llvm → link_executable
+ *
+ * --emit=STAGE stops after a stage and prints what it made. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* mkstemps */
+#endif
+#include "nnc.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern const char nnc_prelude[];   /* std.nn, compiled in by cmake/embed.cmake */
+extern const size_t nnc_prelude_size;
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: nnc FILE.nn [options]\n"
+          "\n"
+          "Compiles a neural-network description into a standalone training program.\n"
+          "\n"
+          "options:\n"
+          "  -o PATH            output file (default: FILE without .nn; stdout for text dumps)\n"
+          "  --emit=KIND        what to produce: exe (default), ast, ir, grad-ir, llvm, asm, obj\n"
+          "  -O0 -O1 -O2 -O3    LLVM optimisation level (default -O2)\n"
+          "  --dtype=f32|f64    element type of every tensor (default f32; f64 for gradient checks)\n"
+          "  --target-cpu=CPU   generate code for CPU instead of this machine's (e.g. x86-64-v3)\n"
+          "  -h, --help         print this help\n");
+}
+
+static const struct { const char *name; Emit emit; } emits[] = {
+    {"exe", EMIT_EXE},   {"ast", EMIT_AST},   {"ir", EMIT_IR},  {"grad-ir", EMIT_GRAD_IR},
+    {"llvm", EMIT_LLVM}, {"asm", EMIT_ASM},   {"obj", EMIT_OBJ},
+};
+enum { N_EMITS = sizeof emits / sizeof *emits };
+
+/* Returns 0 when the options are good, otherwise the exit code. */
+static int parse_args(int argc, char **argv, Options *o) {
+  *o = (Options){.opt_level = 2, .emit = EMIT_EXE};
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      usage(stdout);
+      exit(0);
+    } else if (!strcmp(a, "-o")) {
+      if (++i == argc) {
+        fprintf(stderr, "nnc: error: '-o' needs a file name\n");
+        return 1;
+      }
+      o->output = argv[i];
+    } else if (!strncmp(a, "--emit=", 7)) {
+      int k = -1;
+      for (int j = 0; j < N_EMITS; j++)
+        if (!strcmp(a + 7, emits[j].name)) k = j;
+      if (k < 0) {
+        fprintf(stderr, "nnc: error: unknown --emit kind '%s' (exe, ast, ir, grad-ir, llvm, asm, obj)\n", a + 7);
+        return 1;
+      }
+      o->emit = emits[k].emit;
+    } else if (a[0] == '-' && a[1] == 'O' && a[2] >= '0' && a[2] <= '3' && !a[3]) {
+      o->opt_level = a[2] - '0';
+    } else if (!strcmp(a, "--dtype=f32") || !strcmp(a, "--dtype=f64")) {
+      o->f64 = a[10] == '6';
+    } else if (!strncmp(a, "--target-cpu=", 13) && a[13]) {
+      o->target_cpu = a + 13;
+    } else if (a[0] == '-' && a[1]) {
+      fprintf(stderr, "nnc: error: unknown option '%s' (see 'nnc --help')\n", a);
+      return 1;
+    } else if (o->input) {
+      fprintf(stderr, "nnc: error: more than one input file ('%s' and '%s')\n", o->input, a);
+      return 1;
+    } else {
+      o->input = a;
+    }
+  }
+  if (!o->input) {
+    fprintf(stderr, "nnc: error: no input file\n");
+    usage(stderr);
+    return 1;
+  }
+  return 0;
+}
+
+/* examples/xor.nn -> xor */
+static char *default_output(const char *input, const char *ext) {
+  const char *base = strrchr(input, '/');
+  base = base ? base + 1 : input;
+  size_t len = strlen(base);
+  if (len > 3 && !strcmp(base + len - 3, ".nn")) len -= 3;
+  return xprintf("%.*s%s", (int)len, base, ext);
+}
+
+/* Text dumps go to -o if given, else stdout. */
+static FILE *open_dump(const Options *o) {
+  if (!o->output || !strcmp(o->output, "-")) return stdout;
+  FILE *f = fopen(o->output, "w");
+  if (!f) fprintf(stderr, "nnc: error: cannot write '%s'\n", o->output);
+  return f;
+}
+
+static void close_dump(FILE *f) {
+  if (f && f != stdout) fclose(f);
+}
+
+static int compile(const Options *o) {
+  SourceFile *src = diag_load(o->input);
+  if (!src) return 1;
+  Ast *program = parse_source(src);
+  if (diag_error_count()) return 1;
+  if (o->emit == EMIT_AST) {
+    FILE *f = open_dump(o);
+    if (!f) return 1;
+    ast_dump(f, program);
+    close_dump(f);
+    return 0;
+  }
+  Ast *prelude = parse_source(diag_source("std.nn", nnc_prelude, nnc_prelude_size));
+  if (diag_error_count()) return 1;
+  bool has_train = false;
+  for (int i = 0; i < program->kids.len; i++) has_train |= program->kids.items[i]->kind == AST_TRAIN;
+  if (o->emit == EMIT_EXE && !has_train) {
+    diag_file_error(o->input, "no 'train' block: a training program needs one "
+                              "(try --emit=ir to see the model's graph)");
+    return 1;
+  }
+  Unit *u = sema(program, prelude);
+  if (!u) return 1;
+  if (o->emit == EMIT_IR) {
+    FILE *f = open_dump(o);
+    if (!f) return 1;
+    ir_print(f, u->train);
+    close_dump(f);
+    return 0;
+  }
+  if (u->has_train && !ad_gradients(u)) return 1;
+  if (o->emit == EMIT_GRAD_IR) {
+    FILE *f = open_dump(o);
+    if (!f) return 1;
+    ir_print(f, u->train);
+    if (u->update) ir_print(f, u->update);
+    close_dump(f);
+    return 0;
+  }
+  plan_memory(u->train, u->batch);
+  if (u->update) plan_memory(u->update, u->batch);
+  if (o->emit == EMIT_LLVM || o->emit == EMIT_ASM || o->emit == EMIT_OBJ) {
+    const char *path = o->output && strcmp(o->output, "-") ? o->output
+                       : o->emit == EMIT_OBJ ? default_output(o->input, ".o")
+                                             : "/dev/stdout";
+    fflush(stdout);
+    return lower_llvm(u, o, o->emit, path) ? 0 : 1;
+  }
+  /* an executable: object to a temporary file, then link */
+  const char *exe = o->output ? o->output : default_output(o->input, "");
+  char obj[] = "/tmp/nnc-XXXXXX.o";
+  int fd = mkstemps(obj, 2);
+  if (fd < 0) {
+    fprintf(stderr, "nnc: error: cannot create a temporary object file in /tmp\n");
+    return 1;
+  }
+  close(fd);
+  bool ok = lower_llvm(u, o, EMIT_OBJ, obj) && link_executable(obj, exe);
+  unlink(obj);
+  return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  Options o;
+  int rc = parse_args(argc, argv, &o);
+  if (!rc) rc = compile(&o);
+  xfree_all();
+  return rc;
+}

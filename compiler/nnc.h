@@ -1,0 +1,302 @@
+/* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
+ * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
+ * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → plan.c (memory) → lower_llvm.c (LLVM)
+ * → link.c (executable). main.c runs them in order. */
+#ifndef NNC_H
+#define NNC_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../runtime/nnrt.h"
+
+/* ============================== diag.c ============================== */
+
+typedef struct SourceFile {
+  const char *path;   /* as given on the command line, or "std.nn" for the prelude */
+  const char *text;   /* whole contents, NUL-terminated */
+  size_t size;        /* bytes of text, excluding the terminator (text may hold NULs) */
+} SourceFile;
+
+typedef struct Loc {
+  const SourceFile *file; /* NULL for compiler-made nodes with no source */
+  int line, col;          /* 1-based */
+} Loc;
+
+/* All compiler memory comes from one arena freed at exit: no stage frees anything. */
+void *xalloc(size_t size);                 /* zeroed */
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void xfree_all(void);
+
+SourceFile *diag_load(const char *path);   /* NULL (and an error printed) if unreadable */
+SourceFile *diag_source(const char *path, const char *text, size_t size);
+/* `file:line:col: error: msg`, then the source line and a caret under col. */
+void diag_error(Loc loc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void diag_note(Loc loc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A file-level error with no position: `file: error: msg`. */
+void diag_file_error(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int diag_error_count(void);
+/* The closest of `candidates` to `name` by edit distance, or NULL if none is close. */
+const char *diag_did_you_mean(const char *name, const char *const *candidates, int n);
+/* Compiler bugs: never user errors. */
+_Noreturn void diag_internal(const char *file, int line, const char *fmt, ...);
+#define unreachable() diag_internal(__FILE__, __LINE__, "unreachable")
+
+/* ============================== ast.c, grammar/ ============================== */
+
+typedef enum AstKind {
+  /* expressions */
+  AST_NUM,       /* num */
+  AST_STR,       /* name holds the string's contents */
+  AST_NAME,      /* name */
+  AST_CALL,      /* name(args...); args in kids, keyword args are AST_KWARG */
+  AST_KWARG,     /* name = a */
+  AST_BINOP,     /* a op b, op is a char: + - * / @ ^ > < or 'G' (>=) 'L' (<=) */
+  AST_NEG,       /* -a */
+  AST_LIST,      /* [kids...] */
+  /* statements */
+  AST_ASSIGN,    /* name = a */
+  AST_AUGASSIGN, /* name op= a, op is + - * / */
+  AST_PARAM,     /* param name: type (a) = init (b, may be NULL) */
+  AST_STATE,     /* state name = a (initial value) */
+  AST_RETURN,    /* return a */
+  /* types and formals */
+  AST_TYPE,      /* name = "f32" / "int" / "float" / NULL (any tensor); kids = dims, has_dims */
+  AST_FORMAL,    /* name: a (type, may be NULL) = b (default, may be NULL) */
+  /* top-level items */
+  AST_USE,       /* use name */
+  AST_DATA,      /* data name = a (an AST_CALL or AST_TABLE) */
+  AST_TABLE,     /* table { kids: AST_ROW } */
+  AST_ROW,       /* a (AST_LIST of inputs) -> b (AST_LIST of targets) */
+  AST_MODEL,     /* model name(formals) -> a (type, may be NULL) { body } */
+  AST_LAYER,     /* layer name(formals) { body } */
+  AST_FN,        /* fn name(formals) = a   or   fn name(formals) { body } */
+  AST_OPTIMIZER, /* optimizer name(formals) { body } */
+  AST_TRAIN,     /* train name on name2 { body } */
+  AST_PROGRAM,   /* kids: items */
+} AstKind;
+
+typedef struct Ast Ast;
+typedef struct AstList {
+  Ast **items;  /* len used of cap */
+  int len, cap;
+} AstList;
+
+struct Ast {
+  AstKind kind;    /* what this node is */
+  Loc loc;         /* where it starts in the source */
+  const char *name;
+  const char *name2; /* AST_TRAIN: the data set */
+  double num;      /* AST_NUM */
+  int op;          /* AST_BINOP, AST_AUGASSIGN */
+  bool has_dims;   /* AST_TYPE: a [dims] list was written */
+  Ast *a, *b;      /* operands, by kind (see AstKind) */
+  AstList kids;    /* arguments, list items, dims, rows, items */
+  AstList formals; /* definitions: formal parameters (AST_FORMAL) */
+  AstList body;    /* definitions and train: statements */
+};
+
+Ast *ast_new(AstKind kind, Loc loc);
+void ast_push(AstList *list, Ast *item);
+void ast_dump(FILE *out, const Ast *program);     /* --emit=ast */
+const char *ast_kind_name(AstKind kind);
+
+/* Parses one file; returns an AST_PROGRAM (possibly partial) and reports syntax errors.
+ * Implemented in grammar/nn.y. */
+Ast *parse_source(const SourceFile *src);
+
+/* ============================== ir.c, ops.c ============================== */
+
+enum { MAX_RANK = NN_MAX_RANK };
+/* The implicit batch dimension: only ever dim[0]. A dim[0] of -k means k * batch (a batched
+ * value flattened with k rows per sample, e.g. for a weight gradient). */
+#define DIM_BATCH ((int64_t)-1)
+
+typedef struct Shape {
+  int rank;                /* used entries of dim; 0 is a scalar */
+  int64_t dim[MAX_RANK];   /* sizes; dim[0] may be negative: DIM_BATCH or -k (see above) */
+} Shape;
+
+typedef enum OpKind {
+#define OP(name, arity, cls, text, shape, grad) OP_##name,
+#include "ops.def"
+#undef OP
+  OP_COUNT
+} OpKind;
+
+typedef enum OpClass {
+  CLASS_LEAF,     /* reads a region of the io array */
+  CLASS_SCALAR,   /* a scalar known without memory: constant, hyperparameter, batch size */
+  CLASS_ELEM,     /* elementwise with broadcasting */
+  CLASS_REDUCE,   /* reduction over axes, keeping them as 1 */
+  CLASS_MOVE,     /* data movement */
+  CLASS_CONTRACT, /* matmul */
+} OpClass;
+
+typedef struct Node Node;
+typedef struct Builder Builder;
+
+typedef struct Attr {
+  double value;    /* CONST: the number */
+  int index;       /* INPUT: NN_IO_X or NN_IO_Y; PARAM/GRAD/STATE: parameter/state index;
+                      HYPER: hyperparameter index */
+  unsigned axes;   /* SUM, RMAX: bit i set = reduce axis i */
+  bool ta, tb;     /* MATMUL: transpose the last two dims of a / b */
+} Attr;
+
+struct Node {
+  OpKind op;      /* row of ops.def */
+  Shape shape;    /* result shape; dim[0] == DIM_BATCH for per-sample values */
+  Node *src[2];   /* operands; op_info[op].arity are used */
+  Attr attr;      /* by op, see Attr */
+  Loc loc;        /* .nn span that produced it; gradient nodes inherit it */
+  int id;         /* printed as %id; index in Graph.nodes */
+  const char *name; /* leaves: what they read ("x", "dense0.W") */
+  /* set by plan.c */
+  int io;         /* NnIo region holding the value; -1 for CLASS_SCALAR */
+  int64_t offset; /* elements into that region */
+};
+
+typedef struct OpInfo {
+  const char *text;   /* printed name */
+  int arity;          /* operands used */
+  OpClass cls;        /* lowering family */
+  bool (*shape)(Builder *b, Node *n, Shape *out);        /* NULL for leaves */
+  void (*grad)(Builder *b, Node *n, Node *g, Node *d[]); /* d[i] = dL/d src[i], or NULL */
+} OpInfo;
+extern const OpInfo op_info[OP_COUNT];
+
+/* A value the function stores into a region when it finishes. */
+typedef struct Output {
+  Node *node;     /* the value */
+  int io;         /* NnIo region it goes to */
+  int64_t offset; /* elements into that region */
+  const char *label; /* "loss", "out", "grad dense0.W", "param dense0.W" */
+} Output;
+
+/* A function: a DAG of nodes in creation (hence topological) order, and its results. */
+typedef struct Graph {
+  const char *name;   /* "train", "update", ... */
+  Node **nodes;       /* n_nodes of cap, topologically ordered */
+  int n_nodes, cap;
+  Output *outs;       /* n_outs of out_cap */
+  int n_outs, out_cap;
+  int64_t arena_elems; /* set by plan.c: elements of NN_IO_ARENA at max batch */
+} Graph;
+
+/* The builder makes nodes in a graph, checking shapes; a failed shape rule reports at
+ * `loc` and returns NULL (callers propagate NULL as "already reported"). */
+struct Builder {
+  Graph *g;       /* graph receiving nodes */
+  Loc loc;        /* location given to new nodes */
+  bool ok;        /* false once a shape rule failed */
+};
+
+Graph *ir_graph(const char *name);
+void ir_output(Graph *g, Node *node, int io, int64_t offset, const char *label);
+Node *ir_leaf(Builder *b, OpKind op, Shape shape, int index, const char *name);
+Node *ir_const(Builder *b, double value);
+Node *ir_scalar(Builder *b, OpKind op, int index, const char *name); /* HYPER, BATCH */
+Node *ir_unary(Builder *b, OpKind op, Node *a);
+Node *ir_binary(Builder *b, OpKind op, Node *a, Node *c);
+Node *ir_reduce(Builder *b, OpKind op, Node *a, unsigned axes);
+Node *ir_expand(Builder *b, Node *a, Shape to);
+Node *ir_reshape(Builder *b, Node *a, Shape to);
+Node *ir_matmul(Builder *b, Node *a, Node *c, bool ta, bool tb);
+/* Sums `g` down to `shape` over the axes that broadcasting expanded (gradient helper). */
+Node *ir_unbroadcast(Builder *b, Node *g, Shape shape);
+#define ir_add(b, x, y) ir_binary(b, OP_ADD, x, y)
+#define ir_sub(b, x, y) ir_binary(b, OP_SUB, x, y)
+#define ir_mul(b, x, y) ir_binary(b, OP_MUL, x, y)
+#define ir_div(b, x, y) ir_binary(b, OP_DIV, x, y)
+
+Shape shape_of(int rank, ...); /* shape_of(2, 3, 4): dims as int; DIM_BATCH as (int)DIM_BATCH */
+bool shape_eq(Shape a, Shape b);
+int64_t shape_elems(Shape s, int64_t batch); /* a dim of -k counts as k * batch */
+char *shape_str(Shape s, bool per_sample);  /* "f32[B,2]" or per-sample "f32[2]" */
+bool shape_broadcast(Shape a, Shape b, Shape *out);
+
+void ir_print(FILE *out, const Graph *g);   /* --emit=ir, grad-ir */
+void ir_verify(const Graph *g);             /* internal error on a malformed graph */
+void ir_prune(Graph *g);                    /* drops nodes no output needs; renumbers */
+
+/* ============================== sema.c ============================== */
+
+typedef struct ParamDecl {
+  const char *name;   /* "dense0.W" */
+  Shape shape;        /* never batched */
+  int64_t offset;     /* elements into NN_IO_PARAM */
+  NnInit init;
+  double init_a, init_b;
+} ParamDecl;
+
+/* Everything the later stages need, as one value. */
+typedef struct Unit {
+  const char *source;     /* .nn path */
+  const char *model;      /* name of the model being built */
+  Shape x_shape, y_shape, out_shape; /* per sample */
+  ParamDecl *params;      /* n_params */
+  int n_params;
+  int64_t param_size, state_size; /* elements */
+  const char **hyper_names; double *hyper_defaults; /* n_hyper */
+  int n_hyper;
+  NnDataKind data_kind;
+  const char *data_path;  /* CSV, resolved against the .nn file's folder */
+  bool data_header;
+  double *data_table;     /* TABLE: data_rows * (x + y) values */
+  int64_t data_rows;
+  int64_t batch, epochs, seed;
+  NnTask task;
+  double threshold;
+  bool has_train;         /* the file had a train block */
+  Graph *train;           /* x, y -> out, loss (autodiff adds gradients) */
+  Graph *update;          /* params, grads, hypers -> params (optimizer step); NULL if none */
+} Unit;
+
+/* Resolves names, checks types and shapes, inlines layers and functions, builds the graphs.
+ * Returns NULL after reporting errors. `prelude` is std.nn (may be NULL if not used). */
+Unit *sema(Ast *program, Ast *prelude);
+
+/* ============================== autodiff.c ============================== */
+
+/* Reverse mode: appends to u->train the gradient of the loss output with respect to every
+ * parameter, as outputs to NN_IO_GRAD. Returns false (after an error) if an op on the path
+ * has no gradient rule. */
+bool ad_gradients(Unit *u);
+
+/* ============================== plan.c ============================== */
+
+/* Gives every materialised node a region and offset. */
+void plan_memory(Graph *g, int64_t max_batch);
+
+/* ============================== lower_llvm.c ============================== */
+
+typedef enum Emit {
+  EMIT_EXE, EMIT_AST, EMIT_IR, EMIT_GRAD_IR, EMIT_LLVM, EMIT_ASM, EMIT_OBJ,
+} Emit;
+
+typedef struct Options {
+  const char *input;    /* .nn path */
+  const char *output;   /* -o */
+  Emit emit;            /* --emit */
+  int opt_level;        /* -O0..-O3, default 2 */
+  bool f64;             /* --dtype=f64: every tensor in double (gradient checks) */
+  const char *target_cpu; /* --target-cpu; NULL = host */
+  bool keep_obj;        /* --keep-obj: leave the .o next to the executable */
+} Options;
+
+/* Builds the module, runs the pass pipeline, writes `path` as llvm/asm/obj per emit.
+ * Returns false after printing an error. */
+bool lower_llvm(const Unit *u, const Options *opts, Emit emit, const char *path);
+
+/* ============================== link.c ============================== */
+
+/* cc obj libnnrt.a -lm -o exe. Returns false after printing an error. */
+bool link_executable(const char *obj, const char *exe);
+
+#endif
