@@ -160,12 +160,6 @@ Node *ir_unbroadcast(Builder *b, Node *g, Shape shape) {
 
 /* ---- printer ---- */
 
-static const char *io_name(int io) {
-  static const char *names[NN_IO_COUNT] = {"arena", "param", "grad", "state", "x",
-                                           "y",     "out",   "loss", "hyper"}; /* ORDER IO */
-  return io >= 0 && io < NN_IO_COUNT ? names[io] : "?";
-}
-
 static void print_node(FILE *out, const Node *n) {
   fprintf(out, "  %%%d = %s", n->id, op_info[n->op].text);
   switch (n->op) {
@@ -193,8 +187,7 @@ void ir_print(FILE *out, const Graph *g) {
   fprintf(out, "func %s {\n", g->name);
   for (int i = 0; i < g->n_nodes; i++) print_node(out, g->nodes[i]);
   for (int i = 0; i < g->n_outs; i++)
-    fprintf(out, "  %s -> %s = %%%d\n", io_name(g->outs[i].io), g->outs[i].label,
-            g->outs[i].node->id);
+    fprintf(out, "  %s = %%%d\n", g->outs[i].label, g->outs[i].node->id);
   fprintf(out, "}\n");
 }
 

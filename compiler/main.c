@@ -62,7 +62,7 @@ static int parse_args(int argc, char **argv, Options *o) {
     } else if (a[0] == '-' && a[1] == 'O' && a[2] >= '0' && a[2] <= '3' && !a[3]) {
       o->opt_level = a[2] - '0';
     } else if (!strcmp(a, "--dtype=f32") || !strcmp(a, "--dtype=f64")) {
-      o->f64 = a[10] == '6';
+      o->f64 = !strcmp(a, "--dtype=f64");
     } else if (!strncmp(a, "--target-cpu=", 13) && a[13]) {
       o->target_cpu = a + 13;
     } else if (a[0] == '-' && a[1]) {

@@ -155,12 +155,12 @@ static Node *as_node(Sema *s, Value v) {
   return v.kind == V_NUM ? ir_const(&s->b, v.num) : v.kind == V_TENSOR ? v.node : NULL;
 }
 
-/* A batched value meeting an unbatched one of higher rank: per sample, [3] + [2,3] is [2,3],
+/* A batched value meeting a value of higher per-sample rank: per sample, [3] + [2,3] is [2,3],
  * so the batched value gets ones after its batch dim to line up under numpy broadcasting. */
 static Node *lift_batched(Sema *s, Node *x, const Node *other) {
-  if (!batched(x) || batched(other) || other->shape.rank <= sample_rank(x)) return x;
-  Shape t = {.rank = other->shape.rank + 1, .dim = {DIM_BATCH}};
-  int pad = other->shape.rank - sample_rank(x);
+  int pad = sample_rank(other) - sample_rank(x);
+  if (!batched(x) || pad <= 0) return x;
+  Shape t = {.rank = x->shape.rank + pad, .dim = {x->shape.dim[0]}};
   for (int i = 1; i < t.rank; i++) t.dim[i] = i <= pad ? 1 : x->shape.dim[i - pad];
   return ir_reshape(&s->b, x, t);
 }
@@ -223,9 +223,9 @@ static Value matmul(Sema *s, Value x, Value y, Loc loc) {
   }
   Node *r = ir_matmul(b, a, c, 0, 0);
   if (!r) return ERR;
-  Shape rs = r->shape; /* drop the dims the vectors were given */
-  if (rc == 1) rs.rank--;
-  if (ra == 1) rs.dim[rs.rank - 2] = rs.dim[rs.rank - 1], rs.rank--;
+  Shape rs = {0}; /* drop the dims the vectors were given: n for a column, m for a row */
+  for (int i = 0, last = r->shape.rank - 1; i <= last; i++)
+    if (!(i == last && rc == 1) && !(i == last - 1 && ra == 1)) rs.dim[rs.rank++] = r->shape.dim[i];
   return tensor(ir_reshape(b, r, rs));
 }
 
@@ -261,7 +261,7 @@ static Value reduce(Sema *s, Value x, const Value *axis, bool mean, bool max, Lo
     if (axes >> i & 1) count *= n->shape.dim[i];
     else kept.dim[kept.rank++] = n->shape.dim[i];
   r = ir_reshape(b, r, kept);
-  if (mean) r = ir_div(b, r, ir_const(b, (double)count));
+  if (mean && count > 1) r = ir_div(b, r, ir_const(b, (double)count));
   return tensor(r);
 }
 
@@ -338,8 +338,10 @@ static bool call_builtin(Sema *s, Frame *f, const Ast *call, Value *out) {
   if (!eval_args(s, f, call, &a)) return true;
   for (int i = 0; i < a.n; i++)
     if (a.v[i].kind == V_ERROR) return true;
+  int n_positional = 0;
+  for (int i = 0; i < a.n; i++) n_positional += !a.kw[i];
   bool reduction = !strcmp(name, "sum") || !strcmp(name, "mean") ||
-                   ((!strcmp(name, "max") || !strcmp(name, "min")) && a.n == 1);
+                   ((!strcmp(name, "max") || !strcmp(name, "min")) && n_positional == 1);
   int positional = 0;
   const Value *axis = NULL;
   for (int i = 0; i < a.n; i++) {
