@@ -75,8 +75,51 @@ Graph *ir_graph(const char *name) {
   return g;
 }
 
-static Node *append(Builder *b, OpKind op, Shape shape) {
+/* ---- hash-consing: building a node equal to an existing one returns the existing one, so
+ * common subexpressions (p - t used twice in mse, a parameter read twice) exist once ---- */
+
+static uint64_t node_hash(const Node *n) {
+  uint64_t h = 1469598103934665603u;
+#define MIX(v) (h = (h ^ (uint64_t)(v)) * 1099511628211u)
+  MIX(n->op), MIX(n->attr.index), MIX(n->attr.axes), MIX(n->attr.ta), MIX(n->attr.tb);
+  uint64_t bits;
+  memcpy(&bits, &n->attr.value, sizeof bits);
+  MIX(bits), MIX(n->shape.rank);
+  for (int i = 0; i < n->shape.rank; i++) MIX(n->shape.dim[i]);
+  for (int i = 0; i < op_info[n->op].arity; i++) MIX(n->src[i]->id);
+#undef MIX
+  return h;
+}
+
+static bool node_same(const Node *a, const Node *b) {
+  if (a->op != b->op || !shape_eq(a->shape, b->shape) || a->attr.index != b->attr.index ||
+      a->attr.axes != b->attr.axes || a->attr.ta != b->attr.ta || a->attr.tb != b->attr.tb ||
+      memcmp(&a->attr.value, &b->attr.value, sizeof a->attr.value))
+    return false;
+  for (int i = 0; i < op_info[a->op].arity; i++)
+    if (a->src[i] != b->src[i]) return false;
+  return true;
+}
+
+/* The slot holding a node equal to n, or the empty slot where it would go. */
+static Node **table_slot(Graph *g, const Node *n) {
+  uint64_t mask = g->table_cap - 1, i = node_hash(n) & mask;
+  while (g->table[i] && !node_same(g->table[i], n)) i = (i + 1) & mask;
+  return &g->table[i];
+}
+
+static void table_grow(Graph *g) {
+  g->table_cap = g->table_cap ? 2 * g->table_cap : 256;
+  g->table = xalloc(g->table_cap * sizeof *g->table);
+  for (int i = 0; i < g->n_nodes; i++) *table_slot(g, g->nodes[i]) = g->nodes[i];
+}
+
+/* Adds a node like `proto` to the graph unless an equal one exists. */
+static Node *intern(Builder *b, const Node *proto) {
   Graph *g = b->g;
+  if (2 * (g->n_nodes + 1) > g->table_cap) table_grow(g);
+  Node **slot = table_slot(g, proto);
+  if (*slot) return *slot;
   if (g->n_nodes == g->cap) {
     int cap = g->cap ? 2 * g->cap : 64;
     Node **nodes = xalloc(cap * sizeof *nodes);
@@ -84,8 +127,10 @@ static Node *append(Builder *b, OpKind op, Shape shape) {
     g->nodes = nodes, g->cap = cap;
   }
   Node *n = xalloc(sizeof *n);
-  n->op = op, n->shape = shape, n->loc = b->loc, n->id = g->n_nodes, n->io = -1;
+  *n = *proto;
+  n->id = g->n_nodes, n->io = -1, n->loc = b->loc;
   g->nodes[g->n_nodes++] = n;
+  *slot = n;
   return n;
 }
 
@@ -100,15 +145,11 @@ void ir_output(Graph *g, Node *node, int io, int64_t offset, const char *label) 
 }
 
 Node *ir_leaf(Builder *b, OpKind op, Shape shape, int index, const char *name) {
-  Node *n = append(b, op, shape);
-  n->attr.index = index, n->name = name;
-  return n;
+  return intern(b, &(Node){.op = op, .shape = shape, .attr.index = index, .name = name});
 }
 
 Node *ir_const(Builder *b, double value) {
-  Node *n = append(b, OP_CONST, (Shape){0});
-  n->attr.value = value;
-  return n;
+  return intern(b, &(Node){.op = OP_CONST, .attr.value = value});
 }
 
 Node *ir_scalar(Builder *b, OpKind op, int index, const char *name) {
@@ -120,14 +161,11 @@ Node *ir_scalar(Builder *b, OpKind op, int index, const char *name) {
 static Node *make(Builder *b, OpKind op, Node *x, Node *y, Attr attr, Shape given) {
   if (!x || (op_info[op].arity == 2 && !y)) return NULL;
   Node tmp = {.op = op, .src = {x, y}, .attr = attr, .shape = given, .loc = b->loc};
-  Shape s;
-  if (!op_info[op].shape(b, &tmp, &s)) {
+  if (!op_info[op].shape(b, &tmp, &tmp.shape)) {
     b->ok = false;
     return NULL;
   }
-  Node *n = append(b, op, s);
-  n->src[0] = x, n->src[1] = y, n->attr = attr;
-  return n;
+  return intern(b, &tmp);
 }
 
 Node *ir_unary(Builder *b, OpKind op, Node *a) { return make(b, op, a, NULL, (Attr){0}, a ? a->shape : (Shape){0}); }
@@ -230,4 +268,5 @@ void ir_prune(Graph *g) {
   for (int i = 0; i < g->n_nodes; i++)
     if (live[i]) g->nodes[n] = g->nodes[i], g->nodes[n]->id = n, n++;
   g->n_nodes = n;
+  g->table = NULL, g->table_cap = 0; /* rebuilt on the next node */
 }

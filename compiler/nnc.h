@@ -187,6 +187,8 @@ typedef struct Graph {
   Output *outs;       /* n_outs of out_cap */
   int n_outs, out_cap;
   int64_t arena_elems; /* set by plan.c: elements of NN_IO_ARENA at max batch */
+  Node **table;       /* open-addressing set of the nodes, for hash-consing (ir.c) */
+  int table_cap;      /* slots in table; a power of two, or 0 */
 } Graph;
 
 /* The builder makes nodes in a graph, checking shapes; a failed shape rule reports at

@@ -7,9 +7,13 @@
  * per-sample [2] is f32[B,2] in the graph, and parameters are never batched. Errors are
  * reported at the offending source location and evaluation goes on with a poison value, so
  * one run reports several independent errors. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* realpath */
+#endif
 #include "nnc.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- values ---- */
@@ -62,19 +66,10 @@ typedef struct Def { /* a top-level definition */
   struct Def *next;
 } Def;
 
-/* A model output already computed for an input node: calling a model twice on the same
- * value gives the same node, so the loss and the metrics share one forward pass. */
-typedef struct ModelCall {
-  const Ast *model;
-  Node *arg, *result;
-  struct ModelCall *next;
-} ModelCall;
-
 typedef struct Sema {
   Unit *u;
   Def *defs;
   Builder b;             /* the graph being built */
-  ModelCall *calls;
   int depth;             /* inlining depth, bounded so runaway recursion is an error */
   /* the optimizer being inlined for one parameter */
   int param_index;       /* the parameter it updates */
@@ -706,30 +701,21 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
       diag_error(call->loc, "'%s' calls itself; recursion is not supported", def->name);
       return ERR;
     }
-  /* a model is a pure function of its input: reuse an earlier call on the same value */
-  Node *arg = NULL;
-  if (def->kind == AST_MODEL && call->kids.len == 1 && call->kids.items[0]->kind == AST_NAME) {
-    Value v = eval(s, f, call->kids.items[0]);
-    arg = v.kind == V_TENSOR ? v.node : NULL;
-    for (ModelCall *m = s->calls; m && arg; m = m->next)
-      if (m->model == def && m->arg == arg) return tensor(m->result);
-  }
-  const char *prefix = f->prefix;
-  if (def->kind == AST_LAYER) { /* dense0, dense1, ... per enclosing scope */
+  Frame *callee = frame_for(f, def, f->prefix);
+  if (!bind_args(s, f, callee, def, call)) return ERR;
+  if (def->kind == AST_LAYER) { /* dense0, dense1, ... per enclosing scope, in call order */
     Counter *c = f->counters;
     while (c && strcmp(c->layer, def->name)) c = c->next;
     if (!c) {
       c = xalloc(sizeof *c);
       c->layer = def->name, c->next = f->counters, f->counters = c;
     }
-    prefix = xprintf("%s%s%d.", f->prefix, def->name, c->count++);
+    callee->prefix = xprintf("%s%s%d.", f->prefix, def->name, c->count++);
   } else if (def->kind == AST_MODEL) {
-    prefix = "";
+    callee->prefix = "";
+  } else { /* a fn's layers are named as if called from its caller */
+    callee->counters = f->counters;
   }
-  Frame *callee = frame_for(f, def, prefix);
-  if (def->kind == AST_FN) callee->prefix = f->prefix, callee->counters = NULL;
-  if (!bind_args(s, f, callee, def, call)) return ERR;
-  if (def->kind == AST_FN) callee->counters = f->counters; /* fn layers count in the caller */
   bool returned;
   Value r = run_body(s, callee, &def->body, &returned);
   if (def->kind == AST_FN) f->counters = callee->counters;
@@ -746,11 +732,6 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
                  shape_str(r.node->shape, true), shape_str(batch_of(want), true));
       return ERR;
     }
-  }
-  if (def->kind == AST_MODEL && arg && r.kind == V_TENSOR) {
-    ModelCall *m = xalloc(sizeof *m);
-    *m = (ModelCall){def, arg, r.node, s->calls};
-    s->calls = m;
   }
   return r;
 }
@@ -958,9 +939,15 @@ static bool load_data(Sema *s, const Ast *data, const char *source) {
     return false;
   }
   /* relative paths are relative to the .nn file, so the binary runs from anywhere */
-  const char *slash = strrchr(source, '/');
-  u->data_path = path[0] == '/' || !slash ? path
-                                          : xprintf("%.*s/%s", (int)(slash - source), source, path);
+  if (path[0] == '/') {
+    u->data_path = path;
+  } else {
+    const char *slash = strrchr(source, '/');
+    const char *dir = slash ? xstrndup(source, slash - source) : ".";
+    char *abs = realpath(dir, NULL);
+    u->data_path = xprintf("%s/%s", abs ? abs : dir, path);
+    free(abs);
+  }
   u->data_kind = NN_DATA_CSV;
   u->data_header = header != 0;
   u->y_shape = shape_of(1, (int)targets);
@@ -1097,7 +1084,8 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   x->io = NN_IO_X, y->io = NN_IO_Y;
   bind(&f, "x", tensor(x));
   bind(&f, "y", tensor(y));
-  /* the model's output on x, for metrics; the loss's own call reuses it */
+  /* the model's output on x, for metrics; the loss's own call is the same node (ir.c
+   * hash-conses equal nodes) */
   Ast fake = {.kind = AST_CALL, .loc = tr->loc, .name = model->name};
   Ast arg = {.kind = AST_NAME, .loc = tr->loc, .name = "x"};
   ast_push(&fake.kids, &arg);
