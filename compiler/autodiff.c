@@ -39,7 +39,7 @@ bool ad_gradients(Unit *u) {
       return false;
     }
     b.loc = x->loc;
-    Node *d[2] = {NULL, NULL};
+    Node *d[3] = {NULL, NULL, NULL};
     op_info[x->op].grad(&b, x, adj[i], d);
     for (int k = 0; k < op_info[x->op].arity; k++) {
       Node *src = x->src[k];

@@ -197,6 +197,8 @@ static void print_source_line(Loc loc) {
 
   /* Echo the line, building the caret's padding alongside it. */
   size_t caret_at = loc.col > 0 ? (size_t)loc.col - 1 : 0;
+  if (caret_at > (size_t)(eol - p))
+    caret_at = (size_t)(eol - p); /* a made-up column: point just past the line */
   char *pad = malloc((size_t)(eol - p) + caret_at + 1);
   if (!pad)
     out_of_memory();

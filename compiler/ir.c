@@ -87,6 +87,12 @@ static uint64_t node_hash(const Node *n) {
   MIX(bits), MIX(n->shape.rank);
   for (int i = 0; i < n->shape.rank; i++) MIX(n->shape.dim[i]);
   for (int i = 0; i < op_info[n->op].arity; i++) MIX(n->src[i]->id);
+  int conv[sizeof n->attr.conv / sizeof(int)]; /* ConvAttr is ints only */
+  memcpy(conv, &n->attr.conv, sizeof conv);
+  for (size_t i = 0; i < sizeof conv / sizeof *conv; i++) MIX(conv[i]);
+  int64_t move[sizeof n->attr.move / sizeof(int64_t)]; /* MoveAttr is int64_t only */
+  memcpy(move, &n->attr.move, sizeof move);
+  for (size_t i = 0; i < sizeof move / sizeof *move; i++) MIX(move[i]);
 #undef MIX
   return h;
 }
@@ -94,7 +100,9 @@ static uint64_t node_hash(const Node *n) {
 static bool node_same(const Node *a, const Node *b) {
   if (a->op != b->op || !shape_eq(a->shape, b->shape) || a->attr.index != b->attr.index ||
       a->attr.axes != b->attr.axes || a->attr.ta != b->attr.ta || a->attr.tb != b->attr.tb ||
-      memcmp(&a->attr.value, &b->attr.value, sizeof a->attr.value))
+      memcmp(&a->attr.value, &b->attr.value, sizeof a->attr.value) ||
+      memcmp(&a->attr.conv, &b->attr.conv, sizeof a->attr.conv) ||
+      memcmp(&a->attr.move, &b->attr.move, sizeof a->attr.move))
     return false;
   for (int i = 0; i < op_info[a->op].arity; i++)
     if (a->src[i] != b->src[i]) return false;
@@ -158,14 +166,19 @@ Node *ir_scalar(Builder *b, OpKind op, int index, const char *name) {
 
 /* Runs the op's shape rule on a candidate node; a NULL operand means an error was already
  * reported upstream, so it propagates silently. */
-static Node *make(Builder *b, OpKind op, Node *x, Node *y, Attr attr, Shape given) {
-  if (!x || (op_info[op].arity == 2 && !y)) return NULL;
-  Node tmp = {.op = op, .src = {x, y}, .attr = attr, .shape = given, .loc = b->loc};
+static Node *make_n(Builder *b, OpKind op, Node *x, Node *y, Node *z, Attr attr, Shape given) {
+  Node tmp = {.op = op, .src = {x, y, z}, .attr = attr, .shape = given, .loc = b->loc};
+  for (int i = 0; i < op_info[op].arity; i++)
+    if (!tmp.src[i]) return NULL;
   if (!op_info[op].shape(b, &tmp, &tmp.shape)) {
     b->ok = false;
     return NULL;
   }
   return intern(b, &tmp);
+}
+
+static Node *make(Builder *b, OpKind op, Node *x, Node *y, Attr attr, Shape given) {
+  return make_n(b, op, x, y, NULL, attr, given);
 }
 
 Node *ir_unary(Builder *b, OpKind op, Node *a) { return make(b, op, a, NULL, (Attr){0}, a ? a->shape : (Shape){0}); }
@@ -178,11 +191,69 @@ Node *ir_expand(Builder *b, Node *a, Shape to) {
   return make(b, OP_EXPAND, a, NULL, (Attr){0}, to);
 }
 Node *ir_reshape(Builder *b, Node *a, Shape to) {
+  if (a && a->op == OP_RESHAPE) a = a->src[0]; /* a reshape of a reshape is one reshape */
   if (a && shape_eq(a->shape, to)) return a;
   return make(b, OP_RESHAPE, a, NULL, (Attr){0}, to);
 }
 Node *ir_matmul(Builder *b, Node *a, Node *c, bool ta, bool tb) {
   return make(b, OP_MATMUL, a, c, (Attr){.ta = ta, .tb = tb}, (Shape){0});
+}
+Node *ir_window(Builder *b, OpKind op, Node *x, Node *y, ConvAttr conv, Shape given) {
+  return make(b, op, x, y, (Attr){.conv = conv}, given);
+}
+
+/* ---- movement and indexing ---- */
+
+Node *ir_permute(Builder *b, Node *x, const int64_t perm[]) {
+  if (!x) return NULL;
+  Attr at = {0};
+  bool identity = true;
+  for (int i = 0; i < x->shape.rank; i++) at.move.perm[i] = perm[i], identity &= perm[i] == i;
+  return identity ? x : make(b, OP_PERMUTE, x, NULL, at, (Shape){0});
+}
+
+Node *ir_slice(Builder *b, Node *x, const int64_t begin[], const int64_t end[],
+               const int64_t step[]) {
+  if (!x) return NULL;
+  Attr at = {0};
+  bool whole = true;
+  for (int i = 0; i < x->shape.rank; i++) {
+    at.move.lo[i] = begin[i], at.move.hi[i] = end[i], at.move.step[i] = step[i];
+    whole &= begin[i] == 0 && end[i] == x->shape.dim[i] && step[i] == 1;
+  }
+  return whole ? x : make(b, OP_SLICE, x, NULL, at, (Shape){0});
+}
+
+Node *ir_pad(Builder *b, Node *x, const int64_t before[], const int64_t after[],
+             const int64_t step[]) {
+  if (!x) return NULL;
+  Attr at = {0};
+  bool none = true;
+  for (int i = 0; i < x->shape.rank; i++) {
+    at.move.lo[i] = before[i], at.move.hi[i] = after[i], at.move.step[i] = step[i];
+    none &= before[i] == 0 && after[i] == 0 && (step[i] == 1 || x->shape.dim[i] == 1);
+  }
+  return none ? x : make(b, OP_PAD, x, NULL, at, (Shape){0});
+}
+
+Node *ir_concat(Builder *b, Node *x, Node *y, int axis) {
+  return make(b, OP_CONCAT, x, y, (Attr){.move.axis = axis}, (Shape){0});
+}
+
+Node *ir_where(Builder *b, Node *cond, Node *x, Node *y) {
+  return make_n(b, OP_WHERE, cond, x, y, (Attr){0}, (Shape){0});
+}
+
+Node *ir_gather(Builder *b, Node *x, Node *idx, int axis, int lead) {
+  return make(b, OP_GATHER, x, idx, (Attr){.move = {.axis = axis, .lead = lead}}, (Shape){0});
+}
+
+Node *ir_scatter_add(Builder *b, Node *g, Node *idx, int axis, int lead, Shape to) {
+  return make(b, OP_SCATTER_ADD, g, idx, (Attr){.move = {.axis = axis, .lead = lead}}, to);
+}
+
+Node *ir_iota(Builder *b, Shape shape, int axis) {
+  return make_n(b, OP_IOTA, NULL, NULL, NULL, (Attr){.move.axis = axis}, shape);
 }
 
 /* The gradient of a broadcast: sum g over the axes where `shape` had 1 or nothing. */
@@ -197,6 +268,46 @@ Node *ir_unbroadcast(Builder *b, Node *g, Shape shape) {
 }
 
 /* ---- printer ---- */
+
+/* The geometry of a movement or indexing op (see MoveAttr). */
+static void print_move(FILE *out, const Node *n) {
+  const MoveAttr *m = &n->attr.move;
+  int rank = op_info[n->op].arity ? n->src[0]->shape.rank : 0;
+  switch (n->op) {
+  case OP_PERMUTE:
+    fprintf(out, " perm=[");
+    for (int i = 0; i < rank; i++) fprintf(out, "%s%lld", i ? "," : "", (long long)m->perm[i]);
+    fprintf(out, "]");
+    break;
+  case OP_SLICE: /* numpy style: [lo:hi] or [lo:hi:step] by axis; ':' for all of the batch */
+    fprintf(out, " [");
+    for (int i = 0; i < rank; i++) {
+      fprintf(out, "%s", i ? "," : "");
+      if (n->src[0]->shape.dim[i] < 0) fprintf(out, ":");
+      else fprintf(out, "%lld:%lld", (long long)m->lo[i], (long long)m->hi[i]);
+      if (m->step[i] != 1) fprintf(out, ":%lld", (long long)m->step[i]);
+    }
+    fprintf(out, "]");
+    break;
+  case OP_PAD: {
+    const int64_t *v[3] = {m->lo, m->hi, m->step};
+    const char *name[3] = {"before", "after", "step"};
+    bool strided = false;
+    for (int i = 0; i < rank; i++) strided |= m->step[i] != 1;
+    for (int k = 0; k < 2 + strided; k++) {
+      fprintf(out, " %s=[", name[k]);
+      for (int i = 0; i < rank; i++) fprintf(out, "%s%lld", i ? "," : "", (long long)v[k][i]);
+      fprintf(out, "]");
+    }
+    break;
+  }
+  case OP_CONCAT: case OP_IOTA: fprintf(out, " axis=%lld", (long long)m->axis); break;
+  case OP_GATHER: case OP_SCATTER_ADD:
+    fprintf(out, " axis=%lld lead=%lld", (long long)m->axis, (long long)m->lead);
+    break;
+  default: break;
+  }
+}
 
 static void print_node(FILE *out, const Node *n) {
   fprintf(out, "  %%%d = %s", n->id, op_info[n->op].text);
@@ -218,6 +329,14 @@ static void print_node(FILE *out, const Node *n) {
   }
   if (n->op == OP_MATMUL && (n->attr.ta || n->attr.tb))
     fprintf(out, "%s%s", n->attr.ta ? " ta" : "", n->attr.tb ? " tb" : "");
+  if (op_info[n->op].cls == CLASS_WINDOW) { /* convolution and pooling geometry */
+    const ConvAttr *c = &n->attr.conv;
+    fprintf(out, " window=[%d,%d] stride=[%d,%d]", c->kh, c->kw, c->sh, c->sw);
+    if (c->dh != 1 || c->dw != 1) fprintf(out, " dilation=[%d,%d]", c->dh, c->dw);
+    if (c->pt || c->pl || c->pb || c->pr)
+      fprintf(out, " pad=[%d,%d,%d,%d]", c->pt, c->pl, c->pb, c->pr);
+  }
+  print_move(out, n);
   fprintf(out, " : %s\n", shape_str(n->shape, false));
 }
 

@@ -23,7 +23,7 @@
 
 enum {
   MAX_LOOPS = MAX_RANK + 2, /* matmul: leading dims, then m, k, n */
-  MAX_OPERANDS = 3,         /* result and up to two sources */
+  MAX_OPERANDS = 4,         /* result and up to three sources (where) */
 };
 
 /* Names of the io slots, for readable IR. ORDER IO */
@@ -39,6 +39,7 @@ typedef struct Lower {
   LLVMTypeRef elem;                  /* float or double: every tensor element */
   LLVMTypeRef i64, f64, ptr, vd;     /* index, loss/hyper slots, pointers, void */
   int64_t elem_size;                 /* bytes of elem */
+  LLVMTypeRef source_type;           /* %NnDataSource, made on first use */
   /* the kernel being emitted */
   LLVMValueRef fn;                   /* the function */
   LLVMValueRef batch;                /* i64 argument: samples in this call */
@@ -46,6 +47,7 @@ typedef struct Lower {
   LLVMValueRef *val;                 /* by node id: SSA value of CLASS_SCALAR nodes */
   LLVMValueRef *at;                  /* by node id: pointer to a materialised node's data */
   char tag[32];                      /* what the loops being emitted compute: "n7", "out" */
+  LLVMValueRef ivar[MAX_LOOPS];      /* the counters of the loops around a nest's body */
 } Lower;
 
 /* ============================== small helpers ============================== */
@@ -221,6 +223,7 @@ static void nest_level(Lower *L, const Nest *t, int d, LLVMValueRef off[], NestB
 
   LLVMPositionBuilderAtEnd(L->b, head);
   LLVMValueRef i = LLVMBuildPhi(L->b, L->i64, name);
+  L->ivar[d] = i;
   LLVMValueRef more = LLVMBuildICmp(L->b, LLVMIntSLT, i, bound, "");
   LLVMBuildCondBr(L->b, more, bodyb, exit);
 
@@ -295,10 +298,16 @@ static LLVMValueRef scalar_op(Lower *L, OpKind op, LLVMValueRef a, LLVMValueRef 
   }
 }
 
-/* ptr[0] = op(ptr[1], ptr[2]); ctx is the node. */
+/* ptr[0] = op(ptr[1], ptr[2]), or for where ptr[1] != 0 ? ptr[2] : ptr[3]; ctx is the node. */
 static void elem_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
   const Node *n = ctx;
   LLVMValueRef a = operand(L, n->src[0], ptr[1]);
+  if (n->op == OP_WHERE) {
+    LLVMValueRef pick = LLVMBuildFCmp(L->b, LLVMRealONE, a, elemc(L, 0), "");
+    LLVMValueRef x = operand(L, n->src[1], ptr[2]), y = operand(L, n->src[2], ptr[3]);
+    LLVMBuildStore(L->b, LLVMBuildSelect(L->b, pick, x, y, ""), ptr[0]);
+    return;
+  }
   LLVMValueRef c = op_info[n->op].arity > 1 ? operand(L, n->src[1], ptr[2]) : NULL;
   LLVMBuildStore(L->b, scalar_op(L, n->op, a, c), ptr[0]);
 }
@@ -360,8 +369,8 @@ static Nest nest_pair(Lower *L, Shape over, const Node *n, const Node *src) {
 
 static void lower_elem(Lower *L, const Node *n) {
   Nest t = nest_pair(L, n->shape, n, n->src[0]);
-  if (op_info[n->op].arity > 1) {
-    const Node *s = n->src[1];
+  for (int i = 1; i < op_info[n->op].arity; i++) {
+    const Node *s = n->src[i];
     bool mem = class_of(s) != CLASS_SCALAR;
     int k = nest_operand(&t, mem ? node_ptr(L, s) : NULL);
     if (mem) bcast_strides(s->shape, n->shape, t.stride[k]);
@@ -378,7 +387,167 @@ static void lower_reduce(Lower *L, const Node *n) {
   emit_nest(L, nest_pair(L, over, n, src), reduce_body, n);
 }
 
+/* ---- movement and indexing: PERMUTE, SLICE, PAD, CONCAT, GATHER, SCATTER_ADD, IOTA ----
+ * Each is a copy nest whose operands walk with strides derived from attr.move; GATHER and
+ * SCATTER_ADD add a data-dependent offset in the loop body. */
+
+/* `base` moved by `off` elements; made between loop nests, like node_ptr. */
+static LLVMValueRef elem_offset(Lower *L, LLVMValueRef base, int64_t off) {
+  if (!off) return base;
+  LLVMValueRef i = i64c(L, off);
+  return LLVMBuildInBoundsGEP2(L->b, L->elem, base, &i, 1, "");
+}
+
+/* Adds `src` as an operand with strides st (zero for a scalar, which has no memory). */
+static int nest_source(Lower *L, Nest *t, const Node *src, const int64_t st[], int64_t off) {
+  bool mem = class_of(src) != CLASS_SCALAR;
+  int k = nest_operand(t, mem ? elem_offset(L, node_ptr(L, src), off) : NULL);
+  for (int d = 0; mem && d < t->depth; d++) t->stride[k][d] = st[d];
+  return k;
+}
+
+/* dst (strides dst_st from dst_off) = src (contiguous), over src's shape. */
+static void copy_into(Lower *L, LLVMValueRef dst, const int64_t dst_st[], int64_t dst_off,
+                      const Node *src) {
+  Nest t = nest_over(src->shape);
+  int k = nest_operand(&t, elem_offset(L, dst, dst_off));
+  for (int d = 0; d < t.depth; d++) t.stride[k][d] = dst_st[d];
+  int64_t st[MAX_RANK];
+  contig_strides(src->shape, st);
+  nest_source(L, &t, src, st, 0);
+  emit_nest(L, t, copy_body, src);
+}
+
+/* Index value v (a float) as an element offset along an axis of n elements with stride st:
+ * rounded to the nearest integer and clamped into [0, n-1], so that an out-of-range index
+ * (or NaN, which reads index 0) can never address memory outside the tensor. */
+static LLVMValueRef index_offset(Lower *L, LLVMValueRef v, int64_t n, int64_t st) {
+  LLVMBuilderRef b = L->b;
+  LLVMValueRef zero = elemc(L, 0), top = elemc(L, (double)(n - 1));
+  v = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGE, v, zero, ""), v, zero, "");
+  v = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, v, top, ""), top, v, "");
+  LLVMValueRef k = LLVMBuildFPToSI(b, LLVMBuildFAdd(b, v, elemc(L, 0.5), ""), L->i64, "idx");
+  return st == 1 ? k : LLVMBuildNSWMul(b, k, i64c(L, st), "");
+}
+
+typedef struct IndexCtx {
+  const Node *idx, *src; /* the index operand; GATHER's x or SCATTER_ADD's g */
+  int64_t n, stride;     /* the indexed axis: its length and stride in x */
+} IndexCtx;
+
+/* gather: ptr[0] = ptr[1][index(ptr[2])] */
+static void gather_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
+  const IndexCtx *c = ctx;
+  LLVMValueRef off = index_offset(L, operand(L, c->idx, ptr[2]), c->n, c->stride);
+  LLVMValueRef p = LLVMBuildInBoundsGEP2(L->b, L->elem, ptr[1], &off, 1, "");
+  LLVMBuildStore(L->b, LLVMBuildLoad2(L->b, L->elem, p, ""), ptr[0]);
+}
+
+/* scatter_add: ptr[0][index(ptr[2])] += ptr[1] */
+static void scatter_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
+  const IndexCtx *c = ctx;
+  LLVMValueRef off = index_offset(L, operand(L, c->idx, ptr[2]), c->n, c->stride);
+  LLVMValueRef p = LLVMBuildInBoundsGEP2(L->b, L->elem, ptr[0], &off, 1, "");
+  LLVMValueRef sum = LLVMBuildFAdd(L->b, LLVMBuildLoad2(L->b, L->elem, p, ""),
+                                   operand(L, c->src, ptr[1]), "");
+  LLVMBuildStore(L->b, sum, p);
+}
+
+/* iota: ptr[0] = the counter of loop `axis` (the nest is not simplified, so loop d is dim d) */
+static void iota_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
+  const Node *n = ctx;
+  LLVMBuildStore(L->b, LLVMBuildSIToFP(L->b, L->ivar[n->attr.move.axis], L->elem, ""), ptr[0]);
+}
+
+/* For each dim of gather's result (x[:axis] + idx[lead:] + x[axis+1:]): the stride of x
+ * (0 along idx's dims; the indexed axis is added in the body) and of idx (0 along x's). */
+static void gather_strides(Shape x, Shape idx, int axis, int lead, int64_t xs[], int64_t is[]) {
+  int64_t xc[MAX_RANK], ic[MAX_RANK];
+  contig_strides(x, xc);
+  contig_strides(idx, ic);
+  int d = 0;
+  for (int i = 0; i < axis; i++, d++) xs[d] = xc[i], is[d] = i < lead ? ic[i] : 0;
+  for (int i = lead; i < idx.rank; i++, d++) xs[d] = 0, is[d] = ic[i];
+  for (int i = axis + 1; i < x.rank; i++, d++) xs[d] = xc[i], is[d] = 0;
+}
+
+static void lower_indexing(Lower *L, const Node *n) {
+  const MoveAttr *m = &n->attr.move;
+  const Node *src = n->src[0];
+  int64_t ost[MAX_RANK], sst[MAX_RANK], st[MAX_RANK], off = 0;
+  contig_strides(n->shape, ost);
+  if (op_info[n->op].arity) contig_strides(src->shape, sst);
+  switch (n->op) {
+  case OP_PERMUTE: { /* out[i] = src[i permuted] */
+    Nest t = nest_over(n->shape);
+    int k = nest_operand(&t, node_ptr(L, n));
+    for (int d = 0; d < n->shape.rank; d++) t.stride[k][d] = ost[d], st[d] = sst[m->perm[d]];
+    nest_source(L, &t, src, st, 0);
+    emit_nest(L, t, copy_body, src);
+    break;
+  }
+  case OP_SLICE: { /* out[i] = src[lo + i*step] */
+    Nest t = nest_over(n->shape);
+    int k = nest_operand(&t, node_ptr(L, n));
+    for (int d = 0; d < n->shape.rank; d++)
+      t.stride[k][d] = ost[d], st[d] = sst[d] * m->step[d], off += m->lo[d] * sst[d];
+    nest_source(L, &t, src, st, off);
+    emit_nest(L, t, copy_body, src);
+    break;
+  }
+  case OP_PAD: /* zeros, then out[lo + i*step] = src[i] */
+    fill_node(L, n, elemc(L, 0));
+    for (int d = 0; d < n->shape.rank; d++) st[d] = ost[d] * m->step[d], off += m->lo[d] * ost[d];
+    copy_into(L, node_ptr(L, n), st, off, src);
+    break;
+  case OP_CONCAT: /* a, then b from a's length on along the axis */
+    copy_into(L, node_ptr(L, n), ost, 0, src);
+    copy_into(L, node_ptr(L, n), ost, src->shape.dim[m->axis] * ost[m->axis], n->src[1]);
+    break;
+  case OP_GATHER: {
+    const Node *idx = n->src[1];
+    IndexCtx c = {idx, src, src->shape.dim[m->axis], sst[m->axis]};
+    int64_t is[MAX_RANK];
+    gather_strides(src->shape, idx->shape, (int)m->axis, (int)m->lead, st, is);
+    Nest t = nest_over(n->shape);
+    int k = nest_operand(&t, node_ptr(L, n));
+    for (int d = 0; d < n->shape.rank; d++) t.stride[k][d] = ost[d];
+    nest_source(L, &t, src, st, 0);
+    nest_source(L, &t, idx, is, 0);
+    emit_nest(L, t, gather_body, &c);
+    break;
+  }
+  case OP_SCATTER_ADD: { /* zeros, then for every element of g: out[.., idx, ..] += g */
+    const Node *idx = n->src[1];
+    IndexCtx c = {idx, src, n->shape.dim[m->axis], ost[m->axis]};
+    int64_t is[MAX_RANK];
+    fill_node(L, n, elemc(L, 0));
+    gather_strides(n->shape, idx->shape, (int)m->axis, (int)m->lead, st, is);
+    Nest t = nest_over(src->shape);
+    int k = nest_operand(&t, node_ptr(L, n));
+    for (int d = 0; d < src->shape.rank; d++) t.stride[k][d] = st[d];
+    nest_source(L, &t, src, sst, 0);
+    nest_source(L, &t, idx, is, 0);
+    emit_nest(L, t, scatter_body, &c);
+    break;
+  }
+  case OP_IOTA: {
+    Nest t = nest_over(n->shape);
+    int k = nest_operand(&t, node_ptr(L, n));
+    for (int d = 0; d < n->shape.rank; d++) t.stride[k][d] = ost[d];
+    LLVMValueRef at[MAX_OPERANDS] = {0};
+    nest_level(L, &t, 0, at, iota_body, n); /* unsimplified: loop d counts dim d */
+    break;
+  }
+  default: unreachable();
+  }
+}
+
 static void lower_move(Lower *L, const Node *n) {
+  if (n->op != OP_EXPAND && n->op != OP_RESHAPE) {
+    lower_indexing(L, n);
+    return;
+  }
   const Node *src = n->src[0];
   if (n->op == OP_EXPAND) {
     emit_nest(L, nest_pair(L, n->shape, n, src), copy_body, src);
@@ -432,6 +601,340 @@ static void lower_matmul(Lower *L, const Node *n) {
   emit_nest(L, t, matmul_body, NULL);
 }
 
+/* ============================== convolution and pooling ============================== */
+
+/* Sliding-window ops on NHWC images, as explicit loop nests: over samples b and output
+ * positions (oh, ow), then over the window's taps (kh, kw), whose input row is
+ * ih = oh*sh - pt + kh*dh (columns alike); a tap in the padding is skipped (padding is never
+ * stored). Channels are last in every tensor, so each innermost loop walks contiguous memory:
+ *   conv2d             y[b,oh,ow,:]  += x[b,ih,iw,c] * w[kh,kw,c,:]        for each c
+ *   conv2d_bwd_data    dx[b,ih,iw,c] += dot(g[b,oh,ow,:], w[kh,kw,c,:])    for each c
+ *   conv2d_bwd_filter  dw[kh,kw,c,:] += x[b,ih,iw,c] * g[b,oh,ow,:]        for each c
+ *   maxpool, avgpool   y[b,oh,ow,:]   = max or mean of x[b,ih,iw,:] over the taps
+ *   avgpool_bwd        dx[b,ih,iw,:] += g[b,oh,ow,:] / (taps inside the input)
+ *   maxpool_bwd        dx[b,ih,iw,c] += g[b,oh,ow,c] at the first tap holding the max
+ * Correct and vectorisable rather than fast: blocking and packing are left to the speed work. */
+
+/* A counted loop, i = 0 .. bound-1; the builder is in its body until loop_close. */
+typedef struct Loop {
+  LLVMValueRef i;                      /* the induction variable */
+  LLVMBasicBlockRef pre, head, exit;   /* the block before the loop, the test, the way out */
+} Loop;
+
+static Loop loop_open(Lower *L, LLVMValueRef bound, const char *name) {
+  Loop lp = {.pre = LLVMGetInsertBlock(L->b)};
+  char blk[64];
+  snprintf(blk, sizeof blk, "%s.head.%s", L->tag, name);
+  lp.head = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
+  snprintf(blk, sizeof blk, "%s.body.%s", L->tag, name);
+  LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
+  snprintf(blk, sizeof blk, "%s.exit.%s", L->tag, name);
+  lp.exit = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
+  LLVMBuildBr(L->b, lp.head);
+  LLVMPositionBuilderAtEnd(L->b, lp.head);
+  lp.i = LLVMBuildPhi(L->b, L->i64, name);
+  LLVMBuildCondBr(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, lp.i, bound, ""), body, lp.exit);
+  LLVMPositionBuilderAtEnd(L->b, body);
+  return lp;
+}
+
+static void loop_close(Lower *L, Loop *lp) {
+  LLVMValueRef next = LLVMBuildNSWAdd(L->b, lp->i, i64c(L, 1), "");
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(L->b);
+  LLVMBuildBr(L->b, lp->head);
+  LLVMValueRef zero = i64c(L, 0);
+  LLVMAddIncoming(lp->i, &zero, &lp->pre, 1);
+  LLVMAddIncoming(lp->i, &next, &latch, 1);
+  LLVMPositionBuilderAtEnd(L->b, lp->exit);
+}
+
+/* if (cond) { ...: the builder is in the then-block; if_close(the returned join block). */
+static LLVMBasicBlockRef if_open(Lower *L, LLVMValueRef cond, const char *name) {
+  char blk[64];
+  snprintf(blk, sizeof blk, "%s.then.%s", L->tag, name);
+  LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
+  snprintf(blk, sizeof blk, "%s.join.%s", L->tag, name);
+  LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
+  LLVMBuildCondBr(L->b, cond, then, join);
+  LLVMPositionBuilderAtEnd(L->b, then);
+  return join;
+}
+
+static void if_close(Lower *L, LLVMBasicBlockRef join) {
+  LLVMBuildBr(L->b, join);
+  LLVMPositionBuilderAtEnd(L->b, join);
+}
+
+/* A stack slot for a value carried across loop iterations (SROA makes it a register). */
+static LLVMValueRef entry_slot(Lower *L, LLVMTypeRef ty, const char *name) {
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fn);
+  LLVMBuilderRef eb = LLVMCreateBuilderInContext(L->ctx);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first) LLVMPositionBuilderBefore(eb, first);
+  else LLVMPositionBuilderAtEnd(eb, entry);
+  LLVMValueRef slot = LLVMBuildAlloca(eb, ty, name);
+  LLVMDisposeBuilder(eb);
+  return slot;
+}
+
+static LLVMValueRef ix_mul(Lower *L, LLVMValueRef a, int64_t k) {
+  return k == 1 ? a : LLVMBuildNSWMul(L->b, a, i64c(L, k), "");
+}
+
+static LLVMValueRef ix_add(Lower *L, LLVMValueRef a, LLVMValueRef c) {
+  return LLVMBuildNSWAdd(L->b, a, c, "");
+}
+
+/* Offset of element (i0, i1, i2, 0) of a contiguous [d0, d1, d2, d3] tensor. */
+static LLVMValueRef offset4(Lower *L, Shape s, LLVMValueRef i0, LLVMValueRef i1,
+                            LLVMValueRef i2) {
+  LLVMValueRef o = ix_add(L, ix_mul(L, i0, s.dim[1]), i1);
+  return ix_mul(L, ix_add(L, ix_mul(L, o, s.dim[2]), i2), s.dim[3]);
+}
+
+static LLVMValueRef elem_ptr(Lower *L, LLVMValueRef base, LLVMValueRef off) {
+  return LLVMBuildInBoundsGEP2(L->b, L->elem, base, &off, 1, "");
+}
+
+static LLVMValueRef load_elem(Lower *L, LLVMValueRef p) {
+  return LLVMBuildLoad2(L->b, L->elem, p, "");
+}
+
+/* dst[0..n) += a * src[0..n): the inner loop of conv2d and conv2d_bwd_filter. */
+static void axpy(Lower *L, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef src, int64_t n) {
+  Loop k = loop_open(L, i64c(L, n), "f");
+  LLVMValueRef d = elem_ptr(L, dst, k.i), s = load_elem(L, elem_ptr(L, src, k.i));
+  LLVMBuildStore(L->b, LLVMBuildFAdd(L->b, load_elem(L, d), LLVMBuildFMul(L->b, a, s, ""), ""), d);
+  loop_close(L, &k);
+}
+
+/* The dot product of p[0..n) and q[0..n). Its sum may be reassociated (reassoc, nsz), so that
+ * it vectorises; the rounding then differs from a left-to-right sum by a few ulps. */
+static LLVMValueRef dot(Lower *L, LLVMValueRef p, LLVMValueRef q, int64_t n) {
+  LLVMValueRef acc = entry_slot(L, L->elem, "dot");
+  LLVMBuildStore(L->b, elemc(L, 0), acc);
+  Loop k = loop_open(L, i64c(L, n), "f");
+  LLVMValueRef prod = LLVMBuildFMul(L->b, load_elem(L, elem_ptr(L, p, k.i)),
+                                    load_elem(L, elem_ptr(L, q, k.i)), "");
+  LLVMValueRef sum = LLVMBuildFAdd(L->b, LLVMBuildLoad2(L->b, L->elem, acc, ""), prod, "");
+  LLVMSetFastMathFlags(sum, LLVMFastMathAllowReassoc | LLVMFastMathNoSignedZeros);
+  LLVMBuildStore(L->b, sum, acc);
+  loop_close(L, &k);
+  return LLVMBuildLoad2(L->b, L->elem, acc, "");
+}
+
+/* The loops of one window op: samples and output positions, then taps. */
+typedef struct Win {
+  const ConvAttr *c;                /* the op's geometry */
+  Shape img, out;                   /* [B,H,W,·] the image side (x or dx); [B,OH,OW,·] */
+  Loop b, oh, ow, kh, kw;
+  LLVMBasicBlockRef h_in, w_in;     /* joins of the padding tests; NULL when none is needed */
+  LLVMValueRef ih, iw;              /* the tap's position in the image */
+} Win;
+
+static void positions_open(Lower *L, Win *v) {
+  v->b = loop_open(L, extent_value(L, dim_extent(v->out.dim[0])), "b");
+  v->oh = loop_open(L, i64c(L, v->out.dim[1]), "oh");
+  v->ow = loop_open(L, i64c(L, v->out.dim[2]), "ow");
+}
+
+static void positions_close(Lower *L, Win *v) {
+  loop_close(L, &v->ow);
+  loop_close(L, &v->oh);
+  loop_close(L, &v->b);
+}
+
+/* i = o*stride - pad_before + k*dilation, and a test that it is in [0, n) when padding can
+ * put it outside (without padding the output size keeps every tap inside). */
+static LLVMValueRef tap(Lower *L, LLVMValueRef o, LLVMValueRef k, int stride, int dil, int p0,
+                        int p1, int64_t n, LLVMBasicBlockRef *join, const char *name) {
+  LLVMValueRef i = ix_add(L, ix_mul(L, o, stride), ix_mul(L, k, dil));
+  if (p0) i = ix_add(L, i, i64c(L, -p0));
+  *join = p0 || p1 ? if_open(L, LLVMBuildICmp(L->b, LLVMIntULT, i, i64c(L, n), ""), name) : NULL;
+  return i;
+}
+
+static void taps_open(Lower *L, Win *v) {
+  const ConvAttr *c = v->c;
+  v->kh = loop_open(L, i64c(L, c->kh), "kh");
+  v->ih = tap(L, v->oh.i, v->kh.i, c->sh, c->dh, c->pt, c->pb, v->img.dim[1], &v->h_in, "ih");
+  v->kw = loop_open(L, i64c(L, c->kw), "kw");
+  v->iw = tap(L, v->ow.i, v->kw.i, c->sw, c->dw, c->pl, c->pr, v->img.dim[2], &v->w_in, "iw");
+}
+
+static void taps_close(Lower *L, Win *v) {
+  if (v->w_in) if_close(L, v->w_in);
+  loop_close(L, &v->kw);
+  if (v->h_in) if_close(L, v->h_in);
+  loop_close(L, &v->kh);
+}
+
+/* y[B,OH,OW,F] = conv2d(x[B,H,W,C], w[KH,KW,C,F]) */
+static void lower_conv2d(Lower *L, const Node *n) {
+  const Node *xn = n->src[0], *wn = n->src[1];
+  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = n->shape};
+  int64_t C = xn->shape.dim[3], F = n->shape.dim[3];
+  LLVMValueRef y = node_ptr(L, n), x = node_ptr(L, xn), w = node_ptr(L, wn);
+  fill_node(L, n, elemc(L, 0));
+  positions_open(L, &v);
+  LLVMValueRef yp = elem_ptr(L, y, offset4(L, n->shape, v.b.i, v.oh.i, v.ow.i)); /* [F] */
+  taps_open(L, &v);
+  LLVMValueRef xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
+  LLVMValueRef wo = offset4(L, wn->shape, v.kh.i, v.kw.i, i64c(L, 0));
+  Loop c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, ix_add(L, xo, c.i)));
+  axpy(L, yp, xv, elem_ptr(L, w, ix_add(L, wo, ix_mul(L, c.i, F))), F);
+  loop_close(L, &c);
+  taps_close(L, &v);
+  positions_close(L, &v);
+}
+
+/* dx[B,H,W,C] = conv2d_bwd_data(g[B,OH,OW,F], w[KH,KW,C,F]) */
+static void lower_conv2d_bwd_data(Lower *L, const Node *n) {
+  const Node *gn = n->src[0], *wn = n->src[1];
+  Win v = {.c = &n->attr.conv, .img = n->shape, .out = gn->shape};
+  int64_t C = n->shape.dim[3], F = gn->shape.dim[3];
+  LLVMValueRef dx = node_ptr(L, n), g = node_ptr(L, gn), w = node_ptr(L, wn);
+  fill_node(L, n, elemc(L, 0));
+  positions_open(L, &v);
+  LLVMValueRef gp = elem_ptr(L, g, offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i)); /* [F] */
+  taps_open(L, &v);
+  LLVMValueRef xo = offset4(L, n->shape, v.b.i, v.ih, v.iw);
+  LLVMValueRef wo = offset4(L, wn->shape, v.kh.i, v.kw.i, i64c(L, 0));
+  Loop c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef s = dot(L, gp, elem_ptr(L, w, ix_add(L, wo, ix_mul(L, c.i, F))), F);
+  LLVMValueRef p = elem_ptr(L, dx, ix_add(L, xo, c.i));
+  LLVMBuildStore(L->b, LLVMBuildFAdd(L->b, load_elem(L, p), s, ""), p);
+  loop_close(L, &c);
+  taps_close(L, &v);
+  positions_close(L, &v);
+}
+
+/* dw[KH,KW,C,F] = conv2d_bwd_filter(x[B,H,W,C], g[B,OH,OW,F]) */
+static void lower_conv2d_bwd_filter(Lower *L, const Node *n) {
+  const Node *xn = n->src[0], *gn = n->src[1];
+  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = gn->shape};
+  int64_t C = xn->shape.dim[3], F = gn->shape.dim[3];
+  LLVMValueRef dw = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
+  fill_node(L, n, elemc(L, 0));
+  positions_open(L, &v);
+  LLVMValueRef gp = elem_ptr(L, g, offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i)); /* [F] */
+  taps_open(L, &v);
+  LLVMValueRef xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
+  LLVMValueRef wo = offset4(L, n->shape, v.kh.i, v.kw.i, i64c(L, 0));
+  Loop c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, ix_add(L, xo, c.i)));
+  axpy(L, elem_ptr(L, dw, ix_add(L, wo, ix_mul(L, c.i, F))), xv, gp, F);
+  loop_close(L, &c);
+  taps_close(L, &v);
+  positions_close(L, &v);
+}
+
+/* y[B,OH,OW,C] = max or mean of x[B,H,W,C] over each window */
+static void lower_pool(Lower *L, const Node *n) {
+  const Node *xn = n->src[0];
+  bool max = n->op == OP_MAXPOOL;
+  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = n->shape};
+  int64_t C = n->shape.dim[3];
+  LLVMValueRef y = node_ptr(L, n), x = node_ptr(L, xn);
+  LLVMValueRef count = max ? NULL : entry_slot(L, L->i64, "taps");
+  fill_node(L, n, elemc(L, max ? -INFINITY : 0.0));
+  positions_open(L, &v);
+  LLVMValueRef yp = elem_ptr(L, y, offset4(L, n->shape, v.b.i, v.oh.i, v.ow.i)); /* [C] */
+  if (count) LLVMBuildStore(L->b, i64c(L, 0), count);
+  taps_open(L, &v);
+  if (count)
+    LLVMBuildStore(L->b, ix_add(L, LLVMBuildLoad2(L->b, L->i64, count, ""), i64c(L, 1)), count);
+  LLVMValueRef xp = elem_ptr(L, x, offset4(L, xn->shape, v.b.i, v.ih, v.iw));
+  Loop c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef p = elem_ptr(L, yp, c.i), acc = load_elem(L, p);
+  LLVMValueRef xv = load_elem(L, elem_ptr(L, xp, c.i));
+  LLVMValueRef r = max ? LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, xv, acc, ""), xv,
+                                         acc, "")
+                       : LLVMBuildFAdd(L->b, acc, xv, "");
+  LLVMBuildStore(L->b, r, p);
+  loop_close(L, &c);
+  taps_close(L, &v);
+  if (count) { /* the mean over the taps inside the image */
+    LLVMValueRef taps = LLVMBuildSIToFP(L->b, LLVMBuildLoad2(L->b, L->i64, count, ""), L->elem, "");
+    LLVMValueRef inv = LLVMBuildFDiv(L->b, elemc(L, 1), taps, "");
+    Loop k = loop_open(L, i64c(L, C), "c");
+    LLVMValueRef q = elem_ptr(L, yp, k.i);
+    LLVMBuildStore(L->b, LLVMBuildFMul(L->b, load_elem(L, q), inv, ""), q);
+    loop_close(L, &k);
+  }
+  positions_close(L, &v);
+}
+
+/* dx[B,H,W,C] = avgpool_bwd(g[B,OH,OW,C]): each g spread evenly over its window's taps */
+static void lower_avgpool_bwd(Lower *L, const Node *n) {
+  const Node *gn = n->src[0];
+  Win v = {.c = &n->attr.conv, .img = n->shape, .out = gn->shape};
+  int64_t C = n->shape.dim[3];
+  LLVMValueRef dx = node_ptr(L, n), g = node_ptr(L, gn);
+  LLVMValueRef count = entry_slot(L, L->i64, "taps");
+  fill_node(L, n, elemc(L, 0));
+  positions_open(L, &v);
+  LLVMValueRef gp = elem_ptr(L, g, offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i)); /* [C] */
+  LLVMBuildStore(L->b, i64c(L, 0), count);
+  taps_open(L, &v); /* first count the taps inside the image */
+  LLVMBuildStore(L->b, ix_add(L, LLVMBuildLoad2(L->b, L->i64, count, ""), i64c(L, 1)), count);
+  taps_close(L, &v);
+  LLVMValueRef taps = LLVMBuildSIToFP(L->b, LLVMBuildLoad2(L->b, L->i64, count, ""), L->elem, "");
+  LLVMValueRef inv = LLVMBuildFDiv(L->b, elemc(L, 1), taps, "");
+  taps_open(L, &v);
+  LLVMValueRef xp = elem_ptr(L, dx, offset4(L, n->shape, v.b.i, v.ih, v.iw));
+  axpy(L, xp, inv, gp, C);
+  taps_close(L, &v);
+  positions_close(L, &v);
+}
+
+/* dx[B,H,W,C] = maxpool_bwd(x[B,H,W,C], g[B,OH,OW,C]): per channel, the taps in order; the
+ * first one holding the window's maximum receives g (PyTorch's choice on ties) */
+static void lower_maxpool_bwd(Lower *L, const Node *n) {
+  const Node *xn = n->src[0], *gn = n->src[1];
+  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = gn->shape};
+  int64_t C = xn->shape.dim[3];
+  LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
+  LLVMValueRef best = entry_slot(L, L->elem, "best"), at = entry_slot(L, L->i64, "argmax");
+  fill_node(L, n, elemc(L, 0));
+  positions_open(L, &v);
+  LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
+  Loop c = loop_open(L, i64c(L, C), "c");
+  LLVMBuildStore(L->b, elemc(L, -INFINITY), best);
+  LLVMBuildStore(L->b, i64c(L, -1), at);
+  taps_open(L, &v);
+  LLVMValueRef xo = ix_add(L, offset4(L, xn->shape, v.b.i, v.ih, v.iw), c.i);
+  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, xo));
+  LLVMValueRef bv = LLVMBuildLoad2(L->b, L->elem, best, "");
+  LLVMValueRef more = LLVMBuildFCmp(L->b, LLVMRealOGT, xv, bv, "");
+  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xv, bv, ""), best);
+  LLVMValueRef old = LLVMBuildLoad2(L->b, L->i64, at, "");
+  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xo, old, ""), at);
+  taps_close(L, &v);
+  LLVMValueRef a = LLVMBuildLoad2(L->b, L->i64, at, "");
+  LLVMBasicBlockRef join = /* none found only if every tap is -inf or NaN */
+      if_open(L, LLVMBuildICmp(L->b, LLVMIntSGE, a, i64c(L, 0), ""), "found");
+  LLVMValueRef p = elem_ptr(L, dx, a);
+  LLVMValueRef gv = load_elem(L, elem_ptr(L, g, ix_add(L, go, c.i)));
+  LLVMBuildStore(L->b, LLVMBuildFAdd(L->b, load_elem(L, p), gv, ""), p);
+  if_close(L, join);
+  loop_close(L, &c);
+  positions_close(L, &v);
+}
+
+static void lower_window(Lower *L, const Node *n) {
+  switch (n->op) {
+  case OP_CONV2D: lower_conv2d(L, n); break;
+  case OP_CONV2D_BWD_DATA: lower_conv2d_bwd_data(L, n); break;
+  case OP_CONV2D_BWD_FILTER: lower_conv2d_bwd_filter(L, n); break;
+  case OP_MAXPOOL: case OP_AVGPOOL: lower_pool(L, n); break;
+  case OP_MAXPOOL_BWD: lower_maxpool_bwd(L, n); break;
+  case OP_AVGPOOL_BWD: lower_avgpool_bwd(L, n); break;
+  default: diag_internal(__FILE__, __LINE__, "%s is not a window op", op_info[n->op].text);
+  }
+}
+
 static void lower_node(Lower *L, const Node *n) {
   if (class_of(n) != CLASS_SCALAR && (n->io < 0 || n->io >= NN_IO_COUNT))
     diag_internal(__FILE__, __LINE__, "node %%%d (%s) has no planned region", n->id,
@@ -444,6 +947,7 @@ static void lower_node(Lower *L, const Node *n) {
   case CLASS_REDUCE: lower_reduce(L, n); break;
   case CLASS_MOVE: lower_move(L, n); break;
   case CLASS_CONTRACT: lower_matmul(L, n); break;
+  case CLASS_WINDOW: lower_window(L, n); break;
   }
 }
 
@@ -636,6 +1140,21 @@ static int64_t arena_bytes(Lower *L) {
   return bytes < 64 ? 64 : bytes;
 }
 
+/* A private constant NnDataSource; row_width = values per table row. */
+static LLVMValueRef data_source(Lower *L, const DataSpec *d, int64_t row_width) {
+  Fields f = {0};
+  PUT_I64(&f, NnDataSource, kind, d->kind);
+  PUT_PTR(&f, NnDataSource, name, cstring(L, d->name));
+  PUT_PTR(&f, NnDataSource, path, cstring(L, d->path));
+  PUT_PTR(&f, NnDataSource, labels, cstring(L, d->labels));
+  PUT_I64(&f, NnDataSource, rows, d->rows);
+  PUT_PTR(&f, NnDataSource, table, doubles(L, d->table, d->rows * row_width, "data_table"));
+  PUT_I64(&f, NnDataSource, header, d->header);
+  PUT_F64(&f, NnDataSource, scale, d->scale);
+  return private_const(L, struct_of(L, &f, &L->source_type, "NnDataSource", sizeof(NnDataSource)),
+                       "data_source");
+}
+
 static void emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   const Unit *u = L->u;
   int64_t x_size = shape_elems(u->x_shape, 1), y_size = shape_elems(u->y_shape, 1);
@@ -665,12 +1184,12 @@ static void emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_PTR(&f, NnModelDesc, hyper_names, hyper_name_table(L));
   PUT_PTR(&f, NnModelDesc, hyper_defaults,
           doubles(L, u->hyper_defaults, u->n_hyper, "hyper_defaults"));
-  PUT_I64(&f, NnModelDesc, data_kind, u->data_kind);
-  PUT_PTR(&f, NnModelDesc, data_path, cstring(L, u->data_path));
-  PUT_I64(&f, NnModelDesc, data_rows, u->data_rows);
-  PUT_PTR(&f, NnModelDesc, data_table,
-          doubles(L, u->data_table, u->data_rows * (x_size + y_size), "data_table"));
-  PUT_I64(&f, NnModelDesc, data_header, u->data_header);
+  PUT_I64(&f, NnModelDesc, labels, u->labels);
+  PUT_PTR(&f, NnModelDesc, data, data_source(L, &u->data, x_size + y_size));
+  PUT_PTR(&f, NnModelDesc, val,
+          u->val.kind == NN_DATA_NONE ? LLVMConstNull(L->ptr)
+                                      : data_source(L, &u->val, x_size + y_size));
+  PUT_F64(&f, NnModelDesc, val_split, u->val_split);
   PUT_PTR(&f, NnModelDesc, forward, kernel[0]);
   PUT_PTR(&f, NnModelDesc, eval, kernel[1]);
   PUT_PTR(&f, NnModelDesc, grad, kernel[2]);

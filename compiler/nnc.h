@@ -136,10 +136,33 @@ typedef enum OpClass {
   CLASS_REDUCE,   /* reduction over axes, keeping them as 1 */
   CLASS_MOVE,     /* data movement */
   CLASS_CONTRACT, /* matmul */
+  CLASS_WINDOW,   /* sliding windows over NHWC images: convolution, pooling, their gradients */
 } OpClass;
 
 typedef struct Node Node;
 typedef struct Builder Builder;
+
+/* The geometry of a sliding-window op (CONV2D*, MAXPOOL*, AVGPOOL*): output position (oh, ow)
+ * and tap (kh, kw) read input row oh*sh - pt + kh*dh and column ow*sw - pl + kw*dw; taps
+ * outside the input (in the padding) are skipped. All ints, so nodes compare with memcmp. */
+typedef struct ConvAttr {
+  int kh, kw;             /* window (for convolutions, the filter's first two dims) */
+  int sh, sw;             /* stride */
+  int dh, dw;             /* dilation (1 for pooling) */
+  int pt, pl, pb, pr;     /* padding: top, left, bottom, right */
+} ConvAttr;
+
+/* The geometry of a movement or indexing op, by op. All int64_t, so nodes compare with
+ * memcmp. Every array has one entry per dim of the result's operand, batch dim included
+ * (where a batched dim 0 is always taken whole: lo 0, hi = its dim, step 1). */
+typedef struct MoveAttr {
+  int64_t lo[MAX_RANK];   /* SLICE: first index taken; PAD: zeros before */
+  int64_t hi[MAX_RANK];   /* SLICE: end (exclusive); PAD: zeros after */
+  int64_t step[MAX_RANK]; /* SLICE: take every step-th; PAD: step - 1 zeros between elements */
+  int64_t perm[MAX_RANK]; /* PERMUTE: result dim d is operand dim perm[d] */
+  int64_t axis;           /* CONCAT, GATHER, SCATTER_ADD, IOTA: the axis */
+  int64_t lead;           /* GATHER, SCATTER_ADD: leading dims x and idx share (0 or 1) */
+} MoveAttr;
 
 typedef struct Attr {
   double value;    /* CONST: the number */
@@ -147,12 +170,14 @@ typedef struct Attr {
                       HYPER: hyperparameter index */
   unsigned axes;   /* SUM, RMAX: bit i set = reduce axis i */
   bool ta, tb;     /* MATMUL: transpose the last two dims of a / b */
+  ConvAttr conv;   /* CLASS_WINDOW ops: window, stride, dilation, padding */
+  MoveAttr move;   /* PERMUTE, SLICE, PAD, CONCAT, GATHER, SCATTER_ADD, IOTA */
 } Attr;
 
 struct Node {
   OpKind op;      /* row of ops.def */
   Shape shape;    /* result shape; dim[0] == DIM_BATCH for per-sample values */
-  Node *src[2];   /* operands; op_info[op].arity are used */
+  Node *src[3];   /* operands; op_info[op].arity are used */
   Attr attr;      /* by op, see Attr */
   Loc loc;        /* .nn span that produced it; gradient nodes inherit it */
   int id;         /* printed as %id; index in Graph.nodes */
@@ -210,6 +235,25 @@ Node *ir_reduce(Builder *b, OpKind op, Node *a, unsigned axes);
 Node *ir_expand(Builder *b, Node *a, Shape to);
 Node *ir_reshape(Builder *b, Node *a, Shape to);
 Node *ir_matmul(Builder *b, Node *a, Node *c, bool ta, bool tb);
+/* A CLASS_WINDOW op on x (and y, for two-operand ops); `given` is the result shape of the
+ * gradient ops, whose result the operands do not determine (ignored by the others). */
+Node *ir_window(Builder *b, OpKind op, Node *x, Node *y, ConvAttr conv, Shape given);
+/* Movement and indexing (attrs as in MoveAttr; arrays have one entry per dim of x). */
+Node *ir_permute(Builder *b, Node *x, const int64_t perm[]);
+Node *ir_slice(Builder *b, Node *x, const int64_t begin[], const int64_t end[],
+               const int64_t step[]);
+Node *ir_pad(Builder *b, Node *x, const int64_t before[], const int64_t after[],
+             const int64_t step[]);
+Node *ir_concat(Builder *b, Node *x, Node *y, int axis);
+Node *ir_where(Builder *b, Node *cond, Node *x, Node *y);
+/* x[.., n, ..] indexed along `axis` by idx's values (rounded, clamped to [0, n-1]); x and
+ * idx share their first `lead` dims. Result: x[:axis] + idx[lead:] + x[axis+1:]. */
+Node *ir_gather(Builder *b, Node *x, Node *idx, int axis, int lead);
+/* The transpose of GATHER: zeros of shape `to` (x's), g's elements added where gather
+ * read them. */
+Node *ir_scatter_add(Builder *b, Node *g, Node *idx, int axis, int lead, Shape to);
+/* Constant: every element is its index along `axis`. */
+Node *ir_iota(Builder *b, Shape shape, int axis);
 /* Sums `g` down to `shape` over the axes that broadcasting expanded (gradient helper). */
 Node *ir_unbroadcast(Builder *b, Node *g, Shape shape);
 #define ir_add(b, x, y) ir_binary(b, OP_ADD, x, y)
@@ -237,6 +281,18 @@ typedef struct ParamDecl {
   double init_a, init_b;
 } ParamDecl;
 
+/* A data set as the .nn file declares it (see NnDataSource). */
+typedef struct DataSpec {
+  NnDataKind kind;
+  const char *name;       /* its name in the .nn file */
+  const char *path;       /* CSV, or IDX images; absolute */
+  const char *labels;     /* IDX labels; absolute */
+  bool header;            /* CSV header line */
+  double scale;           /* input scale */
+  double *table;          /* TABLE: rows * (x + y) values */
+  int64_t rows;
+} DataSpec;
+
 /* Everything the later stages need, as one value. */
 typedef struct Unit {
   const char *source;     /* .nn path */
@@ -247,11 +303,10 @@ typedef struct Unit {
   int64_t param_size, state_size; /* elements */
   const char **hyper_names; double *hyper_defaults; /* n_hyper */
   int n_hyper;
-  NnDataKind data_kind;
-  const char *data_path;  /* CSV, resolved against the .nn file's folder */
-  bool data_header;
-  double *data_table;     /* TABLE: data_rows * (x + y) values */
-  int64_t data_rows;
+  DataSpec data;          /* the training set */
+  DataSpec val;           /* the validation set (kind NN_DATA_NONE if none) */
+  double val_split;       /* or the fraction of the training set held out for validation */
+  bool labels;            /* y is a class index per sample (y_shape is rank 0) */
   int64_t batch, epochs, seed;
   NnTask task;
   double threshold;

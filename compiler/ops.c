@@ -196,6 +196,315 @@ GRAD(grad_matmul) {
 #undef B
 #undef ONE
 
+/* ---- convolution and pooling ---- */
+
+/* Output positions of a window sliding over `in` samples padded by p0 before and p1 after,
+ * with window k, stride s and dilation d; 0 if the dilated window is longer than that. */
+static int64_t window_out(int64_t in, int k, int s, int d, int p0, int p1) {
+  int64_t span = (int64_t)d * (k - 1) + 1, padded = in + p0 + p1;
+  return padded < span ? 0 : (padded - span) / s + 1;
+}
+
+/* The [B, OH, OW, channels] result of sliding c's window over an image of shape x. */
+static Shape window_shape(Shape x, const ConvAttr *c, int64_t channels) {
+  return (Shape){4, {x.dim[0], window_out(x.dim[1], c->kh, c->sh, c->dh, c->pt, c->pb),
+                     window_out(x.dim[2], c->kw, c->sw, c->dw, c->pl, c->pr), channels}};
+}
+
+/* Sema checks the geometry it builds from the user's numbers; a bad one here is a bug. */
+static void check_geometry(const Node *n) {
+  const ConvAttr *c = &n->attr.conv;
+  if (c->kh < 1 || c->kw < 1 || c->sh < 1 || c->sw < 1 || c->dh < 1 || c->dw < 1 || c->pt < 0 ||
+      c->pl < 0 || c->pb < 0 || c->pr < 0)
+    diag_internal(__FILE__, __LINE__, "%s with a bad window", op_info[n->op].text);
+}
+
+/* Reports a window that does not fit its (padded) image; `what` is "cannot convolve ..." */
+static bool window_fits(Builder *b, const char *what, Shape x, const ConvAttr *c) {
+  Shape r = window_shape(x, c, 1);
+  if (r.dim[1] > 0 && r.dim[2] > 0) return true;
+  diag_error(b->loc, "%s: the window spans %lldx%lld but the padded input is %lldx%lld", what,
+             (long long)c->dh * (c->kh - 1) + 1, (long long)c->dw * (c->kw - 1) + 1,
+             (long long)(x.dim[1] + c->pt + c->pb), (long long)(x.dim[2] + c->pl + c->pr));
+  return false;
+}
+
+/* conv2d: x[B,H,W,C], w[KH,KW,C,F] -> [B,OH,OW,F] */
+static bool shape_conv2d(Builder *b, Node *n, Shape *out) {
+  Shape x = n->src[0]->shape, w = n->src[1]->shape;
+  const ConvAttr *c = &n->attr.conv;
+  check_geometry(n);
+  char *what = xprintf("cannot convolve %s with %s", shape_str(x, true), shape_str(w, true));
+  if (x.rank != 4 || w.rank != 4 || w.dim[0] < 0) {
+    diag_error(b->loc, "%s: expected an image [h, w, c] and a filter [kh, kw, c, filters]", what);
+    return false;
+  }
+  if (x.dim[3] != w.dim[2]) {
+    diag_error(b->loc, "%s: input has %lld channels, filter expects %lld", what,
+               (long long)x.dim[3], (long long)w.dim[2]);
+    return false;
+  }
+  if (w.dim[0] != c->kh || w.dim[1] != c->kw)
+    diag_internal(__FILE__, __LINE__, "conv2d window %dx%d for a filter %s", c->kh, c->kw,
+                  shape_str(w, false));
+  if (!window_fits(b, what, x, c)) return false;
+  *out = window_shape(x, c, w.dim[3]);
+  return true;
+}
+
+/* conv2d_bwd_data (g, w) -> dx and conv2d_bwd_filter (x, g) -> dw: the result shape is given;
+ * it must be the one whose convolution gives g. */
+static bool shape_conv2d_bwd(Builder *b, Node *n, Shape *out) {
+  bool data = n->op == OP_CONV2D_BWD_DATA;
+  Shape r = n->shape, g = n->src[data ? 0 : 1]->shape, other = n->src[data ? 1 : 0]->shape;
+  Shape x = data ? r : other, w = data ? other : r;
+  const ConvAttr *c = &n->attr.conv;
+  check_geometry(n);
+  bool ok = x.rank == 4 && w.rank == 4 && g.rank == 4 && w.dim[0] == c->kh &&
+            w.dim[1] == c->kw && x.dim[3] == w.dim[2] && g.dim[3] == w.dim[3];
+  if (ok) {
+    Shape y = window_shape(x, c, w.dim[3]);
+    ok = y.dim[1] > 0 && y.dim[2] > 0 && shape_eq(y, g);
+  }
+  if (!ok) {
+    diag_error(b->loc, "cannot make %s from %s and %s in '%s'", shape_str(r, true),
+               shape_str(n->src[0]->shape, true), shape_str(n->src[1]->shape, true),
+               op_info[n->op].text);
+    return false;
+  }
+  *out = r;
+  return true;
+}
+
+/* maxpool, avgpool: x[B,H,W,C] -> [B,OH,OW,C] */
+static bool shape_pool(Builder *b, Node *n, Shape *out) {
+  Shape x = n->src[0]->shape;
+  check_geometry(n);
+  char *what = xprintf("cannot pool %s with a %dx%d window", shape_str(x, true),
+                       n->attr.conv.kh, n->attr.conv.kw);
+  if (x.rank != 4) {
+    diag_error(b->loc, "%s: expected an image [h, w, c]", what);
+    return false;
+  }
+  if (!window_fits(b, what, x, &n->attr.conv)) return false;
+  *out = window_shape(x, &n->attr.conv, x.dim[3]);
+  return true;
+}
+
+/* maxpool_bwd (x, g) -> dx shaped like x; avgpool_bwd (g) -> dx of the given shape. In both,
+ * pooling dx's shape must give g's. */
+static bool shape_pool_bwd(Builder *b, Node *n, Shape *out) {
+  bool max = n->op == OP_MAXPOOL_BWD;
+  Shape r = max ? n->src[0]->shape : n->shape, g = n->src[max ? 1 : 0]->shape;
+  check_geometry(n);
+  Shape y = r.rank == 4 ? window_shape(r, &n->attr.conv, r.dim[3]) : (Shape){0};
+  if (r.rank != 4 || y.dim[1] < 1 || y.dim[2] < 1 || !shape_eq(y, g)) {
+    diag_error(b->loc, "cannot make %s from %s in '%s'", shape_str(r, true), shape_str(g, true),
+               op_info[n->op].text);
+    return false;
+  }
+  *out = r;
+  return true;
+}
+
+/* CONV2D ↔ CONV2D_BWD_DATA, CONV2D_BWD_FILTER.
+ * y = conv2d(x, w):  dx = conv2d_bwd_data(g, w),  dw = conv2d_bwd_filter(x, g) */
+GRAD(grad_conv2d) {
+  Node *x = n->src[0], *w = n->src[1];
+  d[0] = ir_window(b, OP_CONV2D_BWD_DATA, g, w, n->attr.conv, x->shape);
+  d[1] = ir_window(b, OP_CONV2D_BWD_FILTER, x, g, n->attr.conv, w->shape);
+}
+/* dx = conv2d_bwd_data(gy, w) is bilinear: sum(G * dx) = sum(conv2d(G, w) * gy), so
+ *   d gy = conv2d(G, w),  d w = conv2d_bwd_filter(G, gy) */
+GRAD(grad_conv2d_bwd_data) {
+  Node *gy = n->src[0], *w = n->src[1];
+  d[0] = ir_window(b, OP_CONV2D, g, w, n->attr.conv, gy->shape);
+  d[1] = ir_window(b, OP_CONV2D_BWD_FILTER, g, gy, n->attr.conv, w->shape);
+}
+/* dw = conv2d_bwd_filter(x, gy) is bilinear: sum(G * dw) = sum(conv2d(x, G) * gy), so
+ *   d x = conv2d_bwd_data(gy, G),  d gy = conv2d(x, G) */
+GRAD(grad_conv2d_bwd_filter) {
+  Node *x = n->src[0], *gy = n->src[1];
+  d[0] = ir_window(b, OP_CONV2D_BWD_DATA, gy, g, n->attr.conv, x->shape);
+  d[1] = ir_window(b, OP_CONV2D, x, g, n->attr.conv, gy->shape);
+}
+/* MAXPOOL ↔ MAXPOOL_BWD: y = maxpool(x): dx = g routed to each window's first maximum */
+GRAD(grad_maxpool) {
+  d[0] = ir_window(b, OP_MAXPOOL_BWD, n->src[0], g, n->attr.conv, n->src[0]->shape);
+}
+/* AVGPOOL ↔ AVGPOOL_BWD: y = avgpool(x): dx = each g spread evenly over its window */
+GRAD(grad_avgpool) {
+  d[0] = ir_window(b, OP_AVGPOOL_BWD, g, NULL, n->attr.conv, n->src[0]->shape);
+}
+/* dx = avgpool_bwd(gy) is linear and avgpool is its adjoint: d gy = avgpool(G) */
+GRAD(grad_avgpool_bwd) {
+  d[0] = ir_window(b, OP_AVGPOOL, g, NULL, n->attr.conv, n->src[0]->shape);
+}
+
+/* ---- movement and indexing (attr.move, see MoveAttr) ----
+ * Sema checks the axes, bounds and permutations it builds from the user's numbers, so a bad
+ * one here is a bug; shapes that do not fit are user errors, reported like shape_bcast's. */
+
+#define MOVE_BUG(n) diag_internal(__FILE__, __LINE__, "bad %s attributes", op_info[(n)->op].text)
+
+/* where(c, a, b): the three operands broadcast together */
+static bool shape_where(Builder *b, Node *n, Shape *out) {
+  Shape c = n->src[0]->shape, x = n->src[1]->shape, y = n->src[2]->shape, cx;
+  if (shape_broadcast(c, x, &cx) && shape_broadcast(cx, y, out)) return true;
+  diag_error(b->loc, "shapes %s, %s and %s do not broadcast in 'where'", shape_str(c, true),
+             shape_str(x, true), shape_str(y, true));
+  return false;
+}
+/* c ? a : b:  da = (c ? g : 0), db = (c ? 0 : g), each summed back to its shape */
+GRAD(grad_where) {
+  Node *c = n->src[0], *zero = ir_const(b, 0);
+  d[1] = ir_unbroadcast(b, ir_where(b, c, g, zero), n->src[1]->shape);
+  d[2] = ir_unbroadcast(b, ir_where(b, c, zero, g), n->src[2]->shape);
+}
+
+/* result dim d is operand dim perm[d]; a batch dim stays in front */
+static bool shape_permute(Builder *b, Node *n, Shape *out) {
+  (void)b;
+  Shape x = n->src[0]->shape;
+  unsigned seen = 0;
+  for (int d = 0; d < x.rank; d++) {
+    int64_t p = n->attr.move.perm[d];
+    if (p < 0 || p >= x.rank || (seen >> p & 1) || (x.dim[p] < 0 && d != 0)) MOVE_BUG(n);
+    seen |= 1u << p;
+    out->dim[d] = x.dim[p];
+  }
+  out->rank = x.rank;
+  return true;
+}
+/* PERMUTE ↔ PERMUTE: dx = g permuted back by the inverse */
+GRAD(grad_permute) {
+  int64_t inv[MAX_RANK];
+  for (int i = 0; i < n->shape.rank; i++) inv[n->attr.move.perm[i]] = i;
+  d[0] = ir_permute(b, g, inv);
+}
+
+/* SLICE: ceil((hi - lo) / step) elements per axis; PAD: lo + (n-1)*step + 1 + hi. A batch
+ * dim is never cut or padded. */
+static bool shape_slice_pad(Builder *b, Node *n, Shape *out) {
+  (void)b;
+  const MoveAttr *m = &n->attr.move;
+  Shape x = n->src[0]->shape;
+  *out = x;
+  for (int i = 0; i < x.rank; i++) {
+    int64_t lo = m->lo[i], hi = m->hi[i], step = m->step[i], len = x.dim[i];
+    if (len < 0) {
+      if (lo != 0 || hi != (n->op == OP_SLICE ? len : 0) || step != 1) MOVE_BUG(n);
+    } else if (n->op == OP_SLICE) {
+      if (lo < 0 || lo >= hi || hi > len || step < 1) MOVE_BUG(n);
+      out->dim[i] = (hi - lo + step - 1) / step;
+    } else {
+      if (lo < 0 || hi < 0 || step < 1) MOVE_BUG(n);
+      out->dim[i] = lo + (len - 1) * step + 1 + hi;
+    }
+  }
+  return true;
+}
+#define shape_slice shape_slice_pad
+#define shape_pad shape_slice_pad
+/* SLICE ↔ PAD: dx = g put back where the slice took it from, zeros elsewhere */
+GRAD(grad_slice) {
+  const MoveAttr *m = &n->attr.move;
+  int64_t after[MAX_RANK];
+  for (int i = 0; i < n->shape.rank; i++) /* past the last element taken */
+    after[i] = n->shape.dim[i] < 0 ? 0
+               : n->src[0]->shape.dim[i] - (m->lo[i] + (n->shape.dim[i] - 1) * m->step[i] + 1);
+  d[0] = ir_pad(b, g, m->lo, after, m->step);
+}
+/* PAD ↔ SLICE: dx = the part of g that came from x */
+GRAD(grad_pad) {
+  const MoveAttr *m = &n->attr.move;
+  int64_t end[MAX_RANK];
+  for (int i = 0; i < n->shape.rank; i++)
+    end[i] = n->shape.dim[i] < 0 ? n->shape.dim[i]
+             : m->lo[i] + (n->src[0]->shape.dim[i] - 1) * m->step[i] + 1;
+  d[0] = ir_slice(b, g, m->lo, end, m->step);
+}
+
+/* a then b along the axis; every other dim equal */
+static bool shape_concat(Builder *b, Node *n, Shape *out) {
+  Shape x = n->src[0]->shape, y = n->src[1]->shape;
+  int64_t axis = n->attr.move.axis;
+  if (axis < 0 || axis >= x.rank || x.dim[axis] < 0) MOVE_BUG(n);
+  bool ok = x.rank == y.rank;
+  for (int i = 0; ok && i < x.rank; i++) ok = i == axis || x.dim[i] == y.dim[i];
+  if (!ok) {
+    diag_error(b->loc, "cannot concatenate %s and %s along axis %lld", shape_str(x, true),
+               shape_str(y, true), (long long)(axis - (x.dim[0] < 0)));
+    return false;
+  }
+  *out = x;
+  out->dim[axis] += y.dim[axis];
+  return true;
+}
+/* CONCAT ↔ SLICE: da, db = the two parts of g */
+GRAD(grad_concat) {
+  int64_t lo[MAX_RANK], hi[MAX_RANK], step[MAX_RANK];
+  int64_t axis = n->attr.move.axis, split = n->src[0]->shape.dim[axis];
+  for (int i = 0; i < n->shape.rank; i++) lo[i] = 0, hi[i] = n->shape.dim[i], step[i] = 1;
+  hi[axis] = split;
+  d[0] = ir_slice(b, g, lo, hi, step);
+  lo[axis] = split, hi[axis] = n->shape.dim[axis];
+  d[1] = ir_slice(b, g, lo, hi, step);
+}
+
+/* gather(x, idx): x[:axis] + idx[lead:] + x[axis+1:], x and idx sharing their first `lead`
+ * dims; false if the shapes do not fit together. */
+static bool gather_shape(Shape x, Shape idx, int64_t axis, int64_t lead, Shape *out) {
+  if (lead < 0 || lead > 1 || axis < lead || axis >= x.rank || x.dim[axis] < 0 ||
+      idx.rank < lead || x.rank - 1 + idx.rank - lead > MAX_RANK)
+    return false;
+  if (lead && x.dim[0] != idx.dim[0]) return false;
+  if (!lead && idx.rank && idx.dim[0] < 0 && axis != 0) return false; /* batch stays dim 0 */
+  *out = (Shape){0};
+  for (int i = 0; i < axis; i++) out->dim[out->rank++] = x.dim[i];
+  for (int i = (int)lead; i < idx.rank; i++) out->dim[out->rank++] = idx.dim[i];
+  for (int i = (int)axis + 1; i < x.rank; i++) out->dim[out->rank++] = x.dim[i];
+  return true;
+}
+static bool shape_gather(Builder *b, Node *n, Shape *out) {
+  Shape x = n->src[0]->shape, idx = n->src[1]->shape;
+  if (gather_shape(x, idx, n->attr.move.axis, n->attr.move.lead, out)) return true;
+  diag_error(b->loc, "cannot index %s with indices %s", shape_str(x, true), shape_str(idx, true));
+  return false;
+}
+/* the result shape is given (x's); g must be what gathering from it gives */
+static bool shape_scatter(Builder *b, Node *n, Shape *out) {
+  (void)b;
+  Shape g = n->src[0]->shape, want;
+  if (!gather_shape(n->shape, n->src[1]->shape, n->attr.move.axis, n->attr.move.lead, &want) ||
+      !shape_eq(want, g))
+    MOVE_BUG(n);
+  *out = n->shape;
+  return true;
+}
+/* GATHER ↔ SCATTER_ADD: dx = g added back into the rows it was read from (repeated indices
+ * accumulate); the indices get no gradient */
+GRAD(grad_gather) {
+  d[0] = ir_scatter_add(b, g, n->src[1], (int)n->attr.move.axis, (int)n->attr.move.lead,
+                        n->src[0]->shape);
+}
+/* SCATTER_ADD ↔ GATHER: dg = the rows of g where the values went */
+GRAD(grad_scatter) {
+  d[0] = ir_gather(b, g, n->src[1], (int)n->attr.move.axis, (int)n->attr.move.lead);
+}
+
+/* the shape is given; a constant, so never batched */
+static bool shape_iota(Builder *b, Node *n, Shape *out) {
+  (void)b;
+  if (n->attr.move.axis < 0 || n->attr.move.axis >= n->shape.rank) MOVE_BUG(n);
+  for (int i = 0; i < n->shape.rank; i++)
+    if (n->shape.dim[i] < 1) MOVE_BUG(n);
+  *out = n->shape;
+  return true;
+}
+
+#undef MOVE_BUG
+
 const OpInfo op_info[OP_COUNT] = {
 #define OP(name, arity, cls, text, shape, grad) [OP_##name] = {text, arity, CLASS_##cls, shape, grad},
 #include "ops.def"

@@ -23,6 +23,7 @@ typedef enum VKind {
   V_TENSOR, /* an IR node */
   V_NUM,    /* a number known at compile time */
   V_STR,    /* a string */
+  V_LIST,   /* [n, ...]: numbers, only as a built-in function's argument (reshape dims) */
 } VKind;
 
 typedef struct Value {
@@ -30,6 +31,7 @@ typedef struct Value {
   Node *node; /* V_TENSOR */
   double num; /* V_NUM */
   const char *str; /* V_STR */
+  const double *nums; int len; /* V_LIST: the numbers */
 } Value;
 
 static const Value ERR = {V_ERROR};
@@ -103,11 +105,7 @@ static const Ast *lookup_def(Sema *s, const char *name) {
   return NULL;
 }
 
-static const char *const builtins[] = {
-    "exp", "log", "sqrt", "tanh", "sigmoid", "abs", "sign", "max", "min", "pow", "sum", "mean",
-    "matmul",
-};
-enum { N_BUILTINS = sizeof builtins / sizeof *builtins };
+static const char *builtin_name(int i); /* NULL past the last */
 
 /* Reports an unknown name, with the closest known name as a suggestion. */
 static void unknown_name(Sema *s, Frame *f, Loc loc, const char *what, const char *name) {
@@ -115,7 +113,7 @@ static void unknown_name(Sema *s, Frame *f, Loc loc, const char *what, const cha
   int n = 0;
   for (Binding *b = f ? f->locals : NULL; b && n < 256; b = b->next) cands[n++] = b->name;
   for (Def *d = s->defs; d && n < 256; d = d->next) cands[n++] = d->name;
-  for (int i = 0; i < N_BUILTINS && n < 256; i++) cands[n++] = builtins[i];
+  for (int i = 0; builtin_name(i) && n < 256; i++) cands[n++] = builtin_name(i);
   const char *close = diag_did_you_mean(name, cands, n);
   if (close)
     diag_error(loc, "unknown %s '%s'; did you mean '%s'?", what, name, close);
@@ -269,7 +267,24 @@ typedef struct Args { /* a call's arguments, evaluated, positional then keyword 
   Value v[16];
 } Args;
 
-static bool eval_args(Sema *s, Frame *f, const Ast *call, Args *args) {
+/* A list argument [a, b, ...] of numbers; NULL after an error. */
+static const double *eval_list(Sema *s, Frame *f, const Ast *list) {
+  double *v = xalloc((list->kids.len + 1) * sizeof *v);
+  for (int i = 0; i < list->kids.len; i++) {
+    Value x = eval(s, f, list->kids.items[i]);
+    if (x.kind == V_ERROR) return NULL;
+    if (x.kind != V_NUM) {
+      diag_error(list->kids.items[i]->loc, "a list element must be a number");
+      return NULL;
+    }
+    v[i] = x.num;
+  }
+  return v;
+}
+
+/* `lists`: a [..] argument becomes a V_LIST (built-in functions take them); elsewhere it is
+ * an error. */
+static bool eval_args(Sema *s, Frame *f, const Ast *call, Args *args, bool lists) {
   args->n = 0;
   bool seen_kw = false;
   for (int i = 0; i < call->kids.len; i++) {
@@ -286,7 +301,13 @@ static bool eval_args(Sema *s, Frame *f, const Ast *call, Args *args) {
     seen_kw |= kw;
     args->ast[args->n] = a;
     args->kw[args->n] = kw ? a->name : NULL;
-    args->v[args->n] = eval(s, f, kw ? a->a : a);
+    const Ast *e = kw ? a->a : a;
+    if (lists && e->kind == AST_LIST) {
+      const double *nums = eval_list(s, f, e);
+      args->v[args->n] = nums ? (Value){V_LIST, .nums = nums, .len = e->kids.len} : ERR;
+    } else {
+      args->v[args->n] = eval(s, f, e);
+    }
     args->n++;
   }
   return true;
@@ -317,70 +338,644 @@ static Value unary(Sema *s, OpKind op, Value x) {
   return tensor(ir_unary(&s->b, op, x.node));
 }
 
-/* Primitive functions callable by name. Returns false if `name` is not one. */
+/* ---- built-in functions: each is one primitive op or a short composition of them ---- */
+
+/* The keyword argument `name`, or NULL. */
+static const Value *kwarg(const Args *a, const char *name) {
+  for (int i = 0; i < a->n; i++)
+    if (a->kw[i] && !strcmp(a->kw[i], name)) return &a->v[i];
+  return NULL;
+}
+
+typedef struct Builtin {
+  const char *name;
+  int min_args, max_args;        /* positional arguments */
+  const char *keywords[4];       /* keyword arguments it accepts */
+  OpKind op;                     /* the primitive, for the generic handlers */
+  /* Called with the arity and keywords checked and no argument in error. */
+  Value (*call)(Sema *s, const struct Builtin *bi, const Ast *call, const Args *a);
+} Builtin;
+
+#define BUILTIN(name) \
+  static Value name(Sema *s, const Builtin *bi, const Ast *call, const Args *a)
+
+/* exp(x), log(x), ...: elementwise, folded for numbers */
+BUILTIN(call_unary) {
+  (void)call;
+  return unary(s, bi->op, a->v[0]);
+}
+
+/* keepdims = 1: the reduction r of x keeps its reduced axes as 1 (so that it broadcasts
+ * against x, as softmax needs) */
+static Value keep_dims(Sema *s, const Args *a, Value x, Value r) {
+  const Value *keep = kwarg(a, "keepdims"), *axis = kwarg(a, "axis");
+  if (!keep || keep->kind != V_NUM || !keep->num || x.kind != V_TENSOR || r.kind != V_TENSOR)
+    return r;
+  Shape k = x.node->shape;
+  int first = batched(x.node), rank = sample_rank(x.node);
+  for (int i = first; i < k.rank; i++)
+    if (!axis || i - first == ((int)axis->num + rank) % rank) k.dim[i] = 1;
+  return tensor(ir_reshape(&s->b, r.node, k));
+}
+
+/* max(a, b), min(a, b), pow(a, b): elementwise with broadcasting; max(x)/min(x) reduce */
+BUILTIN(call_binary) {
+  const Value *axis = kwarg(a, "axis");
+  bool positional2 = a->n - (axis != NULL) - (kwarg(a, "keepdims") != NULL) == 2;
+  if (!positional2 && bi->op != OP_POW) { /* min(x) = -max(-x) */
+    bool is_min = bi->op == OP_MIN;
+    Value r = reduce(s, is_min ? negate(s, a->v[0]) : a->v[0], axis, false, true, call->loc);
+    return keep_dims(s, a, a->v[0], is_min ? negate(s, r) : r);
+  }
+  if (axis || kwarg(a, "keepdims")) {
+    diag_error(call->loc, "'%s' of two values takes no axis", bi->name);
+    return ERR;
+  }
+  if (a->v[0].kind == V_NUM && a->v[1].kind == V_NUM) {
+    double x = a->v[0].num, y = a->v[1].num;
+    return number(bi->op == OP_MAX ? fmax(x, y) : bi->op == OP_MIN ? fmin(x, y) : pow(x, y));
+  }
+  s->b.loc = call->loc;
+  return binary(s, bi->op, a->v[0], a->v[1]);
+}
+
+/* sum(x), mean(x), optionally over one axis */
+BUILTIN(call_reduce) {
+  Value r = reduce(s, a->v[0], kwarg(a, "axis"), !strcmp(bi->name, "mean"), false, call->loc);
+  return keep_dims(s, a, a->v[0], r);
+}
+
+BUILTIN(call_matmul) {
+  (void)bi;
+  return matmul(s, a->v[0], a->v[1], call->loc);
+}
+
+/* ---- movement and indexing builtins: reshape, flatten, transpose, permute, slice, pad,
+ * concat, where, gather, scatter_add, one_hot. Axes are per-sample (the batch dim is never
+ * named) and may be negative, counting from the last. ---- */
+
+/* Positional argument i as a tensor (numbers are not accepted), or NULL after an error. */
+static Node *tensor_arg(const Builtin *bi, const Ast *call, const Args *a, int i) {
+  if (a->v[i].kind == V_TENSOR) return a->v[i].node;
+  diag_error(a->n > i ? a->ast[i]->loc : call->loc, "'%s' needs a tensor%s", bi->name,
+             i ? " here" : "");
+  return NULL;
+}
+
+/* A per-sample shape back in the IR: batched values keep their batch dim in front. */
+static Shape shape_like(const Node *x, Shape per_sample) {
+  return batched(x) ? batch_of(per_sample) : per_sample;
+}
+
+/* x's per-sample shape (the batch dim left out). */
+static Shape sample_shape(const Node *x) {
+  Shape s = {.rank = sample_rank(x)};
+  for (int i = 0; i < s.rank; i++) s.dim[i] = x->shape.dim[i + batched(x)];
+  return s;
+}
+
+static const char *list_str(const double *v, int n) {
+  char *r = "[";
+  for (int i = 0; i < n; i++) r = xprintf("%s%s%g", r, i ? "," : "", v[i]);
+  return xprintf("%s]", r);
+}
+
+/* reshape(x, [dims]): the same per-sample elements in a new shape; one dim may be -1 */
+BUILTIN(call_reshape) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (!x) return ERR;
+  if (a->v[1].kind != V_LIST) {
+    diag_error(a->ast[1]->loc, "reshape takes its new shape as a list, like [4, -1]");
+    return ERR;
+  }
+  Shape from = sample_shape(x), to = {.rank = a->v[1].len};
+  int64_t known = 1, elems = shape_elems(from, 1);
+  int infer = -1;
+  bool ok = to.rank <= MAX_RANK - 1;
+  for (int i = 0; ok && i < to.rank; i++) {
+    double d = a->v[1].nums[i];
+    if (d == -1 && infer < 0) {
+      infer = i;
+      continue;
+    }
+    ok = d >= 1 && d == floor(d) && d < 1e12;
+    to.dim[i] = (int64_t)d;
+    known *= ok ? to.dim[i] : 1;
+  }
+  if (ok && infer >= 0) {
+    ok = elems % known == 0;
+    to.dim[infer] = elems / known;
+  }
+  if (!ok || shape_elems(to, 1) != elems) {
+    diag_error(call->loc, "cannot reshape %s to %s", shape_str(x->shape, true),
+               list_str(a->v[1].nums, a->v[1].len));
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  return tensor(ir_reshape(&s->b, x, shape_like(x, to)));
+}
+
+/* flatten(x): the per-sample elements as one vector */
+BUILTIN(call_flatten) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (!x) return ERR;
+  s->b.loc = call->loc;
+  return tensor(ir_reshape(&s->b, x, shape_like(x, shape_of(1, (int)shape_elems(sample_shape(x), 1)))));
+}
+
+/* The built-ins whose positional argument i may be a list [..]. */
+static bool takes_list(const Builtin *bi, int i) {
+  return i == 1 && (!strcmp(bi->name, "reshape") || !strcmp(bi->name, "permute"));
+}
+
+/* ---- convolution and pooling builtins: conv2d_op, conv2d_transpose_op, maxpool, avgpool,
+ * upsample. Images are per-sample [h, w, c] (NHWC with the batch); filters are plain
+ * [kh, kw, c, filters] tensors (parameters). ---- */
+
+/* Positional argument 0 as a batch of images, or NULL after an error. */
+static Node *image_arg(const Builtin *bi, const Ast *call, const Args *a) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (x && (!batched(x) || sample_rank(x) != 3)) {
+    diag_error(a->ast[0]->loc, "'%s' takes per-sample images [h, w, c], got %s%s", bi->name,
+               shape_str(x->shape, true), batched(x) ? "" : " (not per sample)");
+    return NULL;
+  }
+  return x;
+}
+
+/* A positive integer argument (size, stride, dilation, factor); v may be NULL for `def`. */
+static bool count_arg(const Builtin *bi, const Ast *at, const Value *v, const char *what,
+                      int def, int *out) {
+  *out = def;
+  if (!v) return true;
+  if (v->kind != V_NUM || v->num < 1 || v->num != floor(v->num) || v->num > 1 << 20) {
+    diag_error(at->loc, "%s of '%s' must be a positive integer", what, bi->name);
+    return false;
+  }
+  *out = (int)v->num;
+  return true;
+}
+
+/* The source of keyword argument `name` (for error locations), or the call. */
+static const Ast *kwarg_ast(const Ast *call, const Args *a, const char *name) {
+  for (int i = 0; i < a->n; i++)
+    if (a->kw[i] && !strcmp(a->kw[i], name)) return a->ast[i];
+  return call;
+}
+
+/* The padding of one axis: none for "valid"; for "same" (TensorFlow's rule) enough that
+ * out = ceil(in / stride), split evenly with the odd element after. */
+static void same_padding(int64_t in, int k, int s, int d, int *before, int *after) {
+  int64_t out = (in + s - 1) / s, span = (int64_t)d * (k - 1) + 1;
+  int64_t total = (out - 1) * s + span - in;
+  if (total < 0) total = 0;
+  *before = (int)(total / 2), *after = (int)(total - total / 2);
+}
+
+/* The stride, dilation and padding keywords of a window builtin. */
+typedef struct WindowOpts {
+  int stride, dilation;
+  bool same; /* padding = "same" (else "valid") */
+} WindowOpts;
+
+static bool window_opts(const Builtin *bi, const Ast *call, const Args *a, int def_stride,
+                        const char *def_padding, WindowOpts *o) {
+  if (!count_arg(bi, kwarg_ast(call, a, "stride"), kwarg(a, "stride"), "stride", def_stride,
+                 &o->stride) ||
+      !count_arg(bi, kwarg_ast(call, a, "dilation"), kwarg(a, "dilation"), "dilation", 1,
+                 &o->dilation))
+    return false;
+  const Value *pad = kwarg(a, "padding");
+  const char *mode = !pad ? def_padding : pad->kind == V_STR ? pad->str : "";
+  o->same = !strcmp(mode, "same");
+  if (!o->same && strcmp(mode, "valid")) {
+    diag_error(kwarg_ast(call, a, "padding")->loc,
+               "padding of '%s' must be \"same\" or \"valid\"", bi->name);
+    return false;
+  }
+  return true;
+}
+
+/* Sets c's stride, dilation and padding (its window is set) for an image of h x w. */
+static void set_window(ConvAttr *c, WindowOpts o, int64_t h, int64_t w) {
+  c->sh = c->sw = o.stride, c->dh = c->dw = o.dilation;
+  if (o.same) {
+    same_padding(h, c->kh, o.stride, o.dilation, &c->pt, &c->pb);
+    same_padding(w, c->kw, o.stride, o.dilation, &c->pl, &c->pr);
+  }
+}
+
+/* A filter argument: one [kh, kw, ·, ·] tensor, not per sample. */
+static Node *filter_arg(const Builtin *bi, const Ast *call, const Args *a, const char *layout) {
+  Node *w = tensor_arg(bi, call, a, 1);
+  if (w && (batched(w) || w->shape.rank != 4)) {
+    diag_error(a->ast[1]->loc, "'%s' takes a filter %s, got %s%s", bi->name, layout,
+               shape_str(w->shape, true), batched(w) ? " (per sample)" : "");
+    return NULL;
+  }
+  return w;
+}
+
+/* conv2d_op(x, w, stride = 1, padding = "same", dilation = 1): x [h, w, c] per sample,
+ * w [kh, kw, c, filters] -> [oh, ow, filters] */
+BUILTIN(call_conv2d) {
+  Node *x = image_arg(bi, call, a), *w = filter_arg(bi, call, a, "[kh, kw, c, filters]");
+  if (!x || !w) return ERR;
+  ConvAttr c = {.kh = (int)w->shape.dim[0], .kw = (int)w->shape.dim[1]};
+  WindowOpts o;
+  if (!window_opts(bi, call, a, 1, "same", &o)) return ERR;
+  set_window(&c, o, x->shape.dim[1], x->shape.dim[2]);
+  s->b.loc = call->loc;
+  return tensor(ir_window(&s->b, OP_CONV2D, x, w, c, (Shape){0}));
+}
+
+/* conv2d_transpose_op(x, w, stride = 1, padding = "same", dilation = 1): x [h, w, c] per
+ * sample, w [kh, kw, filters, c] (Keras' layout) -> [oh, ow, filters], the data gradient of
+ * the convolution that maps [oh, ow, filters] to [h, w, c]. As in Keras, oh = h * stride
+ * for "same" and h * stride + max(kh' - stride, 0) for "valid" (kh' the dilated window). */
+BUILTIN(call_conv2d_transpose) {
+  Node *x = image_arg(bi, call, a), *w = filter_arg(bi, call, a, "[kh, kw, filters, c]");
+  if (!x || !w) return ERR;
+  Shape xs = x->shape, ws = w->shape;
+  if (xs.dim[3] != ws.dim[3]) {
+    diag_error(call->loc, "cannot transpose-convolve %s with %s: input has %lld channels, "
+               "filter expects %lld", shape_str(xs, true), shape_str(ws, true),
+               (long long)xs.dim[3], (long long)ws.dim[3]);
+    return ERR;
+  }
+  ConvAttr c = {.kh = (int)ws.dim[0], .kw = (int)ws.dim[1]};
+  WindowOpts o;
+  if (!window_opts(bi, call, a, 1, "same", &o)) return ERR;
+  int64_t out[2];
+  for (int i = 0; i < 2; i++) {
+    int64_t span = (int64_t)o.dilation * ((i ? c.kw : c.kh) - 1) + 1, in = xs.dim[1 + i];
+    out[i] = in * o.stride + (o.same || span <= o.stride ? 0 : span - o.stride);
+  }
+  set_window(&c, o, out[0], out[1]); /* the forward convolution's geometry on the result */
+  s->b.loc = call->loc;
+  Shape r = {4, {xs.dim[0], out[0], out[1], ws.dim[2]}};
+  return tensor(ir_window(&s->b, OP_CONV2D_BWD_DATA, x, w, c, r));
+}
+
+/* maxpool(x, size, stride = size, padding = "valid"), avgpool(...): x [h, w, c] per sample
+ * -> [oh, ow, c], over size x size windows */
+BUILTIN(call_pool) {
+  Node *x = image_arg(bi, call, a);
+  int size;
+  if (!x || !count_arg(bi, a->ast[1], &a->v[1], "size", 1, &size)) return ERR;
+  ConvAttr c = {.kh = size, .kw = size};
+  WindowOpts o;
+  if (!window_opts(bi, call, a, size, "valid", &o)) return ERR;
+  set_window(&c, o, x->shape.dim[1], x->shape.dim[2]);
+  s->b.loc = call->loc;
+  return tensor(ir_window(&s->b, bi->op, x, NULL, c, (Shape){0}));
+}
+
+/* upsample(x, factor): nearest neighbour, each pixel repeated factor x factor times. Not a
+ * primitive: [h, w, c] -> [h, 1, w, 1, c] -> broadcast [h, f, w, f, c] -> [h*f, w*f, c], so
+ * its gradient (EXPAND's) sums each block. */
+BUILTIN(call_upsample) {
+  Node *x = image_arg(bi, call, a);
+  int f;
+  if (!x || !count_arg(bi, a->ast[1], &a->v[1], "factor", 1, &f)) return ERR;
+  int64_t b0 = x->shape.dim[0], h = x->shape.dim[1], w = x->shape.dim[2], c = x->shape.dim[3];
+  Builder *b = &s->b;
+  b->loc = call->loc;
+  Node *r = ir_reshape(b, x, (Shape){6, {b0, h, 1, w, 1, c}});
+  r = ir_expand(b, r, (Shape){6, {b0, h, f, w, f, c}});
+  return tensor(ir_reshape(b, r, (Shape){4, {b0, h * f, w * f, c}}));
+}
+
+static bool is_int(Value v);
+
+/* Where keyword argument `name` was written, or `dflt`. */
+static Loc kwarg_loc(const Args *a, const char *name, Loc dflt) {
+  for (int i = 0; i < a->n; i++)
+    if (a->kw[i] && !strcmp(a->kw[i], name)) return a->ast[i]->loc;
+  return dflt;
+}
+
+/* Keyword argument `name` as an integer in [lo, hi] (default dflt); false after an error. */
+static bool int_kwarg(const Args *a, const char *name, int64_t dflt, int64_t lo, int64_t hi,
+                      const char *fn, Loc loc, int64_t *out) {
+  const Value *v = kwarg(a, name);
+  *out = dflt;
+  if (!v) return true;
+  if (!is_int(*v) || v->num < (double)lo || v->num > (double)hi) {
+    diag_error(kwarg_loc(a, name, loc), "'%s': %s must be an integer in [%lld, %lld]", fn, name,
+               (long long)lo, (long long)hi);
+    return false;
+  }
+  *out = (int64_t)v->num;
+  return true;
+}
+
+/* The `axis` keyword (default 0) as an IR axis of x; -1 after an error. */
+static int axis_kwarg(const Args *a, const Node *x, const char *fn, Loc loc) {
+  int rank = sample_rank(x);
+  const Value *v = kwarg(a, "axis");
+  double ax = v ? v->num : 0;
+  if ((v && !is_int(*v)) || ax < -rank || ax >= rank) {
+    diag_error(kwarg_loc(a, "axis", loc), "'%s': axis must be an integer in [%d, %d) for %s",
+               fn, -rank, rank, shape_str(x->shape, true));
+    return -1;
+  }
+  return (int)(ax < 0 ? ax + rank : ax) + batched(x);
+}
+
+/* An unbatched value as a batch of copies of it (for an operation with a batched value). */
+static Node *to_batched(Sema *s, Node *x) {
+  if (!x || batched(x)) return x;
+  Shape one = {.rank = x->shape.rank + 1, .dim = {1}};
+  memcpy(one.dim + 1, x->shape.dim, x->shape.rank * sizeof *one.dim);
+  Shape all = one;
+  all.dim[0] = DIM_BATCH;
+  return ir_expand(&s->b, ir_reshape(&s->b, x, one), all);
+}
+
+/* A permutation of all of x's dims, batch dim first. */
+static int64_t *identity_perm(const Node *x) {
+  int64_t *p = xalloc(MAX_RANK * sizeof *p);
+  for (int i = 0; i < x->shape.rank; i++) p[i] = i;
+  return p;
+}
+
+/* transpose(x): swaps the last two per-sample axes */
+BUILTIN(call_transpose) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (!x) return ERR;
+  if (sample_rank(x) < 2) {
+    diag_error(call->loc, "transpose needs a matrix (2 or more axes), got %s",
+               shape_str(x->shape, true));
+    return ERR;
+  }
+  int64_t *p = identity_perm(x), r = x->shape.rank;
+  p[r - 1] = r - 2, p[r - 2] = r - 1;
+  s->b.loc = call->loc;
+  return tensor(ir_permute(&s->b, x, p));
+}
+
+/* permute(x, [axes]): result axis i is x's axis axes[i] */
+BUILTIN(call_permute) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (!x) return ERR;
+  int rank = sample_rank(x), first = batched(x);
+  int64_t *p = identity_perm(x);
+  unsigned seen = 0;
+  bool ok = a->v[1].kind == V_LIST && a->v[1].len == rank;
+  for (int i = 0; ok && i < rank; i++) {
+    double ax = a->v[1].nums[i];
+    ok = ax == floor(ax) && ax >= -rank && ax < rank;
+    int k = ok ? (int)(ax < 0 ? ax + rank : ax) : 0;
+    ok &= !(seen >> k & 1);
+    seen |= 1u << k;
+    p[first + i] = first + k;
+  }
+  if (!ok) {
+    diag_error(a->ast[1]->loc, "permute: %s is not a permutation of the %d axes of %s",
+               a->v[1].kind == V_LIST ? list_str(a->v[1].nums, a->v[1].len) : "this", rank,
+               shape_str(x->shape, true));
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  return tensor(ir_permute(&s->b, x, p));
+}
+
+/* slice(x, axis = k, start = a, end = b, step = c): x[a:b:c] along axis k; negative a, b
+ * count from the end (as in Python); the range must not be empty */
+BUILTIN(call_slice) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  int axis = x ? axis_kwarg(a, x, bi->name, call->loc) : -1;
+  if (axis < 0) return ERR;
+  int64_t n = x->shape.dim[axis], lo[MAX_RANK], hi[MAX_RANK], step[MAX_RANK];
+  for (int i = 0; i < x->shape.rank; i++) lo[i] = 0, hi[i] = x->shape.dim[i], step[i] = 1;
+  if (!int_kwarg(a, "start", 0, -n, n, bi->name, call->loc, &lo[axis]) ||
+      !int_kwarg(a, "end", n, -n, n, bi->name, call->loc, &hi[axis]) ||
+      !int_kwarg(a, "step", 1, 1, n, bi->name, call->loc, &step[axis]))
+    return ERR;
+  if (lo[axis] < 0) lo[axis] += n;
+  if (hi[axis] < 0) hi[axis] += n;
+  if (lo[axis] >= hi[axis]) {
+    diag_error(call->loc, "slice [%lld:%lld] of axis %d of %s is empty", (long long)lo[axis],
+               (long long)hi[axis], axis - batched(x), shape_str(x->shape, true));
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  return tensor(ir_slice(&s->b, x, lo, hi, step));
+}
+
+/* pad(x, axis = k, before = a, after = b): a zeros before and b after along axis k */
+BUILTIN(call_pad) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  int axis = x ? axis_kwarg(a, x, bi->name, call->loc) : -1;
+  if (axis < 0) return ERR;
+  int64_t lo[MAX_RANK] = {0}, hi[MAX_RANK] = {0}, step[MAX_RANK];
+  for (int i = 0; i < MAX_RANK; i++) step[i] = 1;
+  if (!int_kwarg(a, "before", 0, 0, 1 << 30, bi->name, call->loc, &lo[axis]) ||
+      !int_kwarg(a, "after", 0, 0, 1 << 30, bi->name, call->loc, &hi[axis]))
+    return ERR;
+  s->b.loc = call->loc;
+  return tensor(ir_pad(&s->b, x, lo, hi, step));
+}
+
+/* concat(a, b, axis = k): a then b along axis k; the other axes must agree. A value without
+ * a batch (a parameter) joins every sample of a batched one. */
+BUILTIN(call_concat) {
+  Node *x = tensor_arg(bi, call, a, 0), *y = x ? tensor_arg(bi, call, a, 1) : NULL;
+  if (!y) return ERR;
+  if (sample_rank(x) != sample_rank(y) || !sample_rank(x)) {
+    diag_error(call->loc, "cannot concatenate %s and %s: %s", shape_str(x->shape, true),
+               shape_str(y->shape, true),
+               sample_rank(x) ? "they differ in rank" : "they have no axes");
+    return ERR;
+  }
+  int axis = axis_kwarg(a, x, bi->name, call->loc);
+  if (axis < 0) return ERR;
+  s->b.loc = call->loc;
+  if (batched(x) != batched(y)) {
+    axis += !batched(x);
+    x = to_batched(s, x), y = to_batched(s, y);
+  }
+  return tensor(ir_concat(&s->b, x, y, axis));
+}
+
+/* where(c, a, b): a where c is not 0, else b; the three broadcast together */
+BUILTIN(call_where) {
+  (void)bi;
+  const Value *v = a->v;
+  if (v[0].kind == V_NUM) return v[0].num ? v[1] : v[2];
+  Node *n[3];
+  for (int i = 0; i < 3; i++) {
+    n[i] = as_node(s, v[i]);
+    if (!n[i]) {
+      diag_error(a->ast[i]->loc, "'where' takes numbers and tensors");
+      return ERR;
+    }
+  }
+  Node *widest = n[0];
+  for (int i = 1; i < 3; i++)
+    if (sample_rank(n[i]) > sample_rank(widest)) widest = n[i];
+  for (int i = 0; i < 3; i++) n[i] = lift_batched(s, n[i], widest);
+  s->b.loc = call->loc;
+  return tensor(ir_where(&s->b, n[0], n[1], n[2]));
+}
+
+/* gather(x, idx, axis = k): per sample, x's entries at positions idx along axis k (numpy's
+ * take): the result's shape is x's with axis k replaced by idx's shape. Indices are rounded
+ * to the nearest integer and clamped into [0, n-1]. An unbatched x (a parameter, e.g. an
+ * embedding table) indexed by batched ids along axis 0 stays one table for all samples. */
+BUILTIN(call_gather) {
+  Node *x = tensor_arg(bi, call, a, 0), *idx = as_node(s, a->v[1]);
+  if (!x) return ERR;
+  if (!idx) {
+    diag_error(a->ast[1]->loc, "'gather' needs indices: a number or a tensor");
+    return ERR;
+  }
+  if (!sample_rank(x)) {
+    diag_error(call->loc, "cannot index %s: it has no axes", shape_str(x->shape, true));
+    return ERR;
+  }
+  int axis = axis_kwarg(a, x, bi->name, call->loc);
+  if (axis < 0) return ERR;
+  s->b.loc = call->loc;
+  if (!batched(x) && (!batched(idx) || axis == 0)) return tensor(ir_gather(&s->b, x, idx, axis, 0));
+  axis += !batched(x);
+  return tensor(ir_gather(&s->b, to_batched(s, x), to_batched(s, idx), axis, 1));
+}
+
+/* scatter_add(v, idx, n, axis = k): per sample, zeros of v's shape with idx's axes replaced
+ * by one axis of n, and each of v's entries added at position idx along it (repeated
+ * indices accumulate); gather's transpose. */
+BUILTIN(call_scatter_add) {
+  Node *v = tensor_arg(bi, call, a, 0), *idx = as_node(s, a->v[1]);
+  if (!v) return ERR;
+  if (!idx || !is_int(a->v[2]) || a->v[2].num < 1) {
+    diag_error(a->ast[idx ? 2 : 1]->loc, "'scatter_add' takes values, indices and a size");
+    return ERR;
+  }
+  bool both = batched(v) || batched(idx);
+  if (both) v = to_batched(s, v), idx = to_batched(s, idx);
+  int lead = both, ri = idx->shape.rank - lead, rv = v->shape.rank;
+  int64_t ax;
+  if (!int_kwarg(a, "axis", 0, 0, rv - lead - ri, bi->name, call->loc, &ax)) return ERR;
+  int axis = (int)ax + lead;
+  Shape to = {0};
+  bool ok = true;
+  for (int i = 0; i < axis; i++) to.dim[to.rank++] = v->shape.dim[i];
+  to.dim[to.rank++] = (int64_t)a->v[2].num;
+  for (int i = 0; i < ri; i++) ok &= v->shape.dim[axis + i] == idx->shape.dim[lead + i];
+  for (int i = axis + ri; i < rv; i++) to.dim[to.rank++] = v->shape.dim[i];
+  if (!ok) {
+    diag_error(call->loc, "cannot scatter %s with indices %s along axis %d",
+               shape_str(v->shape, true), shape_str(idx->shape, true), axis - lead);
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  return tensor(ir_scatter_add(&s->b, v, idx, axis, lead, to));
+}
+
+/* one_hot(t, k): a class index per sample as a vector of k with a 1 at t (t == 0..k-1, made
+ * by comparing with an iota); a t that already ends in k (one-hot or probabilities) is
+ * returned as it is, so losses can take either. */
+BUILTIN(call_one_hot) {
+  (void)bi;
+  Value t = a->v[0];
+  if (!is_int(a->v[1]) || a->v[1].num < 1 || a->v[1].num > 1e9) {
+    diag_error(a->ast[1]->loc, "one_hot: the number of classes must be a positive integer");
+    return ERR;
+  }
+  int64_t k = (int64_t)a->v[1].num;
+  if (t.kind == V_TENSOR && sample_rank(t.node) > 0) {
+    if (t.node->shape.dim[t.node->shape.rank - 1] == k) return t;
+    diag_error(a->ast[0]->loc, "one_hot(t, %lld): t must be one class index per sample or "
+               "end in %lld classes, got %s", (long long)k, (long long)k,
+               shape_str(t.node->shape, true));
+    return ERR;
+  }
+  if (t.kind != V_TENSOR && t.kind != V_NUM) {
+    diag_error(a->ast[0]->loc, "one_hot takes a class index");
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  return binary(s, OP_CMPEQ, t, tensor(ir_iota(&s->b, shape_of(1, (int)k), 0)));
+}
+
+static const Builtin builtins[] = {
+    {"exp", 1, 1, {0}, OP_EXP, call_unary},
+    {"log", 1, 1, {0}, OP_LOG, call_unary},
+    {"sqrt", 1, 1, {0}, OP_SQRT, call_unary},
+    {"tanh", 1, 1, {0}, OP_TANH, call_unary},
+    {"sigmoid", 1, 1, {0}, OP_SIGMOID, call_unary},
+    {"abs", 1, 1, {0}, OP_ABS, call_unary},
+    {"sign", 1, 1, {0}, OP_SIGN, call_unary},
+    {"max", 1, 2, {"axis", "keepdims"}, OP_MAX, call_binary},
+    {"min", 1, 2, {"axis", "keepdims"}, OP_MIN, call_binary},
+    {"pow", 2, 2, {0}, OP_POW, call_binary},
+    {"sum", 1, 1, {"axis", "keepdims"}, OP_SUM, call_reduce},
+    {"mean", 1, 1, {"axis", "keepdims"}, OP_SUM, call_reduce},
+    {"matmul", 2, 2, {0}, OP_MATMUL, call_matmul},
+    /* movement and indexing */
+    {"reshape", 2, 2, {0}, OP_RESHAPE, call_reshape},
+    {"flatten", 1, 1, {0}, OP_RESHAPE, call_flatten},
+    {"transpose", 1, 1, {0}, OP_PERMUTE, call_transpose},
+    {"permute", 2, 2, {0}, OP_PERMUTE, call_permute},
+    {"slice", 1, 1, {"axis", "start", "end", "step"}, OP_SLICE, call_slice},
+    {"pad", 1, 1, {"axis", "before", "after"}, OP_PAD, call_pad},
+    {"concat", 2, 2, {"axis"}, OP_CONCAT, call_concat},
+    {"where", 3, 3, {0}, OP_WHERE, call_where},
+    {"gather", 2, 2, {"axis"}, OP_GATHER, call_gather},
+    {"scatter_add", 3, 3, {"axis"}, OP_SCATTER_ADD, call_scatter_add},
+    {"one_hot", 2, 2, {0}, OP_IOTA, call_one_hot},
+    /* convolution and pooling */
+    {"conv2d_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D, call_conv2d},
+    {"conv2d_transpose_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D_BWD_DATA,
+     call_conv2d_transpose},
+    {"maxpool", 2, 2, {"stride", "padding"}, OP_MAXPOOL, call_pool},
+    {"avgpool", 2, 2, {"stride", "padding"}, OP_AVGPOOL, call_pool},
+    {"upsample", 2, 2, {0}, OP_EXPAND, call_upsample},
+};
+enum { N_BUILTINS = sizeof builtins / sizeof *builtins };
+
+static const char *builtin_name(int i) { return i < N_BUILTINS ? builtins[i].name : NULL; }
+
+/* Calls a built-in function; false if `call` does not name one. */
 static bool call_builtin(Sema *s, Frame *f, const Ast *call, Value *out) {
-  static const struct { const char *name; OpKind op; } unaries[] = {
-      {"exp", OP_EXP},   {"log", OP_LOG},         {"sqrt", OP_SQRT}, {"tanh", OP_TANH},
-      {"sigmoid", OP_SIGMOID}, {"abs", OP_ABS}, {"sign", OP_SIGN},
-  };
-  const char *name = call->name;
-  int which = -1;
+  const Builtin *bi = NULL;
   for (int i = 0; i < N_BUILTINS; i++)
-    if (!strcmp(builtins[i], name)) which = i;
-  if (which < 0) return false;
+    if (!strcmp(builtins[i].name, call->name)) bi = &builtins[i];
+  if (!bi) return false;
   Args a;
   *out = ERR;
-  if (!eval_args(s, f, call, &a)) return true;
-  for (int i = 0; i < a.n; i++)
-    if (a.v[i].kind == V_ERROR) return true;
-  int n_positional = 0;
-  for (int i = 0; i < a.n; i++) n_positional += !a.kw[i];
-  bool reduction = !strcmp(name, "sum") || !strcmp(name, "mean") ||
-                   ((!strcmp(name, "max") || !strcmp(name, "min")) && n_positional == 1);
+  if (!eval_args(s, f, call, &a, true)) return true;
   int positional = 0;
-  const Value *axis = NULL;
+  bool ok = true;
   for (int i = 0; i < a.n; i++) {
+    ok &= a.v[i].kind != V_ERROR;
+    if (a.v[i].kind == V_LIST && (a.kw[i] || !takes_list(bi, positional))) {
+      diag_error(a.ast[i]->loc, "'%s' does not take a list here", bi->name);
+      ok = false;
+    }
     if (!a.kw[i]) {
       positional++;
       continue;
     }
-    if (reduction && !strcmp(a.kw[i], "axis")) {
-      axis = &a.v[i];
-      continue;
-    }
-    diag_error(a.ast[i]->loc, "'%s' has no argument named '%s'", name, a.kw[i]);
-    return true;
-  }
-  int want = reduction ? 1 : (which < 7 ? 1 : 2);
-  if (positional != want) {
-    diag_error(call->loc, "'%s' takes %d argument%s, got %d", name, want, want == 1 ? "" : "s",
-               positional);
-    return true;
-  }
-  for (int i = 0; i < 7; i++)
-    if (!strcmp(unaries[i].name, name)) {
-      *out = unary(s, unaries[i].op, a.v[0]);
-      return true;
-    }
-  if (!strcmp(name, "sum") || !strcmp(name, "mean")) {
-    *out = reduce(s, a.v[0], axis, name[0] == 'm', false, call->loc);
-  } else if (reduction) { /* min(x) = -max(-x) */
-    bool is_min = !strcmp(name, "min");
-    Value x = is_min ? negate(s, a.v[0]) : a.v[0];
-    *out = reduce(s, x, axis, false, true, call->loc);
-    if (is_min) *out = negate(s, *out);
-  } else if (!strcmp(name, "matmul")) {
-    *out = matmul(s, a.v[0], a.v[1], call->loc);
-  } else {
-    OpKind op = !strcmp(name, "max") ? OP_MAX : !strcmp(name, "min") ? OP_MIN : OP_POW;
-    if (a.v[0].kind == V_NUM && a.v[1].kind == V_NUM) {
-      double x = a.v[0].num, y = a.v[1].num;
-      *out = number(op == OP_MAX ? fmax(x, y) : op == OP_MIN ? fmin(x, y) : pow(x, y));
-    } else {
-      s->b.loc = call->loc;
-      *out = binary(s, op, a.v[0], a.v[1]);
+    bool known = false;
+    for (int k = 0; k < 4 && bi->keywords[k]; k++) known |= !strcmp(bi->keywords[k], a.kw[i]);
+    if (!known) {
+      diag_error(a.ast[i]->loc, "'%s' has no argument named '%s'", bi->name, a.kw[i]);
+      ok = false;
     }
   }
+  if (ok && (positional < bi->min_args || positional > bi->max_args)) {
+    if (bi->min_args == bi->max_args)
+      diag_error(call->loc, "'%s' takes %d argument%s, got %d", bi->name, bi->min_args,
+                 bi->min_args == 1 ? "" : "s", positional);
+    else
+      diag_error(call->loc, "'%s' takes %d to %d arguments, got %d", bi->name, bi->min_args,
+                 bi->max_args, positional);
+    ok = false;
+  }
+  if (ok) *out = bi->call(s, bi, call, &a);
   return true;
 }
 
@@ -469,7 +1064,7 @@ static Frame *frame_for(Frame *caller, const Ast *def, const char *prefix) {
 /* Matches a call's arguments to a definition's formals and binds them in `callee`. */
 static bool bind_args(Sema *s, Frame *caller, Frame *callee, const Ast *def, const Ast *call) {
   Args a;
-  if (!eval_args(s, caller, call, &a)) return false;
+  if (!eval_args(s, caller, call, &a, false)) return false;
   int nf = def->formals.len;
   bool given[64] = {0};
   if (nf > 64) {
@@ -866,105 +1461,152 @@ static bool const_number(Sema *s, const Ast *e, double *out) {
   return false;
 }
 
-/* table { [x...] -> [y...] ... } or csv("file", header = 1, targets = 1) */
-static bool load_data(Sema *s, const Ast *data, const char *source) {
-  Unit *u = s->u;
+/* A path in a data declaration: relative to the .nn file, stored absolute, so the program
+ * runs from any folder. */
+static const char *data_file(const char *path, const char *source) {
+  if (path[0] == '/') return path;
+  const char *slash = strrchr(source, '/');
+  const char *dir = slash ? xstrndup(source, slash - source) : ".";
+  char *abs = realpath(dir, NULL);
+  const char *r = xprintf("%s/%s", abs ? abs : dir, path);
+  free(abs);
+  return r;
+}
+
+/* table { [x...] -> [y...] ... } */
+static bool load_table(Sema *s, const Ast *data, DataSpec *d, Shape *y) {
   const Ast *src = data->a;
-  int64_t nx = shape_size(u->x_shape);
-  if (src->kind == AST_TABLE) {
-    int nrows = src->kids.len;
-    if (!nrows) {
-      diag_error(src->loc, "table '%s' has no rows", data->name);
-      return false;
-    }
-    int64_t ny = src->kids.items[0]->b->kids.len;
-    u->y_shape = shape_of(1, (int)ny);
-    u->data_kind = NN_DATA_TABLE;
-    u->data_rows = nrows;
-    u->data_table = xalloc(nrows * (nx + ny) * sizeof(double));
-    bool ok = true;
-    for (int r = 0; r < nrows; r++) {
-      const Ast *row = src->kids.items[r];
-      if (row->a->kids.len != nx) {
-        diag_error(row->a->loc, "row has %d inputs but model '%s' takes %s (%lld values)",
-                   row->a->kids.len, u->model, shape_str(u->x_shape, true), (long long)nx);
-        ok = false;
-        continue;
-      }
-      if (row->b->kids.len != ny) {
-        diag_error(row->b->loc, "row has %d targets but the first row has %lld",
-                   row->b->kids.len, (long long)ny);
-        ok = false;
-        continue;
-      }
-      for (int i = 0; i < nx + ny; i++) {
-        const Ast *cell = i < nx ? row->a->kids.items[i] : row->b->kids.items[i - nx];
-        ok &= const_number(s, cell, &u->data_table[r * (nx + ny) + i]);
-      }
-    }
-    return ok;
-  }
-  if (src->kind != AST_CALL || strcmp(src->name, "csv")) {
-    diag_error(src->loc, "a data set is table { ... } or csv(\"file\")");
+  int64_t nx = shape_size(s->u->x_shape);
+  int nrows = src->kids.len;
+  if (!nrows) {
+    diag_error(src->loc, "table '%s' has no rows", data->name);
     return false;
   }
-  const char *path = NULL;
-  double header = 0, targets = 1;
+  int64_t ny = src->kids.items[0]->b->kids.len;
+  *y = shape_of(1, (int)ny);
+  d->kind = NN_DATA_TABLE, d->rows = nrows, d->scale = 1;
+  d->table = xalloc(nrows * (nx + ny) * sizeof(double));
+  bool ok = true;
+  for (int r = 0; r < nrows; r++) {
+    const Ast *row = src->kids.items[r];
+    if (row->a->kids.len != nx) {
+      diag_error(row->a->loc, "row has %d inputs but model '%s' takes %s (%lld values)",
+                 row->a->kids.len, s->u->model, shape_str(s->u->x_shape, true), (long long)nx);
+      ok = false;
+      continue;
+    }
+    if (row->b->kids.len != ny) {
+      diag_error(row->b->loc, "row has %d targets but the first row has %lld", row->b->kids.len,
+                 (long long)ny);
+      ok = false;
+      continue;
+    }
+    for (int i = 0; i < nx + ny; i++) {
+      const Ast *cell = i < nx ? row->a->kids.items[i] : row->b->kids.items[i - nx];
+      ok &= const_number(s, cell, &d->table[r * (nx + ny) + i]);
+    }
+  }
+  return ok;
+}
+
+/* csv("file", header = 1, targets = 1, labels = 0) and
+ * idx("images.gz", "labels.gz", scale = 1/255): files first, then options. */
+static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const char *source) {
+  bool is_idx = !strcmp(src->name, "idx");
+  static const char *const csv_keys[] = {"header", "targets", "labels", "scale"};
+  static const char *const idx_keys[] = {"scale"};
+  const char *const *keys = is_idx ? idx_keys : csv_keys;
+  int n_keys = is_idx ? 1 : 4, n_files = is_idx ? 2 : 1, files = 0;
+  double opt[4] = {0, 1, 0, 1}; /* header, targets, labels, scale */
+  const char *path[2] = {NULL, NULL};
   for (int i = 0; i < src->kids.len; i++) {
     const Ast *a = src->kids.items[i];
     if (a->kind != AST_KWARG) {
-      if (i != 0 || a->kind != AST_STR) {
-        diag_error(a->loc, "csv() takes a file name first");
+      if (files == n_files || a->kind != AST_STR) {
+        diag_error(a->loc, "%s() takes %s first, as strings", src->name,
+                   is_idx ? "the images file and the labels file" : "a file name");
         return false;
       }
-      path = a->name;
-    } else if (!strcmp(a->name, "header")) {
-      if (!const_number(s, a->a, &header)) return false;
-    } else if (!strcmp(a->name, "targets")) {
-      if (!const_number(s, a->a, &targets)) return false;
-      if (targets < 1 || targets != floor(targets) || targets > 1e6) {
-        diag_error(a->a->loc, "targets must be a positive integer");
-        return false;
-      }
-    } else {
-      static const char *const keys[] = {"header", "targets"};
-      const char *close = diag_did_you_mean(a->name, keys, 2);
-      diag_error(a->loc, "csv() has no option '%s'%s", a->name,
+      path[files++] = a->name;
+      continue;
+    }
+    int k = -1;
+    for (int j = 0; j < n_keys; j++)
+      if (!strcmp(keys[j], a->name)) k = j;
+    if (k < 0) {
+      const char *close = diag_did_you_mean(a->name, keys, n_keys);
+      diag_error(a->loc, "%s() has no option '%s'%s", src->name, a->name,
                  close ? xprintf("; did you mean '%s'?", close) : "");
       return false;
     }
+    if (!const_number(s, a->a, &opt[is_idx ? 3 : k])) return false;
   }
-  if (!path) {
-    diag_error(src->loc, "csv() needs a file name");
+  if (files < n_files) {
+    diag_error(src->loc, "%s() needs %s", src->name,
+               is_idx ? "an images file and a labels file" : "a file name");
     return false;
   }
-  /* relative paths are relative to the .nn file, so the binary runs from anywhere */
-  if (path[0] == '/') {
-    u->data_path = path;
-  } else {
-    const char *slash = strrchr(source, '/');
-    const char *dir = slash ? xstrndup(source, slash - source) : ".";
-    char *abs = realpath(dir, NULL);
-    u->data_path = xprintf("%s/%s", abs ? abs : dir, path);
-    free(abs);
+  if (opt[1] < 1 || opt[1] != floor(opt[1]) || opt[1] > 1e6) {
+    diag_error(src->loc, "targets must be a positive integer");
+    return false;
   }
-  u->data_kind = NN_DATA_CSV;
-  u->data_header = header != 0;
-  u->y_shape = shape_of(1, (int)targets);
+  d->kind = is_idx ? NN_DATA_IDX : NN_DATA_CSV;
+  d->path = data_file(path[0], source);
+  d->labels = path[1] ? data_file(path[1], source) : NULL;
+  d->header = opt[0] != 0, d->scale = opt[3];
+  /* class labels are one number per sample: a per-sample scalar */
+  *y = is_idx || opt[2] != 0 ? (Shape){0} : shape_of(1, (int)opt[1]);
+  if (!is_idx && opt[2] != 0 && opt[1] != 1) {
+    diag_error(src->loc, "labels = 1 needs targets = 1 (one class index per row)");
+    return false;
+  }
   return true;
+}
+
+/* Reads a data declaration into d and the per-sample target shape into y. */
+static bool load_data(Sema *s, const Ast *data, DataSpec *d, Shape *y, const char *source) {
+  const Ast *src = data->a;
+  d->name = data->name;
+  if (src->kind == AST_TABLE) return load_table(s, data, d, y);
+  if (src->kind == AST_CALL && (!strcmp(src->name, "csv") || !strcmp(src->name, "idx")))
+    return load_files(s, src, d, y, source);
+  diag_error(src->loc, "a data set is table { ... }, csv(\"file\") or idx(\"images\", \"labels\")");
+  return false;
 }
 
 /* ---- the optimizer: inlined once per parameter into the update graph ---- */
 
-static bool build_update(Sema *s, const Ast *call, const Ast *opt) {
+/* Gradient clipping, applied before the optimizer sees `grad`: by global norm (PyTorch's
+ * clip_grad_norm_: scale every gradient by min(1, max_norm / (norm + 1e-6))), then by value.
+ * The limits are hyperparameters, so `--set clip_norm=5` works at run time. */
+static Node *clip_scale(Sema *s, Node *max_norm) {
+  Builder *b = &s->b;
+  Node *total = NULL;
+  for (int p = 0; p < s->u->n_params; p++) {
+    const ParamDecl *pd = &s->u->params[p];
+    Node *g = ir_leaf(b, OP_GRAD, pd->shape, p, pd->name);
+    g->io = NN_IO_GRAD, g->offset = pd->offset;
+    Node *sq = ir_reshape(b, ir_reduce(b, OP_SUM, ir_mul(b, g, g), (1u << pd->shape.rank) - 1),
+                          (Shape){0});
+    total = total ? ir_add(b, total, sq) : sq;
+  }
+  if (!total) return NULL;
+  Node *norm = ir_add(b, ir_unary(b, OP_SQRT, total), ir_const(b, 1e-6));
+  return ir_binary(b, OP_MIN, ir_div(b, max_norm, norm), ir_const(b, 1));
+}
+
+static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_norm,
+                         double clip_value) {
   Unit *u = s->u;
-  /* hyperparameters: the optimizer's formals, defaults overridden by the call */
+  /* hyperparameters: the optimizer's formals, defaults overridden by the call, then the
+   * clipping limits */
   Frame hyper = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
   if (!bind_args(s, &hyper, &hyper, opt, call)) return false;
-  u->n_hyper = opt->formals.len;
+  int n_opt = opt->formals.len;
+  u->n_hyper = n_opt + (clip_norm > 0) + (clip_value > 0);
   u->hyper_names = xalloc((u->n_hyper + 1) * sizeof *u->hyper_names);
   u->hyper_defaults = xalloc((u->n_hyper + 1) * sizeof *u->hyper_defaults);
-  for (int i = 0; i < u->n_hyper; i++) {
+  for (int i = 0; i < n_opt; i++) {
     const Ast *fm = opt->formals.items[i];
     Binding *b = lookup_local(&hyper, fm->name);
     if (b->value.kind != V_NUM) {
@@ -974,12 +1616,16 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt) {
     u->hyper_names[i] = fm->name;
     u->hyper_defaults[i] = b->value.num;
   }
+  int k = n_opt, clip_norm_at = -1, clip_value_at = -1;
+  if (clip_norm > 0) clip_norm_at = k, u->hyper_names[k] = "clip_norm", u->hyper_defaults[k++] = clip_norm;
+  if (clip_value > 0) clip_value_at = k, u->hyper_names[k] = "clip_value", u->hyper_defaults[k++] = clip_value;
   u->update = ir_graph("update");
   s->b = (Builder){u->update, opt->loc, true};
   Node **hypers = xalloc((u->n_hyper + 1) * sizeof *hypers);
   for (int i = 0; i < u->n_hyper; i++)
     hypers[i] = ir_scalar(&s->b, OP_HYPER, i, u->hyper_names[i]);
   hypers[u->n_hyper] = ir_scalar(&s->b, OP_HYPER, u->n_hyper, "step");
+  Node *scale = clip_norm_at >= 0 ? clip_scale(s, hypers[clip_norm_at]) : NULL;
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
     Frame f = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
@@ -990,6 +1636,11 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt) {
     pn->io = NN_IO_PARAM, pn->offset = pd->offset;
     Node *gn = ir_leaf(&s->b, OP_GRAD, pd->shape, p, pd->name);
     gn->io = NN_IO_GRAD, gn->offset = pd->offset;
+    if (scale) gn = ir_mul(&s->b, gn, scale);
+    if (clip_value_at >= 0) {
+      Node *c = hypers[clip_value_at];
+      gn = ir_binary(&s->b, OP_MAX, ir_binary(&s->b, OP_MIN, gn, c), ir_unary(&s->b, OP_NEG, c));
+    }
     bind(&f, "param", tensor(pn));
     bind(&f, "grad", tensor(gn));
     s->param_index = p, s->param_new = NULL;
@@ -1075,7 +1726,8 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   const Ast *data = find_def(s, tr->loc, tr->name2, AST_DATA, "data set");
   if (!model || !data || !model_input(s, model, &u->x_shape)) return;
   u->model = model->name;
-  if (!load_data(s, data, source)) return;
+  if (!load_data(s, data, &u->data, &u->y_shape, source)) return;
+  u->labels = u->y_shape.rank == 0;
   u->train = ir_graph("train");
   s->b = (Builder){u->train, tr->loc, true};
   Frame f = {.prefix = "", .where = IN_TRAIN};
@@ -1094,7 +1746,8 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   u->out_shape = out.node->shape;
   memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
 
-  static const char *const keys[] = {"loss", "optimizer", "batch", "epochs", "seed"};
+  static const char *const keys[] = {"loss",     "optimizer", "batch",     "epochs",
+                                     "seed",     "validate",  "clip_norm", "clip_value"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
   const Ast *seen[N_KEYS] = {0};
   u->batch = 32, u->epochs = 10, u->seed = 1;
@@ -1119,6 +1772,18 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   if (seen[2]) positive_int(s, seen[2], &u->batch);
   if (seen[3]) positive_int(s, seen[3], &u->epochs);
   if (seen[4]) positive_int(s, seen[4], &u->seed);
+  if (seen[5]) { /* validate = test: a data set evaluated after every epoch */
+    const Ast *v = seen[5]->a;
+    const Ast *vd = v->kind == AST_NAME ? find_def(s, v->loc, v->name, AST_DATA, "data set") : NULL;
+    double split = 0;
+    if (v->kind != AST_NAME && const_number(s, v, &split) && !(split > 0 && split < 1))
+      diag_error(v->loc, "validate is a data set or a fraction between 0 and 1");
+    u->val_split = split;
+    Shape vy;
+    if (vd && load_data(s, vd, &u->val, &vy, source) && !shape_eq(vy, u->y_shape))
+      diag_error(v->loc, "validation targets are %s but training targets are %s",
+                 shape_str(vy, true), shape_str(u->y_shape, true));
+  }
   if (!seen[0] || !seen[1]) {
     diag_error(tr->loc, "train block needs %s", !seen[0] ? "a 'loss'" : "an 'optimizer'");
     return;
@@ -1152,7 +1817,12 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   const Ast *opt = find_def(s, oc->loc, oc->name, AST_OPTIMIZER, "optimizer");
   if (!opt) return;
   Ast none = {.kind = AST_CALL, .loc = oc->loc, .name = oc->name};
-  if (diag_error_count() == 0) build_update(s, oc->kind == AST_CALL ? oc : &none, opt);
+  double clip[2] = {0, 0}; /* clip_norm, clip_value */
+  for (int i = 0; i < 2; i++)
+    if (seen[6 + i] && const_number(s, seen[6 + i]->a, &clip[i]) && !(clip[i] > 0))
+      diag_error(seen[6 + i]->a->loc, "'%s' must be a positive number", keys[6 + i]);
+  if (diag_error_count() == 0)
+    build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1]);
 }
 
 /* Without a train block (e.g. --emit=ir of a model alone): the first model, x -> out. */

@@ -94,17 +94,21 @@ typedef struct ParseCtx {
 
 static void yyerror(YYLTYPE *loc, yyscan_t scanner, ParseCtx *ctx, const char *msg);
 
-static Loc loc_of(ParseCtx *ctx, YYLTYPE l) { return (Loc){ctx->src, l.first_line, l.first_column}; }
+static Loc loc_of(ParseCtx *ctx, YYLTYPE l) {
+  return (Loc){ctx->src, l.first_line, l.first_column};
+}
 
 static Ast *node(ParseCtx *ctx, AstKind kind, YYLTYPE l) { return ast_new(kind, loc_of(ctx, l)); }
 
-/* After a syntax error Bison stays quiet until three tokens have been shifted, which hides a
- * mistake on every short line after the first. A statement or item keyword that begins a line
- * is a reliable resynchronisation point, so reporting resumes there. */
-#define RESUME(span) \
-  do {               \
+/* After a syntax error Bison stays quiet until three tokens have been shifted, which would
+ * hide a mistake on every short line after the first. A keyword that begins a statement or an
+ * item is a sure resynchronisation point, so reporting resumes right after it (yyerrok; never
+ * in an `error` rule itself, so each resumption has consumed a token and cannot loop). A name
+ * might be in the middle of an expression, so it counts only where it is `fresh`. */
+#define RESUME(span)  \
+  do {                \
     if ((span).fresh) \
-      yyerrok;       \
+      yyerrok;        \
   } while (0)
 
 static Expr leaf(Ast *n) { return (Expr){n, 1}; }
@@ -399,21 +403,21 @@ stmt
 /* `param` in an optimizer (`param -= lr * grad`), `optimizer` in a train block. */
 target
   : IDENT                 { RESUME(@1); $$ = $1; }
-  | PARAM                 { RESUME(@1); $$ = "param"; }
-  | OPTIMIZER             { RESUME(@1); $$ = "optimizer"; }
+  | PARAM                 { yyerrok; $$ = "param"; }
+  | OPTIMIZER             { yyerrok; $$ = "optimizer"; }
   ;
 
-/* The keywords that begin items and statements, as rules so they can RESUME. */
-kw_use:       USE         { RESUME(@1); } ;
-kw_data:      DATA        { RESUME(@1); } ;
-kw_model:     MODEL       { RESUME(@1); } ;
-kw_layer:     LAYER       { RESUME(@1); } ;
-kw_fn:        FN          { RESUME(@1); } ;
-kw_optimizer: OPTIMIZER   { RESUME(@1); } ;
-kw_train:     TRAIN       { RESUME(@1); } ;
-kw_param:     PARAM       { RESUME(@1); } ;
-kw_state:     STATE       { RESUME(@1); } ;
-kw_return:    RETURN      { RESUME(@1); } ;
+/* The keywords that begin items and statements, as rules so they can resume reporting. */
+kw_use:       USE         { yyerrok; } ;
+kw_data:      DATA        { yyerrok; } ;
+kw_model:     MODEL       { yyerrok; } ;
+kw_layer:     LAYER       { yyerrok; } ;
+kw_fn:        FN          { yyerrok; } ;
+kw_optimizer: OPTIMIZER   { yyerrok; } ;
+kw_train:     TRAIN       { yyerrok; } ;
+kw_param:     PARAM       { yyerrok; } ;
+kw_state:     STATE       { yyerrok; } ;
+kw_return:    RETURN      { yyerrok; } ;
 
 aug_op
   : ADD_ASSIGN            { $$ = '+'; }
@@ -472,11 +476,13 @@ power
   | primary '^' unary     { $$ = binop(ctx, '^', @2, $1, $3); }
   ;
 
-/* primary := NUMBER | STRING | IDENT | call | '(' expr ')' | list */
+/* primary := NUMBER | STRING | IDENT | 'param' | call | '(' expr ')' | list
+ * ('param' is a value in optimizer bodies: the parameter being updated) */
 primary
   : NUMBER                { $$ = leaf(node(ctx, AST_NUM, @1)); $$.ast->num = $1; }
   | STRING                { $$ = leaf(node(ctx, AST_STR, @1)); $$.ast->name = $1; }
   | IDENT                 { $$ = leaf(node(ctx, AST_NAME, @1)); $$.ast->name = $1; }
+  | PARAM                 { $$ = leaf(node(ctx, AST_NAME, @1)); $$.ast->name = "param"; }
   | call
   | '(' expr ')'          { $$ = $2; }
   | list
@@ -567,7 +573,8 @@ static bool collapse(Expected *e, const char *const *set, int n, const char *as)
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-static const char *const expr_start[] = {"identifier", "number", "string", "'('", "'['", "'-'"};
+static const char *const expr_start[] = {"identifier", "number", "string", "'('", "'['", "'-'",
+                                         "'param'"};
 /* Tokens that would continue an expression already complete: rarely what was meant. */
 static const char *const expr_more[] = {"'+'", "'-'", "'*'", "'/'", "'@'", "'^'",
                                         "'>'", "'<'", "'>='", "'<='", "'('"};
@@ -635,7 +642,7 @@ static int yyreport_syntax_error(const yypcontext_t *yc, yyscan_t scanner, Parse
    * already on the lexer's stack: look beneath it. */
   int top = ctx->depth - 1;
   const char *text = ctx->src->text + ctx->tok_off;
-  if (found != YYSYMBOL_YYEOF && ctx->tok_len == 1 && (*text == '(' || *text == '[' || *text == '{'))
+  if (found != YYSYMBOL_YYEOF && ctx->tok_len == 1 && memchr("([{", *text, 3))
     top--;
   char hint[128] = "";
   if (top >= 0) {

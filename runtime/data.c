@@ -212,7 +212,7 @@ static int readable(const char *path) {
  * beside the .nn file too, so `./circle train` works from anywhere the source tree is. */
 static const char *declared_path(const NnModelDesc *d) {
   static char joined[4096];
-  const char *path = d->data_path, *slash = d->source ? strrchr(d->source, '/') : NULL;
+  const char *path = d->data->path, *slash = d->source ? strrchr(d->source, '/') : NULL;
   if (path[0] == '/' || !slash || readable(path))
     return path;
   int n = snprintf(joined, sizeof joined, "%.*s/%s", (int)(slash - d->source), d->source, path);
@@ -223,24 +223,24 @@ void nnrt_data_load(const NnModelDesc *d, const char *path, NnData *out) {
   int64_t cols = d->x_size + d->y_size;
   memset(out, 0, sizeof *out);
   if (path) {
-    HeaderMode h = d->data_kind != NN_DATA_CSV ? HEADER_AUTO
-                   : d->data_header           ? HEADER_YES
-                                              : HEADER_NO;
+    HeaderMode h = d->data->kind != NN_DATA_CSV ? HEADER_AUTO
+                   : d->data->header           ? HEADER_YES
+                                               : HEADER_NO;
     load_csv(path, cols, h, out);
     return;
   }
-  switch (d->data_kind) {
+  switch (d->data->kind) {
   case NN_DATA_TABLE:
-    if (d->data_rows <= 0 || !d->data_table)
+    if (d->data->rows <= 0 || !d->data->table)
       nnrt_fatal("the model's data table has no samples; pass --data FILE.csv");
-    out->rows = d->data_rows;
+    out->rows = d->data->rows;
     out->cols = cols;
-    out->v = d->data_table;
+    out->v = d->data->table;
     out->origin = "the model's data table";
     return;
   case NN_DATA_CSV:
-    if (d->data_path && *d->data_path) {
-      load_csv(declared_path(d), cols, d->data_header ? HEADER_YES : HEADER_NO, out);
+    if (d->data->path && *d->data->path) {
+      load_csv(declared_path(d), cols, d->data->header ? HEADER_YES : HEADER_NO, out);
       return;
     }
     break;

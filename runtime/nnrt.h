@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 1
+#define NN_ABI_VERSION 2
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -49,12 +49,25 @@ typedef enum NnTask {
   NN_TASK_MULTICLASS, /* argmax(out) vs argmax(y) */
 } NnTask;
 
-/* Where the training data comes from. */
+/* Where a data set comes from. */
 typedef enum NnDataKind {
   NN_DATA_NONE,  /* no data declared */
-  NN_DATA_TABLE, /* rows inlined in the .nn file: data_table is (data_rows, x_size + y_size) */
-  NN_DATA_CSV,   /* data_path: one sample per line, x_size columns then y_size columns */
+  NN_DATA_TABLE, /* rows inlined in the .nn file: table is (rows, x_size + y_size) */
+  NN_DATA_CSV,   /* path: one sample per line, x_size columns then y_size columns */
+  NN_DATA_IDX,   /* path: IDX images (ubyte/float, optionally .gz); labels: IDX class labels */
 } NnDataKind;
+
+/* One data set as declared in the .nn file. Inputs are multiplied by `scale` when loaded. */
+typedef struct NnDataSource {
+  int64_t kind;          /* NnDataKind */
+  const char *name;      /* the data set's name in the .nn file */
+  const char *path;      /* CSV file, or IDX images; absolute */
+  const char *labels;    /* IDX labels file; absolute */
+  int64_t rows;          /* TABLE: rows */
+  const double *table;   /* TABLE: rows * (x_size + y_size) values */
+  int64_t header;        /* CSV: 1 if the first line is a header */
+  double scale;          /* input scale, e.g. 1/255 for bytes; 1 otherwise */
+} NnDataSource;
 
 typedef struct NnParamInfo {
   const char *name;            /* "dense0.W" */
@@ -93,11 +106,10 @@ typedef struct NnModelDesc {
   int64_t n_hyper;             /* entries of hyper_names/hyper_defaults */
   const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper] is the step count */
   const double *hyper_defaults;
-  int64_t data_kind;           /* NnDataKind */
-  const char *data_path;       /* NN_DATA_CSV: path */
-  int64_t data_rows;           /* NN_DATA_TABLE: rows */
-  const double *data_table;    /* NN_DATA_TABLE: rows * (x_size + y_size) values */
-  int64_t data_header;         /* NN_DATA_CSV: 1 if the first line is a header */
+  int64_t labels;              /* 1: y is one class index per sample (y_size 1), < out_size */
+  const NnDataSource *data;    /* the training set (kind NN_DATA_NONE if none) */
+  const NnDataSource *val;     /* the validation set, or NULL */
+  double val_split;            /* if no val set: hold out this fraction of data (0 = none) */
   NnKernel forward;            /* X -> OUT */
   NnKernel eval;               /* X, Y -> LOSS, OUT */
   NnKernel grad;               /* X, Y -> LOSS, OUT, GRAD (overwritten, not accumulated) */

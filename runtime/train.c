@@ -389,10 +389,10 @@ static void print_data_source(const NnModelDesc *d, const NnOptions *o) {
   printf("data:        ");
   if (o->data_path)
     printf("%s (from --data)\n", o->data_path);
-  else if (d->data_kind == NN_DATA_TABLE)
-    printf("inline table, %lld row%s\n", (long long)d->data_rows, plural(d->data_rows));
-  else if (d->data_kind == NN_DATA_CSV && d->data_path)
-    printf("%s (CSV%s)\n", d->data_path, d->data_header ? ", with header line" : "");
+  else if (d->data->kind == NN_DATA_TABLE)
+    printf("inline table, %lld row%s\n", (long long)d->data->rows, plural(d->data->rows));
+  else if (d->data->kind == NN_DATA_CSV && d->data->path)
+    printf("%s (CSV%s)\n", d->data->path, d->data->header ? ", with header line" : "");
   else
     printf("none (pass --data FILE.csv)\n");
 }

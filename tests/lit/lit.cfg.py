@@ -1,6 +1,7 @@
 # lit configuration for nnc: every .nn file under tests/lit is a test; RUN lines use
 # %nnc (the compiler of this build), FileCheck and not from LLVM 19, and %examples.
 import os
+import sys
 import lit.formats
 
 config.name = "nnc"
@@ -11,6 +12,8 @@ config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.nnc_build_dir, "tests", "lit")
 config.substitutions.append(("%nnc", os.path.join(config.nnc_build_dir, "nnc")))
 config.substitutions.append(("%examples", os.path.join(config.nnc_source_dir, "examples")))
+config.substitutions.append(("%python", sys.executable))
+config.substitutions.append(("%golden", os.path.join(config.nnc_source_dir, "tests", "golden")))
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
 config.environment["PATH"] = os.pathsep.join([config.llvm_tools_dir, config.environment.get("PATH", os.environ.get("PATH", ""))])
 for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "HOME", "TMPDIR"):

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""torch_mlp.py — the peer for bench/mlp.sh: PyTorch trains the same Fashion-MNIST MLP
+(784-256-128-10 ReLU, Adam 1e-3, batch 64) for one epoch and prints samples/s and test
+accuracy. Run with Debian's /usr/bin/python3 (python3-torch).   usage: torch_mlp.py THREADS"""
+import gzip
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+DIR = "/usr/share/datasets/fashion-mnist/"
+
+
+def idx(path, offset):
+    with gzip.open(DIR + path) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+def main():
+    torch.set_num_threads(int(sys.argv[1]))
+    torch.manual_seed(1)
+    xtr = torch.tensor(idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 784) / 255.0, dtype=torch.float32)
+    ytr = torch.tensor(idx("train-labels-idx1-ubyte.gz", 8).astype(np.int64))
+    xte = torch.tensor(idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 784) / 255.0, dtype=torch.float32)
+    yte = torch.tensor(idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    perm = torch.randperm(len(xtr))
+    start = time.perf_counter()
+    for i in range(0, len(xtr), 64):
+        idx_b = perm[i : i + 64]
+        opt.zero_grad()
+        loss = loss_fn(model(xtr[idx_b]), ytr[idx_b])
+        loss.backward()
+        opt.step()
+    secs = time.perf_counter() - start
+    with torch.no_grad():
+        acc = (model(xte).argmax(1) == yte).float().mean().item()
+    print(f"torch threads={sys.argv[1]} samples/s={len(xtr) / secs:.0f} epoch_s={secs:.2f} test_acc={acc * 100:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""make_golden.py — writes PyTorch reference values that nnc's tests compare against.
+
+Needs Debian's python3-torch (PyTorch 1.13); CI does not: the outputs are committed.
+Run from anywhere:  /usr/bin/python3 tests/golden/make_golden.py
+
+Writes, next to this script:
+  losses.golden      one line per loss: NAME VALUE, the loss of fixed predictions/targets
+  optim-NAME.golden  the loss before each of 10 optimizer steps, then after the last, for a
+                     linear model w*x (w starts at 0.5) under mse on a fixed batch of 4
+The matching nnc programs are tests/lit/golden/*.nn; compare.py does the comparison.
+"""
+import os
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+torch.set_default_dtype(torch.float64)
+
+# ---- losses: predictions p and targets t, 4 samples of 3 (also in tests/lit/golden/loss-*.nn)
+P = torch.tensor([[0.2, 0.7, 0.9], [0.6, 0.1, 0.4], [0.8, 0.3, 0.5], [0.05, 0.95, 0.5]])
+T = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+Z = torch.tensor([[-1.5, 2.0, 0.3], [0.7, -0.2, -3.0], [4.0, 1.0, -0.5], [-0.1, 0.6, 2.5]])
+losses = {
+    "mse": F.mse_loss(P, T),
+    "mae": F.l1_loss(P, T),
+    "huber": F.huber_loss(Z, T, delta=1.0),
+    "bce": F.binary_cross_entropy(P, T),
+    "bce_logits": F.binary_cross_entropy_with_logits(Z, T),
+}
+with open(os.path.join(HERE, "losses.golden"), "w") as f:
+    for name, v in losses.items():
+        f.write(f"{name} {v.item():.9f}\n")
+
+# ---- optimizers: 10 steps on loss = mse(w * x, y), w = 0.5 everywhere
+X = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.5, 2.0], [-2.0, 1.0, 0.5], [1.5, 0.5, -0.5]])
+Y = torch.tensor([[2.0, -1.0, 0.5], [1.0, 3.0, -2.0], [-1.0, 0.5, 1.0], [0.0, 2.0, 1.5]])
+optimizers = {
+    "sgd": lambda w: torch.optim.SGD([w], lr=0.1),
+    "sgd-wd": lambda w: torch.optim.SGD([w], lr=0.1, weight_decay=0.1),
+    "momentum": lambda w: torch.optim.SGD([w], lr=0.05, momentum=0.9),
+    "nesterov": lambda w: torch.optim.SGD([w], lr=0.05, momentum=0.9, nesterov=True),
+    "adagrad": lambda w: torch.optim.Adagrad([w], lr=0.3),
+    "rmsprop": lambda w: torch.optim.RMSprop([w], lr=0.01, alpha=0.9),
+    "adam": lambda w: torch.optim.Adam([w], lr=0.1),
+    "adamw": lambda w: torch.optim.AdamW([w], lr=0.1, weight_decay=0.1),
+    "adamax": lambda w: torch.optim.Adamax([w], lr=0.1),
+}
+for name, make in optimizers.items():
+    w = torch.full((3,), 0.5, requires_grad=True)
+    opt = make(w)
+    out = []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(X * w, Y)
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    out.append(F.mse_loss(X * w, Y).item())
+    with open(os.path.join(HERE, f"optim-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
