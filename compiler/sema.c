@@ -812,6 +812,14 @@ BUILTIN(call_where) {
       return ERR;
     }
   }
+  Shape cx, all; /* per sample, as the user wrote them */
+  if (!shape_broadcast(sample_shape(n[0]), sample_shape(n[1]), &cx) ||
+      !shape_broadcast(cx, sample_shape(n[2]), &all)) {
+    diag_error(call->loc, "shapes %s, %s and %s do not broadcast in 'where'",
+               shape_str(n[0]->shape, true), shape_str(n[1]->shape, true),
+               shape_str(n[2]->shape, true));
+    return ERR;
+  }
   Node *widest = n[0];
   for (int i = 1; i < 3; i++)
     if (sample_rank(n[i]) > sample_rank(widest)) widest = n[i];
@@ -1720,6 +1728,27 @@ static bool positive_int(Sema *s, const Ast *st, int64_t *out) {
   return true;
 }
 
+/* Starts u->train: binds x in f to the input and stores the model's output on it as "out".
+ * (The loss's own call of the model on x is the same node: ir.c hash-conses equal nodes.) */
+static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model) {
+  Unit *u = s->u;
+  u->model = model->name;
+  u->train = ir_graph(name);
+  s->b = (Builder){u->train, model->loc, true};
+  Node *x = ir_leaf(&s->b, OP_INPUT, batch_of(u->x_shape), NN_IO_X, "x");
+  x->io = NN_IO_X;
+  bind(f, "x", tensor(x));
+  Ast call = {.kind = AST_CALL, .loc = model->loc, .name = model->name};
+  Ast arg = {.kind = AST_NAME, .loc = model->loc, .name = "x"};
+  ast_push(&call.kids, &arg);
+  Value out = call_def(s, f, model, &call);
+  if (out.kind != V_TENSOR) return out;
+  u->out_shape = out.node->shape; /* per sample: drop the batch dim */
+  memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
+  ir_output(u->train, out.node, NN_IO_OUT, 0, "out");
+  return out;
+}
+
 static void build_train(Sema *s, const Ast *tr, const char *source) {
   Unit *u = s->u;
   const Ast *model = find_def(s, tr->loc, tr->name, AST_MODEL, "model");
@@ -1728,23 +1757,12 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   u->model = model->name;
   if (!load_data(s, data, &u->data, &u->y_shape, source)) return;
   u->labels = u->y_shape.rank == 0;
-  u->train = ir_graph("train");
-  s->b = (Builder){u->train, tr->loc, true};
   Frame f = {.prefix = "", .where = IN_TRAIN};
-  Node *x = ir_leaf(&s->b, OP_INPUT, batch_of(u->x_shape), NN_IO_X, "x");
-  Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
-  x->io = NN_IO_X, y->io = NN_IO_Y;
-  bind(&f, "x", tensor(x));
-  bind(&f, "y", tensor(y));
-  /* the model's output on x, for metrics; the loss's own call is the same node (ir.c
-   * hash-conses equal nodes) */
-  Ast fake = {.kind = AST_CALL, .loc = tr->loc, .name = model->name};
-  Ast arg = {.kind = AST_NAME, .loc = tr->loc, .name = "x"};
-  ast_push(&fake.kids, &arg);
-  Value out = call_def(s, &f, model, &fake);
+  Value out = start_graph(s, &f, "train", model);
   if (out.kind != V_TENSOR) return;
-  u->out_shape = out.node->shape;
-  memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
+  Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
+  y->io = NN_IO_Y;
+  bind(&f, "y", tensor(y));
 
   static const char *const keys[] = {"loss",     "optimizer", "batch",     "epochs",
                                      "seed",     "validate",  "clip_norm", "clip_value"};
@@ -1806,7 +1824,6 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   if (batched(l)) l = ir_div(b, ir_reshape(b, ir_reduce(b, OP_SUM, l, 1), (Shape){0}),
                              ir_scalar(b, OP_BATCH, 0, "batch"));
   ir_output(u->train, l, NN_IO_LOSS, 0, "loss");
-  ir_output(u->train, out.node, NN_IO_OUT, 0, "out");
   u->task = task_of(seen[0]->a, &u->threshold);
   /* optimizer = sgd(lr = 0.5) */
   const Ast *oc = seen[1]->a;
@@ -1827,28 +1844,13 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
 
 /* Without a train block (e.g. --emit=ir of a model alone): the first model, x -> out. */
 static void build_forward_only(Sema *s, Ast *program) {
-  Unit *u = s->u;
   const Ast *model = NULL;
   for (int i = 0; i < program->kids.len && !model; i++)
     if (program->kids.items[i]->kind == AST_MODEL) model = program->kids.items[i];
-  if (!model) return;
-  if (!model_input(s, model, &u->x_shape)) return;
-  u->model = model->name;
-  u->train = ir_graph("forward");
-  s->b = (Builder){u->train, model->loc, true};
+  if (!model || !model_input(s, model, &s->u->x_shape)) return;
   Frame f = {.prefix = "", .where = IN_TRAIN};
-  Node *x = ir_leaf(&s->b, OP_INPUT, batch_of(u->x_shape), NN_IO_X, "x");
-  x->io = NN_IO_X;
-  bind(&f, "x", tensor(x));
-  Ast call = {.kind = AST_CALL, .loc = model->loc, .name = model->name};
-  Ast arg = {.kind = AST_NAME, .loc = model->loc, .name = "x"};
-  ast_push(&call.kids, &arg);
-  Value out = call_def(s, &f, model, &call);
-  if (out.kind != V_TENSOR) return;
-  u->out_shape = out.node->shape;
-  memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
-  u->batch = 32, u->epochs = 10, u->seed = 1;
-  ir_output(u->train, out.node, NN_IO_OUT, 0, "out");
+  s->u->batch = 32, s->u->epochs = 10, s->u->seed = 1;
+  start_graph(s, &f, "forward", model);
 }
 
 Unit *sema(Ast *program, Ast *prelude) {
