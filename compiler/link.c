@@ -1,7 +1,8 @@
 /* link.c — object file → executable, by running the system C compiler.
  *
  * Takes the object lower_llvm.c wrote and links it with the runtime library libnnrt.a (which
- * supplies main() and everything but the kernels): `$CC OBJ LIBNNRT -lm NNC_LINK_FLAGS -o EXE`.
+ * supplies main() and everything but the kernels): `$CC OBJ LIBNNRT -lz -lm NNC_LINK_FLAGS -o
+ * EXE` (zlib reads gzip-compressed IDX files).
  * libnnrt.a is looked for beside the running nnc (a build tree), then in ../lib/nnc/ (an
  * installed tree), then at the path CMake compiled in. No shell is involved. */
 #ifndef _GNU_SOURCE
@@ -126,6 +127,7 @@ bool link_executable(const char *obj, const char *exe) {
   if (argc == 0) argv[argc++] = xstrdup("cc"); /* $CC was all spaces */
   argv[argc++] = (char *)obj;
   argv[argc++] = (char *)lib;
+  argv[argc++] = "-lz";
   argv[argc++] = "-lm";
   split_words(NNC_LINK_FLAGS, argv, &argc);
   argv[argc++] = "-o";

@@ -480,7 +480,8 @@ BUILTIN(call_flatten) {
   Node *x = tensor_arg(bi, call, a, 0);
   if (!x) return ERR;
   s->b.loc = call->loc;
-  return tensor(ir_reshape(&s->b, x, shape_like(x, shape_of(1, (int)shape_elems(sample_shape(x), 1)))));
+  Shape flat = shape_of(1, (int)shape_elems(sample_shape(x), 1));
+  return tensor(ir_reshape(&s->b, x, shape_like(x, flat)));
 }
 
 /* The built-ins whose positional argument i may be a list [..]. */
@@ -857,27 +858,28 @@ BUILTIN(call_gather) {
 BUILTIN(call_scatter_add) {
   Node *v = tensor_arg(bi, call, a, 0), *idx = as_node(s, a->v[1]);
   if (!v) return ERR;
-  if (!idx || !is_int(a->v[2]) || a->v[2].num < 1) {
+  if (!idx || !is_int(a->v[2]) || a->v[2].num < 1 || a->v[2].num > 1e9) {
     diag_error(a->ast[idx ? 2 : 1]->loc, "'scatter_add' takes values, indices and a size");
     return ERR;
   }
   bool both = batched(v) || batched(idx);
   if (both) v = to_batched(s, v), idx = to_batched(s, idx);
   int lead = both, ri = idx->shape.rank - lead, rv = v->shape.rank;
-  int64_t ax;
-  if (!int_kwarg(a, "axis", 0, 0, rv - lead - ri, bi->name, call->loc, &ax)) return ERR;
-  int axis = (int)ax + lead;
-  Shape to = {0};
-  bool ok = true;
-  for (int i = 0; i < axis; i++) to.dim[to.rank++] = v->shape.dim[i];
-  to.dim[to.rank++] = (int64_t)a->v[2].num;
-  for (int i = 0; i < ri; i++) ok &= v->shape.dim[axis + i] == idx->shape.dim[lead + i];
-  for (int i = axis + ri; i < rv; i++) to.dim[to.rank++] = v->shape.dim[i];
+  int places = rv - lead - ri + 1; /* where idx's axes can sit in v's */
+  int64_t ax = 0;
+  bool ok = places >= 1 && rv - ri + 1 <= MAX_RANK;
+  if (ok && !int_kwarg(a, "axis", 0, -places, places - 1, bi->name, call->loc, &ax)) return ERR;
+  int axis = (int)(ax < 0 ? ax + places : ax) + lead;
+  for (int i = 0; ok && i < ri; i++) ok = v->shape.dim[axis + i] == idx->shape.dim[lead + i];
   if (!ok) {
     diag_error(call->loc, "cannot scatter %s with indices %s along axis %d",
                shape_str(v->shape, true), shape_str(idx->shape, true), axis - lead);
     return ERR;
   }
+  Shape to = {0}; /* v's shape with idx's axes replaced by one of n */
+  for (int i = 0; i < axis; i++) to.dim[to.rank++] = v->shape.dim[i];
+  to.dim[to.rank++] = (int64_t)a->v[2].num;
+  for (int i = axis + ri; i < rv; i++) to.dim[to.rank++] = v->shape.dim[i];
   s->b.loc = call->loc;
   return tensor(ir_scatter_add(&s->b, v, idx, axis, lead, to));
 }
@@ -1320,7 +1322,10 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
     callee->counters = f->counters;
   }
   bool returned;
+  int errors = diag_error_count();
   Value r = run_body(s, callee, &def->body, &returned);
+  if (diag_error_count() > errors && def->loc.file != call->loc.file) /* e.g. in the prelude */
+    diag_note(call->loc, "in this call to '%s'", def->name);
   if (def->kind == AST_FN) f->counters = callee->counters;
   if (!returned) {
     diag_error(def->loc, "'%s' has no 'return'", def->name);

@@ -1,7 +1,10 @@
-/* data.c — the training set: takes the model's data declaration (an inline table or a CSV path)
- * or a --data override, gives an NnData of rows × (x_size + y_size) doubles in memory.
- * Every problem names the file, line and column and exits with status 1; nothing here trusts
- * the input (embedded NULs, CRLF line ends, huge fields, non-finite numbers). */
+/* data.c — data sets in memory: takes a data declaration of the model (an inline table, a CSV
+ * file, IDX files through idx.c) or a file named on the command line, gives an NnData of inputs
+ * (scaled) and targets in the kernels' element type; and the NnSets that training and
+ * evaluation walk: all rows, or a seeded split into training and held-out validation rows.
+ * Every problem names the file (and for CSV the line and column) and exits with status 1;
+ * nothing here trusts the input (embedded NULs, CRLF line ends, huge fields, non-finite
+ * numbers, class labels out of range). */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -15,12 +18,12 @@
 typedef enum HeaderMode {
   HEADER_NO,   /* every line is data */
   HEADER_YES,  /* the first line is a header (declared in the .nn file) */
-  HEADER_AUTO, /* --data on a model without a CSV declaration: skip it if it holds no number */
+  HEADER_AUTO, /* a file from the command line: skip it if it holds no number */
 } HeaderMode;
 
 /* "path:line[:col]: error: MSG" — the clang form, so editors can jump to the spot. */
-NNRT_NORETURN NNRT_PRINTF(4, 5) static void file_error(const char *path, long line, long col,
-                                                      const char *fmt, ...) {
+NNRT_NORETURN NNRT_PRINTF(4, 5) static void csv_error(const char *path, long line, long col,
+                                                     const char *fmt, ...) {
   fflush(stdout);
   if (line <= 0)
     fprintf(stderr, "%s: error: ", path);
@@ -42,6 +45,65 @@ static void *xrealloc(void *p, size_t n) {
     nnrt_fatal("out of memory (%zu bytes) at %s:%d", n, __FILE__, __LINE__);
   return q;
 }
+
+/* ---- labels ---- */
+
+int64_t nnrt_classes(const NnModelDesc *d) {
+  if (d->task == NN_TASK_MULTICLASS)
+    return d->out_size;
+  if (d->task == NN_TASK_BINARY)
+    return 2; /* each output is a decision between class 0 and class 1 */
+  return 0;
+}
+
+const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap) {
+  int64_t classes = nnrt_classes(d);
+  if (!d->labels || classes == 0)
+    return NULL; /* a regression on label values accepts any number */
+  if (v != floor(v))
+    snprintf(buf, cap, "label %g is not a class index (an integer)", v);
+  else if (v < 0 || v >= (double)classes)
+    snprintf(buf, cap, "label %g is out of range: model '%s' has %lld classes (0..%lld)", v,
+             d->name, (long long)classes, (long long)classes - 1);
+  else
+    return NULL;
+  return buf;
+}
+
+/* ---- building an NnData row by row ---- */
+
+static void data_begin(NnData *out, const NnModelDesc *d, int64_t y_size, const char *origin) {
+  memset(out, 0, sizeof *out);
+  out->x_size = d->x_size;
+  out->y_size = y_size;
+  out->elem_size = d->elem_size;
+  out->origin = origin;
+}
+
+/* Appends one sample: x_size inputs (multiplied by scale) then y_size targets; *cap is the
+ * rows allocated so far. */
+static void data_push(NnData *out, int64_t *cap, const double *vals, double scale) {
+  int64_t es = out->elem_size, xs = out->x_size, ys = out->y_size, r = out->rows;
+  if (r == *cap) {
+    *cap = *cap ? *cap * 2 : 256;
+    out->x = xrealloc(out->x, (size_t)(*cap * xs * es));
+    if (ys)
+      out->y = xrealloc(out->y, (size_t)(*cap * ys * es));
+  }
+  for (int64_t j = 0; j < xs; j++)
+    nnrt_set(out->x, r * xs + j, es, vals[j] * scale);
+  for (int64_t j = 0; j < ys; j++)
+    nnrt_set(out->y, r * ys + j, es, vals[xs + j]);
+  out->rows++;
+}
+
+void nnrt_data_free(NnData *data) {
+  free(data->x);
+  free(data->y);
+  memset(data, 0, sizeof *data);
+}
+
+/* ---- CSV ---- */
 
 /* The whole file, NUL-terminated (one extra byte); *len excludes the terminator. */
 static char *read_file(const char *path, size_t *len) {
@@ -137,13 +199,9 @@ static int looks_like_header(const char *line) {
   }
 }
 
-/* Appends the `cols` numbers of one line to vals, or reports the first bad field. */
+/* Reads the `cols` numbers of one line into vals, or reports the first bad field. */
 static void parse_line(const char *path, long lineno, const char *line, int64_t cols,
                        double *vals) {
-  int64_t found = count_fields(line);
-  if (found != cols)
-    file_error(path, lineno, 0, "expected %lld column%s, found %lld", (long long)cols,
-               cols == 1 ? "" : "s", (long long)found);
   const char *s = line;
   for (int64_t c = 0; c < cols; c++) {
     while (is_blank(*s))
@@ -155,102 +213,171 @@ static void parse_line(const char *path, long lineno, const char *line, int64_t 
     const char *why;
     char text[48];
     if (end == s)
-      file_error(path, lineno, col, "empty field in column %lld (expected a number)",
-                 (long long)c + 1);
+      csv_error(path, lineno, col, "empty field in column %lld (expected a number)",
+                (long long)c + 1);
     if (!parse_number(s, end, &vals[c], &why))
-      file_error(path, lineno, col, "'%s' %s", field_text(s, end, text, sizeof text), why);
+      csv_error(path, lineno, col, "'%s' %s", field_text(s, end, text, sizeof text), why);
     s = end + 1;
   }
 }
 
-static void load_csv(const char *path, int64_t cols, HeaderMode header, NnData *out) {
+/* The column count of the first data line: inputs then targets; for predict's inputs-only use,
+ * x_size alone is accepted too. Later lines must have as many. */
+static int64_t first_columns(const NnModelDesc *d, const char *path, long lineno, NnFileUse use,
+                             int64_t found) {
+  int64_t both = d->x_size + d->y_size;
+  if (found == both || (use == NNRT_USE_INPUTS && found == d->x_size))
+    return found;
+  if (use == NNRT_USE_INPUTS && d->y_size)
+    csv_error(path, lineno, 0, "expected %lld columns (inputs) or %lld (inputs and targets), "
+              "found %lld", (long long)d->x_size, (long long)both, (long long)found);
+  csv_error(path, lineno, 0, "expected %lld column%s, found %lld", (long long)both,
+            nnrt_plural(both), (long long)found);
+}
+
+static void load_csv(const NnModelDesc *d, const char *path, HeaderMode header, NnFileUse use,
+                     double scale, NnData *out) {
   size_t len;
   char *text = read_file(path, &len);
-  double *vals = NULL;
-  int64_t rows = 0, cap = 0;
+  int64_t cols = 0, cap = 0;
+  double *vals = NNRT_ALLOC(d->x_size + d->y_size + 1, double);
   int first = 1;
   long lineno = 0;
+  data_begin(out, d, use == NNRT_USE_TARGETS ? d->y_size : 0, path);
   for (char *p = text; p < text + len;) {
     char *nl = memchr(p, '\n', (size_t)(text + len - p));
     char *end = nl ? nl : text + len;
     *end = '\0';
     lineno++;
     if (memchr(p, '\0', (size_t)(end - p)))
-      file_error(path, lineno, 0, "line contains a NUL byte (is this a binary file?)");
+      csv_error(path, lineno, 0, "line contains a NUL byte (is this a binary file?)");
     if (!blank_line(p)) {
       int skip = first && (header == HEADER_YES || (header == HEADER_AUTO && looks_like_header(p)));
-      first = 0;
       if (!skip) {
-        if (rows == cap) {
-          cap = cap ? cap * 2 : 256;
-          vals = xrealloc(vals, (size_t)cap * (size_t)cols * sizeof *vals);
-        }
-        parse_line(path, lineno, p, cols, vals + rows * cols);
-        rows++;
+        int64_t found = count_fields(p);
+        if (out->rows == 0)
+          cols = first_columns(d, path, lineno, use, found);
+        else if (found != cols)
+          csv_error(path, lineno, 0, "expected %lld column%s, found %lld", (long long)cols,
+                    nnrt_plural(cols), (long long)found);
+        parse_line(path, lineno, p, cols, vals);
+        char why[160];
+        if (out->y_size && nnrt_label_problem(d, vals[d->x_size], why, sizeof why))
+          csv_error(path, lineno, 0, "%s", why);
+        data_push(out, &cap, vals, scale);
       }
+      first = 0;
     }
     p = end + 1;
   }
+  free(vals);
   free(text);
-  if (rows == 0)
-    file_error(path, 0, 0, "no samples");
-  out->rows = rows;
-  out->cols = cols;
-  out->v = vals;
-  out->owned = vals;
-  out->origin = path;
+  if (out->rows == 0)
+    csv_error(path, 0, 0, "no samples");
 }
 
-static int readable(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (f)
-    fclose(f);
-  return f != NULL;
-}
+/* ---- the model's declarations ---- */
 
-/* The model's CSV path. A relative one that is not found from the current directory is tried
- * beside the .nn file too, so `./circle train` works from anywhere the source tree is. */
-static const char *declared_path(const NnModelDesc *d) {
-  static char joined[4096];
-  const char *path = d->data->path, *slash = d->source ? strrchr(d->source, '/') : NULL;
-  if (path[0] == '/' || !slash || readable(path))
-    return path;
-  int n = snprintf(joined, sizeof joined, "%.*s/%s", (int)(slash - d->source), d->source, path);
-  return n > 0 && (size_t)n < sizeof joined && readable(joined) ? joined : path;
-}
-
-void nnrt_data_load(const NnModelDesc *d, const char *path, NnData *out) {
-  int64_t cols = d->x_size + d->y_size;
-  memset(out, 0, sizeof *out);
-  if (path) {
-    HeaderMode h = d->data->kind != NN_DATA_CSV ? HEADER_AUTO
-                   : d->data->header           ? HEADER_YES
-                                               : HEADER_NO;
-    load_csv(path, cols, h, out);
-    return;
+static void load_table(const NnModelDesc *d, const NnDataSource *s, NnData *out) {
+  const char *origin = "the model's data table";
+  if (s->rows <= 0 || !s->table)
+    nnrt_fatal("%s has no samples; pass --data FILE", origin);
+  int64_t cols = d->x_size + d->y_size, cap = 0;
+  data_begin(out, d, d->y_size, origin);
+  for (int64_t r = 0; r < s->rows; r++) {
+    char why[160];
+    if (d->y_size && nnrt_label_problem(d, s->table[r * cols + d->x_size], why, sizeof why))
+      nnrt_fatal("%s, row %lld: %s", origin, (long long)r + 1, why);
+    data_push(out, &cap, s->table + r * cols, s->scale);
   }
-  switch (d->data->kind) {
-  case NN_DATA_TABLE:
-    if (d->data->rows <= 0 || !d->data->table)
-      nnrt_fatal("the model's data table has no samples; pass --data FILE.csv");
-    out->rows = d->data->rows;
-    out->cols = cols;
-    out->v = d->data->table;
-    out->origin = "the model's data table";
-    return;
+}
+
+void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out) {
+  memset(out, 0, sizeof *out);
+  switch (s ? s->kind : NN_DATA_NONE) {
+  case NN_DATA_TABLE: load_table(d, s, out); return;
   case NN_DATA_CSV:
-    if (d->data->path && *d->data->path) {
-      load_csv(declared_path(d), cols, d->data->header ? HEADER_YES : HEADER_NO, out);
+    if (s->path && *s->path) {
+      load_csv(d, s->path, s->header ? HEADER_YES : HEADER_NO, NNRT_USE_TARGETS, s->scale, out);
       return;
     }
     break;
-  default:
+  case NN_DATA_IDX:
+    if (s->path && *s->path) {
+      nnrt_idx_load(d, s->path, s->labels, s->scale, out);
+      return;
+    }
     break;
+  default: break;
   }
-  nnrt_fatal("this model declares no data; pass --data FILE.csv");
+  nnrt_fatal("this model declares no data; pass --data FILE (CSV or IDX)");
 }
 
-void nnrt_data_free(NnData *data) {
-  free(data->owned);
-  memset(data, 0, sizeof *data);
+void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
+                    NnData *out) {
+  const NnDataSource *s = d->data;
+  double scale = s ? s->scale : 1;
+  if (nnrt_idx_sniff(path)) {
+    if (use == NNRT_USE_TARGETS && !labels)
+      nnrt_fatal("'%s' is an IDX file of inputs; HINT: name its labels file with --labels "
+                 "(or --val-labels for --val)", path);
+    nnrt_idx_load(d, path, use == NNRT_USE_TARGETS ? labels : NULL, scale, out);
+    return;
+  }
+  if (labels)
+    nnrt_fatal("--labels %s: '%s' is not an IDX file, and a CSV file holds its own targets",
+               labels, path);
+  HeaderMode h = !s || s->kind != NN_DATA_CSV ? HEADER_AUTO : s->header ? HEADER_YES : HEADER_NO;
+  load_csv(d, path, h, use, scale, out);
+}
+
+/* ---- sets of rows ---- */
+
+static void set_init(NnSet *s, const NnData *data, int64_t n, const char *what) {
+  memset(s, 0, sizeof *s);
+  s->data = data;
+  s->n = n;
+  s->idx = NNRT_ALLOC(n > 0 ? n : 1, int64_t);
+  snprintf(s->what, sizeof s->what, "%s", what);
+}
+
+void nnrt_set_all(NnSet *s, const NnData *data, const char *what) {
+  set_init(s, data, data->rows, what);
+  for (int64_t i = 0; i < data->rows; i++)
+    s->idx[i] = i;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+void nnrt_set_split(const NnData *data, double fraction, uint64_t seed, NnSet *train,
+                    NnSet *val) {
+  int64_t rows = data->rows, n_val = (int64_t)llround((double)rows * fraction);
+  if (rows < 2)
+    nnrt_fatal("cannot hold out %g of %s for validation: it has %lld sample%s", fraction,
+               data->origin, (long long)rows, nnrt_plural(rows));
+  n_val = n_val < 1 ? 1 : n_val > rows - 1 ? rows - 1 : n_val;
+  int64_t *perm = NNRT_ALLOC(rows, int64_t);
+  for (int64_t i = 0; i < rows; i++)
+    perm[i] = i;
+  NnRng r;
+  nnrt_rng_seed(&r, seed, NNRT_STREAM_SPLIT);
+  nnrt_shuffle(perm, rows, &r);
+  char what[160];
+  set_init(train, data, rows - n_val, "training set");
+  snprintf(what, sizeof what, "validation set (%g of the data, held out)", fraction);
+  set_init(val, data, n_val, what);
+  memcpy(train->idx, perm, (size_t)(rows - n_val) * sizeof *perm);
+  memcpy(val->idx, perm + rows - n_val, (size_t)n_val * sizeof *perm);
+  free(perm);
+  /* Ascending rows: the held-out set is evaluated in file order, with locality. */
+  qsort(train->idx, (size_t)train->n, sizeof *train->idx, cmp_i64);
+  qsort(val->idx, (size_t)val->n, sizeof *val->idx, cmp_i64);
+}
+
+void nnrt_set_free(NnSet *s) {
+  free(s->idx);
+  memset(s, 0, sizeof *s);
 }

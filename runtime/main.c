@@ -1,6 +1,6 @@
 /* main.c — the command line of every binary nnc builds: takes argv and the compiled model's
- * constant description `nn_model`, gives an NnOptions and runs one command (train, info,
- * gradcheck) from train.c. It checks the model description against this runtime's ABI first,
+ * constant description `nn_model`, gives an NnOptions and runs one command (train, eval,
+ * predict, info, gradcheck). It checks the model description against this runtime's ABI first,
  * and rejects every malformed flag with a message and exit status 2 before any work starts. */
 #include <errno.h>
 #include <math.h>
@@ -28,6 +28,24 @@ void nnrt_fatal(const char *fmt, ...) {
   vreport(fmt, ap);
   va_end(ap);
   exit(NNRT_EXIT_FAIL);
+}
+
+void nnrt_file_error(const char *path, const char *fmt, ...) {
+  va_list ap;
+  fflush(stdout);
+  fprintf(stderr, "%s: error: ", path);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  exit(NNRT_EXIT_FAIL);
+}
+
+void *nnrt_alloc(size_t bytes, const char *where) {
+  void *p = malloc(bytes ? bytes : 1);
+  if (!p)
+    nnrt_fatal("out of memory: cannot allocate %zu bytes at %s", bytes, where);
+  return p;
 }
 
 /* A command-line mistake: exit status 2, as for any CLI tool. */
@@ -70,6 +88,13 @@ static void check_model(const NnModelDesc *d) {
     bad_model("the name or a kernel is missing");
   if ((d->n_params && !d->params) || (d->n_hyper && (!d->hyper_names || !d->hyper_defaults)))
     bad_model("the parameter or hyperparameter table is missing");
+  if (!d->data || (d->val_split < 0 || d->val_split >= 1))
+    bad_model("the data description is missing or the validation split is out of range");
+  if (d->labels && d->y_size != 1)
+    bad_model("labels is set but y_size is %lld", (long long)d->y_size);
+  for (const NnDataSource *s = d->data; s; s = s == d->data ? d->val : NULL)
+    if (!isfinite(s->scale))
+      bad_model("data set '%s' has a non-finite scale", s->name ? s->name : "?");
   for (int64_t k = 0; k < d->n_params; k++) {
     const NnParamInfo *p = &d->params[k];
     if (!p->name || p->rank < 0 || p->rank > NN_MAX_RANK || p->size < 0 || p->offset < 0 ||
@@ -81,7 +106,7 @@ static void check_model(const NnModelDesc *d) {
 /* ---- usage ---- */
 
 /* Which commands a flag applies to. */
-enum { CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4 };
+enum { CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16 };
 
 /* "lr, momentum" or "none" into buf. */
 static const char *hyper_list(const NnModelDesc *d, char *buf, size_t cap) {
@@ -97,31 +122,61 @@ static void usage(FILE *f, const NnModelDesc *d, double eps, double tol) {
   int64_t lr = nnrt_hyper_index(d, "lr");
   fprintf(f, "usage: %s <command> [flags]\n", nnrt_prog);
   fprintf(f, "commands:\n"
-             "  train       train the model on its data set and report loss and accuracy\n"
-             "  info        print the model's parameters, sizes and defaults\n"
+             "  train       train the model on its data set and report loss and metrics\n"
+             "  eval        report loss and metrics of saved parameters on a data set\n"
+             "  predict     write the model's outputs for some inputs as CSV\n"
+             "  info        print the model's parameters, sizes, defaults and data\n"
              "  gradcheck   compare the compiled gradients with central finite differences\n");
   fprintf(f, "train flags:\n");
-  fprintf(f, "  --epochs N    epochs (default %lld)\n", (long long)d->epochs);
+  fprintf(f, "  --epochs N        epochs to reach in total (default %lld)\n", (long long)d->epochs);
   if (lr >= 0)
-    fprintf(f, "  --lr X        learning rate (sets the optimizer's 'lr' hyperparameter, "
-               "default %g)\n", d->hyper_defaults[lr]);
+    fprintf(f, "  --lr X            learning rate (the optimizer's 'lr', default %g)\n",
+            d->hyper_defaults[lr]);
   else
-    fprintf(f, "  --lr X        learning rate (this model has no 'lr' hyperparameter)\n");
-  fprintf(f, "  --batch N     samples per step, at most the compiled batch (default %lld)\n",
-          (long long)d->max_batch);
-  fprintf(f, "  --seed S      random seed for initialisation and shuffling (default %lld)\n",
-          (long long)d->seed);
-  fprintf(f, "  --data FILE   read the training data from this CSV file instead\n");
-  fprintf(f, "  --set NAME=X  set a hyperparameter by name (%s)\n",
+    fprintf(f, "  --lr X            learning rate (this model has no 'lr' hyperparameter)\n");
+  fprintf(f, "  --set NAME=X      set a hyperparameter by name (%s)\n",
           hyper_list(d, names, sizeof names));
-  fprintf(f, "  --quiet       print only the final line\n"
-             "  --verbose     print every epoch\n");
+  fprintf(f, "  --batch N         samples per step, at most the compiled batch (default %lld)\n",
+          (long long)d->max_batch);
+  fprintf(f, "  --seed S          seed of initialisation, validation split and shuffling "
+             "(default %lld)\n", (long long)d->seed);
+  fprintf(f,
+          "  --data FILE       train on this CSV or IDX file (IDX: --labels names its labels)\n"
+          "  --labels FILE     the IDX labels file for --data (plain or .gz)\n"
+          "  --val FILE        validate on this CSV or IDX file after every epoch\n"
+          "  --val-labels FILE the IDX labels file for --val\n"
+          "  --save CKPT       save a safetensors checkpoint after every epoch and at the end\n"
+          "                    (atomically: CKPT.tmp, fsync, rename)\n"
+          "  --save-every N    save only every N epochs (and at the end)\n"
+          "  --resume CKPT     continue from a checkpoint of this model: parameters, optimizer\n"
+          "                    state, epoch, step, seed, batch and hyperparameters (flags given\n"
+          "                    explicitly win); the result is bit-identical to an\n"
+          "                    uninterrupted run\n"
+          "  --init-from CKPT  start from the checkpoint's tensors whose names and shapes match\n"
+          "  --skip-nonfinite  skip steps whose loss or gradient is not finite (and count them)\n"
+          "                    instead of stopping\n"
+          "  --confusion       print the confusion matrix of the final evaluation\n"
+          "  --quiet           print only the final metrics\n"
+          "  --verbose         print every epoch\n");
+  fprintf(f, "eval flags:\n"
+             "  --load CKPT       parameters from this checkpoint (else untrained, from --seed)\n"
+             "  --data FILE       evaluate on this CSV or IDX file (default: the validation set,\n"
+             "                    else the held-out split, else the training set)\n"
+             "  --labels FILE     the IDX labels file for --data\n"
+             "  --confusion, --seed S, --quiet   as for train\n");
+  fprintf(f, "predict flags:\n"
+             "  --load CKPT       parameters from this checkpoint (required)\n"
+             "  --input FILE      inputs: CSV (x columns, or x and y columns) or IDX images\n"
+             "  --output FILE     write the CSV here instead of standard output: a header line,\n"
+             "                    then per sample the class (classifiers) and every output\n");
   fprintf(f, "gradcheck flags:\n");
-  fprintf(f, "  --eps E       finite-difference step (default %g)\n", eps);
-  fprintf(f, "  --tol T       largest accepted relative difference (default %g)\n", tol);
-  fprintf(f, "  --seed S, --data FILE, --lr X, --set NAME=X   as for train\n");
+  fprintf(f, "  --eps E           finite-difference step (default %g)\n", eps);
+  fprintf(f, "  --tol T           largest accepted relative difference (default %g)\n", tol);
+  fprintf(f, "  --seed S, --data FILE, --labels FILE, --lr X, --set NAME=X   as for train\n");
   fprintf(f, "info flags:\n"
-             "  --data FILE   show this file as the data source\n");
+             "  --data FILE       show this file as the data source\n");
+  fprintf(f, "Files given by flag are scaled like the model's training data (scale = %g).\n",
+          d->data ? d->data->scale : 1.0);
 }
 
 /* ---- flag values ---- */
@@ -164,6 +219,7 @@ static void set_hyper_by_name(const NnModelDesc *d, NnOptions *o, const char *fl
                 hyper_list(d, names, sizeof names));
   snprintf(label, sizeof label, "%s %s", flag, name); /* "--set momentum expects ..." */
   o->hyper[i] = parse_real(label, value, -INFINITY, 1, "a number");
+  o->hyper_set[i] = 1;
 }
 
 /* --set NAME=VALUE */
@@ -183,7 +239,9 @@ static void parse_set(const NnModelDesc *d, NnOptions *o, const char *s) {
 /* ---- flags ---- */
 
 typedef enum FlagId {
-  F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_SET, F_QUIET, F_VERBOSE, F_EPS, F_TOL
+  F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
+  F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
+  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION
 } FlagId;
 
 typedef struct Flag {
@@ -197,13 +255,25 @@ static const Flag flags[] = {
     {"--epochs", F_EPOCHS, 1, CMD_TRAIN},
     {"--lr", F_LR, 1, CMD_TRAIN | CMD_GRADCHECK},
     {"--batch", F_BATCH, 1, CMD_TRAIN},
-    {"--seed", F_SEED, 1, CMD_TRAIN | CMD_GRADCHECK},
-    {"--data", F_DATA, 1, CMD_TRAIN | CMD_INFO | CMD_GRADCHECK},
+    {"--seed", F_SEED, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL},
+    {"--data", F_DATA, 1, CMD_TRAIN | CMD_INFO | CMD_GRADCHECK | CMD_EVAL},
+    {"--labels", F_LABELS, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL},
+    {"--val", F_VAL, 1, CMD_TRAIN},
+    {"--val-labels", F_VAL_LABELS, 1, CMD_TRAIN},
     {"--set", F_SET, 1, CMD_TRAIN | CMD_GRADCHECK},
-    {"--quiet", F_QUIET, 0, CMD_TRAIN},
+    {"--quiet", F_QUIET, 0, CMD_TRAIN | CMD_EVAL | CMD_PREDICT},
     {"--verbose", F_VERBOSE, 0, CMD_TRAIN},
     {"--eps", F_EPS, 1, CMD_GRADCHECK},
     {"--tol", F_TOL, 1, CMD_GRADCHECK},
+    {"--save", F_SAVE, 1, CMD_TRAIN},
+    {"--save-every", F_SAVE_EVERY, 1, CMD_TRAIN},
+    {"--resume", F_RESUME, 1, CMD_TRAIN},
+    {"--init-from", F_INIT_FROM, 1, CMD_TRAIN},
+    {"--load", F_LOAD, 1, CMD_EVAL | CMD_PREDICT},
+    {"--input", F_INPUT, 1, CMD_PREDICT},
+    {"--output", F_OUTPUT, 1, CMD_PREDICT},
+    {"--skip-nonfinite", F_SKIP_NONFINITE, 0, CMD_TRAIN},
+    {"--confusion", F_CONFUSION, 0, CMD_TRAIN | CMD_EVAL},
 };
 
 static const Flag *find_flag(const char *name, size_t len) {
@@ -211,6 +281,13 @@ static const Flag *find_flag(const char *name, size_t len) {
     if (strlen(flags[i].name) == len && strncmp(flags[i].name, name, len) == 0)
       return &flags[i];
   return NULL;
+}
+
+/* A file name: not empty. */
+static const char *file_value(const Flag *f, const char *v) {
+  if (!*v)
+    usage_error("%s expects a file name", f->name);
+  return v;
 }
 
 static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const char *v) {
@@ -223,26 +300,39 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
       usage_error("--lr: this model has no hyperparameter named 'lr' (it has: %s); "
                   "HINT: use --set NAME=VALUE", hyper_list(d, names, sizeof names));
     o->hyper[lr] = parse_real(f->name, v, 0, 1, "a non-negative number");
+    o->hyper_set[lr] = 1;
     break;
   }
   case F_BATCH:
     o->batch = parse_count(f->name, v);
+    o->batch_set = 1;
     if (o->batch > d->max_batch)
       usage_error("--batch %lld exceeds the compiled maximum batch of %lld; HINT: raise "
                   "'batch' in %s and recompile", (long long)o->batch, (long long)d->max_batch,
                   d->source ? d->source : "the .nn file");
     break;
-  case F_SEED: o->seed = parse_seed(f->name, v); break;
-  case F_DATA:
-    if (!*v)
-      usage_error("--data expects a file name");
-    o->data_path = v;
+  case F_SEED:
+    o->seed = parse_seed(f->name, v);
+    o->seed_set = 1;
     break;
+  case F_DATA: o->data_path = file_value(f, v); break;
+  case F_LABELS: o->labels_path = file_value(f, v); break;
+  case F_VAL: o->val_path = file_value(f, v); break;
+  case F_VAL_LABELS: o->val_labels = file_value(f, v); break;
   case F_SET: parse_set(d, o, v); break;
   case F_QUIET: o->quiet = 1; break;
   case F_VERBOSE: o->verbose = 1; break;
   case F_EPS: o->eps = parse_real(f->name, v, 0, 0, "a positive number"); break;
   case F_TOL: o->tol = parse_real(f->name, v, 0, 0, "a positive number"); break;
+  case F_SAVE: o->save_path = file_value(f, v); break;
+  case F_SAVE_EVERY: o->save_every = parse_count(f->name, v); break;
+  case F_RESUME: o->resume_path = file_value(f, v); break;
+  case F_INIT_FROM: o->init_from = file_value(f, v); break;
+  case F_LOAD: o->load_path = file_value(f, v); break;
+  case F_INPUT: o->input_path = file_value(f, v); break;
+  case F_OUTPUT: o->output_path = file_value(f, v); break;
+  case F_SKIP_NONFINITE: o->skip_nonfinite = 1; break;
+  case F_CONFUSION: o->confusion = 1; break;
   }
 }
 
@@ -270,13 +360,29 @@ static unsigned parse_flag(const NnModelDesc *d, NnOptions *o, int argc, char **
 }
 
 static unsigned command_of(const char *name) {
-  if (strcmp(name, "train") == 0)
-    return CMD_TRAIN;
-  if (strcmp(name, "info") == 0)
-    return CMD_INFO;
-  if (strcmp(name, "gradcheck") == 0)
-    return CMD_GRADCHECK;
+  static const struct { const char *name; unsigned cmd; } cmds[] = {
+      {"train", CMD_TRAIN}, {"eval", CMD_EVAL}, {"predict", CMD_PREDICT},
+      {"info", CMD_INFO},   {"gradcheck", CMD_GRADCHECK}};
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+    if (strcmp(name, cmds[i].name) == 0)
+      return cmds[i].cmd;
   return 0;
+}
+
+/* Flags that make sense only together, or not at all together. */
+static void check_combination(unsigned cmd, const NnOptions *o) {
+  if (o->labels_path && !o->data_path)
+    usage_error("--labels names the labels of --data's IDX images; pass --data too");
+  if (o->val_labels && !o->val_path)
+    usage_error("--val-labels names the labels of --val's IDX images; pass --val too");
+  if (o->resume_path && o->init_from)
+    usage_error("--resume and --init-from exclude each other (--resume restores everything)");
+  if (o->save_every > 1 && !o->save_path)
+    usage_error("--save-every needs --save CKPT");
+  if (cmd == CMD_PREDICT && !o->load_path)
+    usage_error("predict needs --load CKPT (the trained parameters)");
+  if (cmd == CMD_PREDICT && !o->input_path)
+    usage_error("predict needs --input FILE (CSV or IDX inputs)");
 }
 
 static const char *basename_of(const char *path) {
@@ -296,9 +402,10 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   o->epochs = d->epochs > 0 ? d->epochs : 1;
   o->batch = d->max_batch;
   o->seed = (uint64_t)d->seed;
-  o->hyper = malloc((size_t)(d->n_hyper + 1) * sizeof *o->hyper);
-  if (!o->hyper)
-    nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
+  o->save_every = 1;
+  o->hyper = NNRT_ALLOC(d->n_hyper + 1, double);
+  o->hyper_set = NNRT_ALLOC(d->n_hyper + 1, unsigned char);
+  memset(o->hyper_set, 0, (size_t)d->n_hyper + 1);
   for (int64_t i = 0; i < d->n_hyper; i++)
     o->hyper[i] = d->hyper_defaults[i];
   /* f32 needs a larger step: rounding error in the loss grows like ulp/eps. */
@@ -315,6 +422,7 @@ int main(int argc, char **argv) {
   if (wants_help(argc, argv)) {
     usage(stdout, d, o.eps, o.tol);
     free(o.hyper);
+    free(o.hyper_set);
     return NNRT_EXIT_OK;
   }
   const char *cmd_name = NULL;
@@ -335,6 +443,7 @@ int main(int argc, char **argv) {
     usage(stderr, d, o.eps, o.tol);
     free(applies);
     free(o.hyper);
+    free(o.hyper_set);
     return NNRT_EXIT_USAGE;
   }
   unsigned cmd = command_of(cmd_name);
@@ -346,9 +455,13 @@ int main(int argc, char **argv) {
       usage_error("flag '%.*s' does not apply to '%s' (try '%s --help')",
                   (int)strcspn(argv[i], "="), argv[i], cmd_name, nnrt_prog);
   free(applies);
-  int rc = cmd == CMD_TRAIN ? nnrt_train(d, &o)
-           : cmd == CMD_INFO ? nnrt_info(d, &o)
-                             : nnrt_gradcheck(d, &o);
+  check_combination(cmd, &o);
+  int rc = cmd == CMD_TRAIN       ? nnrt_train(d, &o)
+           : cmd == CMD_EVAL      ? nnrt_eval(d, &o)
+           : cmd == CMD_PREDICT   ? nnrt_predict(d, &o)
+           : cmd == CMD_INFO      ? nnrt_info(d, &o)
+                                  : nnrt_gradcheck(d, &o);
   free(o.hyper);
+  free(o.hyper_set);
   return rc;
 }

@@ -1,9 +1,12 @@
 /* nnrt_internal.h — declarations shared by the files of libnnrt.a (not part of the ABI).
  *
- * One section per file: rng.c (random streams), data.c (the data set in memory), train.c
- * (buffers, initialisation, train/info/gradcheck) and main.c (the CLI, which fills NnOptions).
- * Tensors live in the kernels' element type (f32 or f64, desc->elem_size); the runtime reads and
- * writes them through nnrt_get/nnrt_set and keeps everything else in doubles. */
+ * One section per file, in pipeline order: main.c (the CLI, which fills NnOptions), rng.c
+ * (random streams), data.c and idx.c (data sets in memory), model.c (kernel buffers,
+ * initialisation, `info`), metrics.c (loss, accuracy, precision/recall/F1, confusion, MSE/MAE),
+ * json.c and ckpt.c (safetensors checkpoints), train.c (`train`), infer.c (`eval`, `predict`)
+ * and gradcheck.c (`gradcheck`). Tensors live in the kernels' element type (f32 or f64,
+ * desc->elem_size); the runtime reads and writes single elements through nnrt_get/nnrt_set and
+ * keeps everything else in doubles. */
 #ifndef NNRT_INTERNAL_H
 #define NNRT_INTERNAL_H
 
@@ -31,21 +34,45 @@ enum {
 
 extern const char *nnrt_prog; /* basename(argv[0]), the prefix of every message */
 
-/* What the command line asked for; main.c fills it from the flags and the model's defaults. */
+/* What the command line asked for; main.c fills it from the flags and the model's defaults.
+ * The *_set fields say which values were given explicitly, so that --resume can take the
+ * others from the checkpoint. */
 typedef struct NnOptions {
-  int64_t epochs;        /* --epochs, else desc->epochs */
-  int64_t batch;         /* --batch, else desc->max_batch; 1..max_batch */
-  uint64_t seed;         /* --seed, else desc->seed: initialisation and shuffling */
-  const char *data_path; /* --data, or NULL for the model's own data */
-  int quiet;             /* --quiet: only the final line */
-  int verbose;           /* --verbose: every epoch */
-  double *hyper;         /* n_hyper values: defaults overridden by --lr / --set */
-  double eps;            /* gradcheck: finite-difference step */
-  double tol;            /* gradcheck: largest accepted relative difference */
+  int64_t epochs;            /* --epochs, else desc->epochs: the total to reach */
+  int64_t batch;             /* --batch, else desc->max_batch; 1..max_batch */
+  uint64_t seed;             /* --seed, else desc->seed: initialisation, split, shuffling */
+  int batch_set, seed_set;   /* 1: --batch / --seed was given */
+  const char *data_path;     /* --data: a CSV or IDX file instead of the model's data */
+  const char *labels_path;   /* --labels: the IDX labels for --data */
+  const char *val_path;      /* --val: a CSV or IDX validation set instead of the model's */
+  const char *val_labels;    /* --val-labels: the IDX labels for --val */
+  const char *save_path;     /* --save: checkpoint after every --save-every epochs and at the end */
+  int64_t save_every;        /* --save-every N (default 1) */
+  const char *resume_path;   /* --resume: continue from this checkpoint */
+  const char *init_from;     /* --init-from: copy matching tensors from this checkpoint */
+  const char *load_path;     /* --load (eval, predict): parameters from this checkpoint */
+  const char *input_path;    /* --input (predict): CSV or IDX inputs */
+  const char *output_path;   /* --output (predict): CSV to write, NULL for stdout */
+  int skip_nonfinite;        /* --skip-nonfinite: skip steps with a non-finite loss/gradient */
+  int confusion;             /* --confusion: print the confusion matrix at the end */
+  int quiet;                 /* --quiet: only the final lines */
+  int verbose;               /* --verbose: every epoch */
+  double *hyper;             /* n_hyper values: defaults overridden by --lr / --set */
+  unsigned char *hyper_set;  /* n_hyper flags: 1 where --lr / --set gave the value */
+  double eps;                /* gradcheck: finite-difference step */
+  double tol;                /* gradcheck: largest accepted relative difference */
 } NnOptions;
 
 /* "prog: error: MSG\n" on stderr, then exit(NNRT_EXIT_FAIL). */
 NNRT_NORETURN void nnrt_fatal(const char *fmt, ...) NNRT_PRINTF(1, 2);
+/* "PATH: error: MSG\n" on stderr, then exit(NNRT_EXIT_FAIL): a problem with a file's content. */
+NNRT_NORETURN void nnrt_file_error(const char *path, const char *fmt, ...) NNRT_PRINTF(2, 3);
+/* malloc that never returns NULL; `where` is __FILE__ ":" __LINE__ for the message. */
+void *nnrt_alloc(size_t bytes, const char *where);
+#define NNRT_STR2(x) #x
+#define NNRT_STR(x) NNRT_STR2(x)
+#define NNRT_HERE __FILE__ ":" NNRT_STR(__LINE__)
+#define NNRT_ALLOC(n, T) ((T *)nnrt_alloc((size_t)(n) * sizeof(T), NNRT_HERE))
 
 /* ---- rng.c ---- */
 
@@ -56,36 +83,185 @@ typedef struct NnRng {
   int has_spare;    /* 1 when spare holds an unused normal deviate */
 } NnRng;
 
-#define NNRT_STREAM_SHUFFLE UINT64_MAX /* stream of the epoch shuffles; params use 0..n-1 */
+/* Stream ids: parameters use 0..n_params-1; these sit at the top of the range. */
+#define NNRT_STREAM_SHUFFLE UINT64_MAX     /* the epoch shuffles, one after another */
+#define NNRT_STREAM_SPLIT (UINT64_MAX - 1) /* the one shuffle before a validation split */
 
 void nnrt_rng_seed(NnRng *r, uint64_t seed, uint64_t stream);
 uint64_t nnrt_rng_u64(NnRng *r);
 double nnrt_rng_uniform(NnRng *r);            /* [0, 1) with 53 random bits */
 double nnrt_rng_normal(NnRng *r);             /* N(0, 1), Box–Muller */
 uint64_t nnrt_rng_below(NnRng *r, uint64_t n); /* uniform in [0, n), n > 0, unbiased */
+void nnrt_shuffle(int64_t *v, int64_t n, NnRng *r); /* Fisher–Yates */
 
 /* ---- data.c ---- */
 
-/* The training set in memory: rows of x_size inputs followed by y_size targets. */
+/* A data set in memory, in the kernels' element type, inputs already scaled. */
 typedef struct NnData {
   int64_t rows;       /* samples */
-  int64_t cols;       /* x_size + y_size */
-  const double *v;    /* (rows, cols), row-major */
-  double *owned;      /* what nnrt_data_free releases (NULL for the model's inline table) */
-  const char *origin; /* for messages: the CSV path, or "the model's data table" */
+  int64_t x_size;     /* inputs per sample (desc->x_size) */
+  int64_t y_size;     /* targets per sample; 0 for inputs-only files (predict) */
+  int64_t elem_size;  /* 4 or 8 */
+  void *x;            /* (rows, x_size) */
+  void *y;            /* (rows, y_size); NULL when y_size is 0 */
+  const char *origin; /* for messages: a path, or "the model's data table" */
 } NnData;
 
-/* Loads the model's data, or the CSV at `path` when it is not NULL; exits on any error. */
-void nnrt_data_load(const NnModelDesc *d, const char *path, NnData *out);
-void nnrt_data_free(NnData *data);
+/* Some rows of a data set: the training rows, or those held out for validation. */
+typedef struct NnSet {
+  const NnData *data; /* where the rows are */
+  int64_t *idx;       /* (n) row numbers into data, owned */
+  int64_t n;          /* samples */
+  char what[160];     /* for messages: "training set", "validation set 'test'", ... */
+} NnSet;
 
-/* ---- train.c ---- */
+/* Where a file given on the command line is used; decides what it must contain. */
+typedef enum NnFileUse {
+  NNRT_USE_TARGETS, /* inputs and targets (train, eval, gradcheck) */
+  NNRT_USE_INPUTS,  /* inputs, and maybe targets that are ignored (predict) */
+} NnFileUse;
+
+/* Loads a data set the .nn file declared; exits naming the file on any problem. */
+void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out);
+/* Loads a file named on the command line: IDX (by its magic number, labels from `labels`) or
+ * CSV; inputs are scaled by the training data's declared scale. */
+void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
+                    NnData *out);
+void nnrt_data_free(NnData *data);
+/* Checks one target value of a labels model: an integer class index in [0, classes). Returns
+ * NULL when it is one, else what is wrong ("is not an integer", ...) in buf. */
+const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap);
+int64_t nnrt_classes(const NnModelDesc *d); /* out_size, 2 for one binary output, 0: regression */
+
+/* Every row of data, in order. */
+void nnrt_set_all(NnSet *s, const NnData *data, const char *what);
+/* The last `fraction` of data (after one shuffle from `seed`) into val, the rest into train. */
+void nnrt_set_split(const NnData *data, double fraction, uint64_t seed, NnSet *train,
+                    NnSet *val);
+void nnrt_set_free(NnSet *s);
+
+/* ---- idx.c ---- */
+
+/* 1 if the file (plain or gzip) begins with an IDX magic number, 0 otherwise (or unreadable). */
+int nnrt_idx_sniff(const char *path);
+/* IDX images (and labels, if not NULL) into out: x scaled by `scale`, y the class index. */
+void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels, double scale,
+                   NnData *out);
+
+/* ---- model.c ---- */
+
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]);
+void nnrt_buffers_free(void *io[NN_IO_COUNT]);
+/* Each parameter draws from its own stream (seed, index), so runs are reproducible. */
+void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed);
+/* Hyperparameters, then the step count at index n_hyper. */
+void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step);
+/* Copies rows[0..n) of data into X (and Y when data has targets). */
+void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io);
+double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */
+/* Sum of squares of n elements: non-finite when any element is (cheap finiteness test). */
+double nnrt_sum_squares(const void *base, int64_t n, int64_t elem_size);
+int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name); /* -1: no such name */
+const char *nnrt_init_name(int64_t init); /* "glorot_uniform", ...; "?" when out of range */
+const char *nnrt_dtype_name(int64_t elem_size); /* "f32" or "f64" */
+/* "f32[2,8]" into buf. */
+const char *nnrt_shape_str(int64_t elem_size, int64_t rank, const int64_t *dims, char *buf,
+                           size_t cap);
+const char *nnrt_plural(int64_t n); /* "" or "s" */
+int nnrt_info(const NnModelDesc *d, const NnOptions *o);
+
+/* ---- metrics.c ---- */
+
+/* Running sums over batches whose OUT and Y are in io. */
+typedef struct NnMetrics {
+  double loss;       /* sum of batch loss × batch samples */
+  int64_t samples;   /* samples seen */
+  int64_t hits;      /* correct decisions */
+  int64_t total;     /* decisions (output elements for binary, samples for multiclass) */
+  int64_t classes;   /* nnrt_classes(d): confusion is (classes, classes); 0: regression */
+  int64_t *confusion; /* [true * classes + predicted], NULL when not tracked */
+  double sq_err;     /* regression: sum of (out - y)^2 */
+  double abs_err;    /* regression: sum of |out - y| */
+  int64_t elems;     /* regression: elements compared */
+} NnMetrics;
+
+/* full: also track the confusion matrix and regression errors (final metrics). */
+void nnrt_metrics_init(NnMetrics *m, const NnModelDesc *d, int full);
+void nnrt_metrics_free(NnMetrics *m);
+/* Adds n samples: OUT and Y from io, and the batch's mean loss. */
+void nnrt_metrics_add(NnMetrics *m, const NnModelDesc *d, void **io, int64_t n, double loss);
+double nnrt_metrics_loss(const NnMetrics *m);     /* mean loss per sample */
+double nnrt_metrics_accuracy(const NnMetrics *m); /* percent */
+int nnrt_has_accuracy(const NnModelDesc *d);
+/* The eval kernel over a whole set in order, batches of max_batch. */
+void nnrt_evaluate(const NnModelDesc *d, void **io, const NnSet *set, NnMetrics *m);
+/* "LABEL: loss X  accuracy Y% (h/t)", then a metrics line naming the set, then the confusion
+ * matrix if asked for. */
+void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *set,
+                        const NnMetrics *m, int confusion);
+const char *nnrt_fmt_loss(double v, char buf[32]); /* %.6f, or %.3e for tiny/huge values */
+
+/* ---- json.c ---- */
+
+typedef enum NnJsonType {
+  NNRT_JSON_NULL,   /* null */
+  NNRT_JSON_BOOL,   /* true/false: num is 1 or 0 */
+  NNRT_JSON_NUMBER, /* num; is_int and i when it is an integer below 2^63 */
+  NNRT_JSON_STRING, /* str (NUL-free UTF-8) */
+  NNRT_JSON_ARRAY,  /* items[0..n) */
+  NNRT_JSON_OBJECT, /* keys[0..n) and items[0..n), in file order */
+} NnJsonType;
+
+typedef struct NnJson {
+  NnJsonType type;
+  double num;             /* NUMBER, BOOL */
+  int is_int;             /* NUMBER: written as an integer that fits in int64_t */
+  int64_t i;              /* NUMBER when is_int */
+  char *str;              /* STRING */
+  int64_t n;              /* ARRAY, OBJECT: entries */
+  char **keys;            /* OBJECT */
+  struct NnJson *items;   /* ARRAY, OBJECT */
+} NnJson;
+
+/* Parses text[0..len) as one JSON value; on failure returns 0 with a message in err. */
+int nnrt_json_parse(const char *text, size_t len, NnJson *out, char *err, size_t cap);
+void nnrt_json_free(NnJson *v);
+const NnJson *nnrt_json_get(const NnJson *obj, const char *key); /* NULL: absent */
+
+/* ---- ckpt.c ---- */
+
+/* The training state a checkpoint records besides the tensors. */
+typedef struct NnCkptState {
+  int64_t epoch;    /* epochs completed */
+  int64_t step;     /* optimizer steps taken */
+  int64_t skipped;  /* non-finite steps skipped so far */
+  uint64_t seed;    /* the seed of the run */
+  int64_t batch;    /* samples per step */
+  double *hyper;    /* n_hyper values (caller-owned; load fills it when not NULL) */
+  uint64_t rng[4];  /* the shuffle stream's state after the last completed epoch */
+  int has_meta;     /* load: 1 when the file carries nnc metadata */
+} NnCkptState;
+
+/* How much of a checkpoint must match the model. */
+typedef enum NnCkptMode {
+  NNRT_CKPT_RESUME, /* everything: parameters, optimizer state, metadata, fingerprint */
+  NNRT_CKPT_PARAMS, /* every parameter, with its exact dtype and shape (eval, predict) */
+  NNRT_CKPT_INIT,   /* parameters whose name and shape match; the rest keep their values */
+} NnCkptMode;
+
+/* Writes params, optimizer state and st atomically (PATH.tmp, fsync, rename, fsync dir). */
+void nnrt_ckpt_save(const char *path, const NnModelDesc *d, void **io, const NnCkptState *st);
+/* Reads a checkpoint into io; returns the number of parameters copied. Exits naming the file
+ * and the first mismatching tensor when the checkpoint does not fit `mode`. */
+int64_t nnrt_ckpt_load(const char *path, const NnModelDesc *d, void **io, NnCkptMode mode,
+                       NnCkptState *st);
+
+/* ---- train.c, infer.c, gradcheck.c: the commands ---- */
 
 int nnrt_train(const NnModelDesc *d, const NnOptions *o);
-int nnrt_info(const NnModelDesc *d, const NnOptions *o);
+int nnrt_eval(const NnModelDesc *d, const NnOptions *o);
+int nnrt_predict(const NnModelDesc *d, const NnOptions *o);
 int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o);
-const char *nnrt_init_name(int64_t init); /* "glorot_uniform", ...; "?" when out of range */
-int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name); /* -1: no such name */
 
 /* Element i of a tensor region of elem_size-byte elements (4: float, 8: double). */
 static inline double nnrt_get(const void *base, int64_t i, int64_t elem_size) {

@@ -1,7 +1,8 @@
 /* rng.c — the runtime's random numbers: takes a seed and a stream id, gives reproducible
  * xoshiro256** streams (raw 64-bit words, uniform doubles in [0,1), unbiased integers below n,
- * normal deviates by Box–Muller). Each parameter initialises from its own stream and shuffling
- * uses another, so adding a parameter or changing the epoch count never shifts the others. */
+ * normal deviates by Box–Muller, Fisher–Yates shuffles). Each parameter initialises from its own
+ * stream and shuffling uses another, so adding a parameter or changing the epoch count never
+ * shifts the others. */
 #include <math.h>
 
 #include "nnrt_internal.h"
@@ -65,4 +66,13 @@ double nnrt_rng_normal(NnRng *r) {
   r->spare = rad * sin(th);
   r->has_spare = 1;
   return rad * cos(th);
+}
+
+void nnrt_shuffle(int64_t *v, int64_t n, NnRng *r) {
+  for (int64_t i = n - 1; i > 0; i--) {
+    int64_t j = (int64_t)nnrt_rng_below(r, (uint64_t)i + 1);
+    int64_t t = v[i];
+    v[i] = v[j];
+    v[j] = t;
+  }
 }

@@ -1,197 +1,46 @@
-/* train.c — drives the compiled kernels: takes the model description, the data set and the
- * options from the CLI; gives the `train`, `info` and `gradcheck` commands. It owns the kernel
- * buffers (64-byte aligned, zeroed), parameter initialisation, the epoch loop with shuffling,
- * loss/accuracy metrics, and the finite-difference gradient check. No numeric kernel lives
- * here: the runtime only gathers rows into X/Y, calls grad/update/eval, and reads LOSS/OUT. */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+/* train.c — the `train` command: takes the model description and the options, gives trained
+ * parameters, a report per epoch and final metrics, and (with --save) checkpoints.
+ *
+ * Each epoch shuffles the training rows again, in place, from one stream seeded by --seed; a
+ * run resumed from a checkpoint after epoch k replays those k shuffles (checking that the
+ * stream reaches the state the checkpoint recorded), so it takes exactly the steps an
+ * uninterrupted run takes and ends bit-identical. A step whose loss or gradient is not finite stops the run
+ * (naming epoch, step and a hint) or, with --skip-nonfinite, is skipped and counted; a
+ * checkpoint is written only from finite parameters, so the last good one survives. On a
+ * terminal an in-place progress bar shows the epoch's progress; elsewhere (a log file, a pipe)
+ * only plain lines are printed, with no \r and no escape codes. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno */
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "nnrt_internal.h"
 
-/* ---- buffers ---- */
-
-/* One aligned, zeroed allocation; sizes round up to 64 so aligned_alloc accepts them. */
-static void *alloc_region(int64_t bytes) {
-  size_t n = bytes < 64 ? 64 : ((size_t)bytes + 63) / 64 * 64;
-  void *p = aligned_alloc(64, n);
-  if (!p)
-    nnrt_fatal("out of memory: cannot allocate %zu bytes at %s:%d", n, __FILE__, __LINE__);
-  memset(p, 0, n);
-  return p;
-}
-
-static void buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]) {
-  int64_t es = d->elem_size, b = d->max_batch;
-  io[NN_IO_ARENA] = alloc_region(d->arena_bytes);
-  io[NN_IO_PARAM] = alloc_region(d->param_size * es);
-  io[NN_IO_GRAD] = alloc_region(d->param_size * es);
-  io[NN_IO_STATE] = alloc_region(d->state_size * es); /* optimizer state starts at 0 */
-  io[NN_IO_X] = alloc_region(b * d->x_size * es);     /* (max_batch, x_size) */
-  io[NN_IO_Y] = alloc_region(b * d->y_size * es);     /* (max_batch, y_size) */
-  io[NN_IO_OUT] = alloc_region(b * d->out_size * es); /* (max_batch, out_size) */
-  io[NN_IO_LOSS] = alloc_region((int64_t)sizeof(double));
-  io[NN_IO_HYPER] = alloc_region((d->n_hyper + 1) * (int64_t)sizeof(double));
-}
-
-static void buffers_free(void *io[NN_IO_COUNT]) {
-  for (int i = 0; i < NN_IO_COUNT; i++)
-    free(io[i]);
-}
-
-/* Hyperparameters from the options, then the step count at index n_hyper. */
-static void set_hyper(const NnModelDesc *d, void **io, const NnOptions *o, int64_t step) {
-  double *h = io[NN_IO_HYPER];
-  for (int64_t i = 0; i < d->n_hyper; i++)
-    h[i] = o->hyper[i];
-  h[d->n_hyper] = (double)step;
-}
-
-static double loss_of(void **io) { return *(const double *)io[NN_IO_LOSS]; }
-
-/* Copies rows order[0..n) of the data set into X and Y, converting to the element type. */
-static void gather(const NnModelDesc *d, const NnData *data, const int64_t *order, int64_t n,
-                   void **io) {
-  int64_t es = d->elem_size, xs = d->x_size, ys = d->y_size;
-  for (int64_t i = 0; i < n; i++) {
-    const double *row = data->v + order[i] * data->cols; /* (x_size + y_size) */
-    for (int64_t j = 0; j < xs; j++)
-      nnrt_set(io[NN_IO_X], i * xs + j, es, row[j]);
-    for (int64_t j = 0; j < ys; j++)
-      nnrt_set(io[NN_IO_Y], i * ys + j, es, row[xs + j]);
-  }
-}
-
-/* ---- initialisation ---- */
-
-static const char *const init_names[NN_INIT_COUNT] = {
-    /* ORDER NnInit */
-    "zeros",          "ones",          "const",      "uniform",   "normal",
-    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
-};
-
-const char *nnrt_init_name(int64_t init) {
-  return init >= 0 && init < NN_INIT_COUNT ? init_names[init] : "?";
-}
-
-/* Keras convention: the last two dims are (in, out); leading dims form the receptive field. */
-static void fans(const NnParamInfo *p, double *fan_in, double *fan_out) {
-  if (p->rank <= 0) {
-    *fan_in = *fan_out = 1;
-  } else if (p->rank == 1) {
-    *fan_in = *fan_out = (double)p->dims[0];
-  } else {
-    double receptive = 1;
-    for (int64_t i = 0; i + 2 < p->rank; i++)
-      receptive *= (double)p->dims[i];
-    *fan_in = receptive * (double)p->dims[p->rank - 2];
-    *fan_out = receptive * (double)p->dims[p->rank - 1];
-  }
-  if (*fan_in < 1)
-    *fan_in = 1; /* a zero-sized dim must not divide by zero; the tensor is empty anyway */
-  if (*fan_out < 1)
-    *fan_out = 1;
-}
-
-/* One value of initialiser p->init; uniform draws are lo + (hi-lo)*u. */
-static double init_value(const NnParamInfo *p, NnRng *r, double fan_in, double fan_out) {
-  switch (p->init) {
-  case NN_INIT_ZEROS: return 0;
-  case NN_INIT_ONES: return 1;
-  case NN_INIT_CONST: return p->init_a;
-  case NN_INIT_UNIFORM: return p->init_a + (p->init_b - p->init_a) * nnrt_rng_uniform(r);
-  case NN_INIT_NORMAL: return p->init_a + p->init_b * nnrt_rng_normal(r);
-  case NN_INIT_GLOROT_UNIFORM: {
-    double l = sqrt(6.0 / (fan_in + fan_out));
-    return -l + 2 * l * nnrt_rng_uniform(r);
-  }
-  case NN_INIT_GLOROT_NORMAL: return sqrt(2.0 / (fan_in + fan_out)) * nnrt_rng_normal(r);
-  case NN_INIT_HE_UNIFORM: {
-    double l = sqrt(6.0 / fan_in);
-    return -l + 2 * l * nnrt_rng_uniform(r);
-  }
-  case NN_INIT_HE_NORMAL: return sqrt(2.0 / fan_in) * nnrt_rng_normal(r);
-  }
-  nnrt_fatal("parameter '%s' has unknown initialiser %lld; HINT: rebuild the model with the "
-             "nnc that built this runtime", p->name, (long long)p->init);
-}
-
-/* Each parameter draws from its own stream (seed, index), so runs are reproducible. */
-static void init_params(const NnModelDesc *d, void *param, uint64_t seed) {
-  for (int64_t k = 0; k < d->n_params; k++) {
-    const NnParamInfo *p = &d->params[k];
-    double fan_in, fan_out;
-    NnRng r;
-    fans(p, &fan_in, &fan_out);
-    nnrt_rng_seed(&r, seed, (uint64_t)k);
-    for (int64_t i = 0; i < p->size; i++)
-      nnrt_set(param, p->offset + i, d->elem_size, init_value(p, &r, fan_in, fan_out));
-  }
-}
-
-/* ---- metrics ---- */
-
-/* Running sums over some batches: loss weighted by samples, accuracy as hits/total. */
-typedef struct Tally {
-  double loss;     /* sum of batch loss × batch samples */
-  int64_t samples; /* samples seen */
-  int64_t hits;    /* correct decisions */
-  int64_t total;   /* decisions made (elements for binary, samples for multiclass) */
-} Tally;
-
-static int64_t argmax_row(const void *base, int64_t off, int64_t n, int64_t es) {
-  int64_t best = 0;
-  for (int64_t j = 1; j < n; j++)
-    if (nnrt_get(base, off + j, es) > nnrt_get(base, off + best, es))
-      best = j;
-  return best;
-}
-
-/* Counts correct decisions in OUT (written by grad/eval) against Y for n samples. */
-static void count_hits(const NnModelDesc *d, void **io, int64_t n, Tally *t) {
-  int64_t es = d->elem_size, os = d->out_size, ys = d->y_size;
-  const void *out = io[NN_IO_OUT], *y = io[NN_IO_Y];
-  if (d->task == NN_TASK_BINARY) {
-    int64_t k = os < ys ? os : ys;
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t j = 0; j < k; j++)
-        t->hits += (nnrt_get(out, i * os + j, es) > d->threshold) ==
-                   (nnrt_get(y, i * ys + j, es) > 0.5);
-    t->total += n * k;
-  } else if (d->task == NN_TASK_MULTICLASS) {
-    for (int64_t i = 0; i < n; i++) {
-      /* A single target column holds the class index rather than a one-hot row. */
-      int64_t want = ys == 1 ? (int64_t)llround(nnrt_get(y, i, es)) : argmax_row(y, i * ys, ys, es);
-      t->hits += argmax_row(out, i * os, os, es) == want;
-    }
-    t->total += n;
-  }
-}
-
-static int has_accuracy(const NnModelDesc *d) {
-  return d->task == NN_TASK_BINARY || d->task == NN_TASK_MULTICLASS;
-}
-
-/* %.6f keeps columns steady; tiny and huge losses switch to %.3e to stay readable. */
-static const char *fmt_loss(double v, char buf[32]) {
-  if (v != 0 && (fabs(v) < 1e-4 || fabs(v) >= 1e6))
-    snprintf(buf, 32, "%.3e", v);
-  else
-    snprintf(buf, 32, "%.6f", v);
-  return buf;
-}
-
-static const char *nonfinite_name(double v) { return isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; }
-
-static double percent(const Tally *t) {
-  return t->total ? 100.0 * (double)t->hits / (double)t->total : 0;
-}
-
-/* ---- train ---- */
+/* Everything one training run holds. */
+typedef struct Run {
+  const NnModelDesc *d;
+  const NnOptions *o;
+  void *io[NN_IO_COUNT];     /* the kernels' regions */
+  NnData data;               /* the training file or table */
+  NnData val_data;           /* a separate validation set (rows 0 when none) */
+  NnSet train;               /* the rows trained on */
+  NnSet val;                 /* the rows validated on (n 0: no validation) */
+  double *hyper;             /* hyperparameters in effect: options, or the checkpoint's */
+  int64_t batch;             /* samples per step */
+  uint64_t seed;             /* initialisation, split, shuffles */
+  int64_t epoch;             /* epochs completed */
+  int64_t step;              /* optimizer steps taken (the optimizer's `step`) */
+  int64_t skipped;           /* steps skipped as non-finite, in all runs of this training */
+  int64_t saved_epoch;       /* epoch of the last checkpoint written or resumed from; -1 none */
+  int64_t *order;            /* (train.n) this epoch's order of rows, shuffled in place */
+  NnRng shuffle;             /* the epoch shuffles' stream */
+  uint64_t resumed_rng[4];   /* --resume: the stream's state the checkpoint recorded */
+  int progress;              /* 1: draw a progress bar (stdout is a terminal, not --quiet) */
+} Run;
 
 static double now_seconds(void) {
   struct timespec ts;
@@ -206,6 +55,218 @@ static int digits(int64_t v) {
   return n;
 }
 
+/* ---- setting up: checkpoint, parameters, data ---- */
+
+/* --resume: the checkpoint's state, with flags given explicitly taking precedence. */
+static void resume(Run *r) {
+  const NnModelDesc *d = r->d;
+  const NnOptions *o = r->o;
+  double *saved = NNRT_ALLOC(d->n_hyper + 1, double);
+  NnCkptState st = {.hyper = saved};
+  nnrt_ckpt_load(o->resume_path, d, r->io, NNRT_CKPT_RESUME, &st);
+  if (o->seed_set && o->seed != st.seed)
+    nnrt_fatal("--seed %llu differs from the seed %llu of '%s'; HINT: a resumed run keeps its "
+               "seed", (unsigned long long)o->seed, (unsigned long long)st.seed, o->resume_path);
+  if (!o->batch_set && st.batch > d->max_batch)
+    nnrt_fatal("'%s' was trained with batch %lld, more than this model's maximum %lld",
+               o->resume_path, (long long)st.batch, (long long)d->max_batch);
+  r->seed = st.seed;
+  r->batch = o->batch_set ? o->batch : st.batch;
+  for (int64_t i = 0; i < d->n_hyper; i++)
+    if (!o->hyper_set[i])
+      r->hyper[i] = saved[i];
+  free(saved);
+  memcpy(r->resumed_rng, st.rng, sizeof st.rng);
+  r->epoch = r->saved_epoch = st.epoch;
+  r->step = st.step;
+  r->skipped = st.skipped;
+}
+
+static void init_state(Run *r) {
+  const NnModelDesc *d = r->d;
+  const NnOptions *o = r->o;
+  r->hyper = NNRT_ALLOC(d->n_hyper + 1, double);
+  memcpy(r->hyper, o->hyper, (size_t)d->n_hyper * sizeof *r->hyper);
+  r->batch = o->batch;
+  r->seed = o->seed;
+  r->saved_epoch = -1;
+  nnrt_buffers_new(d, r->io);
+  if (o->resume_path) {
+    resume(r);
+    return;
+  }
+  nnrt_init_params(d, r->io[NN_IO_PARAM], r->seed);
+  if (o->init_from)
+    nnrt_ckpt_load(o->init_from, d, r->io, NNRT_CKPT_INIT, NULL);
+}
+
+static void load_sets(Run *r) {
+  const NnModelDesc *d = r->d;
+  const NnOptions *o = r->o;
+  if (o->data_path)
+    nnrt_data_file(d, o->data_path, o->labels_path, NNRT_USE_TARGETS, &r->data);
+  else
+    nnrt_data_declared(d, d->data, &r->data);
+  char what[160];
+  if (o->val_path || d->val) {
+    if (o->val_path)
+      nnrt_data_file(d, o->val_path, o->val_labels, NNRT_USE_TARGETS, &r->val_data);
+    else
+      nnrt_data_declared(d, d->val, &r->val_data);
+    snprintf(what, sizeof what, "validation set '%s'",
+             o->val_path ? o->val_path : d->val->name ? d->val->name : "?");
+    nnrt_set_all(&r->train, &r->data, "training set");
+    nnrt_set_all(&r->val, &r->val_data, what);
+  } else if (d->val_split > 0) {
+    nnrt_set_split(&r->data, d->val_split, r->seed, &r->train, &r->val);
+  } else {
+    nnrt_set_all(&r->train, &r->data, "training set");
+  }
+  r->order = NNRT_ALLOC(r->train.n, int64_t);
+  memcpy(r->order, r->train.idx, (size_t)r->train.n * sizeof *r->order);
+  nnrt_rng_seed(&r->shuffle, r->seed, NNRT_STREAM_SHUFFLE);
+}
+
+/* --resume: the shuffles of the epochs done, so the order and the stream are where an
+ * uninterrupted run would have them. */
+static void replay_shuffles(Run *r) {
+  for (int64_t e = 0; e < r->epoch; e++)
+    nnrt_shuffle(r->order, r->train.n, &r->shuffle);
+  if (memcmp(r->shuffle.s, r->resumed_rng, sizeof r->resumed_rng) != 0)
+    nnrt_file_error(r->o->resume_path, "replaying %lld epoch shuffles of %lld samples does not "
+                    "reach the RNG state the checkpoint recorded; HINT: resume with the same "
+                    "data, validation split and runtime that wrote it",
+                    (long long)r->epoch, (long long)r->train.n);
+}
+
+static void run_free(Run *r) {
+  free(r->order);
+  free(r->hyper);
+  nnrt_set_free(&r->train);
+  nnrt_set_free(&r->val);
+  nnrt_data_free(&r->data);
+  nnrt_data_free(&r->val_data);
+  nnrt_buffers_free(r->io);
+}
+
+static void print_header(const Run *r) {
+  const NnModelDesc *d = r->d;
+  const NnOptions *o = r->o;
+  printf("%s: %lld sample%s, batch %lld, %lld epoch%s, %lld parameter%s, seed %llu\n", d->name,
+         (long long)r->train.n, nnrt_plural(r->train.n), (long long)r->batch,
+         (long long)o->epochs, nnrt_plural(o->epochs), (long long)d->param_size,
+         nnrt_plural(d->param_size), (unsigned long long)r->seed);
+  if (r->val.n)
+    printf("validation: %s, %lld sample%s\n", r->val.what, (long long)r->val.n,
+           nnrt_plural(r->val.n));
+  if (o->resume_path)
+    printf("resuming from %s: %lld epoch%s done, step %lld\n", o->resume_path,
+           (long long)r->epoch, nnrt_plural(r->epoch), (long long)r->step);
+}
+
+/* ---- progress on a terminal ---- */
+
+static const char *fmt_duration(double s, char buf[32]) {
+  long t = s < 0 || !isfinite(s) ? 0 : s > 359999 ? 359999 : (long)(s + 0.5);
+  if (t >= 3600)
+    snprintf(buf, 32, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else
+    snprintf(buf, 32, "%ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+/* "\repoch 3/10 [#####.....] 120/469  loss 0.512300  18234 samples/s  ETA 0:12" */
+static void draw_bar(const Run *r, int64_t done, int64_t steps, const NnMetrics *m, double secs) {
+  enum { WIDTH = 24 };
+  char bar[WIDTH + 1], loss[32], eta[32];
+  int fill = steps ? (int)(WIDTH * done / steps) : WIDTH;
+  for (int i = 0; i < WIDTH; i++)
+    bar[i] = i < fill ? '#' : '.';
+  bar[WIDTH] = '\0';
+  double rate = secs > 0 ? (double)m->samples / secs : 0;
+  double left = done ? secs * (double)(steps - done) / (double)done : 0;
+  printf("\repoch %lld/%lld [%s] %lld/%lld  loss %s  %.0f samples/s  ETA %s\033[K",
+         (long long)r->epoch + 1, (long long)r->o->epochs, bar, (long long)done,
+         (long long)steps, nnrt_fmt_loss(nnrt_metrics_loss(m), loss), rate,
+         fmt_duration(left, eta));
+  fflush(stdout);
+}
+
+/* ---- one epoch ---- */
+
+/* The name of the first parameter whose gradient is not finite. */
+static const char *bad_gradient(const NnModelDesc *d, void *const *io) {
+  for (int64_t k = 0; k < d->n_params; k++) {
+    const NnParamInfo *p = &d->params[k];
+    double s = nnrt_sum_squares((const char *)io[NN_IO_GRAD] + p->offset * d->elem_size,
+                                p->size, d->elem_size);
+    if (!isfinite(s))
+      return p->name;
+  }
+  return "?";
+}
+
+NNRT_NORETURN static void stop_nonfinite(const Run *r, const char *what, int64_t batch_no,
+                                         int64_t batches) {
+  const NnModelDesc *d = r->d;
+  char kept[256] = "";
+  if (r->saved_epoch >= 0)
+    snprintf(kept, sizeof kept, "; the last checkpoint ('%s', epoch %lld) is kept",
+             r->o->save_path ? r->o->save_path : r->o->resume_path, (long long)r->saved_epoch);
+  if (r->progress)
+    printf("\r\033[K");
+  nnrt_fatal("%s at epoch %lld, step %lld (batch %lld of %lld); HINT: %sclip gradients in the "
+             "optimizer, check the data for extreme values, or pass --skip-nonfinite to skip "
+             "such steps%s",
+             what, (long long)r->epoch + 1, (long long)r->step + 1, (long long)batch_no,
+             (long long)batches,
+             nnrt_hyper_index(d, "lr") >= 0 ? "lower the learning rate (--lr), " : "", kept);
+}
+
+/* After a grad call: NULL if loss and gradient are finite, else what is not (in buf). */
+static const char *nonfinite(const Run *r, double loss, char *buf, size_t cap) {
+  const NnModelDesc *d = r->d;
+  if (!isfinite(loss)) {
+    snprintf(buf, cap, "loss is %s", isnan(loss) ? "nan" : loss > 0 ? "inf" : "-inf");
+    return buf;
+  }
+  if (isfinite(nnrt_sum_squares(r->io[NN_IO_GRAD], d->param_size, d->elem_size)))
+    return NULL;
+  snprintf(buf, cap, "the gradient of '%s' is not finite", bad_gradient(d, r->io));
+  return buf;
+}
+
+/* One pass over the training rows in this epoch's order; m collects the loss and accuracy of
+ * the steps taken (OUT is grad's, from the parameters before each update). */
+static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
+  const NnModelDesc *d = r->d;
+  int64_t n = r->train.n, steps = (n + r->batch - 1) / r->batch;
+  nnrt_shuffle(r->order, n, &r->shuffle);
+  double t0 = now_seconds(), drawn = t0;
+  for (int64_t b = 0; b < steps; b++) {
+    int64_t start = b * r->batch, k = n - start < r->batch ? n - start : r->batch;
+    nnrt_gather(r->train.data, r->order + start, k, r->io);
+    d->grad(r->io, k);
+    double loss = nnrt_loss(r->io);
+    char why[192];
+    if (nonfinite(r, loss, why, sizeof why)) {
+      if (!r->o->skip_nonfinite)
+        stop_nonfinite(r, why, b + 1, steps);
+      r->skipped++;
+      ++*skipped_now;
+      continue;
+    }
+    nnrt_metrics_add(m, d, r->io, k, loss);
+    ((double *)r->io[NN_IO_HYPER])[d->n_hyper] = (double)++r->step;
+    d->update(r->io, k);
+    double now = now_seconds();
+    if (r->progress && (now - drawn > 0.1 || b + 1 == steps)) {
+      draw_bar(r, b + 1, steps, m, now - t0);
+      drawn = now;
+    }
+  }
+}
+
 /* Every epoch when there are few or --verbose; else the first, every epochs/20-th, the last. */
 static int epoch_due(int64_t e, int64_t epochs, int verbose) {
   if (verbose || epochs <= 50 || e == 1 || e == epochs)
@@ -213,341 +274,111 @@ static int epoch_due(int64_t e, int64_t epochs, int verbose) {
   return e % (epochs / 20) == 0;
 }
 
-static void print_epoch(const NnModelDesc *d, int64_t e, int64_t epochs, const Tally *t) {
+static void print_epoch(const Run *r, const NnMetrics *t, const NnMetrics *v, int64_t skipped) {
+  const NnModelDesc *d = r->d;
   char buf[32];
-  printf("epoch %*lld/%lld  loss %s", digits(epochs), (long long)e, (long long)epochs,
-         fmt_loss(t->loss / (double)t->samples, buf));
-  if (has_accuracy(d))
-    printf("  accuracy %.2f%%", percent(t));
+  printf("epoch %*lld/%lld  loss %s", digits(r->o->epochs), (long long)r->epoch,
+         (long long)r->o->epochs, nnrt_fmt_loss(nnrt_metrics_loss(t), buf));
+  if (nnrt_has_accuracy(d))
+    printf("  accuracy %.2f%%", nnrt_metrics_accuracy(t));
+  if (v) {
+    printf("  val_loss %s", nnrt_fmt_loss(nnrt_metrics_loss(v), buf));
+    if (nnrt_has_accuracy(d))
+      printf("  val_accuracy %.2f%%", nnrt_metrics_accuracy(v));
+  }
+  if (skipped)
+    printf("  skipped %lld non-finite step%s", (long long)skipped, nnrt_plural(skipped));
   putchar('\n');
 }
 
-int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name) {
-  for (int64_t i = 0; i < d->n_hyper; i++)
-    if (strcmp(d->hyper_names[i], name) == 0)
-      return i;
-  return -1;
-}
+/* ---- checkpoints ---- */
 
-NNRT_NORETURN static void nonfinite_loss(const NnModelDesc *d, double loss, int64_t epoch,
-                                         int64_t step) {
-  nnrt_fatal("loss is %s at epoch %lld, step %lld; HINT: %s", nonfinite_name(loss),
-             (long long)epoch, (long long)step,
-             nnrt_hyper_index(d, "lr") >= 0 ? "lower the learning rate (--lr)"
-                                       : "check the data for extreme values");
-}
-
-static void shuffle(int64_t *order, int64_t n, NnRng *r) {
-  for (int64_t i = n - 1; i > 0; i--) {
-    int64_t j = (int64_t)nnrt_rng_below(r, (uint64_t)i + 1);
-    int64_t t = order[i];
-    order[i] = order[j];
-    order[j] = t;
+static void save(Run *r) {
+  const NnModelDesc *d = r->d;
+  const char *path = r->o->save_path;
+  if (!isfinite(nnrt_sum_squares(r->io[NN_IO_PARAM], d->param_size, d->elem_size)) ||
+      !isfinite(nnrt_sum_squares(r->io[NN_IO_STATE], d->state_size, d->elem_size))) {
+    char kept[160] = "";
+    if (r->saved_epoch >= 0)
+      snprintf(kept, sizeof kept, " (it keeps epoch %lld)", (long long)r->saved_epoch);
+    nnrt_fatal("the parameters are not finite after epoch %lld; '%s' is not overwritten%s; "
+               "HINT: lower the learning rate (--lr) or clip gradients", (long long)r->epoch,
+               path, kept);
   }
+  NnCkptState st = {r->epoch, r->step, r->skipped, r->seed, r->batch, r->hyper, {0}, 1};
+  memcpy(st.rng, r->shuffle.s, sizeof st.rng);
+  nnrt_ckpt_save(path, d, r->io, &st);
+  r->saved_epoch = r->epoch;
 }
 
-/* One pass over the data in a fresh random order; *step counts optimizer updates. */
-static void train_epoch(const NnModelDesc *d, const NnOptions *o, const NnData *data, void **io,
-                        int64_t *order, NnRng *r, int64_t epoch, int64_t *step, Tally *t) {
-  shuffle(order, data->rows, r);
-  for (int64_t start = 0; start < data->rows; start += o->batch) {
-    int64_t n = data->rows - start < o->batch ? data->rows - start : o->batch;
-    gather(d, data, order + start, n, io);
-    d->grad(io, n);
-    double loss = loss_of(io);
-    if (!isfinite(loss))
-      nonfinite_loss(d, loss, epoch, *step + 1);
-    count_hits(d, io, n, t); /* OUT is grad's, from the parameters before this update */
-    t->loss += loss * (double)n;
-    t->samples += n;
-    ((double *)io[NN_IO_HYPER])[d->n_hyper] = (double)++*step;
-    d->update(io, n);
+static int save_due(const Run *r) {
+  const NnOptions *o = r->o;
+  return o->save_path && (r->epoch % o->save_every == 0 || r->epoch == o->epochs);
+}
+
+/* ---- the command ---- */
+
+static void train_epochs(Run *r) {
+  const NnModelDesc *d = r->d;
+  const NnOptions *o = r->o;
+  while (r->epoch < o->epochs) {
+    NnMetrics t, v = {0};
+    int64_t skipped = 0;
+    nnrt_metrics_init(&t, d, 0);
+    train_epoch(r, &t, &skipped);
+    r->epoch++;
+    if (r->val.n) {
+      nnrt_metrics_init(&v, d, 0);
+      nnrt_evaluate(d, r->io, &r->val, &v);
+    }
+    if (r->progress)
+      printf("\r\033[K");
+    if (!o->quiet && epoch_due(r->epoch, o->epochs, o->verbose))
+      print_epoch(r, &t, r->val.n ? &v : NULL, skipped);
+    if (save_due(r))
+      save(r);
   }
-}
-
-/* Loss and accuracy of the current parameters over the whole data set, in data order. */
-static Tally evaluate(const NnModelDesc *d, const NnData *data, void **io, int64_t *order) {
-  Tally t = {0};
-  for (int64_t i = 0; i < data->rows; i++)
-    order[i] = i;
-  for (int64_t start = 0; start < data->rows; start += d->max_batch) {
-    int64_t n = data->rows - start < d->max_batch ? data->rows - start : d->max_batch;
-    gather(d, data, order + start, n, io);
-    d->eval(io, n);
-    count_hits(d, io, n, &t);
-    t.loss += loss_of(io) * (double)n;
-    t.samples += n;
-  }
-  return t;
-}
-
-static const char *plural(int64_t n) { return n == 1 ? "" : "s"; }
-
-static void print_final(const NnModelDesc *d, const Tally *t) {
-  char buf[32];
-  printf("final: loss %s", fmt_loss(t->loss / (double)t->samples, buf));
-  if (has_accuracy(d))
-    printf("  accuracy %.2f%% (%lld/%lld)", percent(t), (long long)t->hits, (long long)t->total);
-  putchar('\n');
 }
 
 int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
-  NnData data;
-  void *io[NN_IO_COUNT];
-  nnrt_data_load(d, o->data_path, &data);
-  buffers_new(d, io);
-  init_params(d, io[NN_IO_PARAM], o->seed);
-  set_hyper(d, io, o, 0);
-  int64_t *order = malloc((size_t)data.rows * sizeof *order);
-  if (!order)
-    nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
-  for (int64_t i = 0; i < data.rows; i++)
-    order[i] = i;
-  NnRng r;
-  nnrt_rng_seed(&r, o->seed, NNRT_STREAM_SHUFFLE);
-
+  Run r = {.d = d, .o = o};
+  init_state(&r);
+  double t_load = now_seconds();
+  load_sets(&r);
+  t_load = now_seconds() - t_load;
+  if (o->resume_path)
+    replay_shuffles(&r);
+  nnrt_set_hyper(d, r.io, r.hyper, r.step);
+  r.progress = !o->quiet && isatty(fileno(stdout));
   if (!o->quiet)
-    printf("%s: %lld sample%s, batch %lld, %lld epoch%s, %lld parameter%s, seed %llu\n", d->name,
-           (long long)data.rows, plural(data.rows), (long long)o->batch, (long long)o->epochs,
-           plural(o->epochs), (long long)d->param_size, plural(d->param_size),
-           (unsigned long long)o->seed);
-  int64_t step = 0;
+    print_header(&r);
+  if (r.epoch >= o->epochs && !o->quiet)
+    printf("nothing to train: %lld of %lld epochs are done\n", (long long)r.epoch,
+           (long long)o->epochs);
+
+  int64_t first = r.epoch, steps0 = r.step;
   double t0 = now_seconds();
-  for (int64_t e = 1; e <= o->epochs; e++) {
-    Tally t = {0};
-    train_epoch(d, o, &data, io, order, &r, e, &step, &t);
-    if (!o->quiet && epoch_due(e, o->epochs, o->verbose))
-      print_epoch(d, e, o->epochs, &t);
-  }
+  train_epochs(&r);
   double secs = now_seconds() - t0;
 
-  Tally fin = evaluate(d, &data, io, order);
-  print_final(d, &fin);
-  if (!o->quiet) {
-    double samples = (double)o->epochs * (double)data.rows;
+  if (r.skipped && !o->quiet)
+    printf("skipped %lld step%s with a non-finite loss or gradient (--skip-nonfinite)\n",
+           (long long)r.skipped, nnrt_plural(r.skipped));
+  NnMetrics fin;
+  const NnSet *set = r.val.n ? &r.val : &r.train;
+  nnrt_metrics_init(&fin, d, 1);
+  nnrt_evaluate(d, r.io, set, &fin);
+  nnrt_metrics_print(d, "final", set, &fin, o->confusion);
+  nnrt_metrics_free(&fin);
+  if (!o->quiet && r.epoch > first) {
+    double samples = (double)(r.epoch - first) * (double)r.train.n;
     fflush(stdout); /* keep the order readable when stdout and stderr share a terminal */
-    fprintf(stderr, "trained %.0f samples in %.3f s (%.0f samples/s)\n", samples, secs,
-            samples / (secs > 1e-9 ? secs : 1e-9));
+    fprintf(stderr, "loaded %lld samples in %.3f s\n", (long long)(r.data.rows + r.val_data.rows),
+            t_load);
+    fprintf(stderr, "trained %.0f samples in %.3f s (%.0f samples/s, %.3f s per epoch, %lld "
+            "steps)\n", samples, secs, samples / (secs > 1e-9 ? secs : 1e-9),
+            secs / (double)(r.epoch - first), (long long)(r.step - steps0));
   }
-  free(order);
-  buffers_free(io);
-  nnrt_data_free(&data);
+  run_free(&r);
   return NNRT_EXIT_OK;
-}
-
-/* ---- info ---- */
-
-static void print_shape(int64_t es, int64_t rank, const int64_t *dims) {
-  printf("%s[", es == 4 ? "f32" : "f64");
-  for (int64_t i = 0; i < rank; i++)
-    printf("%s%lld", i ? "," : "", (long long)dims[i]);
-  putchar(']');
-}
-
-static int shape_width(int64_t rank, const int64_t *dims) {
-  char buf[32];
-  int w = 5; /* "f32[]" */
-  for (int64_t i = 0; i < rank; i++)
-    w += snprintf(buf, sizeof buf, "%lld", (long long)dims[i]) + (i > 0);
-  return w;
-}
-
-static void print_init(const NnParamInfo *p) {
-  printf("%s", nnrt_init_name(p->init));
-  if (p->init == NN_INIT_CONST)
-    printf("(%g)", p->init_a);
-  else if (p->init == NN_INIT_UNIFORM || p->init == NN_INIT_NORMAL)
-    printf("(%g, %g)", p->init_a, p->init_b);
-}
-
-static void print_params(const NnModelDesc *d) {
-  int wn = 1, ws = 1, wz = 1;
-  for (int64_t k = 0; k < d->n_params; k++) {
-    const NnParamInfo *p = &d->params[k];
-    int n = (int)strlen(p->name), s = shape_width(p->rank, p->dims), z = digits(p->size);
-    wn = n > wn ? n : wn;
-    ws = s > ws ? s : ws;
-    wz = z > wz ? z : wz;
-  }
-  for (int64_t k = 0; k < d->n_params; k++) {
-    const NnParamInfo *p = &d->params[k];
-    printf("  %-*s  ", wn, p->name);
-    print_shape(d->elem_size, p->rank, p->dims);
-    printf("%*s  %*lld  ", ws - shape_width(p->rank, p->dims), "", wz, (long long)p->size);
-    print_init(p);
-    putchar('\n');
-  }
-}
-
-static const char *task_name(int64_t task) {
-  return task == NN_TASK_BINARY ? "binary classification"
-         : task == NN_TASK_MULTICLASS ? "multiclass classification"
-                                      : "regression";
-}
-
-static void print_data_source(const NnModelDesc *d, const NnOptions *o) {
-  printf("data:        ");
-  if (o->data_path)
-    printf("%s (from --data)\n", o->data_path);
-  else if (d->data->kind == NN_DATA_TABLE)
-    printf("inline table, %lld row%s\n", (long long)d->data->rows, plural(d->data->rows));
-  else if (d->data->kind == NN_DATA_CSV && d->data->path)
-    printf("%s (CSV%s)\n", d->data->path, d->data->header ? ", with header line" : "");
-  else
-    printf("none (pass --data FILE.csv)\n");
-}
-
-int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
-  int64_t es = d->elem_size;
-  printf("model:       %s\n", d->name);
-  printf("source:      %s\n", d->source ? d->source : "?");
-  printf("elements:    %s\n", es == 4 ? "f32" : "f64");
-  printf("input:       ");
-  print_shape(es, d->x_rank, d->x_dims);
-  printf("\noutput:      %lld per sample\n", (long long)d->out_size);
-  printf("target:      %lld per sample\n", (long long)d->y_size);
-  printf("task:        %s", task_name(d->task));
-  if (d->task == NN_TASK_BINARY)
-    printf(" (threshold %g)", d->threshold);
-  printf("\nparameters:\n");
-  print_params(d);
-  printf("total:       %lld parameter%s (%lld bytes)\n", (long long)d->param_size,
-         plural(d->param_size), (long long)(d->param_size * es));
-  printf("state:       %lld element%s\n", (long long)d->state_size, plural(d->state_size));
-  printf("arena:       %lld bytes\n", (long long)d->arena_bytes);
-  printf("defaults:    batch %lld, epochs %lld, seed %lld\n", (long long)d->max_batch,
-         (long long)d->epochs, (long long)d->seed);
-  printf("hyper:      ");
-  for (int64_t i = 0; i < d->n_hyper; i++)
-    printf(" %s=%g", d->hyper_names[i], d->hyper_defaults[i]);
-  printf("%s\n", d->n_hyper ? "" : " none");
-  print_data_source(d, o);
-  return NNRT_EXIT_OK;
-}
-
-/* ---- gradcheck ---- */
-
-/* Where the largest relative difference was found. */
-typedef struct Worst {
-  double diff;             /* |a - n| / max(1, |a|, |n|) */
-  const NnParamInfo *p;    /* parameter holding it (NULL: none checked yet) */
-  int64_t index;           /* element within p */
-  double analytic, numeric;
-} Worst;
-
-static double rel_diff(double a, double n) {
-  double s = fmax(1.0, fmax(fabs(a), fabs(n)));
-  double diff = fabs(a - n) / s;
-  return isnan(diff) ? INFINITY : diff; /* a NaN must fail, not compare false */
-}
-
-static double eval_loss(const NnModelDesc *d, void **io, int64_t n) {
-  d->eval(io, n);
-  return loss_of(io);
-}
-
-/* Central difference of the loss in element j; uses the values actually stored, which in f32
- * differ from p ± eps, so rounding does not bias the quotient. */
-static double numeric_grad(const NnModelDesc *d, void **io, int64_t n, const NnParamInfo *p,
-                           int64_t i, double eps) {
-  void *param = io[NN_IO_PARAM];
-  int64_t es = d->elem_size, j = p->offset + i;
-  double orig = nnrt_get(param, j, es);
-  nnrt_set(param, j, es, orig + eps);
-  double hi = nnrt_get(param, j, es), lp = eval_loss(d, io, n);
-  nnrt_set(param, j, es, orig - eps);
-  double lo = nnrt_get(param, j, es), lm = eval_loss(d, io, n);
-  nnrt_set(param, j, es, orig); /* exact: orig came from this element type */
-  if (hi == lo)
-    nnrt_fatal("--eps %g does not change %s[%lld] (value %g) in %s; HINT: raise --eps",
-               eps, p->name, (long long)i, orig, es == 4 ? "f32" : "f64");
-  return (lp - lm) / (hi - lo);
-}
-
-/* Checks up to 64 evenly spaced elements of p; returns the largest difference among them. */
-static double check_param(const NnModelDesc *d, void **io, int64_t n, const double *analytic,
-                          const NnParamInfo *p, double eps, Worst *w, int *nonzero,
-                          int64_t *checked) {
-  int64_t k = p->size < 64 ? p->size : 64;
-  double maxdiff = 0;
-  for (int64_t c = 0; c < k; c++) {
-    int64_t i = p->size <= 64 ? c : c * p->size / 64;
-    double a = analytic[p->offset + i];
-    double num = numeric_grad(d, io, n, p, i, eps);
-    double diff = rel_diff(a, num);
-    *nonzero |= a != 0 || num != 0;
-    maxdiff = fmax(maxdiff, diff);
-    if (!w->p || diff > w->diff)
-      *w = (Worst){diff, p, i, a, num};
-  }
-  *checked = k;
-  return maxdiff;
-}
-
-/* The analytic gradient of the first min(max_batch, rows) samples, as doubles. */
-static double *analytic_grad(const NnModelDesc *d, void **io, int64_t n, double tol) {
-  d->grad(io, n);
-  double l0 = loss_of(io);
-  if (!isfinite(l0)) {
-    printf("GRAD FAIL loss is %s at the initial parameters\n", nonfinite_name(l0));
-    return NULL;
-  }
-  double *g = malloc((size_t)(d->param_size ? d->param_size : 1) * sizeof *g);
-  if (!g)
-    nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
-  for (int64_t j = 0; j < d->param_size; j++)
-    g[j] = nnrt_get(io[NN_IO_GRAD], j, d->elem_size);
-  /* grad and eval must compute the same loss, or the comparison below means nothing. */
-  double le = eval_loss(d, io, n);
-  if (rel_diff(l0, le) > tol) {
-    printf("GRAD FAIL grad and eval disagree on the loss: grad %.9g, eval %.9g\n", l0, le);
-    free(g);
-    return NULL;
-  }
-  return g;
-}
-
-int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
-  NnData data;
-  void *io[NN_IO_COUNT];
-  nnrt_data_load(d, o->data_path, &data);
-  buffers_new(d, io);
-  init_params(d, io[NN_IO_PARAM], o->seed);
-  set_hyper(d, io, o, 1);
-  int64_t n = data.rows < d->max_batch ? data.rows : d->max_batch;
-  int64_t *order = malloc((size_t)n * sizeof *order);
-  if (!order)
-    nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
-  for (int64_t i = 0; i < n; i++)
-    order[i] = i;
-  gather(d, &data, order, n, io);
-  printf("gradcheck %s: %lld sample%s, %s, eps %g, tol %g, seed %llu\n", d->name, (long long)n,
-         plural(n), d->elem_size == 4 ? "f32" : "f64", o->eps, o->tol,
-         (unsigned long long)o->seed);
-
-  int rc = NNRT_EXIT_FAIL;
-  double *analytic = analytic_grad(d, io, n, o->tol);
-  if (analytic) {
-    Worst w = {0};
-    int nonzero = 0;
-    for (int64_t k = 0; k < d->n_params; k++) {
-      int64_t checked;
-      double md = check_param(d, io, n, analytic, &d->params[k], o->eps, &w, &nonzero, &checked);
-      printf("%s: %lld checked, maxdiff=%.2g\n", d->params[k].name, (long long)checked, md);
-    }
-    if (w.p && w.diff > o->tol)
-      printf("GRAD FAIL maxdiff=%.2g at %s[%lld]: analytic %.6g numeric %.6g\n", w.diff,
-             w.p->name, (long long)w.index, w.analytic, w.numeric);
-    else if (!nonzero)
-      printf("GRAD FAIL all gradients are zero\n");
-    else {
-      printf("GRAD OK maxdiff=%.2g\n", w.diff);
-      rc = NNRT_EXIT_OK;
-    }
-    free(analytic);
-  }
-  free(order);
-  buffers_free(io);
-  nnrt_data_free(&data);
-  return rc;
 }

@@ -21,12 +21,17 @@ torch.set_default_dtype(torch.float64)
 P = torch.tensor([[0.2, 0.7, 0.9], [0.6, 0.1, 0.4], [0.8, 0.3, 0.5], [0.05, 0.95, 0.5]])
 T = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
 Z = torch.tensor([[-1.5, 2.0, 0.3], [0.7, -0.2, -3.0], [4.0, 1.0, -0.5], [-0.1, 0.6, 2.5]])
+L = torch.tensor([1, 0, 2, 2])
 losses = {
     "mse": F.mse_loss(P, T),
     "mae": F.l1_loss(P, T),
     "huber": F.huber_loss(Z, T, delta=1.0),
     "bce": F.binary_cross_entropy(P, T),
     "bce_logits": F.binary_cross_entropy_with_logits(Z, T),
+    # logits Z against class labels L, and against probabilities (T's rows normalised)
+    "cross_entropy": F.cross_entropy(Z, L),
+    "cross_entropy_probs": F.cross_entropy(Z, T / T.sum(1, keepdim=True)),
+    "nll": F.nll_loss(F.log_softmax(Z, 1), L),
 }
 with open(os.path.join(HERE, "losses.golden"), "w") as f:
     for name, v in losses.items():

@@ -1,0 +1,271 @@
+/* model.c — the compiled model's memory and what every command shares: takes the model
+ * description, gives the kernel buffers (64-byte aligned, zeroed), parameter initialisation,
+ * the gathering of samples into X/Y, hyperparameter slots, small formatting helpers, and the
+ * `info` command. No numeric kernel lives here or anywhere in the runtime: it only moves data
+ * in and out of the io regions and calls the four kernels. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nnrt_internal.h"
+
+/* ---- buffers ---- */
+
+/* One aligned, zeroed allocation; sizes round up to 64 so aligned_alloc accepts them. */
+static void *alloc_region(int64_t bytes) {
+  size_t n = bytes < 64 ? 64 : ((size_t)bytes + 63) / 64 * 64;
+  void *p = aligned_alloc(64, n);
+  if (!p)
+    nnrt_fatal("out of memory: cannot allocate %zu bytes at %s:%d", n, __FILE__, __LINE__);
+  memset(p, 0, n);
+  return p;
+}
+
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]) {
+  int64_t es = d->elem_size, b = d->max_batch;
+  io[NN_IO_ARENA] = alloc_region(d->arena_bytes);
+  io[NN_IO_PARAM] = alloc_region(d->param_size * es);
+  io[NN_IO_GRAD] = alloc_region(d->param_size * es);
+  io[NN_IO_STATE] = alloc_region(d->state_size * es); /* optimizer state starts at 0 */
+  io[NN_IO_X] = alloc_region(b * d->x_size * es);     /* (max_batch, x_size) */
+  io[NN_IO_Y] = alloc_region(b * d->y_size * es);     /* (max_batch, y_size) */
+  io[NN_IO_OUT] = alloc_region(b * d->out_size * es); /* (max_batch, out_size) */
+  io[NN_IO_LOSS] = alloc_region((int64_t)sizeof(double));
+  io[NN_IO_HYPER] = alloc_region((d->n_hyper + 1) * (int64_t)sizeof(double));
+}
+
+void nnrt_buffers_free(void *io[NN_IO_COUNT]) {
+  for (int i = 0; i < NN_IO_COUNT; i++)
+    free(io[i]);
+}
+
+void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step) {
+  double *h = io[NN_IO_HYPER];
+  for (int64_t i = 0; i < d->n_hyper; i++)
+    h[i] = hyper[i];
+  h[d->n_hyper] = (double)step;
+}
+
+double nnrt_loss(void **io) { return *(const double *)io[NN_IO_LOSS]; }
+
+void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
+  size_t xb = (size_t)(data->x_size * data->elem_size), yb = (size_t)(data->y_size * data->elem_size);
+  char *x = io[NN_IO_X], *y = io[NN_IO_Y];
+  for (int64_t i = 0; i < n; i++) {
+    memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)rows[i] * xb, xb);
+    if (yb)
+      memcpy(y + (size_t)i * yb, (const char *)data->y + (size_t)rows[i] * yb, yb);
+  }
+}
+
+double nnrt_sum_squares(const void *base, int64_t n, int64_t elem_size) {
+  double s = 0;
+  if (elem_size == 4) {
+    const float *f = base;
+    for (int64_t i = 0; i < n; i++)
+      s += (double)f[i] * f[i];
+  } else {
+    const double *f = base;
+    for (int64_t i = 0; i < n; i++)
+      s += f[i] * f[i];
+  }
+  return s;
+}
+
+int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name) {
+  for (int64_t i = 0; i < d->n_hyper; i++)
+    if (strcmp(d->hyper_names[i], name) == 0)
+      return i;
+  return -1;
+}
+
+/* ---- initialisation ---- */
+
+static const char *const init_names[NN_INIT_COUNT] = {
+    /* ORDER NnInit */
+    "zeros",          "ones",          "const",      "uniform",   "normal",
+    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+};
+
+const char *nnrt_init_name(int64_t init) {
+  return init >= 0 && init < NN_INIT_COUNT ? init_names[init] : "?";
+}
+
+/* Keras convention: the last two dims are (in, out); leading dims form the receptive field. */
+static void fans(const NnParamInfo *p, double *fan_in, double *fan_out) {
+  if (p->rank <= 0) {
+    *fan_in = *fan_out = 1;
+  } else if (p->rank == 1) {
+    *fan_in = *fan_out = (double)p->dims[0];
+  } else {
+    double receptive = 1;
+    for (int64_t i = 0; i + 2 < p->rank; i++)
+      receptive *= (double)p->dims[i];
+    *fan_in = receptive * (double)p->dims[p->rank - 2];
+    *fan_out = receptive * (double)p->dims[p->rank - 1];
+  }
+  if (*fan_in < 1)
+    *fan_in = 1; /* a zero-sized dim must not divide by zero; the tensor is empty anyway */
+  if (*fan_out < 1)
+    *fan_out = 1;
+}
+
+/* One value of initialiser p->init; uniform draws are lo + (hi-lo)*u. */
+static double init_value(const NnParamInfo *p, NnRng *r, double fan_in, double fan_out) {
+  switch (p->init) {
+  case NN_INIT_ZEROS: return 0;
+  case NN_INIT_ONES: return 1;
+  case NN_INIT_CONST: return p->init_a;
+  case NN_INIT_UNIFORM: return p->init_a + (p->init_b - p->init_a) * nnrt_rng_uniform(r);
+  case NN_INIT_NORMAL: return p->init_a + p->init_b * nnrt_rng_normal(r);
+  case NN_INIT_GLOROT_UNIFORM: {
+    double l = sqrt(6.0 / (fan_in + fan_out));
+    return -l + 2 * l * nnrt_rng_uniform(r);
+  }
+  case NN_INIT_GLOROT_NORMAL: return sqrt(2.0 / (fan_in + fan_out)) * nnrt_rng_normal(r);
+  case NN_INIT_HE_UNIFORM: {
+    double l = sqrt(6.0 / fan_in);
+    return -l + 2 * l * nnrt_rng_uniform(r);
+  }
+  case NN_INIT_HE_NORMAL: return sqrt(2.0 / fan_in) * nnrt_rng_normal(r);
+  }
+  nnrt_fatal("parameter '%s' has unknown initialiser %lld; HINT: rebuild the model with the "
+             "nnc that built this runtime", p->name, (long long)p->init);
+}
+
+void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed) {
+  for (int64_t k = 0; k < d->n_params; k++) {
+    const NnParamInfo *p = &d->params[k];
+    double fan_in, fan_out;
+    NnRng r;
+    fans(p, &fan_in, &fan_out);
+    nnrt_rng_seed(&r, seed, (uint64_t)k);
+    for (int64_t i = 0; i < p->size; i++)
+      nnrt_set(param, p->offset + i, d->elem_size, init_value(p, &r, fan_in, fan_out));
+  }
+}
+
+/* ---- formatting ---- */
+
+const char *nnrt_plural(int64_t n) { return n == 1 ? "" : "s"; }
+
+const char *nnrt_dtype_name(int64_t elem_size) { return elem_size == 4 ? "f32" : "f64"; }
+
+const char *nnrt_shape_str(int64_t elem_size, int64_t rank, const int64_t *dims, char *buf,
+                           size_t cap) {
+  size_t n = (size_t)snprintf(buf, cap, "%s[", nnrt_dtype_name(elem_size));
+  for (int64_t i = 0; i < rank && n < cap; i++)
+    n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? "," : "", (long long)dims[i]);
+  if (n < cap)
+    snprintf(buf + n, cap - n, "]");
+  return buf;
+}
+
+/* ---- info ---- */
+
+static int digits(int64_t v) {
+  int n = 1;
+  while (v >= 10)
+    v /= 10, n++;
+  return n;
+}
+
+static void print_init(const NnParamInfo *p) {
+  printf("%s", nnrt_init_name(p->init));
+  if (p->init == NN_INIT_CONST)
+    printf("(%g)", p->init_a);
+  else if (p->init == NN_INIT_UNIFORM || p->init == NN_INIT_NORMAL)
+    printf("(%g, %g)", p->init_a, p->init_b);
+}
+
+static void print_params(const NnModelDesc *d) {
+  int wn = 1, ws = 1, wz = 1;
+  char shape[160];
+  for (int64_t k = 0; k < d->n_params; k++) {
+    const NnParamInfo *p = &d->params[k];
+    int n = (int)strlen(p->name), z = digits(p->size);
+    int s = (int)strlen(nnrt_shape_str(d->elem_size, p->rank, p->dims, shape, sizeof shape));
+    wn = n > wn ? n : wn;
+    ws = s > ws ? s : ws;
+    wz = z > wz ? z : wz;
+  }
+  for (int64_t k = 0; k < d->n_params; k++) {
+    const NnParamInfo *p = &d->params[k];
+    printf("  %-*s  %-*s  %*lld  ", wn, p->name, ws,
+           nnrt_shape_str(d->elem_size, p->rank, p->dims, shape, sizeof shape), wz,
+           (long long)p->size);
+    print_init(p);
+    putchar('\n');
+  }
+}
+
+static const char *task_name(int64_t task) {
+  return task == NN_TASK_BINARY       ? "binary classification"
+         : task == NN_TASK_MULTICLASS ? "multiclass classification"
+                                      : "regression";
+}
+
+/* One declared data source on the rest of a "data:" line. */
+static void print_source(const NnDataSource *s) {
+  switch (s ? s->kind : NN_DATA_NONE) {
+  case NN_DATA_TABLE:
+    printf("inline table '%s', %lld row%s", s->name ? s->name : "?", (long long)s->rows,
+           nnrt_plural(s->rows));
+    break;
+  case NN_DATA_CSV:
+    printf("%s (CSV%s)", s->path ? s->path : "?", s->header ? ", with header line" : "");
+    break;
+  case NN_DATA_IDX:
+    printf("%s + %s (IDX)", s->path ? s->path : "?", s->labels ? s->labels : "no labels");
+    break;
+  default: printf("none (pass --data FILE)"); return;
+  }
+  if (s->scale != 1)
+    printf(", inputs scaled by %g", s->scale);
+}
+
+static void print_data(const NnModelDesc *d, const NnOptions *o) {
+  printf("data:        ");
+  if (o->data_path)
+    printf("%s (from --data)", o->data_path);
+  else
+    print_source(d->data);
+  printf("\nvalidation:  ");
+  if (d->val)
+    print_source(d->val);
+  else if (d->val_split > 0)
+    printf("the last %g of the data, held out after one seeded shuffle", d->val_split);
+  else
+    printf("none");
+  putchar('\n');
+}
+
+int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
+  int64_t es = d->elem_size;
+  char shape[160];
+  printf("model:       %s\n", d->name);
+  printf("source:      %s\n", d->source ? d->source : "?");
+  printf("elements:    %s\n", nnrt_dtype_name(es));
+  printf("input:       %s\n", nnrt_shape_str(es, d->x_rank, d->x_dims, shape, sizeof shape));
+  printf("output:      %lld per sample\n", (long long)d->out_size);
+  printf("target:      %lld per sample%s\n", (long long)d->y_size,
+         d->labels ? " (a class index)" : "");
+  printf("task:        %s", task_name(d->task));
+  if (d->task == NN_TASK_BINARY)
+    printf(" (threshold %g)", d->threshold);
+  printf("\nparameters:\n");
+  print_params(d);
+  printf("total:       %lld parameter%s (%lld bytes)\n", (long long)d->param_size,
+         nnrt_plural(d->param_size), (long long)(d->param_size * es));
+  printf("state:       %lld element%s\n", (long long)d->state_size, nnrt_plural(d->state_size));
+  printf("arena:       %lld bytes\n", (long long)d->arena_bytes);
+  printf("defaults:    batch %lld, epochs %lld, seed %lld\n", (long long)d->max_batch,
+         (long long)d->epochs, (long long)d->seed);
+  printf("hyper:      ");
+  for (int64_t i = 0; i < d->n_hyper; i++)
+    printf(" %s=%g", d->hyper_names[i], d->hyper_defaults[i]);
+  printf("%s\n", d->n_hyper ? "" : " none");
+  print_data(d, o);
+  return NNRT_EXIT_OK;
+}
