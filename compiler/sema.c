@@ -458,17 +458,19 @@ BUILTIN(call_reshape) {
       infer = i;
       continue;
     }
-    ok = d >= 1 && d == floor(d) && d < 1e12;
-    to.dim[i] = (int64_t)d;
-    known *= ok ? to.dim[i] : 1;
+    ok = d >= 1 && d == floor(d) && d <= (double)elems; /* so known cannot overflow */
+    to.dim[i] = ok ? (int64_t)d : 1;
+    known *= to.dim[i];
+    ok &= known <= elems;
   }
   if (ok && infer >= 0) {
     ok = elems % known == 0;
     to.dim[infer] = elems / known;
   }
   if (!ok || shape_elems(to, 1) != elems) {
-    diag_error(call->loc, "cannot reshape %s to %s", shape_str(x->shape, true),
-               list_str(a->v[1].nums, a->v[1].len));
+    diag_error(call->loc, "cannot reshape %s to %s%s", shape_str(x->shape, true),
+               list_str(a->v[1].nums, a->v[1].len),
+               to.rank > MAX_RANK - 1 ? xprintf(": at most %d axes", MAX_RANK - 1) : "");
     return ERR;
   }
   s->b.loc = call->loc;
@@ -687,6 +689,10 @@ static int axis_kwarg(const Args *a, const Node *x, const char *fn, Loc loc) {
 /* An unbatched value as a batch of copies of it (for an operation with a batched value). */
 static Node *to_batched(Sema *s, Node *x) {
   if (!x || batched(x)) return x;
+  if (x->shape.rank >= MAX_RANK) {
+    diag_error(s->b.loc, "%s has too many axes to join a batch", shape_str(x->shape, true));
+    return NULL;
+  }
   Shape one = {.rank = x->shape.rank + 1, .dim = {1}};
   memcpy(one.dim + 1, x->shape.dim, x->shape.rank * sizeof *one.dim);
   Shape all = one;
@@ -863,7 +869,9 @@ BUILTIN(call_scatter_add) {
     return ERR;
   }
   bool both = batched(v) || batched(idx);
+  s->b.loc = call->loc;
   if (both) v = to_batched(s, v), idx = to_batched(s, idx);
+  if (!v || !idx) return ERR;
   int lead = both, ri = idx->shape.rank - lead, rv = v->shape.rank;
   int places = rv - lead - ri + 1; /* where idx's axes can sit in v's */
   int64_t ax = 0;
