@@ -317,16 +317,13 @@ void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, 
                     NnData *out) {
   const NnDataSource *s = d->data;
   double scale = s ? s->scale : 1;
-  if (nnrt_idx_sniff(path)) {
+  if (labels || nnrt_idx_sniff(path)) { /* with labels, a bad IDX file is reported as one */
     if (use == NNRT_USE_TARGETS && !labels)
       nnrt_fatal("'%s' is an IDX file of inputs; HINT: name its labels file with --labels "
                  "(or --val-labels for --val)", path);
     nnrt_idx_load(d, path, use == NNRT_USE_TARGETS ? labels : NULL, scale, out);
     return;
   }
-  if (labels)
-    nnrt_fatal("--labels %s: '%s' is not an IDX file, and a CSV file holds its own targets",
-               labels, path);
   HeaderMode h = !s || s->kind != NN_DATA_CSV ? HEADER_AUTO : s->header ? HEADER_YES : HEADER_NO;
   load_csv(d, path, h, use, scale, out);
 }

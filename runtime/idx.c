@@ -11,10 +11,12 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "nnrt_internal.h"
@@ -43,13 +45,32 @@ static int type_width(int type) {
   }
 }
 
+static gzFile current; /* the file being read: closed before an error exit, so nothing leaks */
+
+NNRT_NORETURN NNRT_PRINTF(2, 3) static void idx_fail(const char *path, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (current)
+    gzclose(current);
+  current = NULL;
+  nnrt_file_error(path, "%s", msg);
+}
+
 static gzFile open_gz(const char *path) {
   errno = 0;
   gzFile f = gzopen(path, "rb");
   if (!f)
     nnrt_fatal("cannot open '%s': %s", path, errno ? strerror(errno) : "out of memory");
   gzbuffer(f, 1 << 17);
-  return f;
+  return current = f;
+}
+
+static void close_gz(gzFile f) {
+  gzclose(f);
+  current = NULL;
 }
 
 /* Reads up to n bytes; returns how many were read (fewer only at the end of the data). A
@@ -64,7 +85,7 @@ static int64_t read_gz(gzFile f, const char *path, void *buf, int64_t n) {
       const char *msg = gzerror(f, &code);
       if (code == Z_ERRNO)
         msg = strerror(errno);
-      nnrt_file_error(path, "cannot read: %s", msg);
+      idx_fail(path, "cannot read: %s", msg);
     }
     if (r == 0)
       break;
@@ -101,24 +122,24 @@ static void read_header(gzFile f, const char *path, IdxHeader *h) {
   unsigned char m[4];
   int64_t got = read_gz(f, path, m, 4);
   if (got < 4)
-    nnrt_file_error(path, "truncated: an IDX header needs 4 bytes, found %lld; HINT: is this "
+    idx_fail(path, "truncated: an IDX header needs 4 bytes, found %lld; HINT: is this "
                     "an IDX file?", (long long)got);
   if (m[0] != 0 || m[1] != 0)
-    nnrt_file_error(path, "bad magic 0x%08x; HINT: is this an IDX file? (IDX files begin with "
+    idx_fail(path, "bad magic 0x%08x; HINT: is this an IDX file? (IDX files begin with "
                     "0x00 0x00, a type byte and a dimension count)", (unsigned)be32(m));
   h->type = m[2];
   h->elem_bytes = type_width(m[2]);
   h->ndims = m[3];
   if (!h->elem_bytes)
-    nnrt_file_error(path, "unsupported IDX element type 0x%02x (supported: 0x08 ubyte, 0x09 "
+    idx_fail(path, "unsupported IDX element type 0x%02x (supported: 0x08 ubyte, 0x09 "
                     "byte, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64)", m[2]);
   if (h->ndims < 1 || h->ndims > IDX_MAX_DIMS)
-    nnrt_file_error(path, "IDX header declares %d dimensions (expected 1 to %d)", h->ndims,
+    idx_fail(path, "IDX header declares %d dimensions (expected 1 to %d)", h->ndims,
                     IDX_MAX_DIMS);
   unsigned char dims[4 * IDX_MAX_DIMS];
   got = read_gz(f, path, dims, 4 * h->ndims);
   if (got < 4 * h->ndims)
-    nnrt_file_error(path, "truncated: expected %d bytes of dimensions, found %lld",
+    idx_fail(path, "truncated: expected %d bytes of dimensions, found %lld",
                     4 * h->ndims, (long long)got);
   h->per_sample = 1;
   for (int i = 0; i < h->ndims; i++) {
@@ -127,7 +148,7 @@ static void read_header(gzFile f, const char *path, IdxHeader *h) {
       h->per_sample *= h->dims[i]; /* < 2^(32*7): checked below before it can overflow */
     if (i > 0 && (h->dims[i] == 0 || h->per_sample > ((int64_t)1 << 40))) {
       char buf[128];
-      nnrt_file_error(path, "implausible sample shape %s", dims_str(h, 1, buf, sizeof buf));
+      idx_fail(path, "implausible sample shape %s", dims_str(h, 1, buf, sizeof buf));
     }
   }
 }
@@ -162,18 +183,32 @@ typedef struct Sink {
   const char *what;  /* "pixels" or "labels": for messages */
 } Sink;
 
-/* Reads h's count * per_sample elements, converting and scaling them into sink. */
+/* An uncompressed file shows its length up front: a truncated one is reported before the
+ * declared size is allocated. */
+static void check_length(gzFile f, const char *path, const IdxHeader *h, int64_t count,
+                         const char *what) {
+  struct stat sb;
+  int64_t need = count * h->per_sample * h->elem_bytes, at = 4 + 4 * (int64_t)h->ndims;
+  if (!gzdirect(f) || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+    return;
+  if ((int64_t)sb.st_size - at < need)
+    idx_fail(path, "truncated: expected %lld bytes of %s, found %lld", (long long)need, what,
+             (long long)((int64_t)sb.st_size - at));
+}
+
+/* Reads h's count * per_sample elements, converting and scaling them into sink. The chunk
+ * buffer is static so that an error exit in the middle leaks nothing. */
 static void read_body(gzFile f, const char *path, const IdxHeader *h, int64_t count,
                       const Sink *s) {
+  static unsigned char buf[IDX_CHUNK];
   int64_t total = count * h->per_sample, bytes = total * h->elem_bytes;
-  unsigned char *buf = NNRT_ALLOC(IDX_CHUNK, unsigned char);
   int64_t done = 0; /* elements */
   while (done < total) {
     int64_t want = bytes - done * h->elem_bytes;
     want = want > IDX_CHUNK ? IDX_CHUNK : want;
     int64_t got = read_gz(f, path, buf, want);
     if (got < want)
-      nnrt_file_error(path, "truncated: expected %lld bytes of %s, found %lld", (long long)bytes,
+      idx_fail(path, "truncated: expected %lld bytes of %s, found %lld", (long long)bytes,
                       s->what, (long long)(done * h->elem_bytes + got));
     int64_t n = got / h->elem_bytes;
     if (h->type == 0x08 && s->elem_size == 4) { /* the common case, in a loop that vectorizes */
@@ -185,7 +220,7 @@ static void read_body(gzFile f, const char *path, const IdxHeader *h, int64_t co
       for (int64_t i = 0; i < n; i++) {
         double v = element(h, buf + i * h->elem_bytes);
         if (!isfinite(v))
-          nnrt_file_error(path, "element %lld of sample %lld is %g (not finite)",
+          idx_fail(path, "element %lld of sample %lld is %g (not finite)",
                           (long long)((done + i) % h->per_sample),
                           (long long)((done + i) / h->per_sample), v);
         nnrt_set(s->base, done + i, s->elem_size, v * s->scale);
@@ -193,7 +228,6 @@ static void read_body(gzFile f, const char *path, const IdxHeader *h, int64_t co
     }
     done += n;
   }
-  free(buf);
 }
 
 /* A large buffer for a data set, on transparent huge pages where the system allows: first
@@ -217,22 +251,23 @@ static void load_images(const NnModelDesc *d, const char *path, double scale, Nn
   read_header(f, path, &h);
   char shape[128], model[128];
   if (h.ndims < 2 && d->x_size != 1)
-    nnrt_file_error(path, "an images file needs 2 or more dimensions, this one has 1 [%lld]; "
+    idx_fail(path, "an images file needs 2 or more dimensions, this one has 1 [%lld]; "
                     "HINT: is this a labels file?", (long long)h.dims[0]);
   if (h.per_sample != d->x_size)
-    nnrt_file_error(path, "samples are %s (%lld values) but model '%s' takes %s (%lld values)",
+    idx_fail(path, "samples are %s (%lld values) but model '%s' takes %s (%lld values)",
                     dims_str(&h, 1, shape, sizeof shape), (long long)h.per_sample, d->name,
                     nnrt_shape_str(d->elem_size, d->x_rank, d->x_dims, model, sizeof model),
                     (long long)d->x_size);
   if (h.dims[0] == 0)
-    nnrt_file_error(path, "no samples");
+    idx_fail(path, "no samples");
   if (h.dims[0] > ((int64_t)1 << 40) / h.per_sample)
-    nnrt_file_error(path, "implausible size: %lld samples of %lld values",
+    idx_fail(path, "implausible size: %lld samples of %lld values",
                     (long long)h.dims[0], (long long)h.per_sample);
   out->rows = h.dims[0];
+  check_length(f, path, &h, out->rows, "pixels");
   out->x = alloc_big(out->rows * h.per_sample * d->elem_size);
   read_body(f, path, &h, out->rows, &(Sink){out->x, d->elem_size, scale, "pixels"});
-  gzclose(f);
+  close_gz(f);
 }
 
 /* Reads the labels file into out->y (one class index per sample) and checks each label. */
@@ -243,22 +278,23 @@ static void load_labels(const NnModelDesc *d, const char *path, const char *imag
   char shape[128], why[160];
   read_header(f, path, &h);
   if (h.ndims != 1)
-    nnrt_file_error(path, "a labels file has 1 dimension, this one has %d %s; HINT: are the "
+    idx_fail(path, "a labels file has 1 dimension, this one has %d %s; HINT: are the "
                     "images and labels files swapped?", h.ndims,
                     dims_str(&h, 0, shape, sizeof shape));
   if (d->y_size != 1)
-    nnrt_file_error(path, "IDX labels give 1 target per sample but model '%s' has %lld",
+    idx_fail(path, "IDX labels give 1 target per sample but model '%s' has %lld",
                     d->name, (long long)d->y_size);
   if (h.dims[0] != out->rows)
-    nnrt_file_error(path, "%lld labels for %lld images in %s", (long long)h.dims[0],
+    idx_fail(path, "%lld labels for %lld images in %s", (long long)h.dims[0],
                     (long long)out->rows, images);
   out->y_size = 1;
+  check_length(f, path, &h, out->rows, "labels");
   out->y = NNRT_ALLOC(out->rows * d->elem_size, char);
   read_body(f, path, &h, out->rows, &(Sink){out->y, d->elem_size, 1.0, "labels"});
-  gzclose(f);
+  close_gz(f);
   for (int64_t i = 0; i < out->rows; i++)
     if (nnrt_label_problem(d, nnrt_get(out->y, i, d->elem_size), why, sizeof why))
-      nnrt_file_error(path, "sample %lld: %s", (long long)i, why);
+      idx_fail(path, "sample %lld: %s", (long long)i, why);
 }
 
 void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels, double scale,

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""mkidx.py — writes a small IDX file (the MNIST format) for the runtime's loader tests.
+
+usage: mkidx.py OUT TYPE DIMS [--labels K] [--set I=V] [--cut N] [--magic HEX] [--gz]
+  OUT         the file to write
+  TYPE        ubyte | float32 (element type 0x08 | 0x0D)
+  DIMS        comma-separated, the sample count first: 12,2,2 for images, 12 for labels
+  --labels K  element i is i % K (labels); otherwise element i is (37 * i) % 256 (pixels,
+              the same numbers in either type)
+  --set I=V   element I is V instead (e.g. a label out of range)
+  --cut N     keep only the first N bytes of the element data (a truncated file)
+  --magic HEX replace the 4 magic bytes, e.g. 12340803
+  --gz        gzip-compress the file
+"""
+import gzip
+import struct
+import sys
+
+
+def main():
+    args = sys.argv[1:]
+    opts = {}
+    for flag in ("--labels", "--set", "--cut", "--magic"):
+        if flag in args:
+            i = args.index(flag)
+            opts[flag] = args[i + 1]
+            del args[i : i + 2]
+    gz = "--gz" in args
+    if gz:
+        args.remove("--gz")
+    out, typ, dims = args
+    dims = [int(d) for d in dims.split(",")]
+    count = 1
+    for d in dims:
+        count *= d
+    if "--labels" in opts:
+        values = [i % int(opts["--labels"]) for i in range(count)]
+    else:
+        values = [(37 * i) % 256 for i in range(count)]
+    if "--set" in opts:
+        i, v = opts["--set"].split("=")
+        values[int(i)] = float(v) if typ == "float32" else int(v)
+    code, fmt = {"ubyte": (0x08, ">B"), "float32": (0x0D, ">f")}[typ]
+    data = b"".join(struct.pack(fmt, v) for v in values)
+    if "--cut" in opts:
+        data = data[: int(opts["--cut"])]
+    magic = bytes([0, 0, code, len(dims)])
+    if "--magic" in opts:
+        magic = bytes.fromhex(opts["--magic"])
+    blob = magic + b"".join(struct.pack(">I", d) for d in dims) + data
+    with open(out, "wb") as f:
+        f.write(gzip.compress(blob, mtime=0) if gz else blob)
+
+
+if __name__ == "__main__":
+    main()
