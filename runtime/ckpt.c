@@ -103,8 +103,8 @@ static const char *dtype_of(int64_t elem_size) { return elem_size == 4 ? "F32" :
 
 /* A growing text buffer for the header. */
 typedef struct Text {
-  char *p;
-  size_t n, cap;
+  char *p;        /* the text, NUL-terminated */
+  size_t n, cap;  /* bytes used (without the NUL), bytes allocated */
 } Text;
 
 NNRT_PRINTF(2, 3) static void text_printf(Text *t, const char *fmt, ...) {
@@ -212,7 +212,7 @@ static Text header_text(const NnModelDesc *d, const NnCkptState *st) {
 /* Where a save is, for cleaning up after a failure. */
 typedef struct Saver {
   const char *tmp; /* PATH.tmp */
-  FILE *f;
+  FILE *f;         /* open on tmp, or NULL once closed */
 } Saver;
 
 NNRT_NORETURN static void save_failed(Saver *s, const char *what) {
@@ -295,24 +295,24 @@ void nnrt_ckpt_save(const char *path, const NnModelDesc *d, void **io, const NnC
 
 /* One tensor entry of a checkpoint's header, checked against the file. */
 typedef struct Tensor {
-  const char *name;
+  const char *name;            /* its key in the header */
   const char *dtype;           /* "F32", ... */
   int width;                   /* bytes per element */
-  int64_t rank;
-  int64_t dims[MAX_DIMS];
+  int64_t rank;                /* used entries of dims */
+  int64_t dims[MAX_DIMS];      /* shape */
   const unsigned char *bytes;  /* nbytes of little-endian data inside the file buffer */
   int64_t nbytes;
 } Tensor;
 
 /* A checkpoint in memory. */
 typedef struct Ckpt {
-  const char *path;
+  const char *path;            /* for messages */
   unsigned char *file;         /* the whole file */
-  int64_t size;
+  int64_t size;                /* its bytes */
   NnJson header;               /* the parsed header */
   const NnJson *meta;          /* "__metadata__", or NULL */
   Tensor *tensors;             /* every other entry, in file order */
-  int64_t n;
+  int64_t n;                   /* entries of tensors */
 } Ckpt;
 
 static int dtype_width(const char *t) {

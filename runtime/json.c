@@ -16,7 +16,7 @@ typedef struct Parser {
   const char *start, *p, *end; /* the text, the next byte, one past the last */
   int depth;                   /* arrays/objects open */
   char *err;                   /* message buffer */
-  size_t cap;
+  size_t cap;                  /* its size */
 } Parser;
 
 NNRT_PRINTF(2, 3) static int fail(Parser *ps, const char *fmt, ...) {

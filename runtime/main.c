@@ -177,6 +177,9 @@ static void usage(FILE *f, const NnModelDesc *d, double eps, double tol) {
              "  --data FILE       show this file as the data source\n");
   fprintf(f, "Files given by flag are scaled like the model's training data (scale = %g).\n",
           d->data ? d->data->scale : 1.0);
+  fprintf(f, "Checkpoints are safetensors files: every parameter under its name, the optimizer\n"
+             "state as one flat tensor '__optimizer_state__', and the training state (epoch,\n"
+             "step, seed, RNG, hyperparameters, model fingerprint) in '__metadata__'.\n");
 }
 
 /* ---- flag values ---- */

@@ -50,7 +50,8 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
 double nnrt_loss(void **io) { return *(const double *)io[NN_IO_LOSS]; }
 
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
-  size_t xb = (size_t)(data->x_size * data->elem_size), yb = (size_t)(data->y_size * data->elem_size);
+  size_t xb = (size_t)(data->x_size * data->elem_size);
+  size_t yb = (size_t)(data->y_size * data->elem_size);
   char *x = io[NN_IO_X], *y = io[NN_IO_Y];
   for (int64_t i = 0; i < n; i++) {
     memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)rows[i] * xb, xb);

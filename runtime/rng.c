@@ -1,8 +1,8 @@
 /* rng.c — the runtime's random numbers: takes a seed and a stream id, gives reproducible
  * xoshiro256** streams (raw 64-bit words, uniform doubles in [0,1), unbiased integers below n,
- * normal deviates by Box–Muller, Fisher–Yates shuffles). Each parameter initialises from its own
- * stream and shuffling uses another, so adding a parameter or changing the epoch count never
- * shifts the others. */
+ * normal deviates by Box–Muller, Fisher–Yates shuffles). Each parameter initialises from its
+ * own stream and shuffling uses another, so adding a parameter or changing the epoch count
+ * never shifts the others. */
 #include <math.h>
 
 #include "nnrt_internal.h"

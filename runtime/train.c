@@ -4,9 +4,9 @@
  * Each epoch shuffles the training rows again, in place, from one stream seeded by --seed; a
  * run resumed from a checkpoint after epoch k replays those k shuffles (checking that the
  * stream reaches the state the checkpoint recorded), so it takes exactly the steps an
- * uninterrupted run takes and ends bit-identical. A step whose loss or gradient is not finite stops the run
- * (naming epoch, step and a hint) or, with --skip-nonfinite, is skipped and counted; a
- * checkpoint is written only from finite parameters, so the last good one survives. On a
+ * uninterrupted run takes and ends bit-identical. A step whose loss or gradient is not finite
+ * stops the run (naming epoch, step and a hint) or, with --skip-nonfinite, is skipped and
+ * counted; a checkpoint is written only from finite parameters, so the last good one survives. On a
  * terminal an in-place progress bar shows the epoch's progress; elsewhere (a log file, a pipe)
  * only plain lines are printed, with no \r and no escape codes. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno */

@@ -45,7 +45,8 @@ def check(blob):
         if count and t["dtype"] in ("F32", "F64"):
             fmt = "<f" if t["dtype"] == "F32" else "<d"
             first = " first=%.6g" % struct.unpack_from(fmt, data, begin)[0]
-        lines.append("%s %s %s%s" % (name, t["dtype"], json.dumps(t["shape"]).replace(" ", ""), first))
+        shape = json.dumps(t["shape"]).replace(" ", "")
+        lines.append("%s %s %s%s" % (name, t["dtype"], shape, first))
     if pos != len(data):
         return f"tensors cover {pos} bytes of {len(data)}"
     print("SAFETENSORS OK")
