@@ -33,6 +33,8 @@ losses = {
     "cross_entropy_probs": F.cross_entropy(Z, T / T.sum(1, keepdim=True)),
     "nll": F.nll_loss(F.log_softmax(Z, 1), L),
 }
+# layernorm (gamma 1, beta 0) on the predictions, scored by mse: checks its forward values
+losses["layernorm_mse"] = F.mse_loss(F.layer_norm(P, (3,)), T)
 with open(os.path.join(HERE, "losses.golden"), "w") as f:
     for name, v in losses.items():
         f.write(f"{name} {v.item():.9f}\n")
