@@ -53,6 +53,9 @@ char *shape_str(Shape s, bool per_sample) {
   return xstrdup(buf);
 }
 
+/* Every tensor region starts on a multiple of 16 elements: 64 bytes, a full f32 vector. */
+int64_t padded_elems(int64_t elems) { return (elems + 15) / 16 * 16; }
+
 /* numpy broadcasting: shapes align on the right; a dim of 1 stretches. */
 bool shape_broadcast(Shape a, Shape b, Shape *out) {
   Shape r = {.rank = a.rank > b.rank ? a.rank : b.rank};

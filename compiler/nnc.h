@@ -263,6 +263,7 @@ Node *ir_unbroadcast(Builder *b, Node *g, Shape shape);
 
 Shape shape_of(int rank, ...); /* shape_of(2, 3, 4): dims as int; DIM_BATCH as (int)DIM_BATCH */
 bool shape_eq(Shape a, Shape b);
+int64_t padded_elems(int64_t elems);          /* rounded up to the 16-element alignment */
 int64_t shape_elems(Shape s, int64_t batch); /* a dim of -k counts as k * batch */
 char *shape_str(Shape s, bool per_sample);  /* "f32[B,2]" or per-sample "f32[2]" */
 bool shape_broadcast(Shape a, Shape b, Shape *out);

@@ -22,8 +22,7 @@ void plan_memory(Graph *g, int64_t max_batch) {
       continue;
     }
     n->io = NN_IO_ARENA, n->offset = top;
-    /* 16 elements keep every slot 64-byte aligned for f32 vectors */
-    top += (shape_elems(n->shape, max_batch) + 15) / 16 * 16;
+    top += padded_elems(shape_elems(n->shape, max_batch));
   }
   g->arena_elems = top;
 }

@@ -208,11 +208,6 @@ static Value matmul(Sema *s, Value x, Value y, Loc loc) {
     memmove(t.dim + 1, t.dim, t.rank * sizeof *t.dim);
     t.dim[0] = 1, t.rank++;
     a = ir_expand(b, ir_reshape(b, a, t), (Shape){t.rank, {DIM_BATCH, t.dim[1], t.dim[2]}});
-  } else if (batched(a) && !batched(c) && c->shape.rank != 2) {
-    unreachable(); /* rc <= 2 and unbatched means rank 2 */
-  } else if (!batched(a) && !batched(c) && a->shape.rank != c->shape.rank &&
-             c->shape.rank != 2) {
-    unreachable();
   }
   Node *r = ir_matmul(b, a, c, 0, 0);
   if (!r) return ERR;
@@ -1157,9 +1152,8 @@ static Node *param_node(Sema *s, const char *name, Shape shape, NnInit init, dou
       u->params = p;
     }
     idx = u->n_params++;
-    /* 16-element alignment keeps every tensor on a 64-byte boundary for vector loads */
     u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib};
-    u->param_size += (shape_elems(shape, 1) + 15) / 16 * 16;
+    u->param_size += padded_elems(shape_elems(shape, 1));
   }
   Node *n = ir_leaf(&s->b, OP_PARAM, shape, idx, u->params[idx].name);
   n->io = NN_IO_PARAM, n->offset = u->params[idx].offset;
@@ -1288,7 +1282,7 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
       const ParamDecl *p = &s->u->params[s->param_index];
       Node *n = ir_leaf(&s->b, OP_STATE, p->shape, s->n_states, xprintf("%s.%s", p->name, st->name));
       n->io = NN_IO_STATE, n->offset = s->u->state_size;
-      s->u->state_size += (shape_elems(p->shape, 1) + 15) / 16 * 16;
+      s->u->state_size += padded_elems(shape_elems(p->shape, 1));
       s->n_states++;
       bind(f, st->name, tensor(n));
       break;
@@ -1444,7 +1438,7 @@ static Value eval(Sema *s, Frame *f, const Ast *e) {
 
 /* ---- definitions ---- */
 
-static void add_defs(Sema *s, Ast *program, bool prelude) {
+static void add_defs(Sema *s, Ast *program) {
   for (int i = 0; i < program->kids.len; i++) {
     Ast *it = program->kids.items[i];
     if (it->kind == AST_USE || it->kind == AST_TRAIN) continue;
@@ -1463,7 +1457,6 @@ static void add_defs(Sema *s, Ast *program, bool prelude) {
     Def *d = xalloc(sizeof *d);
     d->name = it->name, d->ast = it, d->next = s->defs;
     s->defs = d;
-    (void)prelude;
   }
 }
 
@@ -1666,7 +1659,6 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     bind(&f, "grad", tensor(gn));
     s->param_index = p, s->param_new = NULL;
     int first_state = s->n_states;
-    int64_t state_base = u->state_size;
     bool returned;
     run_body(s, &f, &opt->body, &returned);
     if (returned) diag_error(opt->loc, "an optimizer updates 'param'; it does not return");
@@ -1687,7 +1679,6 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
         ir_output(u->update, ir_expand(&s->b, b->value.node, pd->shape), NN_IO_STATE,
                   n->offset, xprintf("state %s", n->name));
     }
-    (void)state_base;
   }
   return s->b.ok && diag_error_count() == 0;
 }
@@ -1878,8 +1869,8 @@ Unit *sema(Ast *program, Ast *prelude) {
       diag_error(it->loc, "unknown module '%s'; the only module is 'std'", it->name);
     use_std = true;
   }
-  if (use_std && prelude) add_defs(&s, prelude, true);
-  add_defs(&s, program, false);
+  if (use_std && prelude) add_defs(&s, prelude);
+  add_defs(&s, program);
   const Ast *train = NULL;
   for (int i = 0; i < program->kids.len; i++) {
     Ast *it = program->kids.items[i];
