@@ -312,8 +312,8 @@ static void print_move(FILE *out, const Node *n) {
   }
 }
 
-static void print_node(FILE *out, const Node *n) {
-  fprintf(out, "  %%%d = %s", n->id, op_info[n->op].text);
+void ir_print_node(FILE *out, const Node *n) {
+  fprintf(out, "%%%d = %s", n->id, op_info[n->op].text);
   switch (n->op) {
   case OP_CONST: fprintf(out, " %.9g", n->attr.value); break;
   case OP_INPUT: case OP_PARAM: case OP_GRAD: case OP_STATE: case OP_HYPER:
@@ -340,12 +340,16 @@ static void print_node(FILE *out, const Node *n) {
       fprintf(out, " pad=[%d,%d,%d,%d]", c->pt, c->pl, c->pb, c->pr);
   }
   print_move(out, n);
-  fprintf(out, " : %s\n", shape_str(n->shape, false));
+  fprintf(out, " : %s", shape_str(n->shape, false));
 }
 
 void ir_print(FILE *out, const Graph *g) {
   fprintf(out, "func %s {\n", g->name);
-  for (int i = 0; i < g->n_nodes; i++) print_node(out, g->nodes[i]);
+  for (int i = 0; i < g->n_nodes; i++) {
+    fprintf(out, "  ");
+    ir_print_node(out, g->nodes[i]);
+    fprintf(out, "\n");
+  }
   for (int i = 0; i < g->n_outs; i++)
     fprintf(out, "  %s = %%%d\n", g->outs[i].label, g->outs[i].node->id);
   fprintf(out, "}\n");

@@ -23,7 +23,7 @@
 
 enum {
   MAX_LOOPS = MAX_RANK + 2, /* matmul: leading dims, then m, k, n */
-  MAX_OPERANDS = 4,         /* result and up to three sources (where) */
+  MAX_OPERANDS = FUSE_MAX_PORTS, /* a fused loop's stores and reads (fuse.c bounds them) */
 };
 
 /* Names of the io slots, for readable IR. ORDER IO */
@@ -41,6 +41,7 @@ typedef struct Lower {
   int64_t elem_size;                 /* bytes of elem */
   LLVMTypeRef source_type;           /* %NnDataSource, made on first use */
   /* the kernel being emitted */
+  const Graph *g;                    /* the graph it runs */
   LLVMValueRef fn;                   /* the function */
   LLVMValueRef batch;                /* i64 argument: samples in this call */
   LLVMValueRef region[NN_IO_COUNT];  /* base pointers loaded from io at entry */
@@ -298,31 +299,6 @@ static LLVMValueRef scalar_op(Lower *L, OpKind op, LLVMValueRef a, LLVMValueRef 
   }
 }
 
-/* ptr[0] = op(ptr[1], ptr[2]), or for where ptr[1] != 0 ? ptr[2] : ptr[3]; ctx is the node. */
-static void elem_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
-  const Node *n = ctx;
-  LLVMValueRef a = operand(L, n->src[0], ptr[1]);
-  if (n->op == OP_WHERE) {
-    LLVMValueRef pick = LLVMBuildFCmp(L->b, LLVMRealONE, a, elemc(L, 0), "");
-    LLVMValueRef x = operand(L, n->src[1], ptr[2]), y = operand(L, n->src[2], ptr[3]);
-    LLVMBuildStore(L->b, LLVMBuildSelect(L->b, pick, x, y, ""), ptr[0]);
-    return;
-  }
-  LLVMValueRef c = op_info[n->op].arity > 1 ? operand(L, n->src[1], ptr[2]) : NULL;
-  LLVMBuildStore(L->b, scalar_op(L, n->op, a, c), ptr[0]);
-}
-
-/* ptr[0] = ptr[0] (+ or max) ptr[1]; ctx is the node. */
-static void reduce_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
-  const Node *n = ctx;
-  LLVMValueRef acc = LLVMBuildLoad2(L->b, L->elem, ptr[0], "");
-  LLVMValueRef x = operand(L, n->src[0], ptr[1]);
-  LLVMValueRef r = n->op == OP_SUM
-    ? LLVMBuildFAdd(L->b, acc, x, "")
-    : LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, x, acc, ""), x, acc, "");
-  LLVMBuildStore(L->b, r, ptr[0]);
-}
-
 /* C[ptr0] += A[ptr1] * B[ptr2]. */
 static void matmul_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
   (void)ctx;
@@ -365,26 +341,6 @@ static Nest nest_pair(Lower *L, Shape over, const Node *n, const Node *src) {
   int k = nest_operand(&t, mem ? node_ptr(L, src) : NULL);
   if (mem) bcast_strides(src->shape, over, t.stride[k]);
   return t;
-}
-
-static void lower_elem(Lower *L, const Node *n) {
-  Nest t = nest_pair(L, n->shape, n, n->src[0]);
-  for (int i = 1; i < op_info[n->op].arity; i++) {
-    const Node *s = n->src[i];
-    bool mem = class_of(s) != CLASS_SCALAR;
-    int k = nest_operand(&t, mem ? node_ptr(L, s) : NULL);
-    if (mem) bcast_strides(s->shape, n->shape, t.stride[k]);
-  }
-  emit_nest(L, t, elem_body, n);
-}
-
-/* Output = input with the reduced axes kept as 1: start from the identity, then fold every
- * input element into the output element it lands on (stride 0 along the reduced axes). */
-static void lower_reduce(Lower *L, const Node *n) {
-  fill_node(L, n, elemc(L, n->op == OP_SUM ? 0.0 : -INFINITY));
-  const Node *src = n->src[0];
-  Shape over = class_of(src) == CLASS_SCALAR ? n->shape : src->shape;
-  emit_nest(L, nest_pair(L, over, n, src), reduce_body, n);
 }
 
 /* ---- movement and indexing: PERMUTE, SLICE, PAD, CONCAT, GATHER, SCATTER_ADD, IOTA ----
@@ -935,6 +891,134 @@ static void lower_window(Lower *L, const Node *n) {
   }
 }
 
+/* ============================== fused loop groups ============================== */
+
+/* One nest over the group's loop shape: in its body every needed member is computed at the
+ * loop index, in registers, from its operands (a member of the group, a scalar, or a load
+ * from memory outside the group); then the stored members are written, and the reduction
+ * (at most one, fuse.c's choice) adds its operand into its result. All loads come before
+ * all stores, so a value planned in place of a leaf it reads (the optimizer's new parameter
+ * over the old one) reads the old value first. The order of the reduction's additions is
+ * the unfused one's, so results are the same to the bit. */
+typedef struct LoopCtx {
+  const Group *G;
+  int gi;                 /* its index */
+  const bool *need;       /* by node id: the kernel needs it */
+  int *index;             /* by node id: position in G->members */
+  int *read;              /* by member position * 3 + operand: nest operand of a load, or -1 */
+  int *store;             /* by member position: nest operand of its store, or -1 */
+  LLVMValueRef *value;    /* by member position: its value in this iteration, once made */
+} LoopCtx;
+
+/* Strides over the loop's dims for reading memory of shape x as a value of shape seen: by
+ * broadcasting, or for a reshape (which only adds or drops 1-dims) by x's own layout. */
+static void loop_strides(Shape x, Shape seen, bool reshape, const Group *G, int64_t st[]) {
+  int64_t full[MAX_RANK];
+  Shape by = reshape ? x : seen;
+  if (reshape) contig_strides(x, full);
+  else bcast_strides(x, seen, full);
+  int r = 0;
+  for (int d = 0; d < by.rank; d++)
+    if (by.dim[d] != 1) {
+      if (r == G->loop.rank) break;
+      st[r++] = full[d];
+    }
+  if (r != G->loop.rank || !fuse_same_loop(by, G->loop))
+    diag_internal(__FILE__, __LINE__, "%s does not walk loop %s", shape_str(by, false),
+                  shape_str(G->loop, false));
+}
+
+static LLVMValueRef member_value(Lower *L, LoopCtx *c, const Node *m, LLVMValueRef ptr[]);
+
+static LLVMValueRef operand_value(Lower *L, LoopCtx *c, const Node *m, int k,
+                                  LLVMValueRef ptr[]) {
+  const Node *s = m->src[k];
+  if (class_of(s) == CLASS_SCALAR) return L->val[s->id];
+  if (s->group == c->gi) return member_value(L, c, s, ptr);
+  int op = c->read[c->index[m->id] * 3 + k];
+  if (op < 0) diag_internal(__FILE__, __LINE__, "%%%d operand %d not loaded", m->id, k);
+  return LLVMBuildLoad2(L->b, L->elem, ptr[op], "");
+}
+
+static LLVMValueRef member_value(Lower *L, LoopCtx *c, const Node *m, LLVMValueRef ptr[]) {
+  int i = c->index[m->id];
+  if (c->value[i]) return c->value[i];
+  LLVMValueRef v;
+  if (m->op == OP_EXPAND || m->op == OP_RESHAPE) {
+    v = operand_value(L, c, m, 0, ptr);
+  } else if (m->op == OP_WHERE) {
+    LLVMValueRef pick = LLVMBuildFCmp(L->b, LLVMRealONE, operand_value(L, c, m, 0, ptr),
+                                      elemc(L, 0), "");
+    v = LLVMBuildSelect(L->b, pick, operand_value(L, c, m, 1, ptr),
+                        operand_value(L, c, m, 2, ptr), "");
+  } else if (class_of(m) == CLASS_ELEM) {
+    LLVMValueRef a = operand_value(L, c, m, 0, ptr);
+    LLVMValueRef b = op_info[m->op].arity > 1 ? operand_value(L, c, m, 1, ptr) : NULL;
+    v = scalar_op(L, m->op, a, b);
+  } else {
+    diag_internal(__FILE__, __LINE__, "%s in a fused loop", op_info[m->op].text);
+  }
+  return c->value[i] = v;
+}
+
+static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
+  LoopCtx *c = (LoopCtx *)ctx;
+  const Group *G = c->G;
+  memset(c->value, 0, sizeof *c->value * (size_t)G->n_members);
+  LLVMValueRef *out = xalloc(sizeof *out * ((size_t)G->n_members + 1));
+  for (int i = 0; i < G->n_members; i++) { /* every load first */
+    const Node *m = G->members[i];
+    if (c->store[i] < 0) continue;
+    out[i] = class_of(m) == CLASS_REDUCE ? operand_value(L, c, m, 0, ptr) : member_value(L, c, m, ptr);
+  }
+  for (int i = 0; i < G->n_members; i++) { /* then every store */
+    const Node *m = G->members[i];
+    if (c->store[i] < 0) continue;
+    LLVMValueRef p = ptr[c->store[i]], v = out[i];
+    if (m->op == OP_SUM) {
+      v = LLVMBuildFAdd(L->b, LLVMBuildLoad2(L->b, L->elem, p, ""), v, "");
+    } else if (m->op == OP_RMAX) {
+      LLVMValueRef acc = LLVMBuildLoad2(L->b, L->elem, p, "");
+      v = LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, v, acc, ""), v, acc, "");
+    }
+    LLVMBuildStore(L->b, v, p);
+  }
+}
+
+static void lower_loop_group(Lower *L, int gi, const bool *need) {
+  const Group *G = &L->g->groups[gi];
+  int nm = G->n_members;
+  LoopCtx c = {.G = G, .gi = gi, .need = need};
+  c.index = xalloc(sizeof *c.index * ((size_t)L->g->n_nodes + 1));
+  c.read = xalloc(sizeof *c.read * (size_t)nm * 3);
+  c.store = xalloc(sizeof *c.store * (size_t)nm);
+  c.value = xalloc(sizeof *c.value * (size_t)nm);
+  for (int i = 0; i < nm; i++) c.index[G->members[i]->id] = i, c.store[i] = -1;
+  for (int i = 0; i < nm * 3; i++) c.read[i] = -1;
+  snprintf(L->tag, sizeof L->tag, "g%d", gi);
+  Nest t = nest_over(G->loop);
+  for (int i = 0; i < nm; i++) {
+    const Node *m = G->members[i];
+    if (!need[m->id]) continue;
+    if (class_of(m) == CLASS_REDUCE) { /* starts from the identity, accumulates in the loop */
+      fill_node(L, m, elemc(L, m->op == OP_SUM ? 0.0 : -INFINITY));
+      c.store[i] = nest_operand(&t, node_ptr(L, m));
+      loop_strides(m->shape, m->src[0]->shape, false, G, t.stride[c.store[i]]);
+    } else if (m->stored) {
+      c.store[i] = nest_operand(&t, node_ptr(L, m));
+      loop_strides(m->shape, m->shape, false, G, t.stride[c.store[i]]);
+    }
+    for (int k = 0; k < op_info[m->op].arity; k++) {
+      const Node *s = m->src[k];
+      if (class_of(s) == CLASS_SCALAR || s->group == gi) continue;
+      int op = c.read[i * 3 + k] = nest_operand(&t, node_ptr(L, s));
+      Shape seen = class_of(m) == CLASS_REDUCE ? s->shape : m->shape;
+      loop_strides(s->shape, seen, m->op == OP_RESHAPE, G, t.stride[op]);
+    }
+  }
+  emit_nest(L, t, loop_body, &c);
+}
+
 static void lower_node(Lower *L, const Node *n) {
   if (class_of(n) != CLASS_SCALAR && (n->io < 0 || n->io >= NN_IO_COUNT))
     diag_internal(__FILE__, __LINE__, "node %%%d (%s) has no planned region", n->id,
@@ -943,8 +1027,7 @@ static void lower_node(Lower *L, const Node *n) {
   switch (class_of(n)) {
   case CLASS_LEAF: break; /* the data is already at io/offset */
   case CLASS_SCALAR: L->val[n->id] = lower_scalar(L, n); break;
-  case CLASS_ELEM: lower_elem(L, n); break;
-  case CLASS_REDUCE: lower_reduce(L, n); break;
+  case CLASS_ELEM: case CLASS_REDUCE: unreachable(); /* always in a loop group */
   case CLASS_MOVE: lower_move(L, n); break;
   case CLASS_CONTRACT: lower_matmul(L, n); break;
   case CLASS_WINDOW: lower_window(L, n); break;
@@ -970,8 +1053,6 @@ static void lower_output(Lower *L, const Output *o) {
 }
 
 /* ============================== kernels ============================== */
-
-#define ALL_OUTS (~0u) /* every output of the graph */
 
 static bool chosen(const Output *o, unsigned io_mask) {
   return o->io >= 0 && o->io < 32 && (io_mask & (1u << o->io));
@@ -1033,8 +1114,17 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
     }
     L->val = xalloc(sizeof *L->val * ((size_t)g->n_nodes + 1));
     L->at = xalloc(sizeof *L->at * ((size_t)g->n_nodes + 1));
-    for (int i = 0; i < g->n_nodes; i++)
-      if (need[i]) lower_node(L, g->nodes[i]);
+    L->g = g;
+    for (int i = 0; i < g->n_nodes; i++) /* scalars are SSA values every loop may use */
+      if (need[i] && class_of(g->nodes[i]) == CLASS_SCALAR) lower_node(L, g->nodes[i]);
+    for (int gi = 0; gi < g->n_groups; gi++) {
+      const Group *G = &g->groups[gi];
+      bool any = false;
+      for (int i = 0; i < G->n_members; i++) any |= need[G->members[i]->id];
+      if (!any) continue;
+      if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
+      else lower_node(L, G->members[0]);
+    }
     lower_outputs(L, g, io_mask);
   }
   LLVMBuildRetVoid(L->b);
@@ -1132,10 +1222,15 @@ static LLVMValueRef hyper_name_table(Lower *L) {
   return private_const(L, LLVMConstArray2(L->ptr, names, (uint64_t)u->n_hyper), "hyper_names");
 }
 
-static int64_t arena_bytes(Lower *L) {
+/* The kernels share the arena and nothing in it outlives a call: the larger plan is enough.
+ * `unplanned`: what one slot per node of the unfused graphs would need instead. */
+static int64_t arena_bytes(Lower *L, bool unplanned) {
   int64_t elems = 0;
-  if (L->u->train && L->u->train->arena_elems > elems) elems = L->u->train->arena_elems;
-  if (L->u->update && L->u->update->arena_elems > elems) elems = L->u->update->arena_elems;
+  const Graph *gs[2] = {L->u->train, L->u->update};
+  for (int i = 0; i < 2; i++) {
+    int64_t e = !gs[i] ? 0 : unplanned ? gs[i]->unplanned_elems : gs[i]->arena_elems;
+    if (e > elems) elems = e;
+  }
   int64_t bytes = elems * L->elem_size;
   return bytes < 64 ? 64 : bytes;
 }
@@ -1174,7 +1269,7 @@ static void emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_PTR(&f, NnModelDesc, params, param_table(L));
   PUT_I64(&f, NnModelDesc, param_size, u->param_size);
   PUT_I64(&f, NnModelDesc, state_size, u->state_size);
-  PUT_I64(&f, NnModelDesc, arena_bytes, arena_bytes(L));
+  PUT_I64(&f, NnModelDesc, arena_bytes, arena_bytes(L, false));
   PUT_I64(&f, NnModelDesc, max_batch, u->batch);
   PUT_I64(&f, NnModelDesc, epochs, u->epochs);
   PUT_I64(&f, NnModelDesc, seed, u->seed);
@@ -1194,6 +1289,7 @@ static void emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_PTR(&f, NnModelDesc, eval, kernel[1]);
   PUT_PTR(&f, NnModelDesc, grad, kernel[2]);
   PUT_PTR(&f, NnModelDesc, update, kernel[3]);
+  PUT_I64(&f, NnModelDesc, arena_unplanned_bytes, arena_bytes(L, true));
   LLVMTypeRef desc = NULL;
   LLVMValueRef init = struct_of(L, &f, &desc, "NnModelDesc", sizeof(NnModelDesc));
   LLVMValueRef g = LLVMAddGlobal(L->mod, desc, "nn_model");
@@ -1288,10 +1384,9 @@ static bool write_output(LLVMModuleRef mod, LLVMTargetMachineRef tm, Emit emit, 
 static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
-  kernel[0] = emit_kernel(L, "nn_forward", u->train, 1u << NN_IO_OUT);
-  kernel[1] = emit_kernel(L, "nn_eval", u->train, (1u << NN_IO_OUT) | (1u << NN_IO_LOSS));
-  kernel[2] = emit_kernel(L, "nn_grad", u->train, ALL_OUTS);
-  kernel[3] = emit_kernel(L, "nn_update", u->update, ALL_OUTS);
+  for (int k = 0; k < N_KERNELS; k++) /* ORDER DESC: forward, eval, grad, update */
+    kernel[k] = emit_kernel(L, kernel_specs[k].name, kernel_specs[k].update ? u->update : u->train,
+                            kernel_specs[k].outs);
   emit_model_desc(L, kernel);
 }
 

@@ -1,6 +1,7 @@
 /* main.c — the nnc command line and the pipeline, one call per stage:
  *
- *   parse_source → sema → ad_gradients → plan_memory → lower_llvm → link_executable
+ *   parse_source → sema → ad_gradients → fuse_graph → plan_memory → lower_llvm
+ *   → link_executable
  *
  * --emit=STAGE stops after a stage and prints what it made. */
 #ifndef _GNU_SOURCE
@@ -23,7 +24,8 @@ static void usage(FILE *out) {
           "\n"
           "options:\n"
           "  -o PATH            output file (default: FILE without .nn; stdout for text dumps)\n"
-          "  --emit=KIND        what to produce: exe (default), ast, ir, grad-ir, llvm, asm, obj\n"
+          "  --emit=KIND        what to produce: exe (default), ast, ir, grad-ir,\n"
+          "                     fused-ir, llvm, asm, obj\n"
           "  -O0 -O1 -O2 -O3    LLVM optimisation level (default -O2)\n"
           "  --dtype=f32|f64    element type of every tensor (default f32; f64 for gradient checks)\n"
           "  --target-cpu=CPU   generate code for CPU instead of this machine's (e.g. x86-64-v3)\n"
@@ -32,6 +34,7 @@ static void usage(FILE *out) {
 
 static const struct { const char *name; Emit emit; } emits[] = {
     {"exe", EMIT_EXE},   {"ast", EMIT_AST},   {"ir", EMIT_IR},  {"grad-ir", EMIT_GRAD_IR},
+    {"fused-ir", EMIT_FUSED_IR},
     {"llvm", EMIT_LLVM}, {"asm", EMIT_ASM},   {"obj", EMIT_OBJ},
 };
 enum { N_EMITS = sizeof emits / sizeof *emits };
@@ -55,7 +58,7 @@ static int parse_args(int argc, char **argv, Options *o) {
       for (int j = 0; j < N_EMITS; j++)
         if (!strcmp(a + 7, emits[j].name)) k = j;
       if (k < 0) {
-        fprintf(stderr, "nnc: error: unknown --emit kind '%s' (exe, ast, ir, grad-ir, llvm, asm, obj)\n", a + 7);
+        fprintf(stderr, "nnc: error: unknown --emit kind '%s' (exe, ast, ir, grad-ir, fused-ir, llvm, asm, obj)\n", a + 7);
         return 1;
       }
       o->emit = emits[k].emit;
@@ -143,8 +146,20 @@ static int compile(const Options *o) {
     close_dump(f);
     return 0;
   }
-  plan_memory(u->train, u->batch);
-  if (u->update) plan_memory(u->update, u->batch);
+  fuse_graph(u->train);
+  plan_memory(u->train, u->batch, false);
+  if (u->update) {
+    fuse_graph(u->update);
+    plan_memory(u->update, u->batch, true);
+  }
+  if (o->emit == EMIT_FUSED_IR) {
+    FILE *f = open_dump(o);
+    if (!f) return 1;
+    fuse_print(f, u->train);
+    if (u->update) fuse_print(f, u->update);
+    close_dump(f);
+    return 0;
+  }
   if (o->emit == EMIT_LLVM || o->emit == EMIT_ASM || o->emit == EMIT_OBJ) {
     const char *path = o->output && strcmp(o->output, "-") ? o->output
                        : o->emit == EMIT_OBJ ? default_output(o->input, ".o")

@@ -1,6 +1,7 @@
 /* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
  * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
- * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → plan.c (memory) → lower_llvm.c (LLVM)
+ * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → fuse.c (loop groups)
+ * → plan.c (memory) → lower_llvm.c (LLVM)
  * → link.c (executable). main.c runs them in order. */
 #ifndef NNC_H
 #define NNC_H
@@ -182,8 +183,11 @@ struct Node {
   Loc loc;        /* .nn span that produced it; gradient nodes inherit it */
   int id;         /* printed as %id; index in Graph.nodes */
   const char *name; /* leaves: what they read ("x", "dense0.W") */
+  /* set by fuse.c */
+  int group;      /* index in Graph.groups; -1 for leaves and scalars */
+  bool stored;    /* written to memory; false: lives only in registers inside its loop group */
   /* set by plan.c */
-  int io;         /* NnIo region holding the value; -1 for CLASS_SCALAR */
+  int io;         /* NnIo region holding the value; -1 for CLASS_SCALAR and unstored nodes */
   int64_t offset; /* elements into that region */
 };
 
@@ -204,6 +208,23 @@ typedef struct Output {
   const char *label; /* "loss", "out", "grad dense0.W", "param dense0.W" */
 } Output;
 
+typedef enum GroupKind {
+  GROUP_LOOP,   /* one loop nest over `loop`: elementwise ops, broadcasts, at most one reduction */
+  GROUP_SINGLE, /* one node with a loop nest of its own (matmul, window, movement, reshape) */
+} GroupKind;
+
+/* A unit of lowering made by fuse.c: the nodes computed together, in one loop nest for
+ * GROUP_LOOP. Every member of a loop group is evaluated at the same index of `loop`; only
+ * its stored members reach memory. */
+typedef struct Group {
+  GroupKind kind;
+  Shape loop;      /* GROUP_LOOP: the iteration space (the members' shape, 1-dims dropped; for
+                      a reduction, its operand's) */
+  Node **members;  /* n_members, in topological order */
+  int n_members, cap;
+  int ports;       /* loop operands so far: stored members and reads of outside memory */
+} Group;
+
 /* A function: a DAG of nodes in creation (hence topological) order, and its results. */
 typedef struct Graph {
   const char *name;   /* "train", "update", ... */
@@ -211,7 +232,10 @@ typedef struct Graph {
   int n_nodes, cap;
   Output *outs;       /* n_outs of out_cap */
   int n_outs, out_cap;
+  Group *groups;      /* set by fuse.c: n_groups, in the order they are lowered */
+  int n_groups;
   int64_t arena_elems; /* set by plan.c: elements of NN_IO_ARENA at max batch */
+  int64_t unplanned_elems; /* set by plan.c: what one slot per node, unfused, would need */
   Node **table;       /* open-addressing set of the nodes, for hash-consing (ir.c) */
   int table_cap;      /* slots in table; a power of two, or 0 */
 } Graph;
@@ -269,6 +293,7 @@ char *shape_str(Shape s, bool per_sample);  /* "f32[B,2]" or per-sample "f32[2]"
 bool shape_broadcast(Shape a, Shape b, Shape *out);
 
 void ir_print(FILE *out, const Graph *g);   /* --emit=ir, grad-ir */
+void ir_print_node(FILE *out, const Node *n); /* "%3 = add %1, %2 : f32[B,8]", no newline */
 void ir_verify(const Graph *g);             /* internal error on a malformed graph */
 void ir_prune(Graph *g);                    /* drops nodes no output needs; renumbers */
 
@@ -327,15 +352,46 @@ Unit *sema(Ast *program, Ast *prelude);
  * has no gradient rule. */
 bool ad_gradients(Unit *u);
 
+/* ============================== fuse.c ============================== */
+
+enum { FUSE_MAX_PORTS = 24 }; /* loop operands of one group (bounds lower_llvm.c's nests) */
+
+/* Loop fusion: partitions the non-leaf nodes of g into groups (Graph.groups, in an order
+ * that respects every dependency) and marks which values must be stored. Elementwise chains
+ * and broadcasts share one loop, a reduction's loop also computes its operand's chain, and
+ * an optimizer's per-parameter update becomes one loop writing the parameter and its state. */
+void fuse_graph(Graph *g);
+/* Two shapes that differ only in 1-dims: the same elements in the same order. */
+bool fuse_same_loop(Shape a, Shape b);
+Shape fuse_squeeze(Shape s);
+/* --emit=fused-ir: the groups, and where plan.c put every stored value. */
+void fuse_print(FILE *out, const Graph *g);
+
 /* ============================== plan.c ============================== */
 
-/* Gives every materialised node a region and offset. */
-void plan_memory(Graph *g, int64_t max_batch);
+/* The four kernels of runtime/nnrt.h: the graph each runs (the train graph, or the update
+ * graph) and the outputs it stores (a bit per NnIo region). plan.c places values so that a
+ * kernel never writes a region it does not own; lower_llvm.c emits them. */
+typedef struct KernelSpec {
+  const char *name;  /* "nn_forward" */
+  bool update;       /* runs Unit.update, not Unit.train */
+  unsigned outs;     /* bit r set: stores the outputs to region r */
+} KernelSpec;
+enum { N_KERNELS = 4 };
+extern const KernelSpec kernel_specs[N_KERNELS];
+
+/* Marks the nodes of g the outputs in `outs` need (need has n_nodes entries). */
+void plan_needed(const Graph *g, unsigned outs, bool *need);
+
+/* Gives every stored node a region and offset: an output's value straight in its output
+ * region where that is safe (in place, for the optimizer's parameters and state), the rest
+ * in the arena, where values whose lifetimes (in group order) do not overlap share space. */
+void plan_memory(Graph *g, int64_t max_batch, bool update);
 
 /* ============================== lower_llvm.c ============================== */
 
 typedef enum Emit {
-  EMIT_EXE, EMIT_AST, EMIT_IR, EMIT_GRAD_IR, EMIT_LLVM, EMIT_ASM, EMIT_OBJ,
+  EMIT_EXE, EMIT_AST, EMIT_IR, EMIT_GRAD_IR, EMIT_FUSED_IR, EMIT_LLVM, EMIT_ASM, EMIT_OBJ,
 } Emit;
 
 typedef struct Options {

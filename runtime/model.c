@@ -260,7 +260,8 @@ int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
   printf("total:       %lld parameter%s (%lld bytes)\n", (long long)d->param_size,
          nnrt_plural(d->param_size), (long long)(d->param_size * es));
   printf("state:       %lld element%s\n", (long long)d->state_size, nnrt_plural(d->state_size));
-  printf("arena:       %lld bytes\n", (long long)d->arena_bytes);
+  printf("arena:       %lld bytes (one slot per node would need %lld)\n",
+         (long long)d->arena_bytes, (long long)d->arena_unplanned_bytes);
   printf("defaults:    batch %lld, epochs %lld, seed %lld\n", (long long)d->max_batch,
          (long long)d->epochs, (long long)d->seed);
   printf("hyper:      ");

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 2
+#define NN_ABI_VERSION 3
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -114,6 +114,7 @@ typedef struct NnModelDesc {
   NnKernel eval;               /* X, Y -> LOSS, OUT */
   NnKernel grad;               /* X, Y -> LOSS, OUT, GRAD (overwritten, not accumulated) */
   NnKernel update;             /* PARAM, GRAD, STATE, HYPER -> PARAM, STATE (one optimizer step) */
+  int64_t arena_unplanned_bytes; /* what NN_IO_ARENA would need with one slot per node, unfused */
 } NnModelDesc;
 
 #endif
