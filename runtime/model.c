@@ -1,7 +1,7 @@
 /* model.c — the compiled model's memory and what every command shares: takes the model
- * description, gives the kernel buffers (64-byte aligned, zeroed; large ones on huge pages), parameter initialisation,
- * the gathering of samples into X/Y, hyperparameter slots, small formatting helpers, and the
- * `info` command. No numeric kernel lives here or anywhere in the runtime: it only moves data
+ * description, gives the kernel buffers (64-byte aligned, zeroed; large ones on huge pages),
+ * parameter initialisation, the gathering of samples into X/Y, hyperparameter slots, small
+ * formatting helpers, and the `info` command. No numeric kernel lives here or anywhere in the runtime: it only moves data
  * in and out of the io regions and calls the four kernels. */
 #define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
