@@ -37,6 +37,7 @@ typedef struct Fuser {
   int n_groups, cap;
   int *seen;          /* by group: the search that last visited it (cycle check) */
   int search;         /* the current search's number */
+  bool enabled;       /* false: every node is a group of its own */
 } Fuser;
 
 static bool in_memory(const Node *n) { return op_info[n->op].cls != CLASS_SCALAR; }
@@ -139,7 +140,7 @@ static void place(Fuser *f, Node *n) {
   }
   bool loopable = op_info[n->op].cls == CLASS_ELEM || n->op == OP_EXPAND ||
                   (n->op == OP_RESHAPE && fuse_same_loop(n->shape, n->src[0]->shape));
-  if (loopable)
+  if (loopable && f->enabled)
     for (int k = 0; k < f->n_users[n->id]; k++) {
       int gi = f->users[n->id][k]->group;
       if (gi >= 0 && try_join(f, n, gi)) return;
@@ -178,9 +179,9 @@ static int by_id(const void *a, const void *b) {
   return (*(Node *const *)a)->id - (*(Node *const *)b)->id;
 }
 
-void fuse_graph(Graph *g) {
+void fuse_graph(Graph *g, bool enabled) {
   int n = g->n_nodes;
-  Fuser f = {.g = g};
+  Fuser f = {.g = g, .enabled = enabled};
   f.users = xalloc(sizeof *f.users * ((size_t)n + 1));
   f.n_users = xalloc(sizeof *f.n_users * ((size_t)n + 1));
   f.is_output = xalloc((size_t)n + 1);

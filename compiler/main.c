@@ -29,6 +29,7 @@ static void usage(FILE *out) {
           "  -O0 -O1 -O2 -O3    LLVM optimisation level (default -O2)\n"
           "  --dtype=f32|f64    element type of every tensor (default f32; f64 for gradient checks)\n"
           "  --target-cpu=CPU   generate code for CPU instead of this machine's (e.g. x86-64-v3)\n"
+          "  --no-fuse          one loop nest per op (to measure what fusion gains)\n"
           "  -h, --help         print this help\n");
 }
 
@@ -66,6 +67,8 @@ static int parse_args(int argc, char **argv, Options *o) {
       o->opt_level = a[2] - '0';
     } else if (!strcmp(a, "--dtype=f32") || !strcmp(a, "--dtype=f64")) {
       o->f64 = !strcmp(a, "--dtype=f64");
+    } else if (!strcmp(a, "--no-fuse")) {
+      o->no_fuse = true;
     } else if (!strncmp(a, "--target-cpu=", 13) && a[13]) {
       o->target_cpu = a + 13;
     } else if (a[0] == '-' && a[1]) {
@@ -146,10 +149,10 @@ static int compile(const Options *o) {
     close_dump(f);
     return 0;
   }
-  fuse_graph(u->train);
+  fuse_graph(u->train, !o->no_fuse);
   plan_memory(u->train, u->batch, false);
   if (u->update) {
-    fuse_graph(u->update);
+    fuse_graph(u->update, !o->no_fuse);
     plan_memory(u->update, u->batch, true);
   }
   if (o->emit == EMIT_FUSED_IR) {

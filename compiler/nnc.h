@@ -360,7 +360,7 @@ enum { FUSE_MAX_PORTS = 24 }; /* loop operands of one group (bounds lower_llvm.c
  * that respects every dependency) and marks which values must be stored. Elementwise chains
  * and broadcasts share one loop, a reduction's loop also computes its operand's chain, and
  * an optimizer's per-parameter update becomes one loop writing the parameter and its state. */
-void fuse_graph(Graph *g);
+void fuse_graph(Graph *g, bool enabled); /* !enabled: one group per node (--no-fuse) */
 /* Two shapes that differ only in 1-dims: the same elements in the same order. */
 bool fuse_same_loop(Shape a, Shape b);
 Shape fuse_squeeze(Shape s);
@@ -402,6 +402,7 @@ typedef struct Options {
   bool f64;             /* --dtype=f64: every tensor in double (gradient checks) */
   const char *target_cpu; /* --target-cpu; NULL = host */
   bool keep_obj;        /* --keep-obj: leave the .o next to the executable */
+  bool no_fuse;         /* --no-fuse: one loop nest per node (for measuring fusion) */
 } Options;
 
 /* Builds the module, runs the pass pipeline, writes `path` as llvm/asm/obj per emit.
