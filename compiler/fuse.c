@@ -36,6 +36,7 @@ typedef struct Fuser {
   Group *groups;      /* n_groups of cap, in creation order (reverse topological by root) */
   int n_groups, cap;
   int *seen;          /* by group: the search that last visited it (cycle check) */
+  int *stack;         /* the cycle check's groups to visit (cap entries) */
   int search;         /* the current search's number */
   bool enabled;       /* false: every node is a group of its own */
 } Fuser;
@@ -58,8 +59,8 @@ static int new_group(Fuser *f, GroupKind kind, Shape loop) {
     Group *gs = xalloc(sizeof *gs * (size_t)cap);
     if (f->n_groups) memcpy(gs, f->groups, sizeof *gs * (size_t)f->n_groups);
     f->groups = gs, f->cap = cap;
-    int *seen = xalloc(sizeof *seen * (size_t)cap);
-    f->seen = seen; /* marks restart: search numbers only grow */
+    f->seen = xalloc(sizeof *f->seen * (size_t)cap); /* marks restart: searches only grow */
+    f->stack = xalloc(sizeof *f->stack * (size_t)cap);
   }
   f->groups[f->n_groups] = (Group){.kind = kind, .loop = loop};
   return f->n_groups++;
@@ -90,7 +91,7 @@ static int count_ports(const Fuser *f, int gi) {
  * unit? Yes if a group that reads from gi reaches gi again. */
 static bool makes_cycle(Fuser *f, int gi) {
   int search = ++f->search;
-  int *stack = xalloc(sizeof *stack * (size_t)f->n_groups), top = 0;
+  int *stack = f->stack, top = 0; /* each group is pushed at most once */
   f->seen[gi] = search;
   const Group *G = &f->groups[gi];
   for (int i = 0; i < G->n_members; i++) {
@@ -121,8 +122,9 @@ static bool try_join(Fuser *f, Node *n, int gi) {
   n->group = gi;
   n->stored = needs_store(f, n, gi);
   add_member(G, n);
-  if (count_ports(f, gi) <= FUSE_MAX_PORTS && !makes_cycle(f, gi)) {
-    G->ports = count_ports(f, gi);
+  int ports = count_ports(f, gi);
+  if (ports <= FUSE_MAX_PORTS && !makes_cycle(f, gi)) {
+    G->ports = ports;
     return true;
   }
   G->n_members--;
