@@ -1,11 +1,13 @@
 /* lower_llvm.c — IR graphs → one LLVM module → a file (textual IR, assembly or object).
  *
- * Takes a planned Unit (plan.c has given every materialised node a region `io` and an element
- * `offset`) and emits the four kernels of runtime/nnrt.h — nn_forward, nn_eval, nn_grad and
- * nn_update, each `void (ptr io, i64 batch)` — plus the constant `nn_model` (NnModelDesc) that
- * tells libnnrt.a about them. Each kernel lowers the nodes its chosen outputs need, in graph
- * order, as straight-line code with one loop nest per node: ELEM ops and broadcasts loop over
- * the result, reductions over their input, matmul in m-k-n order. Loop nests are plain counted
+ * Takes a fused, planned Unit (fuse.c has grouped the nodes, plan.c has given every stored
+ * node a region `io` and an element `offset`) and emits the four kernels of runtime/nnrt.h —
+ * nn_forward, nn_eval, nn_grad and nn_update, each `void (ptr io, i64 batch)`, as kernel_specs
+ * says — plus the constant `nn_model` (NnModelDesc) that tells libnnrt.a about them. Each
+ * kernel lowers the groups its chosen outputs need, in group order, as straight-line code with
+ * one loop nest per group: a loop group computes its members in registers and stores only the
+ * stored ones (a reduction's loop runs over its input), matmul loops in m-k-n order, window
+ * ops over samples, positions and taps. Loop nests are plain counted
  * loops that LLVM's O2/O3 pipeline (vectoriser included) then optimises for the target CPU.
  * This is the only file that includes llvm-c. */
 #include <math.h>
