@@ -147,15 +147,17 @@ GRAD(grad_pow) {
   d[0] = ir_unbroadcast(b, ir_mul(b, g, ir_mul(b, B, pm1)), A->shape);
   d[1] = ir_unbroadcast(b, ir_mul(b, g, ir_mul(b, n, ir_unary(b, OP_LOG, A))), B->shape);
 }
-/* c = max(a, b): the gradient goes to the larger; ties go to b */
+/* c = max(a, b): the gradient goes to the larger; ties go to b. a > b exactly when c > b (NaN
+ * included: max is a > b ? a : b), and the mask is taken from c so that the backward pass
+ * reads the value the forward pass stores anyway (relu's output), not its operand too. */
 GRAD(grad_max) {
-  Node *pick_a = ir_binary(b, OP_CMPGT, A, B);
+  Node *pick_a = ir_binary(b, OP_CMPGT, n, B);
   d[0] = ir_unbroadcast(b, ir_mul(b, g, pick_a), A->shape);
   d[1] = ir_unbroadcast(b, ir_mul(b, g, ir_sub(b, ONE, pick_a)), B->shape);
 }
-/* c = min(a, b): the gradient goes to the smaller; ties go to b */
+/* c = min(a, b): the gradient goes to the smaller; ties go to b (a < b exactly when b > c) */
 GRAD(grad_min) {
-  Node *pick_a = ir_binary(b, OP_CMPGT, B, A);
+  Node *pick_a = ir_binary(b, OP_CMPGT, B, n);
   d[0] = ir_unbroadcast(b, ir_mul(b, g, pick_a), A->shape);
   d[1] = ir_unbroadcast(b, ir_mul(b, g, ir_sub(b, ONE, pick_a)), B->shape);
 }
