@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "nnc.h"
+#include "../runtime/embed.h"
 
 #ifndef NNC_LINK_FLAGS
 #define NNC_LINK_FLAGS "" /* e.g. "-fsanitize=address,undefined" to match a sanitized runtime */
@@ -35,26 +36,32 @@ static char *exe_dir(void) {
   return slash ? xstrndup(buf, (size_t)(slash - buf + 1)) : xstrdup("");
 }
 
-/* Path of libnnrt.a, or NULL after an error naming every place tried. */
-static const char *find_runtime(void) {
+/* Path of the library `file` (libnnrt.a, libnnembed.a), or NULL after an error naming every
+ * place tried; `built` is where CMake put it (NULL if unknown). */
+static const char *find_library(const char *file, const char *built) {
   char *dir = exe_dir();
   const char *tried[3];
   int n = 0;
   if (*dir) {
-    tried[n++] = xprintf("%slibnnrt.a", dir);
-    tried[n++] = xprintf("%s../lib/nnc/libnnrt.a", dir);
+    tried[n++] = xprintf("%s%s", dir, file);
+    tried[n++] = xprintf("%s../lib/nnc/%s", dir, file);
   }
-#ifdef NNRT_LIBRARY
-  tried[n++] = NNRT_LIBRARY;
-#endif
+  if (built) tried[n++] = built;
   for (int i = 0; i < n; i++)
     if (access(tried[i], R_OK) == 0) return tried[i];
   char *where = xstrdup("");
   for (int i = 0; i < n; i++) where = xprintf("%s%s%s", where, i ? ", " : "", tried[i]);
-  fprintf(stderr, "nnc: error: cannot find the runtime library libnnrt.a (looked in %s)\n",
+  fprintf(stderr, "nnc: error: cannot find the runtime library %s (looked in %s)\n", file,
           n ? where : "no known place");
   return NULL;
 }
+
+#ifndef NNRT_LIBRARY
+#define NNRT_LIBRARY NULL
+#endif
+#ifndef NNEMBED_LIBRARY
+#define NNEMBED_LIBRARY NULL
+#endif
 
 /* Appends the space-separated words of `s` to argv. */
 static void split_words(const char *s, char **argv, int *argc) {
@@ -110,7 +117,7 @@ static int run(char **argv) {
     return -1;
   }
   if (WIFSIGNALED(status)) {
-    fprintf(stderr, "nnc: error: linking failed: %s was killed by signal %d\n", argv[0],
+    fprintf(stderr, "nnc: error: %s was killed by signal %d\n", argv[0],
             WTERMSIG(status));
     return -1;
   }
@@ -118,7 +125,7 @@ static int run(char **argv) {
 }
 
 bool link_executable(const char *obj, const char *exe) {
-  const char *lib = find_runtime();
+  const char *lib = find_library("libnnrt.a", NNRT_LIBRARY);
   if (!lib) return false;
   char *argv[MAX_ARGS];
   int argc = 0;
@@ -140,4 +147,43 @@ bool link_executable(const char *obj, const char *exe) {
     return false;
   }
   return true;
+}
+
+/* Runs argv (NULL-terminated); false after an error naming the tool. */
+static bool run_tool(char **argv) {
+  int status = run(argv);
+  if (status < 0) return false;
+  if (status != 0) {
+    fprintf(stderr, "nnc: error: %s exited with status %d\n", argv[0], status);
+    return false;
+  }
+  return true;
+}
+
+bool link_embed_object(const char *kernels, const char *out, const char *name) {
+  const char *lib = find_library("libnnembed.a", NNEMBED_LIBRARY);
+  if (!lib) return false;
+  /* one relocatable object: the kernels and all of the support code */
+  char *ld[] = {"ld", "-r", "-o", (char *)out, (char *)kernels, "--whole-archive", (char *)lib,
+                "--no-whole-archive", NULL};
+  if (!run_tool(ld)) return false;
+  /* nne_X -> NAME_X; then NAME_X stay global and everything else becomes local */
+  static const char *const api[] = {
+#define API(x) #x,
+      NNE_API(API)
+#undef API
+  };
+  enum { N_API = sizeof api / sizeof *api };
+  char *rename[2 * N_API + 3], *keep[2 * N_API + 3];
+  int nr = 0, nk = 0;
+  rename[nr++] = keep[nk++] = "objcopy";
+  for (int i = 0; i < N_API; i++) {
+    rename[nr++] = "--redefine-sym";
+    rename[nr++] = xprintf("nne_%s=%s_%s", api[i], name, api[i]);
+    keep[nk++] = "--keep-global-symbol";
+    keep[nk++] = xprintf("%s_%s", name, api[i]);
+  }
+  rename[nr++] = keep[nk++] = (char *)out;
+  rename[nr] = keep[nk] = NULL;
+  return run_tool(rename) && run_tool(keep);
 }

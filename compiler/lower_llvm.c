@@ -22,6 +22,7 @@
 #include <llvm-c/Transforms/PassBuilder.h>
 
 #include "nnc.h"
+#include "../runtime/embed.h"
 
 enum {
   MAX_LOOPS = MAX_RANK + 2, /* matmul: leading dims, then m, k, n */
@@ -35,6 +36,7 @@ static const char *const region_name[NN_IO_COUNT] = {
 
 typedef struct Lower {
   const Unit *u;                     /* what is being compiled */
+  const Embed *embed;                /* --emit=header: also emit nn_embed; else NULL */
   LLVMContextRef ctx;                /* owns every type and constant below */
   LLVMModuleRef mod;                 /* the one module: four kernels and nn_model */
   LLVMBuilderRef b;                  /* insertion point, always in the current kernel */
@@ -1252,7 +1254,7 @@ static LLVMValueRef data_source(Lower *L, const DataSpec *d, int64_t row_width) 
                        "data_source");
 }
 
-static void emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
+static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   const Unit *u = L->u;
   int64_t x_size = shape_elems(u->x_shape, 1), y_size = shape_elems(u->y_shape, 1);
   Fields f = {0};
@@ -1295,6 +1297,35 @@ static void emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   LLVMTypeRef desc = NULL;
   LLVMValueRef init = struct_of(L, &f, &desc, "NnModelDesc", sizeof(NnModelDesc));
   LLVMValueRef g = LLVMAddGlobal(L->mod, desc, "nn_model");
+  LLVMSetInitializer(g, init);
+  LLVMSetGlobalConstant(g, 1);
+  return g;
+}
+
+/* --emit=header: NnEmbedDesc `nn_embed` for the support code (runtime/embed.h), with the
+ * baked weights as one aligned constant in the kernels' element type. ORDER EMBED */
+static void emit_embed_desc(Lower *L, const Embed *e, LLVMValueRef model) {
+  LLVMValueRef weights = LLVMConstNull(L->ptr);
+  if (e->weights && L->u->param_size > 0) {
+    size_t n = (size_t)L->u->param_size, es = (size_t)L->elem_size;
+    char *bytes = xalloc(n * es);
+    for (size_t i = 0; i < n; i++) {
+      float f = (float)e->weights[i];
+      memcpy(bytes + i * es, es == 4 ? (void *)&f : (void *)&e->weights[i], es);
+    }
+    weights = private_const(L, LLVMConstStringInContext2(L->ctx, bytes, n * es, 1), "weights");
+    LLVMSetAlignment(weights, NNE_ALIGN_PREFERRED);
+  }
+  Fields f = {0};
+  PUT_PTR(&f, NnEmbedDesc, model, model);
+  PUT_I64(&f, NnEmbedDesc, infer_arena_bytes, e->infer_arena_bytes);
+  PUT_I64(&f, NnEmbedDesc, train_arena_bytes, e->train_arena_bytes);
+  PUT_I64(&f, NnEmbedDesc, hash, (int64_t)e->hash);
+  PUT_PTR(&f, NnEmbedDesc, weights, weights);
+  PUT_I64(&f, NnEmbedDesc, has_train, L->u->has_train);
+  LLVMTypeRef ty = NULL;
+  LLVMValueRef init = struct_of(L, &f, &ty, "NnEmbedDesc", sizeof(NnEmbedDesc));
+  LLVMValueRef g = LLVMAddGlobal(L->mod, ty, "nn_embed");
   LLVMSetInitializer(g, init);
   LLVMSetGlobalConstant(g, 1);
 }
@@ -1389,13 +1420,14 @@ static void build_module(Lower *L) {
   for (int k = 0; k < N_KERNELS; k++) /* ORDER DESC: forward, eval, grad, update */
     kernel[k] = emit_kernel(L, kernel_specs[k].name, kernel_specs[k].update ? u->update : u->train,
                             kernel_specs[k].outs);
-  emit_model_desc(L, kernel);
+  LLVMValueRef model = emit_model_desc(L, kernel);
+  if (L->embed) emit_embed_desc(L, L->embed, model);
 }
 
 bool lower_llvm(const Unit *u, const Options *opts, Emit emit, const char *path) {
   LLVMTargetMachineRef tm = target_machine(opts);
   if (!tm) return false;
-  Lower L = {.u = u, .ctx = LLVMContextCreate()};
+  Lower L = {.u = u, .embed = opts->embed, .ctx = LLVMContextCreate()};
   L.mod = LLVMModuleCreateWithNameInContext(u->model ? u->model : "nn", L.ctx);
   L.b = LLVMCreateBuilderInContext(L.ctx);
   L.i64 = LLVMInt64TypeInContext(L.ctx);

@@ -25,18 +25,22 @@ static void usage(FILE *out) {
           "options:\n"
           "  -o PATH            output file (default: FILE without .nn; stdout for text dumps)\n"
           "  --emit=KIND        what to produce: exe (default), ast, ir, grad-ir,\n"
-          "                     fused-ir, llvm, asm, obj\n"
+          "                     fused-ir, llvm, asm, obj, header (-o NAME.h: NAME.h and NAME.o\n"
+          "                     for embedding in C)\n"
           "  -O0 -O1 -O2 -O3    LLVM optimisation level (default -O2)\n"
           "  --dtype=f32|f64    element type of every tensor (default f32; f64 for gradient checks)\n"
           "  --target-cpu=CPU   generate code for CPU instead of this machine's (e.g. x86-64-v3)\n"
           "  --no-fuse          one loop nest per op (to measure what fusion gains)\n"
+          "  --name=NAME        header: prefix of every symbol (default: the -o file's name)\n"
+          "  --weights=FILE     header: bake these trained weights (safetensors) into the object\n"
+          "  --max-batch=N      the largest batch a kernel call takes (default: the train block's)\n"
           "  -h, --help         print this help\n");
 }
 
 static const struct { const char *name; Emit emit; } emits[] = {
     {"exe", EMIT_EXE},   {"ast", EMIT_AST},   {"ir", EMIT_IR},  {"grad-ir", EMIT_GRAD_IR},
     {"fused-ir", EMIT_FUSED_IR},
-    {"llvm", EMIT_LLVM}, {"asm", EMIT_ASM},   {"obj", EMIT_OBJ},
+    {"llvm", EMIT_LLVM}, {"asm", EMIT_ASM},   {"obj", EMIT_OBJ},    {"header", EMIT_HEADER},
 };
 enum { N_EMITS = sizeof emits / sizeof *emits };
 
@@ -59,7 +63,7 @@ static int parse_args(int argc, char **argv, Options *o) {
       for (int j = 0; j < N_EMITS; j++)
         if (!strcmp(a + 7, emits[j].name)) k = j;
       if (k < 0) {
-        fprintf(stderr, "nnc: error: unknown --emit kind '%s' (exe, ast, ir, grad-ir, fused-ir, llvm, asm, obj)\n", a + 7);
+        fprintf(stderr, "nnc: error: unknown --emit kind '%s' (exe, ast, ir, grad-ir, fused-ir, llvm, asm, obj, header)\n", a + 7);
         return 1;
       }
       o->emit = emits[k].emit;
@@ -71,6 +75,25 @@ static int parse_args(int argc, char **argv, Options *o) {
       o->no_fuse = true;
     } else if (!strncmp(a, "--target-cpu=", 13) && a[13]) {
       o->target_cpu = a + 13;
+    } else if (!strncmp(a, "--name=", 7)) {
+      o->name = a + 7;
+    } else if (!strncmp(a, "--weights=", 10) && a[10]) {
+      o->weights = a + 10;
+    } else if (!strcmp(a, "--weights")) {
+      if (++i == argc) {
+        fprintf(stderr, "nnc: error: '--weights' needs a file name\n");
+        return 1;
+      }
+      o->weights = argv[i];
+    } else if (!strncmp(a, "--max-batch=", 12)) {
+      char *end;
+      long long v = strtoll(a + 12, &end, 10);
+      if (!a[12] || *end || v < 1 || v > (1 << 24)) {
+        fprintf(stderr, "nnc: error: --max-batch needs a whole number from 1 to %d, not '%s'\n",
+                1 << 24, a + 12);
+        return 1;
+      }
+      o->max_batch = v;
     } else if (a[0] == '-' && a[1]) {
       fprintf(stderr, "nnc: error: unknown option '%s' (see 'nnc --help')\n", a);
       return 1;
@@ -84,6 +107,11 @@ static int parse_args(int argc, char **argv, Options *o) {
   if (!o->input) {
     fprintf(stderr, "nnc: error: no input file\n");
     usage(stderr);
+    return 1;
+  }
+  if ((o->name || o->weights) && o->emit != EMIT_HEADER) {
+    fprintf(stderr, "nnc: error: %s applies only to --emit=header\n",
+            o->name ? "--name" : "--weights");
     return 1;
   }
   return 0;
@@ -108,6 +136,36 @@ static FILE *open_dump(const Options *o) {
 
 static void close_dump(FILE *f) {
   if (f && f != stdout) fclose(f);
+}
+
+/* NAME.h -> NAME.o beside it. */
+static char *object_beside(const char *header) {
+  size_t len = strlen(header);
+  if (len > 2 && !strcmp(header + len - 2, ".h")) len -= 2;
+  return xprintf("%.*s.o", (int)len, header);
+}
+
+/* --emit=header: the kernels with nn_embed to a temporary object, linked with the support code
+ * into NAME.o; NAME.h last, so a failure leaves no header that promises an object. */
+static int emit_header(const Unit *u, const Options *o) {
+  const char *header = o->output && strcmp(o->output, "-") ? o->output
+                                                            : default_output(o->input, ".h");
+  Embed *e = embed_prepare(u, o, header);
+  if (!e) return 1;
+  Options with = *o;
+  with.embed = e;
+  char tmp[] = "/tmp/nnc-XXXXXX.o";
+  int fd = mkstemps(tmp, 2);
+  if (fd < 0) {
+    fprintf(stderr, "nnc: error: cannot create a temporary object file in /tmp\n");
+    return 1;
+  }
+  close(fd);
+  bool ok = lower_llvm(u, &with, EMIT_OBJ, tmp) &&
+            link_embed_object(tmp, object_beside(header), e->name) &&
+            embed_write_header(u, e, header);
+  unlink(tmp);
+  return ok ? 0 : 1;
 }
 
 static int compile(const Options *o) {
@@ -149,6 +207,7 @@ static int compile(const Options *o) {
     close_dump(f);
     return 0;
   }
+  if (o->max_batch) u->batch = o->max_batch;
   fuse_graph(u->train, !o->no_fuse);
   plan_memory(u->train, u->batch, false);
   if (u->update) {
@@ -170,6 +229,7 @@ static int compile(const Options *o) {
     fflush(stdout);
     return lower_llvm(u, o, o->emit, path) ? 0 : 1;
   }
+  if (o->emit == EMIT_HEADER) return emit_header(u, o);
   /* an executable: object to a temporary file, then link */
   const char *exe = o->output ? o->output : default_output(o->input, "");
   char obj[] = "/tmp/nnc-XXXXXX.o";

@@ -388,13 +388,32 @@ void plan_needed(const Graph *g, unsigned outs, bool *need);
  * in the arena, where values whose lifetimes (in group order) do not overlap share space. */
 void plan_memory(Graph *g, int64_t max_batch, bool update);
 
+/* ============================== embed.c ============================== */
+
+/* What --emit=header adds to the kernels: runtime/embed.h's NnEmbedDesc, and model.h. */
+typedef struct Embed {
+  const char *name;       /* C prefix of every symbol: "fashion_cnn" */
+  const char *upper;      /* the same in capitals, for macros */
+  int64_t elem_size;      /* 4 or 8 */
+  int64_t ctx_bytes;      /* sizes in bytes, multiples of 64 except ctx */
+  int64_t params_bytes, state_bytes, infer_arena_bytes, train_arena_bytes;
+  uint64_t hash;          /* of everything header and object must agree on */
+  double *weights;        /* --weights: param_size values, or NULL */
+} Embed;
+
+typedef struct Options Options;
+/* Sizes, name and hash for a planned unit; reads --weights. NULL after an error. */
+Embed *embed_prepare(const Unit *u, const Options *o, const char *header_path);
+bool embed_write_header(const Unit *u, const Embed *e, const char *path);
+
 /* ============================== lower_llvm.c ============================== */
 
 typedef enum Emit {
   EMIT_EXE, EMIT_AST, EMIT_IR, EMIT_GRAD_IR, EMIT_FUSED_IR, EMIT_LLVM, EMIT_ASM, EMIT_OBJ,
+  EMIT_HEADER,
 } Emit;
 
-typedef struct Options {
+struct Options {
   const char *input;    /* .nn path */
   const char *output;   /* -o */
   Emit emit;            /* --emit */
@@ -403,7 +422,11 @@ typedef struct Options {
   const char *target_cpu; /* --target-cpu; NULL = host */
   bool keep_obj;        /* --keep-obj: leave the .o next to the executable */
   bool no_fuse;         /* --no-fuse: one loop nest per node (for measuring fusion) */
-} Options;
+  const char *name;     /* --name: C prefix of --emit=header's symbols; NULL = from -o */
+  const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
+  int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */
+  const Embed *embed;   /* set for --emit=header: lower_llvm also emits nn_embed */
+};
 
 /* Builds the module, runs the pass pipeline, writes `path` as llvm/asm/obj per emit.
  * Returns false after printing an error. */
@@ -413,5 +436,8 @@ bool lower_llvm(const Unit *u, const Options *opts, Emit emit, const char *path)
 
 /* cc obj libnnrt.a -lm -o exe. Returns false after printing an error. */
 bool link_executable(const char *obj, const char *exe);
+/* ld -r kernels + libnnembed.a -o out, then objcopy: the support code's nne_X become NAME_X
+ * and every other symbol local. Returns false after printing an error. */
+bool link_embed_object(const char *kernels, const char *out, const char *name);
 
 #endif

@@ -94,6 +94,13 @@ double nnrt_rng_normal(NnRng *r);             /* N(0, 1), Box–Muller */
 uint64_t nnrt_rng_below(NnRng *r, uint64_t n); /* uniform in [0, n), n > 0, unbiased */
 void nnrt_shuffle(int64_t *v, int64_t n, NnRng *r); /* Fisher–Yates */
 
+/* ---- init.c ---- */
+
+/* Each parameter draws from its own stream (seed, index), so runs are reproducible. Returns
+ * -1, or the index of a parameter whose initialiser this runtime does not know. */
+int64_t nnrt_params_init(const NnModelDesc *d, void *param, uint64_t seed);
+const char *nnrt_init_name(int64_t init); /* "glorot_uniform", ...; "?" when out of range */
+
 /* ---- data.c ---- */
 
 /* A data set in memory, in the kernels' element type, inputs already scaled. */
@@ -152,7 +159,7 @@ void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels,
 
 void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]);
 void nnrt_buffers_free(void *io[NN_IO_COUNT]);
-/* Each parameter draws from its own stream (seed, index), so runs are reproducible. */
+/* nnrt_params_init, exiting on an unknown initialiser. */
 void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed);
 /* Hyperparameters, then the step count at index n_hyper. */
 void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step);
@@ -162,7 +169,6 @@ double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */
 /* Sum of squares of n elements: non-finite when any element is (cheap finiteness test). */
 double nnrt_sum_squares(const void *base, int64_t n, int64_t elem_size);
 int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name); /* -1: no such name */
-const char *nnrt_init_name(int64_t init); /* "glorot_uniform", ...; "?" when out of range */
 const char *nnrt_dtype_name(int64_t elem_size); /* "f32" or "f64" */
 /* "f32[2,8]" into buf. */
 const char *nnrt_shape_str(int64_t elem_size, int64_t rank, const int64_t *dims, char *buf,

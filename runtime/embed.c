@@ -1,0 +1,334 @@
+/* embed.c — the support code of an embedded model (`nnc --emit=header`): takes the kernels
+ * and descriptions nnc emitted (nn_embed, nn_model) and caller-owned memory, gives the C API
+ * that model.h declares: init, forward, train_step, hyperparameters, parameter access, and
+ * weights in safetensors form from and to memory or a file.
+ *
+ * nnc renames every public nne_X here to NAME_X and hides every other symbol (embed.h), so
+ * this file has no global mutable state and never allocates except to read or write a file
+ * (the *_file functions), never prints and never exits: every problem is an error code. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "embed.h"
+#include "nnrt_internal.h"
+#include "safetensors.h"
+
+extern const NnEmbedDesc nn_embed;
+
+#define FORMAT "nnc.weights" /* __metadata__ format of the files save_weights writes */
+
+enum {
+#define ERR(name, value, text) NNE_##name = value,
+  NNE_ERRORS(ERR)
+#undef ERR
+};
+
+static const NnModelDesc *desc(void) { return nn_embed.model; }
+
+static NneCtx *ready(void *ctx) {
+  NneCtx *c = ctx;
+  return c && c->magic == nn_embed.hash ? c : NULL;
+}
+
+static int misaligned(const void *p) {
+  return ((uintptr_t)p % (uintptr_t)desc()->elem_size) != 0;
+}
+
+void nne_get_layout(NneLayout *out) {
+  const NnModelDesc *d = desc();
+  if (!out)
+    return;
+  out->ctx_bytes = NNE_CTX_BYTES(d->n_hyper);
+  out->params_bytes = (size_t)(d->param_size * d->elem_size);
+  out->grads_bytes = out->params_bytes;
+  out->state_bytes = (size_t)(d->state_size * d->elem_size);
+  out->infer_arena_bytes = (size_t)nn_embed.infer_arena_bytes;
+  out->train_arena_bytes = (size_t)nn_embed.train_arena_bytes;
+  out->align = (size_t)d->elem_size;
+  out->max_batch = d->max_batch;
+  out->hash = nn_embed.hash;
+}
+
+int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t header_hash) {
+  const NnModelDesc *d = desc();
+  NneCtx *c = ctx;
+  if (!c || !mem)
+    return NNE_ERR_ARG;
+  c->magic = 0;
+  if (header_hash != nn_embed.hash || d->abi_version != NN_ABI_VERSION)
+    return NNE_ERR_ABI;
+  if (!mem->arena || mem->arena_bytes < (size_t)nn_embed.infer_arena_bytes ||
+      (!mem->params && !nn_embed.weights))
+    return NNE_ERR_MEMORY;
+  if (misaligned(mem->params) || misaligned(mem->grads) || misaligned(mem->state) ||
+      misaligned(mem->arena))
+    return NNE_ERR_ALIGN;
+  memset(c->io, 0, sizeof c->io);
+  c->io[NN_IO_ARENA] = mem->arena;
+  c->writable = mem->params != NULL;
+  c->io[NN_IO_PARAM] = mem->params ? mem->params : (void *)(uintptr_t)nn_embed.weights;
+  if (mem->params && nn_embed.weights)
+    memcpy(mem->params, nn_embed.weights, (size_t)(d->param_size * d->elem_size));
+  else if (mem->params && nnrt_params_init(d, mem->params, seed) >= 0)
+    return NNE_ERR_ABI; /* an initialiser this support code does not know */
+  c->can_train = nn_embed.has_train && mem->params && mem->grads && mem->state &&
+                 mem->arena_bytes >= (size_t)nn_embed.train_arena_bytes;
+  if (c->can_train) {
+    c->io[NN_IO_GRAD] = mem->grads;
+    c->io[NN_IO_STATE] = mem->state;
+    memset(mem->state, 0, (size_t)(d->state_size * d->elem_size)); /* optimizer state starts at 0 */
+  }
+  c->io[NN_IO_LOSS] = &c->loss;
+  c->io[NN_IO_HYPER] = c->hyper;
+  for (int64_t i = 0; i < d->n_hyper; i++)
+    c->hyper[i] = d->hyper_defaults[i];
+  c->step = 0;
+  c->hyper[d->n_hyper] = 0;
+  c->loss = 0;
+  c->magic = nn_embed.hash;
+  return NNE_OK;
+}
+
+/* 1 when all n elements at p are finite. */
+static int all_finite(const void *p, int64_t n, int64_t es) {
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite(nnrt_get(p, i, es)))
+      return 0;
+  return 1;
+}
+
+static int bad_batch(int64_t batch) { return batch < 1 || batch > desc()->max_batch; }
+
+int nne_forward(void *ctx, const void *in, void *out, int64_t batch) {
+  NneCtx *c = ready(ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (!in || !out || bad_batch(batch))
+    return NNE_ERR_ARG;
+  if (misaligned(in) || misaligned(out))
+    return NNE_ERR_ALIGN;
+  c->io[NN_IO_X] = (void *)(uintptr_t)in; /* the kernels only read X */
+  c->io[NN_IO_OUT] = out;
+  desc()->forward(c->io, batch);
+  c->io[NN_IO_X] = c->io[NN_IO_OUT] = NULL;
+  return NNE_OK;
+}
+
+/* The training binary's step (train.c): gradients and loss, then, when they are finite, one
+ * optimizer update with the step count advanced. */
+int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, double *loss) {
+  const NnModelDesc *d = desc();
+  NneCtx *c = ready(ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (!x || !y || bad_batch(batch))
+    return NNE_ERR_ARG;
+  if (!c->can_train)
+    return NNE_ERR_NO_TRAIN;
+  if (misaligned(x) || misaligned(y))
+    return NNE_ERR_ALIGN;
+  c->io[NN_IO_X] = (void *)(uintptr_t)x;
+  c->io[NN_IO_Y] = (void *)(uintptr_t)y;
+  /* grad also writes OUT, which nobody reads here: the training arena ends with room for it */
+  c->io[NN_IO_OUT] = (char *)c->io[NN_IO_ARENA] + nn_embed.train_arena_bytes -
+                     d->max_batch * d->out_size * d->elem_size;
+  d->grad(c->io, batch);
+  double l = c->loss;
+  if (loss)
+    *loss = l;
+  int finite = isfinite(l) && all_finite(c->io[NN_IO_GRAD], d->param_size, d->elem_size);
+  if (finite) {
+    c->hyper[d->n_hyper] = (double)++c->step;
+    d->update(c->io, batch);
+  }
+  c->io[NN_IO_X] = c->io[NN_IO_Y] = c->io[NN_IO_OUT] = NULL;
+  return finite ? NNE_OK : NNE_ERR_NONFINITE;
+}
+
+int64_t nne_steps(const void *ctx) {
+  const NneCtx *c = ready((void *)(uintptr_t)ctx);
+  return c ? c->step : NNE_ERR_NOT_INIT;
+}
+
+static int64_t hyper_index(const char *name) {
+  if (!name)
+    return -1;
+  for (int64_t i = 0; i < desc()->n_hyper; i++)
+    if (!strcmp(desc()->hyper_names[i], name))
+      return i;
+  return -1;
+}
+
+int nne_set_hyper(void *ctx, const char *name, double value) {
+  NneCtx *c = ready(ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  int64_t i = hyper_index(name);
+  if (i < 0)
+    return NNE_ERR_NO_NAME;
+  c->hyper[i] = value;
+  return NNE_OK;
+}
+
+int nne_get_hyper(const void *ctx, const char *name, double *value) {
+  NneCtx *c = ready((void *)(uintptr_t)ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  int64_t i = hyper_index(name);
+  if (i < 0)
+    return NNE_ERR_NO_NAME;
+  if (value)
+    *value = c->hyper[i];
+  return NNE_OK;
+}
+
+void *nne_param(void *ctx, int64_t index) {
+  NneCtx *c = ready(ctx);
+  if (!c || !c->writable || index < 0 || index >= desc()->n_params)
+    return NULL;
+  return (char *)c->io[NN_IO_PARAM] + desc()->params[index].offset * desc()->elem_size;
+}
+
+/* ---- weights ---- */
+
+/* Copies t into n elements of es bytes at dst, converting F32 <-> F64 when needed. */
+static void copy_tensor(const NnStTensor *t, void *dst, int64_t n, int64_t es) {
+  int width = strcmp(t->dtype, "F32") == 0 ? 4 : 8;
+  if (width == es) {
+    memcpy(dst, t->bytes, (size_t)(n * es));
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    double v;
+    if (width == 4) {
+      float f;
+      memcpy(&f, t->bytes + 4 * i, 4);
+      v = f;
+    } else {
+      memcpy(&v, t->bytes + 8 * i, 8);
+    }
+    nnrt_set(dst, i, es, v);
+  }
+}
+
+static int fits(const NnStTensor *t, const NnParamInfo *p) {
+  if (strcmp(t->dtype, "F32") && strcmp(t->dtype, "F64"))
+    return 0;
+  if (t->rank != p->rank)
+    return 0;
+  for (int64_t i = 0; i < p->rank; i++)
+    if (t->dims[i] != p->dims[i])
+      return 0;
+  return 1;
+}
+
+/* Every parameter must be in the file with its shape (F32 or F64); other tensors, such as a
+ * training checkpoint's optimizer state, are ignored. Nothing is copied unless all fit. */
+int nne_load_weights(void *ctx, const void *buf, size_t len) {
+  const NnModelDesc *d = desc();
+  NneCtx *c = ready(ctx);
+  NnStFile st;
+  NnStTensor t;
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (!buf)
+    return NNE_ERR_ARG;
+  if (!c->writable)
+    return NNE_ERR_READ_ONLY;
+  if (nnrt_st_open(buf, len, &st) != 0)
+    return NNE_ERR_FORMAT;
+  for (int pass = 0; pass < 2; pass++)
+    for (int64_t k = 0; k < d->n_params; k++) {
+      const NnParamInfo *p = &d->params[k];
+      int found = nnrt_st_find(&st, p->name, &t);
+      if (found < 0)
+        return NNE_ERR_FORMAT;
+      if (!found || !fits(&t, p))
+        return NNE_ERR_MISMATCH;
+      if (pass == 1)
+        copy_tensor(&t, (char *)c->io[NN_IO_PARAM] + p->offset * d->elem_size, p->size,
+                    d->elem_size);
+    }
+  return NNE_OK;
+}
+
+int nne_load_weights_file(void *ctx, const char *path) {
+  if (!ready(ctx))
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (!path)
+    return NNE_ERR_ARG;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NNE_ERR_IO;
+  long size = -1;
+  if (fseek(f, 0, SEEK_END) == 0)
+    size = ftell(f);
+  if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    fclose(f);
+    return NNE_ERR_IO;
+  }
+  void *buf = malloc(size ? (size_t)size : 1);
+  if (!buf) {
+    fclose(f);
+    return NNE_ERR_NOMEM;
+  }
+  size_t got = fread(buf, 1, (size_t)size, f);
+  fclose(f);
+  int rc = got == (size_t)size ? nne_load_weights(ctx, buf, got) : NNE_ERR_IO;
+  free(buf);
+  return rc;
+}
+
+/* The parameters as a safetensors file in buf; *len gets the size (also when it does not fit
+ * or buf is NULL, which returns NNE_ERR_SPACE). */
+int nne_save_weights(const void *ctx, void *buf, size_t cap, size_t *len) {
+  const NnModelDesc *d = desc();
+  const NneCtx *c = ready((void *)(uintptr_t)ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  size_t head = nnrt_st_header(NULL, 0, d, FORMAT);
+  size_t total = head + (size_t)(d->param_size * d->elem_size);
+  if (len)
+    *len = total;
+  if (!buf || cap < total)
+    return NNE_ERR_SPACE;
+  nnrt_st_header(buf, cap, d, FORMAT);
+  memcpy((char *)buf + head, c->io[NN_IO_PARAM], total - head); /* model order = file order */
+  return NNE_OK;
+}
+
+int nne_save_weights_file(const void *ctx, const char *path) {
+  const NnModelDesc *d = desc();
+  const NneCtx *c = ready((void *)(uintptr_t)ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (!path)
+    return NNE_ERR_ARG;
+  size_t head = nnrt_st_header(NULL, 0, d, FORMAT);
+  char *h = malloc(head);
+  if (!h)
+    return NNE_ERR_NOMEM;
+  nnrt_st_header(h, head, d, FORMAT);
+  FILE *f = fopen(path, "wb");
+  if (!f) {
+    free(h);
+    return NNE_ERR_IO;
+  }
+  size_t body = (size_t)(d->param_size * d->elem_size);
+  int ok = fwrite(h, 1, head, f) == head && (!body || fwrite(c->io[NN_IO_PARAM], 1, body, f) == body);
+  ok &= fclose(f) == 0;
+  free(h);
+  return ok ? NNE_OK : NNE_ERR_IO;
+}
+
+const char *nne_strerror(int err) {
+  switch (err) {
+#define ERR(name, value, text) \
+  case value: return text;
+    NNE_ERRORS(ERR)
+#undef ERR
+  }
+  return "unknown error code";
+}

@@ -1,0 +1,293 @@
+/* safetensors.c — takes a safetensors file in memory and a tensor name, gives that tensor's
+ * dtype, shape and bytes; and writes the header of a file holding a model's parameters. No
+ * allocation and no exit anywhere: the JSON header is scanned in place, one entry at a time,
+ * and anything malformed is reported as a return value.
+ *
+ * Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian header length
+ * N; N bytes of JSON; the tensor bytes, little-endian, `data_offsets` relative to the end of
+ * the header. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "safetensors.h"
+
+enum { MAX_HEADER = 100 << 20, MAX_NAME = 256, MAX_DEPTH = 64 };
+
+typedef struct Scan {
+  const char *p, *end; /* the unread rest of the header */
+} Scan;
+
+static void ws(Scan *s) {
+  while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+    s->p++;
+}
+
+static int eat(Scan *s, char c) {
+  ws(s);
+  if (s->p < s->end && *s->p == c) {
+    s->p++;
+    return 1;
+  }
+  return 0;
+}
+
+/* A JSON string into out (NUL-terminated); *fits is 0 when it did not fit or held a \u escape
+ * beyond ASCII (such a key matches no tensor name this code looks for). 0 on a syntax error. */
+static int string(Scan *s, char *out, size_t cap, int *fits) {
+  size_t n = 0;
+  *fits = 1;
+  if (!eat(s, '"'))
+    return 0;
+  while (s->p < s->end && *s->p != '"') {
+    char c = *s->p++;
+    if (c == '\\') {
+      if (s->p >= s->end)
+        return 0;
+      char e = *s->p++;
+      const char *map = strchr("\"\"\\\\//b\bf\fn\nr\rt\t", e);
+      if (e == 'u') {
+        unsigned v = 0;
+        for (int i = 0; i < 4; i++, s->p++) {
+          if (s->p >= s->end)
+            return 0;
+          char h = *s->p;
+          int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                  : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+          if (d < 0)
+            return 0;
+          v = v << 4 | (unsigned)d;
+        }
+        if (v == 0 || v > 0x7f)
+          *fits = 0;
+        c = (char)v;
+      } else if (map && (map - "\"\"\\\\//b\bf\fn\nr\rt\t") % 2 == 0) {
+        c = map[1];
+      } else {
+        return 0;
+      }
+    } else if ((unsigned char)c < 0x20) {
+      return 0;
+    }
+    if (n + 1 < cap)
+      out[n++] = c;
+    else
+      *fits = 0;
+  }
+  if (cap)
+    out[n] = '\0';
+  return eat(s, '"');
+}
+
+/* Skips any JSON value; 0 on a syntax error. */
+static int skip_value(Scan *s, int depth) {
+  char tmp[1];
+  int fits;
+  ws(s);
+  if (s->p >= s->end || depth > MAX_DEPTH)
+    return 0;
+  if (*s->p == '"')
+    return string(s, tmp, sizeof tmp, &fits);
+  if (*s->p == '{' || *s->p == '[') {
+    char close = *s->p == '{' ? '}' : ']';
+    int object = *s->p == '{';
+    s->p++;
+    if (eat(s, close))
+      return 1;
+    do {
+      if (object && (!string(s, tmp, sizeof tmp, &fits) || !eat(s, ':')))
+        return 0;
+      if (!skip_value(s, depth + 1))
+        return 0;
+    } while (eat(s, ','));
+    return eat(s, close);
+  }
+  const char *start = s->p;
+  while (s->p < s->end && strchr("0123456789+-.eEtrufalsn", *s->p))
+    s->p++;
+  return s->p > start;
+}
+
+/* A non-negative integer below 2^62. */
+static int integer(Scan *s, int64_t *v) {
+  ws(s);
+  const char *start = s->p;
+  *v = 0;
+  while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+    if (*v > ((int64_t)1 << 62) / 10)
+      return 0;
+    *v = *v * 10 + (*s->p++ - '0');
+  }
+  return s->p > start && (s->p >= s->end || !strchr(".eE", *s->p));
+}
+
+/* [n, n, ...] with at most max entries; returns the count or -1. */
+static int64_t int_list(Scan *s, int64_t *out, int64_t max) {
+  int64_t n = 0;
+  if (!eat(s, '['))
+    return -1;
+  if (eat(s, ']'))
+    return 0;
+  do {
+    if (n == max || !integer(s, &out[n++]))
+      return -1;
+  } while (eat(s, ','));
+  return eat(s, ']') ? n : -1;
+}
+
+static int dtype_width(const char *t) {
+  static const struct { const char *name; int width; } types[] = {
+      {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4}, {"I16", 2},
+      {"I8", 1},  {"U64", 8}, {"U32", 4}, {"U16", 2},  {"U8", 1},  {"BOOL", 1},
+      {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    if (strcmp(t, types[i].name) == 0)
+      return types[i].width;
+  return 0;
+}
+
+int nnrt_st_open(const void *file, size_t size, NnStFile *st) {
+  const unsigned char *f = file;
+  if (!f || size < 8)
+    return -1;
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; i--)
+    n = n << 8 | f[i];
+  if (n == 0 || n > MAX_HEADER || n > size - 8 || f[8] != '{')
+    return -1;
+  st->header = (const char *)f + 8;
+  st->header_len = (size_t)n;
+  st->data = f + 8 + n;
+  st->data_len = size - 8 - (size_t)n;
+  return 0;
+}
+
+/* The entry object at s into t; 0 on any problem. */
+static int entry(Scan *s, const NnStFile *st, NnStTensor *t) {
+  char key[32];
+  int fits, has_dtype = 0;
+  int64_t off[2] = {-1, -1};
+  memset(t, 0, sizeof *t);
+  t->rank = -1;
+  if (!eat(s, '{'))
+    return 0;
+  if (!eat(s, '}')) {
+    do {
+      if (!string(s, key, sizeof key, &fits) || !eat(s, ':'))
+        return 0;
+      if (fits && !strcmp(key, "dtype")) {
+        if (!string(s, t->dtype, sizeof t->dtype, &fits) || !fits)
+          return 0;
+        has_dtype = 1;
+      } else if (fits && !strcmp(key, "shape")) {
+        if ((t->rank = int_list(s, t->dims, NNRT_ST_MAX_RANK)) < 0)
+          return 0;
+      } else if (fits && !strcmp(key, "data_offsets")) {
+        if (int_list(s, off, 2) != 2)
+          return 0;
+      } else if (!skip_value(s, 1)) {
+        return 0;
+      }
+    } while (eat(s, ','));
+    if (!eat(s, '}'))
+      return 0;
+  }
+  int width = has_dtype ? dtype_width(t->dtype) : 0;
+  if (!width || t->rank < 0 || off[0] < 0 || off[0] > off[1] || (uint64_t)off[1] > st->data_len)
+    return 0;
+  int64_t elems = 1;
+  for (int64_t i = 0; i < t->rank; i++) {
+    if (t->dims[i] > 0 && elems > (INT64_MAX / 16) / t->dims[i])
+      return 0;
+    elems *= t->dims[i];
+  }
+  if (off[1] - off[0] != elems * width)
+    return 0;
+  t->bytes = st->data + off[0];
+  t->nbytes = off[1] - off[0];
+  return 1;
+}
+
+int nnrt_st_find(const NnStFile *st, const char *name, NnStTensor *t) {
+  Scan s = {st->header, st->header + st->header_len};
+  char key[MAX_NAME];
+  int fits;
+  if (!eat(&s, '{'))
+    return -1;
+  if (eat(&s, '}'))
+    return 0;
+  do {
+    if (!string(&s, key, sizeof key, &fits) || !eat(&s, ':'))
+      return -1;
+    if (fits && !strcmp(key, name))
+      return entry(&s, st, t) ? 1 : -1;
+    if (!skip_value(&s, 1))
+      return -1;
+  } while (eat(&s, ','));
+  return eat(&s, '}') ? 0 : -1;
+}
+
+/* ---- writing ---- */
+
+/* Appends to buf at *n what fits in cap; *n always advances by the full length, so a
+ * first call with cap 0 measures. Pieces are short: names go through put_string. */
+__attribute__((format(printf, 4, 5))) static void put(char *buf, size_t cap, size_t *n,
+                                                      const char *fmt, ...) {
+  char tmp[128];
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (k <= 0)
+    return;
+  if ((size_t)k >= sizeof tmp)
+    k = sizeof tmp - 1;
+  for (int i = 0; i < k; i++, (*n)++)
+    if (*n < cap)
+      buf[*n] = tmp[i];
+}
+
+/* s as a JSON string (names are identifiers with dots, but quote what must be quoted). */
+static void put_string(char *buf, size_t cap, size_t *n, const char *s) {
+  put(buf, cap, n, "\"");
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      put(buf, cap, n, "\\%c", c);
+    else if (c < 0x20)
+      put(buf, cap, n, "\\u%04x", c);
+    else
+      put(buf, cap, n, "%c", c);
+  }
+  put(buf, cap, n, "\"");
+}
+
+size_t nnrt_st_header(char *buf, size_t cap, const NnModelDesc *d, const char *format) {
+  size_t n = 8; /* the length comes first, written last */
+  int64_t offset = 0, es = d->elem_size;
+  put(buf, cap, &n, "{\"__metadata__\":{\"format\":");
+  put_string(buf, cap, &n, format);
+  put(buf, cap, &n, ",\"model\":");
+  put_string(buf, cap, &n, d->name ? d->name : "");
+  put(buf, cap, &n, "}");
+  for (int64_t k = 0; k < d->n_params; k++) {
+    const NnParamInfo *p = &d->params[k];
+    put(buf, cap, &n, ",");
+    put_string(buf, cap, &n, p->name);
+    put(buf, cap, &n, ":{\"dtype\":\"%s\",\"shape\":[", es == 4 ? "F32" : "F64");
+    for (int64_t i = 0; i < p->rank; i++)
+      put(buf, cap, &n, "%s%lld", i ? "," : "", (long long)p->dims[i]);
+    put(buf, cap, &n, "],\"data_offsets\":[%lld,%lld]}", (long long)offset,
+        (long long)(offset + p->size * es));
+    offset += p->size * es;
+  }
+  put(buf, cap, &n, "}");
+  while (n % 8)
+    put(buf, cap, &n, " ");
+  if (n <= cap) {
+    uint64_t len = n - 8;
+    for (int i = 0; i < 8; i++)
+      buf[i] = (char)(unsigned char)(len >> (8 * i));
+  }
+  return n;
+}

@@ -1,0 +1,44 @@
+/* safetensors.h — reading and writing the safetensors layout without a heap (safetensors.c).
+ *
+ * Used where nothing may allocate or exit: the embedding support code (embed.c, linked into
+ * user programs) and nnc's --weights. The training binary's checkpoints (ckpt.c) keep their
+ * own reader, which parses the whole header into a tree to report every mismatch by name. */
+#ifndef NNRT_SAFETENSORS_H
+#define NNRT_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nnrt.h"
+
+enum { NNRT_ST_MAX_RANK = 8 };
+
+/* A safetensors file in memory, its header checked against the file's size. */
+typedef struct NnStFile {
+  const char *header;           /* the JSON header, header_len bytes (not NUL-terminated) */
+  size_t header_len;
+  const unsigned char *data;    /* the tensor bytes that follow it */
+  size_t data_len;
+} NnStFile;
+
+/* One tensor entry. */
+typedef struct NnStTensor {
+  char dtype[12];               /* "F32", "F64", ... as written */
+  int64_t rank;                 /* used entries of dims */
+  int64_t dims[NNRT_ST_MAX_RANK];
+  const unsigned char *bytes;   /* nbytes of little-endian data inside the file */
+  int64_t nbytes;
+} NnStTensor;
+
+/* 0, or -1 when `file` is not a safetensors file (too short, header out of bounds). */
+int nnrt_st_open(const void *file, size_t size, NnStFile *st);
+/* 1 with *t filled when the header has an entry `name` whose shape and offsets are valid and
+ * whose bytes lie in the file; 0 when there is no such entry; -1 when the header is malformed
+ * or the entry is inconsistent. */
+int nnrt_st_find(const NnStFile *st, const char *name, NnStTensor *t);
+/* Writes the header of a file holding every parameter of d (elem_size, in model order) and
+ * `format` as its __metadata__ "format": the 8-byte length, then the JSON padded with spaces
+ * to 8 bytes. Returns the bytes it needs; writes them only when they fit in cap. */
+size_t nnrt_st_header(char *buf, size_t cap, const NnModelDesc *d, const char *format);
+
+#endif
