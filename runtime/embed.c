@@ -193,6 +193,11 @@ void *nne_param(void *ctx, int64_t index) {
 
 /* ---- weights ---- */
 
+/* Parameter k in the context's parameter region (which pads each tensor). */
+static const void *param_bytes(const NneCtx *c, int64_t k) {
+  return (const char *)c->io[NN_IO_PARAM] + desc()->params[k].offset * desc()->elem_size;
+}
+
 /* Copies t into n elements of es bytes at dst, converting F32 <-> F64 when needed. */
 static void copy_tensor(const NnStTensor *t, void *dst, int64_t n, int64_t es) {
   int width = strcmp(t->dtype, "F32") == 0 ? 4 : 8;
@@ -288,14 +293,20 @@ int nne_save_weights(const void *ctx, void *buf, size_t cap, size_t *len) {
   const NneCtx *c = ready((void *)(uintptr_t)ctx);
   if (!c)
     return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
-  size_t head = nnrt_st_header(NULL, 0, d, FORMAT);
-  size_t total = head + (size_t)(d->param_size * d->elem_size);
+  size_t head = nnrt_st_header(NULL, 0, d, FORMAT), total = head;
+  for (int64_t k = 0; k < d->n_params; k++)
+    total += (size_t)(d->params[k].size * d->elem_size);
   if (len)
     *len = total;
   if (!buf || cap < total)
     return NNE_ERR_SPACE;
   nnrt_st_header(buf, cap, d, FORMAT);
-  memcpy((char *)buf + head, c->io[NN_IO_PARAM], total - head); /* model order = file order */
+  char *at = (char *)buf + head; /* tensors in model order, without the region's padding */
+  for (int64_t k = 0; k < d->n_params; k++) {
+    size_t bytes = (size_t)(d->params[k].size * d->elem_size);
+    memcpy(at, param_bytes(c, k), bytes);
+    at += bytes;
+  }
   return NNE_OK;
 }
 
@@ -316,8 +327,11 @@ int nne_save_weights_file(const void *ctx, const char *path) {
     free(h);
     return NNE_ERR_IO;
   }
-  size_t body = (size_t)(d->param_size * d->elem_size);
-  int ok = fwrite(h, 1, head, f) == head && (!body || fwrite(c->io[NN_IO_PARAM], 1, body, f) == body);
+  int ok = fwrite(h, 1, head, f) == head;
+  for (int64_t k = 0; k < d->n_params && ok; k++) {
+    size_t bytes = (size_t)(d->params[k].size * d->elem_size);
+    ok = !bytes || fwrite(param_bytes(c, k), 1, bytes, f) == bytes;
+  }
   ok &= fclose(f) == 0;
   free(h);
   return ok ? NNE_OK : NNE_ERR_IO;

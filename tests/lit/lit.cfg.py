@@ -14,6 +14,11 @@ config.substitutions.append(("%nnc", os.path.join(config.nnc_build_dir, "nnc")))
 config.substitutions.append(("%examples", os.path.join(config.nnc_source_dir, "examples")))
 config.substitutions.append(("%python", sys.executable))
 config.substitutions.append(("%golden", os.path.join(config.nnc_source_dir, "tests", "golden")))
+# C and C++ compilers for programs that embed a model (--emit=header), with the flags that
+# match a sanitized build's objects.
+link_flags = getattr(config, "nnc_link_flags", "")
+config.substitutions.append(("%cxx", " ".join(["g++", link_flags]).strip()))
+config.substitutions.append(("%cc", " ".join(["cc", link_flags]).strip()))
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
 config.environment["PATH"] = os.pathsep.join([config.llvm_tools_dir, config.environment.get("PATH", os.environ.get("PATH", ""))])
 for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "HOME", "TMPDIR"):
