@@ -231,8 +231,10 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
           N, (long long)shape_elems(u->y_shape, 1),
           u->labels ? ": the class index, as a number" : "", N, (long long)u->batch, N,
           u->n_params, N, u->has_train, n, N, e->weights != NULL, n);
+  int64_t count = 0;
+  for (int i = 0; i < u->n_params; i++) count += shape_elems(u->params[i].shape, 1);
   fprintf(f, "#define %s_PARAM_COUNT ((int64_t)%lld) /* parameters (elements) */\n", N,
-          (long long)u->param_size);
+          (long long)count);
   fprintf(f, "#define %s_HASH UINT64_C(0x%016llx) /* must equal %s.o's: %s_init checks */\n\n",
           N, (unsigned long long)e->hash, n, n);
   fprintf(f, "/* Memory, in bytes. */\n");
