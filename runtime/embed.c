@@ -80,8 +80,6 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
     c->io[NN_IO_STATE] = mem->state;
     memset(mem->state, 0, (size_t)(d->state_size * d->elem_size)); /* optimizer state starts at 0 */
   }
-  c->io[NN_IO_LOSS] = &c->loss;
-  c->io[NN_IO_HYPER] = c->hyper;
   for (int64_t i = 0; i < d->n_hyper; i++)
     c->hyper[i] = d->hyper_defaults[i];
   c->step = 0;
@@ -99,6 +97,13 @@ static int all_finite(const void *p, int64_t n, int64_t es) {
   return 1;
 }
 
+/* The slots inside the context itself are set per call, so a context stays valid when the
+ * caller moves or copies it. */
+static void point_into(NneCtx *c) {
+  c->io[NN_IO_LOSS] = &c->loss;
+  c->io[NN_IO_HYPER] = c->hyper;
+}
+
 static int bad_batch(int64_t batch) { return batch < 1 || batch > desc()->max_batch; }
 
 int nne_forward(void *ctx, const void *in, void *out, int64_t batch) {
@@ -109,6 +114,7 @@ int nne_forward(void *ctx, const void *in, void *out, int64_t batch) {
     return NNE_ERR_ARG;
   if (misaligned(in) || misaligned(out))
     return NNE_ERR_ALIGN;
+  point_into(c);
   c->io[NN_IO_X] = (void *)(uintptr_t)in; /* the kernels only read X */
   c->io[NN_IO_OUT] = out;
   desc()->forward(c->io, batch);
@@ -129,6 +135,7 @@ int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, doubl
     return NNE_ERR_NO_TRAIN;
   if (misaligned(x) || misaligned(y))
     return NNE_ERR_ALIGN;
+  point_into(c);
   c->io[NN_IO_X] = (void *)(uintptr_t)x;
   c->io[NN_IO_Y] = (void *)(uintptr_t)y;
   /* grad also writes OUT, which nobody reads here: the training arena ends with room for it */

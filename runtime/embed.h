@@ -30,8 +30,8 @@ typedef struct NnEmbedDesc {
 
 /* The context, opaque to the caller (model.h gives it as NAME_CTX_BYTES of storage aligned
  * for doubles and pointers): the io array handed to the kernels plus the optimizer step's
- * hyperparameters. Pointers into caller memory only, never into itself, so it may be copied
- * only before init. */
+ * hyperparameters. Between calls it points into caller memory only, never into itself (the
+ * LOSS and HYPER slots are set per call), so the caller may move or copy it. */
 typedef struct NneCtx {
   uint64_t magic;            /* the model hash once init succeeded: catches an uninitialised ctx */
   void *io[NN_IO_COUNT];     /* regions as the kernels see them; X/Y/OUT are set per call */
