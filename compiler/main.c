@@ -9,6 +9,7 @@
 #endif
 #include "nnc.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -152,6 +153,13 @@ static int emit_header(const Unit *u, const Options *o) {
                                                             : default_output(o->input, ".h");
   Embed *e = embed_prepare(u, o, header);
   if (!e) return 1;
+  const char *obj = object_beside(header);
+  FILE *probe = fopen(obj, "wb"); /* a clear message before ld's, for a folder not there */
+  if (!probe) {
+    fprintf(stderr, "nnc: error: cannot write '%s': %s\n", obj, strerror(errno));
+    return 1;
+  }
+  fclose(probe);
   Options with = *o;
   with.embed = e;
   char tmp[] = "/tmp/nnc-XXXXXX.o";
@@ -161,10 +169,10 @@ static int emit_header(const Unit *u, const Options *o) {
     return 1;
   }
   close(fd);
-  bool ok = lower_llvm(u, &with, EMIT_OBJ, tmp) &&
-            link_embed_object(tmp, object_beside(header), e->name) &&
+  bool ok = lower_llvm(u, &with, EMIT_OBJ, tmp) && link_embed_object(tmp, obj, e->name) &&
             embed_write_header(u, e, header);
   unlink(tmp);
+  if (!ok) unlink(obj);
   return ok ? 0 : 1;
 }
 
