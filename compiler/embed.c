@@ -7,6 +7,7 @@
  * training one. Every region size is rounded up to a multiple of 64 bytes so that it is never
  * 0 (a C array cannot be) and regions can sit back to back at the preferred alignment. */
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,6 +133,40 @@ static bool read_weights(const Unit *u, const char *path, Embed *e) {
   return true;
 }
 
+static int by_magnitude(const void *a, const void *b) {
+  double x = fabs(*(const double *)a), y = fabs(*(const double *)b);
+  return (x > y) - (x < y);
+}
+
+/* --prune: magnitude pruning of every weight matrix (rank >= 2; biases and other vectors are
+ * kept), the smallest `fraction` of each tensor's entries set to 0. */
+static void prune_weights(const Unit *u, Embed *e, double fraction) {
+  int64_t pruned = 0, total = 0, all = 0, zeros = 0;
+  int tensors = 0;
+  for (int k = 0; k < u->n_params; k++) {
+    const ParamDecl *p = &u->params[k];
+    int64_t n = shape_elems(p->shape, 1);
+    double *w = e->weights + p->offset;
+    all += n;
+    if (p->shape.rank < 2 || n == 0) continue;
+    double *sorted = xalloc(sizeof *sorted * (size_t)n);
+    memcpy(sorted, w, sizeof *sorted * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof *sorted, by_magnitude);
+    int64_t want = (int64_t)(fraction * (double)n), done = 0;
+    double limit = want ? fabs(sorted[want - 1]) : -1;
+    for (int64_t i = 0; i < n && done < want; i++)
+      if (fabs(w[i]) <= limit) w[i] = 0, done++;
+    pruned += done, total += n, tensors++;
+  }
+  for (int k = 0; k < u->n_params; k++)
+    for (int64_t i = 0; i < shape_elems(u->params[k].shape, 1); i++)
+      zeros += e->weights[u->params[k].offset + i] == 0;
+  printf("pruned: %lld of %lld weights in %d matri%s (%.1f%%); %.1f%% of all %lld parameters "
+         "are 0\n", (long long)pruned, (long long)total, tensors, tensors == 1 ? "x" : "ces",
+         total ? 100.0 * (double)pruned / (double)total : 0.0,
+         all ? 100.0 * (double)zeros / (double)all : 0.0, (long long)all);
+}
+
 Embed *embed_prepare(const Unit *u, const Options *o, const char *header_path) {
   Embed *e = xalloc(sizeof *e);
   e->name = o->name ? o->name : name_from_path(header_path);
@@ -151,6 +186,7 @@ Embed *embed_prepare(const Unit *u, const Options *o, const char *header_path) {
   e->train_arena_bytes = round64(arena * e->elem_size) + round64(out_bytes);
   e->ctx_bytes = (int64_t)NNE_CTX_BYTES(u->n_hyper);
   if (o->weights && !read_weights(u, o->weights, e)) return NULL;
+  if (o->prune > 0) prune_weights(u, e, o->prune);
   e->hash = model_hash(u, e);
   return e;
 }

@@ -34,6 +34,8 @@ static void usage(FILE *out) {
           "  --no-fuse          one loop nest per op (to measure what fusion gains)\n"
           "  --name=NAME        header: prefix of every symbol (default: the -o file's name)\n"
           "  --weights=FILE     header: bake these trained weights (safetensors) into the object\n"
+          "  --prune=F          header: zero the fraction F of each baked weight matrix, smallest\n"
+          "                     magnitudes first\n"
           "  --max-batch=N      the largest batch a kernel call takes (default: the train block's)\n"
           "  -h, --help         print this help\n");
 }
@@ -86,6 +88,15 @@ static int parse_args(int argc, char **argv, Options *o) {
         return 1;
       }
       o->weights = argv[i];
+    } else if (!strncmp(a, "--prune=", 8)) {
+      char *end;
+      double v = strtod(a + 8, &end);
+      if (!a[8] || *end || !(v > 0 && v < 1)) {
+        fprintf(stderr, "nnc: error: --prune needs a fraction between 0 and 1, not '%s'\n",
+                a + 8);
+        return 1;
+      }
+      o->prune = v;
     } else if (!strncmp(a, "--max-batch=", 12)) {
       char *end;
       long long v = strtoll(a + 12, &end, 10);
@@ -108,6 +119,10 @@ static int parse_args(int argc, char **argv, Options *o) {
   if (!o->input) {
     fprintf(stderr, "nnc: error: no input file\n");
     usage(stderr);
+    return 1;
+  }
+  if (o->prune > 0 && !o->weights) {
+    fprintf(stderr, "nnc: error: --prune needs --weights (it prunes trained weights)\n");
     return 1;
   }
   if ((o->name || o->weights) && o->emit != EMIT_HEADER) {

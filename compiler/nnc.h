@@ -425,6 +425,7 @@ struct Options {
   const char *name;     /* --name: C prefix of --emit=header's symbols; NULL = from -o */
   const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
   int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */
+  double prune;         /* --prune: fraction of each weight matrix's --weights set to 0 */
   const Embed *embed;   /* set for --emit=header: lower_llvm also emits nn_embed */
 };
 
