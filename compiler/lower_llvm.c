@@ -1294,6 +1294,8 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_PTR(&f, NnModelDesc, grad, kernel[2]);
   PUT_PTR(&f, NnModelDesc, update, kernel[3]);
   PUT_I64(&f, NnModelDesc, arena_unplanned_bytes, arena_bytes(L, true));
+  PUT_I64(&f, NnModelDesc, patience, u->patience);
+  PUT_I64(&f, NnModelDesc, monitor, u->monitor);
   LLVMTypeRef desc = NULL;
   LLVMValueRef init = struct_of(L, &f, &desc, "NnModelDesc", sizeof(NnModelDesc));
   LLVMValueRef g = LLVMAddGlobal(L->mod, desc, "nn_model");

@@ -334,6 +334,8 @@ typedef struct Unit {
   double val_split;       /* or the fraction of the training set held out for validation */
   bool labels;            /* y is a class index per sample (y_shape is rank 0) */
   int64_t batch, epochs, seed;
+  int64_t patience;       /* early_stop: epochs without improvement before stopping; 0 = off */
+  NnMonitor monitor;      /* what early stopping watches */
   NnTask task;
   double threshold;
   bool has_train;         /* the file had a train block */

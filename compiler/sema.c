@@ -1732,6 +1732,32 @@ static bool positive_int(Sema *s, const Ast *st, int64_t *out) {
   return true;
 }
 
+/* early_stop = 3: stop after 3 epochs without improvement of `monitor = "val_loss"` (the
+ * default when there is a validation set, else "loss"). Accuracy needs a classifier, which
+ * task_of decides from the loss, so the runtime checks that one. */
+static void early_stopping(Sema *s, const Ast *patience, const Ast *monitor) {
+  static const char *const names[] = NN_MONITOR_NAMES;
+  Unit *u = s->u;
+  if (patience) positive_int(s, patience, &u->patience);
+  if (!monitor) return;
+  const Ast *m = monitor->a;
+  if (!patience) diag_error(monitor->loc, "'monitor' needs 'early_stop = N' (the patience)");
+  if (m->kind != AST_STR) {
+    diag_error(m->loc, "monitor is a string, like \"val_loss\"");
+    return;
+  }
+  for (int i = NN_MONITOR_VAL_LOSS; i < NN_MONITOR_COUNT; i++)
+    if (!strcmp(m->name, names[i])) u->monitor = (NnMonitor)i;
+  if (u->monitor == NN_MONITOR_AUTO) {
+    const char *close = diag_did_you_mean(m->name, names + 1, NN_MONITOR_COUNT - 1);
+    diag_error(m->loc, "unknown monitor \"%s\" (val_loss, val_accuracy, val_f1, loss or "
+               "accuracy)%s", m->name, close ? xprintf("; did you mean \"%s\"?", close) : "");
+  } else if (u->monitor <= NN_MONITOR_VAL_F1 && u->val.kind == NN_DATA_NONE && !u->val_split) {
+    diag_error(m->loc, "monitor \"%s\" needs a validation set; HINT: add 'validate = 0.1' "
+               "or monitor \"loss\"", m->name);
+  }
+}
+
 /* Starts u->train: binds x in f to the input and stores the model's output on it as "out".
  * (The loss's own call of the model on x is the same node: ir.c hash-conses equal nodes.) */
 static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model) {
@@ -1768,8 +1794,9 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   y->io = NN_IO_Y;
   bind(&f, "y", tensor(y));
 
-  static const char *const keys[] = {"loss",     "optimizer", "batch",     "epochs",
-                                     "seed",     "validate",  "clip_norm", "clip_value"};
+  static const char *const keys[] = {"loss",     "optimizer", "batch",      "epochs",
+                                     "seed",     "validate",  "clip_norm",  "clip_value",
+                                     "early_stop", "monitor"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
   const Ast *seen[N_KEYS] = {0};
   u->batch = 32, u->epochs = 10, u->seed = 1;
@@ -1806,6 +1833,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
       diag_error(v->loc, "validation targets are %s but training targets are %s",
                  shape_str(vy, true), shape_str(u->y_shape, true));
   }
+  early_stopping(s, seen[8], seen[9]);
   if (!seen[0] || !seen[1]) {
     diag_error(tr->loc, "train block needs %s", !seen[0] ? "a 'loss'" : "an 'optimizer'");
     return;

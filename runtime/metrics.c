@@ -140,6 +140,15 @@ static void macro_prf(const NnMetrics *m, double *p, double *r, double *f1, int6
   }
 }
 
+double nnrt_metrics_f1(const NnMetrics *m) {
+  double p, r, f1;
+  int64_t used;
+  if (!m->confusion)
+    return 0;
+  macro_prf(m, &p, &r, &f1, &used);
+  return f1;
+}
+
 static void print_confusion(const NnMetrics *m) {
   int64_t k = m->classes, most = 0;
   for (int64_t i = 0; i < k * k; i++)

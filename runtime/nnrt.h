@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 3
+#define NN_ABI_VERSION 4
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -48,6 +48,19 @@ typedef enum NnTask {
   NN_TASK_BINARY,     /* each output is one decision: out > threshold vs y > 0.5 */
   NN_TASK_MULTICLASS, /* argmax(out) vs argmax(y) */
 } NnTask;
+
+/* What early stopping watches (the train block's `monitor`, --monitor). ORDER MONITOR */
+typedef enum NnMonitor {
+  NN_MONITOR_AUTO,         /* val_loss when there is a validation set, else loss */
+  NN_MONITOR_VAL_LOSS,     /* validation loss, lower is better */
+  NN_MONITOR_VAL_ACCURACY, /* validation accuracy, higher is better */
+  NN_MONITOR_VAL_F1,       /* validation macro F1, higher is better */
+  NN_MONITOR_LOSS,         /* training loss of the epoch, lower is better */
+  NN_MONITOR_ACCURACY,     /* training accuracy of the epoch, higher is better */
+  NN_MONITOR_COUNT
+} NnMonitor;
+/* The names a .nn file and --monitor use, indexed by NnMonitor. ORDER MONITOR */
+#define NN_MONITOR_NAMES {"auto", "val_loss", "val_accuracy", "val_f1", "loss", "accuracy"}
 
 /* Where a data set comes from. */
 typedef enum NnDataKind {
@@ -115,6 +128,8 @@ typedef struct NnModelDesc {
   NnKernel grad;               /* X, Y -> LOSS, OUT, GRAD (overwritten, not accumulated) */
   NnKernel update;             /* PARAM, GRAD, STATE, HYPER -> PARAM, STATE (one optimizer step) */
   int64_t arena_unplanned_bytes; /* what NN_IO_ARENA would need with one slot per node, unfused */
+  int64_t patience;            /* early stopping: epochs without improvement; 0 = off */
+  int64_t monitor;             /* NnMonitor: what early stopping watches */
 } NnModelDesc;
 
 #endif

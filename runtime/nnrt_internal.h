@@ -52,7 +52,12 @@ typedef struct NnOptions {
   const char *init_from;     /* --init-from: copy matching tensors from this checkpoint */
   const char *load_path;     /* --load (eval, predict): parameters from this checkpoint */
   const char *input_path;    /* --input (predict): CSV or IDX inputs */
-  const char *output_path;   /* --output (predict): CSV to write, NULL for stdout */
+  const char *output_path;   /* --output/-o: predict's CSV or .npy (NULL: stdout), plot's SVG */
+  const char *log_path;      /* --log: one CSV row per step and per epoch */
+  const char *plot_path;     /* --plot (train): draw the log as an SVG at the end */
+  const char *plot_input;    /* plot: the CSV log to draw */
+  int64_t patience;          /* --patience, else desc->patience: early stopping; 0 = off */
+  int64_t monitor;           /* --monitor, else desc->monitor: an NnMonitor */
   int skip_nonfinite;        /* --skip-nonfinite: skip steps with a non-finite loss/gradient */
   int confusion;             /* --confusion: print the confusion matrix at the end */
   int quiet;                 /* --quiet: only the final lines */
@@ -206,6 +211,8 @@ void nnrt_evaluate(const NnModelDesc *d, void **io, const NnSet *set, NnMetrics 
 void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *set,
                         const NnMetrics *m, int confusion);
 const char *nnrt_fmt_loss(double v, char buf[32]); /* %.6f, or %.3e for tiny/huge values */
+/* Macro F1 over the classes seen (needs a confusion matrix: init with full = 1); 0 if none. */
+double nnrt_metrics_f1(const NnMetrics *m);
 
 /* ---- json.c ---- */
 
@@ -245,6 +252,9 @@ typedef struct NnCkptState {
   int64_t batch;    /* samples per step */
   double *hyper;    /* n_hyper values (caller-owned; load fills it when not NULL) */
   uint64_t rng[4];  /* the shuffle stream's state after the last completed epoch */
+  int64_t best_epoch; /* early stopping: epoch of the best monitored value so far; 0 none */
+  double best_value;  /* that value */
+  int64_t wait;       /* epochs since then without improvement */
   int has_meta;     /* load: 1 when the file carries nnc metadata */
 } NnCkptState;
 
@@ -268,6 +278,9 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o);
 int nnrt_eval(const NnModelDesc *d, const NnOptions *o);
 int nnrt_predict(const NnModelDesc *d, const NnOptions *o);
 int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o);
+/* plot.c: draws the CSV log `log` (from --log) as an SVG file `svg`; exits naming a bad file. */
+void nnrt_plot_file(const char *log, const char *svg);
+int nnrt_plot(const NnModelDesc *d, const NnOptions *o);
 
 /* Element i of a tensor region of elem_size-byte elements (4: float, 8: double). */
 static inline double nnrt_get(const void *base, int64_t i, int64_t elem_size) {
