@@ -97,6 +97,11 @@ static void data_push(NnData *out, int64_t *cap, const double *vals, double scal
   out->rows++;
 }
 
+int64_t nnrt_data_bytes(const NnData *data) {
+  int64_t x_elem = data->x_store == NNRT_STORE_ELEM ? data->elem_size : 1;
+  return data->rows * (data->x_size * x_elem + data->y_size * data->elem_size);
+}
+
 void nnrt_data_free(NnData *data) {
   free(data->x);
   free(data->y);

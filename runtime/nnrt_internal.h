@@ -150,6 +150,7 @@ void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out
 void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
                     NnData *out);
 void nnrt_data_free(NnData *data);
+int64_t nnrt_data_bytes(const NnData *data); /* memory its inputs and targets take */
 /* Checks one target value of a labels model: an integer class index in [0, classes). Returns
  * NULL when it is one, else what is wrong ("is not an integer", ...) in buf. */
 const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap);

@@ -581,8 +581,9 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   if (!o->quiet && r.epoch > first) {
     double samples = (double)(r.epoch - first) * (double)r.train.n;
     fflush(stdout); /* keep the order readable when stdout and stderr share a terminal */
-    fprintf(stderr, "loaded %lld samples in %.3f s\n", (long long)(r.data.rows + r.val_data.rows),
-            t_load);
+    fprintf(stderr, "loaded %lld samples in %.3f s (%.1f MB in memory)\n",
+            (long long)(r.data.rows + r.val_data.rows), t_load,
+            (double)(nnrt_data_bytes(&r.data) + nnrt_data_bytes(&r.val_data)) / 1e6);
     fprintf(stderr, "trained %.0f samples in %.3f s (%.0f samples/s, %.3f s per epoch, %lld "
             "steps)\n", samples, secs, samples / (secs > 1e-9 ? secs : 1e-9),
             secs / (double)(r.epoch - first), (long long)(r.step - steps0));
