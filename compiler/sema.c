@@ -1523,22 +1523,28 @@ static bool load_table(Sema *s, const Ast *data, DataSpec *d, Shape *y) {
   return ok;
 }
 
-/* csv("file", header = 1, targets = 1, labels = 0) and
- * idx("images.gz", "labels.gz", scale = 1/255): files first, then options. */
+/* csv("file", header = 1, targets = 1, labels = 0), idx("images.gz", "labels.gz",
+ * scale = 1/255) and npy("x.npy", "y.npy", scale = 1, targets = k): files first, then options.
+ * idx's labels are class indices; so are npy's unless `targets = k` makes them [k] vectors. */
 static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const char *source) {
-  bool is_idx = !strcmp(src->name, "idx");
+  bool is_idx = !strcmp(src->name, "idx"), is_npy = !strcmp(src->name, "npy");
   static const char *const csv_keys[] = {"header", "targets", "labels", "scale"};
   static const char *const idx_keys[] = {"scale"};
-  const char *const *keys = is_idx ? idx_keys : csv_keys;
-  int n_keys = is_idx ? 1 : 4, n_files = is_idx ? 2 : 1, files = 0;
+  static const char *const npy_keys[] = {"targets", "scale"};
+  static const int idx_opt[] = {3}, npy_opt[] = {1, 3}, csv_opt[] = {0, 1, 2, 3};
+  const char *const *keys = is_idx ? idx_keys : is_npy ? npy_keys : csv_keys;
+  const int *opt_at = is_idx ? idx_opt : is_npy ? npy_opt : csv_opt;
+  int n_keys = is_idx ? 1 : is_npy ? 2 : 4, n_files = is_idx || is_npy ? 2 : 1, files = 0;
+  const char *want = is_idx ? "the images file and the labels file"
+                     : is_npy ? "the inputs file and the targets file" : "a file name";
   double opt[4] = {0, 1, 0, 1}; /* header, targets, labels, scale */
+  bool targets_set = false;
   const char *path[2] = {NULL, NULL};
   for (int i = 0; i < src->kids.len; i++) {
     const Ast *a = src->kids.items[i];
     if (a->kind != AST_KWARG) {
       if (files == n_files || a->kind != AST_STR) {
-        diag_error(a->loc, "%s() takes %s first, as strings", src->name,
-                   is_idx ? "the images file and the labels file" : "a file name");
+        diag_error(a->loc, "%s() takes %s first, as strings", src->name, want);
         return false;
       }
       path[files++] = a->name;
@@ -1553,24 +1559,27 @@ static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const cha
                  close ? xprintf("; did you mean '%s'?", close) : "");
       return false;
     }
-    if (!const_number(s, a->a, &opt[is_idx ? 3 : k])) return false;
+    targets_set |= opt_at[k] == 1;
+    if (!const_number(s, a->a, &opt[opt_at[k]])) return false;
   }
   if (files < n_files) {
     diag_error(src->loc, "%s() needs %s", src->name,
-               is_idx ? "an images file and a labels file" : "a file name");
+               is_idx ? "an images file and a labels file"
+               : is_npy ? "an inputs file and a targets file" : "a file name");
     return false;
   }
   if (opt[1] < 1 || opt[1] != floor(opt[1]) || opt[1] > 1e6) {
     diag_error(src->loc, "targets must be a positive integer");
     return false;
   }
-  d->kind = is_idx ? NN_DATA_IDX : NN_DATA_CSV;
+  d->kind = is_idx ? NN_DATA_IDX : is_npy ? NN_DATA_NPY : NN_DATA_CSV;
   d->path = data_file(path[0], source);
   d->labels = path[1] ? data_file(path[1], source) : NULL;
   d->header = opt[0] != 0, d->scale = opt[3];
   /* class labels are one number per sample: a per-sample scalar */
-  *y = is_idx || opt[2] != 0 ? (Shape){0} : shape_of(1, (int)opt[1]);
-  if (!is_idx && opt[2] != 0 && opt[1] != 1) {
+  bool labels = is_idx || (is_npy && !targets_set) || opt[2] != 0;
+  *y = labels ? (Shape){0} : shape_of(1, (int)opt[1]);
+  if (!is_idx && !is_npy && opt[2] != 0 && opt[1] != 1) {
     diag_error(src->loc, "labels = 1 needs targets = 1 (one class index per row)");
     return false;
   }
@@ -1582,9 +1591,11 @@ static bool load_data(Sema *s, const Ast *data, DataSpec *d, Shape *y, const cha
   const Ast *src = data->a;
   d->name = data->name;
   if (src->kind == AST_TABLE) return load_table(s, data, d, y);
-  if (src->kind == AST_CALL && (!strcmp(src->name, "csv") || !strcmp(src->name, "idx")))
+  if (src->kind == AST_CALL && (!strcmp(src->name, "csv") || !strcmp(src->name, "idx") ||
+                                !strcmp(src->name, "npy")))
     return load_files(s, src, d, y, source);
-  diag_error(src->loc, "a data set is table { ... }, csv(\"file\") or idx(\"images\", \"labels\")");
+  diag_error(src->loc, "a data set is table { ... }, csv(\"file\"), idx(\"images\", "
+             "\"labels\") or npy(\"inputs.npy\", \"targets.npy\")");
   return false;
 }
 

@@ -313,15 +313,28 @@ void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out
       return;
     }
     break;
+  case NN_DATA_NPY:
+    if (s->path && *s->path) {
+      nnrt_npy_load(d, s->path, s->labels, s->scale, out);
+      return;
+    }
+    break;
   default: break;
   }
-  nnrt_fatal("this model declares no data; pass --data FILE (CSV or IDX)");
+  nnrt_fatal("this model declares no data; pass --data FILE (CSV, IDX or .npy)");
 }
 
 void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
                     NnData *out) {
   const NnDataSource *s = d->data;
   double scale = s ? s->scale : 1;
+  if (nnrt_npy_sniff(path) || nnrt_npy_path(path)) { /* a bad .npy is reported as one */
+    if (use == NNRT_USE_TARGETS && !labels)
+      nnrt_fatal("'%s' is a .npy file of inputs; HINT: name its targets file with --labels "
+                 "(or --val-labels for --val)", path);
+    nnrt_npy_load(d, path, use == NNRT_USE_TARGETS ? labels : NULL, scale, out);
+    return;
+  }
   if (labels || nnrt_idx_sniff(path)) { /* with labels, a bad IDX file is reported as one */
     if (use == NNRT_USE_TARGETS && !labels)
       nnrt_fatal("'%s' is an IDX file of inputs; HINT: name its labels file with --labels "

@@ -1,6 +1,7 @@
 /* infer.c — the `eval` and `predict` commands: take a checkpoint's parameters (--load) and a
- * data set, give the loss and metrics (eval: the eval kernel over a set with targets) or one
- * CSV row of outputs per sample (predict: the forward kernel over inputs alone).
+ * data set, give the loss and metrics (eval: the eval kernel over a set with targets) or the
+ * outputs of every sample (predict: the forward kernel over inputs alone), as CSV rows or, when
+ * the output file ends in .npy, as one (samples, outputs) NumPy array.
  *
  * eval without --data reports on the set `train` reports its final metrics on: the declared
  * validation set, else the held-out split (drawn from the checkpoint's seed), else the
@@ -123,10 +124,14 @@ int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
     nnrt_fatal("this model has no forward kernel; HINT: rebuild it with a newer nnc");
   load_model(d, o, io, &st);
   nnrt_data_file(d, o->input_path, NULL, NNRT_USE_INPUTS, &in);
-  FILE *f = o->output_path ? fopen(o->output_path, "w") : stdout;
+  int npy = o->output_path && nnrt_npy_path(o->output_path);
+  FILE *f = o->output_path ? fopen(o->output_path, npy ? "wb" : "w") : stdout;
   if (!f)
     nnrt_fatal("cannot create '%s': %s", o->output_path, strerror(errno));
-  write_header(f, d);
+  if (npy)
+    nnrt_npy_write_header(f, d->elem_size, in.rows, d->out_size);
+  else
+    write_header(f, d);
   int64_t *rows = NNRT_ALLOC(d->max_batch, int64_t);
   for (int64_t start = 0; start < in.rows; start += d->max_batch) {
     int64_t n = in.rows - start < d->max_batch ? in.rows - start : d->max_batch;
@@ -134,8 +139,11 @@ int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
       rows[i] = start + i;
     nnrt_gather(&in, rows, n, io);
     d->forward(io, n);
-    for (int64_t i = 0; i < n; i++)
-      write_row(f, d, io[NN_IO_OUT], i);
+    if (npy)
+      nnrt_npy_write_rows(f, io[NN_IO_OUT], n * d->out_size, d->elem_size);
+    else
+      for (int64_t i = 0; i < n; i++)
+        write_row(f, d, io[NN_IO_OUT], i);
   }
   int bad = ferror(f) != 0;
   if (f != stdout)

@@ -68,14 +68,15 @@ typedef enum NnDataKind {
   NN_DATA_TABLE, /* rows inlined in the .nn file: table is (rows, x_size + y_size) */
   NN_DATA_CSV,   /* path: one sample per line, x_size columns then y_size columns */
   NN_DATA_IDX,   /* path: IDX images (ubyte/float, optionally .gz); labels: IDX class labels */
+  NN_DATA_NPY,   /* path: NumPy .npy inputs (N, ...); labels: .npy targets (N,) or (N, ...) */
 } NnDataKind;
 
 /* One data set as declared in the .nn file. Inputs are multiplied by `scale` when loaded. */
 typedef struct NnDataSource {
   int64_t kind;          /* NnDataKind */
   const char *name;      /* the data set's name in the .nn file */
-  const char *path;      /* CSV file, or IDX images; absolute */
-  const char *labels;    /* IDX labels file; absolute */
+  const char *path;      /* CSV file, or IDX/.npy inputs; absolute */
+  const char *labels;    /* IDX labels or .npy targets file; absolute */
   int64_t rows;          /* TABLE: rows */
   const double *table;   /* TABLE: rows * (x_size + y_size) values */
   int64_t header;        /* CSV: 1 if the first line is a header */

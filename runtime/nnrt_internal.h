@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "nnrt.h"
 
@@ -145,8 +146,8 @@ typedef enum NnFileUse {
 
 /* Loads a data set the .nn file declared; exits naming the file on any problem. */
 void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out);
-/* Loads a file named on the command line: IDX (by its magic number, labels from `labels`) or
- * CSV; inputs are scaled by the training data's declared scale. */
+/* Loads a file named on the command line: .npy or IDX (by the magic number; targets or labels
+ * from `labels`) or CSV; inputs are scaled by the training data's declared scale. */
 void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
                     NnData *out);
 void nnrt_data_free(NnData *data);
@@ -170,6 +171,19 @@ int nnrt_idx_sniff(const char *path);
 /* IDX images (and labels, if not NULL) into out: x scaled by `scale`, y the class index. */
 void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels, double scale,
                    NnData *out);
+
+/* ---- npy.c ---- */
+
+/* 1 if the file begins with the .npy magic, 0 otherwise (or unreadable). */
+int nnrt_npy_sniff(const char *path);
+/* A .npy inputs array (N, ...) times `scale`, and targets (N, ...) when not NULL. */
+void nnrt_npy_load(const NnModelDesc *d, const char *inputs, const char *targets, double scale,
+                   NnData *out);
+int nnrt_npy_path(const char *path); /* 1 when the name ends in .npy */
+/* A .npy header for a (rows, cols) array of little-endian floats of elem_size bytes, then the
+ * elements, count at a time. */
+void nnrt_npy_write_header(FILE *f, int64_t elem_size, int64_t rows, int64_t cols);
+void nnrt_npy_write_rows(FILE *f, const void *base, int64_t count, int64_t elem_size);
 
 /* ---- model.c ---- */
 
