@@ -1213,6 +1213,7 @@ static LLVMValueRef param_table(Lower *L) {
     PUT_I64(&f, NnParamInfo, init, p->init);
     PUT_F64(&f, NnParamInfo, init_a, p->init_a);
     PUT_F64(&f, NnParamInfo, init_b, p->init_b);
+    PUT_I64(&f, NnParamInfo, frozen, p->frozen);
     rows[i] = struct_of(L, &f, &info, "NnParamInfo", sizeof(NnParamInfo));
   }
   return private_const(L, LLVMConstArray2(info, rows, (uint64_t)u->n_params), "params");

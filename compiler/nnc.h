@@ -305,6 +305,7 @@ typedef struct ParamDecl {
   int64_t offset;     /* elements into NN_IO_PARAM */
   NnInit init;
   double init_a, init_b;
+  bool frozen;        /* named in the train block's `freeze`: no gradient, no update */
 } ParamDecl;
 
 /* A data set as the .nn file declares it (see NnDataSource). */

@@ -1152,7 +1152,7 @@ static Node *param_node(Sema *s, const char *name, Shape shape, NnInit init, dou
       u->params = p;
     }
     idx = u->n_params++;
-    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib};
+    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false};
     u->param_size += padded_elems(shape_elems(shape, 1));
   }
   Node *n = ir_leaf(&s->b, OP_PARAM, shape, idx, u->params[idx].name);
@@ -1609,6 +1609,7 @@ static Node *clip_scale(Sema *s, Node *max_norm) {
   Node *total = NULL;
   for (int p = 0; p < s->u->n_params; p++) {
     const ParamDecl *pd = &s->u->params[p];
+    if (pd->frozen) continue; /* it has no gradient, as if it were not a parameter */
     Node *g = ir_leaf(b, OP_GRAD, pd->shape, p, pd->name);
     g->io = NN_IO_GRAD, g->offset = pd->offset;
     Node *sq = ir_reshape(b, ir_reduce(b, OP_SUM, ir_mul(b, g, g), (1u << pd->shape.rank) - 1),
@@ -1653,6 +1654,7 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
   Node *scale = clip_norm_at >= 0 ? clip_scale(s, hypers[clip_norm_at]) : NULL;
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
+    if (pd->frozen) continue; /* no update and no optimizer state */
     Frame f = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
     for (int i = 0; i < u->n_hyper; i++) bind(&f, u->hyper_names[i], tensor(hypers[i]));
     bind(&f, "step", tensor(hypers[u->n_hyper]));
@@ -1743,6 +1745,37 @@ static bool positive_int(Sema *s, const Ast *st, int64_t *out) {
   return true;
 }
 
+/* freeze = [dense0, "conv2d1.W"]: each entry a layer instance (freezing every parameter under
+ * it) or one parameter, as a name or a string. Frozen parameters keep their initial or
+ * --init-from values: autodiff computes no gradient for them and the optimizer skips them. */
+static void freeze(Sema *s, const Ast *list) {
+  Unit *u = s->u;
+  const Ast *one[1] = {list};
+  const Ast *const *items = list->kind == AST_LIST ? (const Ast *const *)list->kids.items : one;
+  int n = list->kind == AST_LIST ? list->kids.len : 1;
+  const char **names = xalloc((size_t)(u->n_params + 1) * sizeof *names);
+  for (int p = 0; p < u->n_params; p++) names[p] = u->params[p].name;
+  for (int i = 0; i < n; i++) {
+    const Ast *it = items[i];
+    if (it->kind != AST_NAME && it->kind != AST_STR) {
+      diag_error(it->loc, "freeze lists layers or parameters, like [dense0, \"dense1.W\"]");
+      continue;
+    }
+    size_t len = strlen(it->name);
+    int hits = 0;
+    for (int p = 0; p < u->n_params; p++) {
+      const char *pn = u->params[p].name;
+      if (!strncmp(pn, it->name, len) && (pn[len] == '\0' || pn[len] == '.'))
+        u->params[p].frozen = true, hits++;
+    }
+    if (!hits) {
+      const char *close = diag_did_you_mean(it->name, names, u->n_params);
+      diag_error(it->loc, "freeze: the model has no layer or parameter '%s'%s", it->name,
+                 close ? xprintf("; did you mean '%s'?", close) : "");
+    }
+  }
+}
+
 /* early_stop = 3: stop after 3 epochs without improvement of `monitor = "val_loss"` (the
  * default when there is a validation set, else "loss"). Accuracy needs a classifier, which
  * task_of decides from the loss, so the runtime checks that one. */
@@ -1807,7 +1840,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
 
   static const char *const keys[] = {"loss",     "optimizer", "batch",      "epochs",
                                      "seed",     "validate",  "clip_norm",  "clip_value",
-                                     "early_stop", "monitor"};
+                                     "early_stop", "monitor",    "freeze"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
   const Ast *seen[N_KEYS] = {0};
   u->batch = 32, u->epochs = 10, u->seed = 1;
@@ -1877,6 +1910,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   const Ast *opt = find_def(s, oc->loc, oc->name, AST_OPTIMIZER, "optimizer");
   if (!opt) return;
   Ast none = {.kind = AST_CALL, .loc = oc->loc, .name = oc->name};
+  if (seen[10]) freeze(s, seen[10]->a);
   double clip[2] = {0, 0}; /* clip_norm, clip_value */
   for (int i = 0; i < 2; i++)
     if (seen[6 + i] && const_number(s, seen[6 + i]->a, &clip[i]) && !(clip[i] > 0))

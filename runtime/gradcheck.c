@@ -119,6 +119,10 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     int nonzero = 0;
     for (int64_t k = 0; k < d->n_params; k++) {
       int64_t checked;
+      if (d->params[k].frozen) { /* no gradient is computed for it */
+        printf("%s: frozen, not checked\n", d->params[k].name);
+        continue;
+      }
       double md = check_param(d, io, n, analytic, &d->params[k], o->eps, &w, &nonzero, &checked);
       printf("%s: %lld checked, maxdiff=%.2g\n", d->params[k].name, (long long)checked, md);
     }

@@ -179,6 +179,8 @@ static void print_params(const NnModelDesc *d) {
            nnrt_shape_str(d->elem_size, p->rank, p->dims, shape, sizeof shape), wz,
            (long long)p->size);
     print_init(p);
+    if (p->frozen)
+      printf("  frozen");
     putchar('\n');
   }
 }

@@ -91,6 +91,7 @@ typedef struct NnParamInfo {
   int64_t size;                /* elements */
   int64_t init;                /* NnInit */
   double init_a, init_b;       /* initialiser arguments */
+  int64_t frozen;              /* 1: `freeze`d in the train block; never updated, no gradient */
 } NnParamInfo;
 
 /* A kernel: reads and writes the regions in io; batch is the number of samples (<= max_batch)

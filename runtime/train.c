@@ -173,6 +173,13 @@ static void print_header(const Run *r) {
   if (r->val.n)
     printf("validation: %s, %lld sample%s\n", r->val.what, (long long)r->val.n,
            nnrt_plural(r->val.n));
+  int64_t frozen = 0, tensors = 0;
+  for (int64_t k = 0; k < d->n_params; k++)
+    if (d->params[k].frozen)
+      frozen += d->params[k].size, tensors++;
+  if (frozen)
+    printf("frozen: %lld parameter%s in %lld tensor%s (not updated)\n", (long long)frozen,
+           nnrt_plural(frozen), (long long)tensors, nnrt_plural(tensors));
   if (o->resume_path)
     printf("resuming from %s: %lld epoch%s done, step %lld\n", o->resume_path,
            (long long)r->epoch, nnrt_plural(r->epoch), (long long)r->step);
