@@ -242,7 +242,7 @@ static const Flag flags[] = {
     {"--monitor", F_MONITOR, "NAME", CMD_TRAIN,
      "val_loss, val_accuracy, val_f1, loss or accuracy"},
     {"--log", F_LOG, "FILE", CMD_TRAIN, "write one CSV row per step and per epoch"},
-    {"--plot", F_PLOT, "SVG", CMD_TRAIN, "at the end, draw the --log file's curves as an SVG"},
+    {"--plot", F_PLOT, "SVG", CMD_TRAIN, "at the end, draw loss and accuracy curves as an SVG"},
     {"--skip-nonfinite", F_SKIP_NONFINITE, NULL, CMD_TRAIN,
      "skip (and count) non-finite steps instead of stopping"},
     {"--load", F_LOAD, "CKPT", CMD_EVAL | CMD_PREDICT, "parameters from this checkpoint"},
@@ -440,8 +440,6 @@ static void check_combination(unsigned cmd, const NnOptions *o) {
     usage_error("--resume and --init-from exclude each other (--resume restores everything)");
   if (o->save_every > 1 && !o->save_path)
     usage_error("--save-every needs --save CKPT");
-  if (o->plot_path && !o->log_path)
-    usage_error("--plot draws the training log; pass --log FILE too");
   if (cmd == CMD_PREDICT && !o->load_path)
     usage_error("predict needs --load CKPT (the trained parameters)");
   if (cmd == CMD_PREDICT && !o->input_path)

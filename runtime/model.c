@@ -204,6 +204,9 @@ static void print_source(const NnDataSource *s) {
   case NN_DATA_IDX:
     printf("%s + %s (IDX)", s->path ? s->path : "?", s->labels ? s->labels : "no labels");
     break;
+  case NN_DATA_NPY:
+    printf("%s + %s (.npy)", s->path ? s->path : "?", s->labels ? s->labels : "no targets");
+    break;
   default: printf("none (pass --data FILE)"); return;
   }
   if (s->scale != 1)

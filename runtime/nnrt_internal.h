@@ -55,7 +55,7 @@ typedef struct NnOptions {
   const char *input_path;    /* --input (predict): CSV or IDX inputs */
   const char *output_path;   /* --output/-o: predict's CSV or .npy (NULL: stdout), plot's SVG */
   const char *log_path;      /* --log: one CSV row per step and per epoch */
-  const char *plot_path;     /* --plot (train): draw the log as an SVG at the end */
+  const char *plot_path;     /* --plot (train): draw the log (--log's, or a temporary one) */
   const char *plot_input;    /* plot: the CSV log to draw */
   int64_t patience;          /* --patience, else desc->patience: early stopping; 0 = off */
   int64_t monitor;           /* --monitor, else desc->monitor: an NnMonitor */
@@ -303,8 +303,9 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o);
 int nnrt_eval(const NnModelDesc *d, const NnOptions *o);
 int nnrt_predict(const NnModelDesc *d, const NnOptions *o);
 int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o);
-/* plot.c: draws the CSV log `log` (from --log) as an SVG file `svg`; exits naming a bad file. */
-void nnrt_plot_file(const char *log, const char *svg);
+/* plot.c: draws a CSV training log (--log's format), read from `log` (named `name` in
+ * messages), as an SVG file `svg`; exits naming a bad log. */
+void nnrt_plot_stream(FILE *log, const char *name, const char *svg);
 int nnrt_plot(const NnModelDesc *d, const NnOptions *o);
 
 /* Element i of a tensor region of elem_size-byte elements (4: float, 8: double). */

@@ -96,7 +96,7 @@ static int split(char *line, char **field, int cap) {
 
 /* A field as a number: NAN when empty, an error naming the spot when not a number. */
 static double number(const char *path, long line, const char *col, const char *s, char *text,
-                     FILE *f, Log *g) {
+                     Log *g) {
   if (!*s)
     return NAN;
   char *end;
@@ -106,26 +106,22 @@ static double number(const char *path, long line, const char *col, const char *s
     fprintf(stderr, "%s:%ld: error: '%.40s' in column '%s' is not a number\n", path, line, s,
             col);
     free(text); /* s points into it */
-    fclose(f);
     log_free(g);
     exit(NNRT_EXIT_FAIL);
   }
   return v;
 }
 
-static void read_log(const char *path, Log *g) {
+/* Reads the log from f (the caller opens and closes it); path names it in messages. */
+static void read_log(FILE *f, const char *path, Log *g) {
   enum { MAX_FIELDS = 64 };
   memset(g, 0, sizeof *g);
   g->best_x = NAN;
-  FILE *f = fopen(path, "r");
-  if (!f)
-    nnrt_fatal("cannot open '%s': %s", path, strerror(errno));
   char *line = NULL, *field[MAX_FIELDS];
   size_t cap = 0;
   int at[N_COLS];
   if (getline(&line, &cap, f) < 0) {
     free(line);
-    fclose(f);
     nnrt_file_error(path, "empty; HINT: write a log with '%s train --log FILE'", nnrt_prog);
   }
   int n = split(line, field, MAX_FIELDS);
@@ -137,7 +133,6 @@ static void read_log(const char *path, Log *g) {
   }
   if (at[C_KIND] < 0 || at[C_STEP] < 0 || at[C_LOSS] < 0) {
     free(line);
-    fclose(f);
     nnrt_file_error(path, "not a training log: its header needs the columns kind, step and "
                     "loss; HINT: write one with '%s train --log FILE'", nnrt_prog);
   }
@@ -151,7 +146,7 @@ static void read_log(const char *path, Log *g) {
     double v[N_COLS];
     for (int c = C_STEP; c < N_COLS; c++)
       v[c] = at[c] >= 0 && at[c] < n ? number(path, lineno, column_names[c], field[at[c]], line,
-                                              f, g)
+                                              g)
                                      : NAN;
     const char *kind = at[C_KIND] < n ? field[at[C_KIND]] : "";
     rows++;
@@ -170,9 +165,7 @@ static void read_log(const char *path, Log *g) {
     }
   }
   free(line);
-  int bad = ferror(f);
-  fclose(f);
-  if (bad)
+  if (ferror(f))
     nnrt_fatal("cannot read '%s': %s", path, strerror(errno));
   if (rows == 0 || (!g->step_loss.n && !g->epoch_loss.n)) {
     log_free(g);
@@ -363,9 +356,9 @@ static void write_svg(FILE *f, Log *g) {
   fprintf(f, "</svg>\n");
 }
 
-void nnrt_plot_file(const char *log, const char *svg) {
+void nnrt_plot_stream(FILE *log, const char *name, const char *svg) {
   Log g;
-  read_log(log, &g);
+  read_log(log, name, &g);
   thin(&g.step_loss);
   FILE *f = fopen(svg, "w");
   if (!f) {
@@ -393,7 +386,11 @@ int nnrt_plot(const NnModelDesc *d, const NnOptions *o) {
   }
   if (strcmp(svg, o->plot_input) == 0)
     nnrt_fatal("plot would overwrite its input '%s'; HINT: pass -o CURVES.svg", svg);
-  nnrt_plot_file(o->plot_input, svg);
+  FILE *log = fopen(o->plot_input, "r");
+  if (!log)
+    nnrt_fatal("cannot open '%s': %s", o->plot_input, strerror(errno));
+  nnrt_plot_stream(log, o->plot_input, svg);
+  fclose(log);
   if (!o->quiet)
     printf("%s: curves of %s written to %s\n", nnrt_prog, o->plot_input, svg);
   return NNRT_EXIT_OK;

@@ -221,13 +221,17 @@ static void draw_bar(const Run *r, int64_t done, int64_t steps, const NnMetrics 
  * header's names, so columns may be added. */
 static void log_open(Run *r) {
   const char *path = r->o->log_path;
+  if (!path) { /* --plot alone: a log nobody keeps */
+    if (!(r->log = tmpfile()))
+      nnrt_fatal("cannot create a temporary file for --plot: %s", strerror(errno));
+    path = "";
+  }
   /* A resumed run continues its log; a fresh one starts it over. */
-  FILE *old = r->o->resume_path ? fopen(path, "r") : NULL;
+  FILE *old = *path && r->o->resume_path ? fopen(path, "r") : NULL;
   int append = old && fgetc(old) != EOF;
   if (old)
     fclose(old);
-  r->log = fopen(path, append ? "a" : "w");
-  if (!r->log)
+  if (*path && !(r->log = fopen(path, append ? "a+" : "w+")))
     nnrt_fatal("cannot create the log '%s': %s", path, strerror(errno));
   if (append)
     return;
@@ -238,14 +242,20 @@ static void log_open(Run *r) {
   fputc('\n', r->log);
 }
 
+/* Closes the log, first drawing it when --plot asked for that. */
 static void log_close(Run *r) {
+  const char *name = r->o->log_path ? r->o->log_path : "the training log";
   if (!r->log)
     return;
-  int bad = ferror(r->log) != 0;
+  int bad = fflush(r->log) != 0 || ferror(r->log) != 0;
+  if (!bad && r->o->plot_path) {
+    rewind(r->log); /* opened for update, so the log is read back from the same stream */
+    nnrt_plot_stream(r->log, name, r->o->plot_path);
+  }
   bad |= fclose(r->log) != 0;
   r->log = NULL;
   if (bad)
-    nnrt_fatal("cannot write the log '%s': %s", r->o->log_path, strerror(errno));
+    nnrt_fatal("cannot write '%s': %s", name, strerror(errno));
 }
 
 /* ",lr" (empty when the model has no 'lr'). */
@@ -559,7 +569,7 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   nnrt_set_hyper(d, r.io, r.hyper, r.step);
   r.lr_at = nnrt_hyper_index(d, "lr");
   early_stop_setup(&r);
-  if (o->log_path)
+  if (o->log_path || o->plot_path)
     log_open(&r);
   r.progress = !o->quiet && isatty(fileno(stdout));
   if (!o->quiet)
@@ -583,8 +593,6 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   nnrt_metrics_print(d, "final", set, &fin, o->confusion);
   nnrt_metrics_free(&fin);
   log_close(&r);
-  if (o->plot_path)
-    nnrt_plot_file(o->log_path, o->plot_path);
   if (!o->quiet && r.epoch > first) {
     double samples = (double)(r.epoch - first) * (double)r.train.n;
     fflush(stdout); /* keep the order readable when stdout and stderr share a terminal */
