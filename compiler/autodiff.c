@@ -1,10 +1,11 @@
 /* autodiff.c — symbolic reverse-mode differentiation, IR → IR.
  *
  * Takes the train graph (whose "loss" output is a scalar) and appends to it the gradient of
- * the loss with respect to every parameter that is not frozen, as outputs to NN_IO_GRAD. It walks the nodes in
- * reverse topological order, calls each op's gradient rule from ops.c, and sums the
- * contributions a node receives from its users with `add`. The result is ordinary IR, so the
- * later stages need no special cases and --emit=grad-ir can print it. */
+ * the loss with respect to every parameter that is not frozen (those are constants here), as
+ * outputs to NN_IO_GRAD. It walks the nodes in reverse topological order, calls each op's
+ * gradient rule from ops.c, and sums the contributions a node receives from its users with
+ * `add`. The result is ordinary IR, so the later stages need no special cases and
+ * --emit=grad-ir can print it. */
 #include "nnc.h"
 
 #include <string.h>
