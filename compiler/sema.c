@@ -1956,8 +1956,6 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
                              ir_scalar(b, OP_BATCH, 0, "batch"));
   ir_output(u->train, l, NN_IO_LOSS, 0, "loss");
   u->task = task_of(seen[0]->a, &u->threshold);
-  /* per-position classes (a language model's [t, vocab] logits): the loss says it all */
-  if (u->task == NN_TASK_MULTICLASS && u->out_shape.rank > 1) u->task = NN_TASK_REGRESSION;
   /* optimizer = sgd(lr = 0.5) */
   const Ast *oc = seen[1]->a;
   if (oc->kind != AST_CALL && oc->kind != AST_NAME) {

@@ -49,11 +49,18 @@ static void *xrealloc(void *p, size_t n) {
 /* ---- labels ---- */
 
 int64_t nnrt_classes(const NnModelDesc *d) {
+  if (d->task == NN_TASK_MULTICLASS && nnrt_positions(d) > 1)
+    return d->out_size / d->y_size;
   if (d->task == NN_TASK_MULTICLASS)
     return d->out_size;
   if (d->task == NN_TASK_BINARY)
     return 2; /* each output is a decision between class 0 and class 1 */
   return 0;
+}
+
+int64_t nnrt_positions(const NnModelDesc *d) {
+  int64_t ys = d->y_size, os = d->out_size;
+  return ys > 1 && ys < os && os % ys == 0 ? ys : 1;
 }
 
 const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap) {

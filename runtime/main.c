@@ -106,7 +106,8 @@ static void check_model(const NnModelDesc *d) {
 /* ---- usage ---- */
 
 /* Which commands a flag applies to. */
-enum { CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16 };
+enum { CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16,
+       CMD_SAMPLE = 32 };
 
 /* "lr, momentum" or "none" into buf. */
 static const char *hyper_list(const NnModelDesc *d, char *buf, size_t cap) {
@@ -126,7 +127,8 @@ static void usage(FILE *f, const NnModelDesc *d, double eps, double tol) {
              "  eval        report loss and metrics of saved parameters on a data set\n"
              "  predict     write the model's outputs for some inputs as CSV\n"
              "  info        print the model's parameters, sizes, defaults and data\n"
-             "  gradcheck   compare the compiled gradients with central finite differences\n");
+             "  gradcheck   compare the compiled gradients with central finite differences\n"
+             "  sample      generate text from a language model's checkpoint (text data)\n");
   fprintf(f, "train flags:\n");
   fprintf(f, "  --epochs N        epochs to reach in total (default %lld)\n", (long long)d->epochs);
   if (lr >= 0)
@@ -177,6 +179,9 @@ static void usage(FILE *f, const NnModelDesc *d, double eps, double tol) {
              "  --data FILE       show this file as the data source\n");
   fprintf(f, "Files given by flag are scaled like the model's training data (scale = %g).\n",
           d->data ? d->data->scale : 1.0);
+  fprintf(f, "sample flags: --load CKPT (or --resume CKPT), --prompt TEXT, --tokens N (default "
+             "200),\n  --temperature T (default 1; 0 takes the likeliest byte), --top-k K (default "
+             "0: all),\n  --seed S (the same seed gives the same text)\n");
   fprintf(f, "Checkpoints are safetensors files: every parameter under its name, the optimizer\n"
              "state as one flat tensor '__optimizer_state__', and the training state (epoch,\n"
              "step, seed, RNG, hyperparameters, model fingerprint) in '__metadata__'.\n");
@@ -244,7 +249,7 @@ static void parse_set(const NnModelDesc *d, NnOptions *o, const char *s) {
 typedef enum FlagId {
   F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
   F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
-  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION
+  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K
 } FlagId;
 
 typedef struct Flag {
@@ -258,7 +263,7 @@ static const Flag flags[] = {
     {"--epochs", F_EPOCHS, 1, CMD_TRAIN},
     {"--lr", F_LR, 1, CMD_TRAIN | CMD_GRADCHECK},
     {"--batch", F_BATCH, 1, CMD_TRAIN},
-    {"--seed", F_SEED, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL},
+    {"--seed", F_SEED, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL | CMD_SAMPLE},
     {"--data", F_DATA, 1, CMD_TRAIN | CMD_INFO | CMD_GRADCHECK | CMD_EVAL},
     {"--labels", F_LABELS, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL},
     {"--val", F_VAL, 1, CMD_TRAIN},
@@ -270,13 +275,17 @@ static const Flag flags[] = {
     {"--tol", F_TOL, 1, CMD_GRADCHECK},
     {"--save", F_SAVE, 1, CMD_TRAIN},
     {"--save-every", F_SAVE_EVERY, 1, CMD_TRAIN},
-    {"--resume", F_RESUME, 1, CMD_TRAIN},
+    {"--resume", F_RESUME, 1, CMD_TRAIN | CMD_SAMPLE},
     {"--init-from", F_INIT_FROM, 1, CMD_TRAIN},
-    {"--load", F_LOAD, 1, CMD_EVAL | CMD_PREDICT},
+    {"--load", F_LOAD, 1, CMD_EVAL | CMD_PREDICT | CMD_SAMPLE},
     {"--input", F_INPUT, 1, CMD_PREDICT},
     {"--output", F_OUTPUT, 1, CMD_PREDICT},
     {"--skip-nonfinite", F_SKIP_NONFINITE, 0, CMD_TRAIN},
     {"--confusion", F_CONFUSION, 0, CMD_TRAIN | CMD_EVAL},
+    {"--prompt", F_PROMPT, 1, CMD_SAMPLE},
+    {"--tokens", F_TOKENS, 1, CMD_SAMPLE},
+    {"--temperature", F_TEMPERATURE, 1, CMD_SAMPLE},
+    {"--top-k", F_TOP_K, 1, CMD_SAMPLE},
 };
 
 static const Flag *find_flag(const char *name, size_t len) {
@@ -336,6 +345,10 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   case F_OUTPUT: o->output_path = file_value(f, v); break;
   case F_SKIP_NONFINITE: o->skip_nonfinite = 1; break;
   case F_CONFUSION: o->confusion = 1; break;
+  case F_PROMPT: o->prompt = v; break;
+  case F_TOKENS: o->tokens = parse_count(f->name, v); break;
+  case F_TEMPERATURE: o->temperature = parse_real(f->name, v, 0, 1, "a non-negative number"); break;
+  case F_TOP_K: o->top_k = parse_count(f->name, v); break;
   }
 }
 
@@ -365,7 +378,7 @@ static unsigned parse_flag(const NnModelDesc *d, NnOptions *o, int argc, char **
 static unsigned command_of(const char *name) {
   static const struct { const char *name; unsigned cmd; } cmds[] = {
       {"train", CMD_TRAIN}, {"eval", CMD_EVAL}, {"predict", CMD_PREDICT},
-      {"info", CMD_INFO},   {"gradcheck", CMD_GRADCHECK}};
+      {"info", CMD_INFO},   {"gradcheck", CMD_GRADCHECK}, {"sample", CMD_SAMPLE}};
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
     if (strcmp(name, cmds[i].name) == 0)
       return cmds[i].cmd;
@@ -384,6 +397,10 @@ static void check_combination(unsigned cmd, const NnOptions *o) {
     usage_error("--save-every needs --save CKPT");
   if (cmd == CMD_PREDICT && !o->load_path)
     usage_error("predict needs --load CKPT (the trained parameters)");
+  if (cmd == CMD_SAMPLE && o->resume_path && o->load_path)
+    usage_error("sample takes one checkpoint: --load or --resume, not both");
+  if (cmd == CMD_SAMPLE && !o->resume_path && !o->load_path)
+    usage_error("sample needs --load CKPT (the trained parameters)");
   if (cmd == CMD_PREDICT && !o->input_path)
     usage_error("predict needs --input FILE (CSV or IDX inputs)");
 }
@@ -414,6 +431,8 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   /* f32 needs a larger step: rounding error in the loss grows like ulp/eps. */
   o->eps = d->elem_size == 8 ? 1e-6 : 1e-3;
   o->tol = d->elem_size == 8 ? 1e-6 : 2e-2;
+  o->tokens = 200;
+  o->temperature = 1;
 }
 
 int main(int argc, char **argv) {
@@ -459,10 +478,13 @@ int main(int argc, char **argv) {
                   (int)strcspn(argv[i], "="), argv[i], cmd_name, nnrt_prog);
   free(applies);
   check_combination(cmd, &o);
+  if (cmd == CMD_SAMPLE && o.resume_path) /* sample reads only the parameters either way */
+    o.load_path = o.resume_path;
   int rc = cmd == CMD_TRAIN       ? nnrt_train(d, &o)
            : cmd == CMD_EVAL      ? nnrt_eval(d, &o)
            : cmd == CMD_PREDICT   ? nnrt_predict(d, &o)
            : cmd == CMD_INFO      ? nnrt_info(d, &o)
+           : cmd == CMD_SAMPLE    ? nnrt_sample(d, &o)
                                   : nnrt_gradcheck(d, &o);
   free(o.hyper);
   free(o.hyper_set);
