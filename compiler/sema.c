@@ -901,9 +901,11 @@ BUILTIN(call_scatter_add) {
   return tensor(ir_scatter_add(&s->b, v, idx, axis, lead, to));
 }
 
-/* one_hot(t, k): a class index per sample as a vector of k with a 1 at t (t == 0..k-1, made
- * by comparing with an iota); a t that already ends in k (one-hot or probabilities) is
- * returned as it is, so losses can take either. */
+/* one_hot(t, k, like = z): a class index per sample as a vector of k with a 1 at t (t ==
+ * 0..k-1, made by comparing with an iota); a t that already ends in k (one-hot or
+ * probabilities) is returned as it is, so losses can take either. With `like` (the logits,
+ * [..., k]), t may also be a class index per position of a sequence: z's shape without its
+ * last axis; anything else is an error rather than a silent broadcast. */
 BUILTIN(call_one_hot) {
   (void)bi;
   Value t = a->v[0];
@@ -912,9 +914,31 @@ BUILTIN(call_one_hot) {
     return ERR;
   }
   int64_t k = (int64_t)a->v[1].num;
-  if (t.kind == V_TENSOR && sample_rank(t.node) > 0 &&
-      t.node->shape.dim[t.node->shape.rank - 1] == k)
-    return t;
+  const Value *like = kwarg(a, "like");
+  Node *z = like && like->kind == V_TENSOR ? like->node : NULL;
+  if (like && !z) {
+    diag_error(kwarg_loc(a, "like", call->loc), "one_hot: 'like' must be a tensor");
+    return ERR;
+  }
+  int zr = z ? sample_rank(z) : 1; /* per-sample rank of the logits */
+  if (t.kind == V_TENSOR && sample_rank(t.node) > 0) {
+    Shape ts = sample_shape(t.node);
+    bool probs = ts.dim[ts.rank - 1] == k && (!z || ts.rank == zr);
+    bool indices = z && zr > 1 && ts.rank == zr - 1;
+    for (int i = 0; indices && i < ts.rank; i++) indices = ts.dim[i] == sample_shape(z).dim[i];
+    if (probs) return t;
+    if (!indices) {
+      if (zr <= 1)
+        diag_error(a->ast[0]->loc, "one_hot(t, %lld): t must be one class index per sample or "
+                   "end in %lld classes, got %s", (long long)k, (long long)k,
+                   shape_str(t.node->shape, true));
+      else
+        diag_error(a->ast[0]->loc, "one_hot(t, %lld): t must be a class index per position "
+                   "of %s or have its shape, got %s", (long long)k, shape_str(z->shape, true),
+                   shape_str(t.node->shape, true));
+      return ERR;
+    }
+  }
   if (t.kind != V_TENSOR && t.kind != V_NUM) {
     diag_error(a->ast[0]->loc, "one_hot takes a class index");
     return ERR;
@@ -989,7 +1013,7 @@ static const Builtin builtins[] = {
     {"where", 3, 3, {0}, OP_WHERE, call_where},
     {"gather", 2, 2, {"axis"}, OP_GATHER, call_gather},
     {"scatter_add", 3, 3, {"axis"}, OP_SCATTER_ADD, call_scatter_add},
-    {"one_hot", 2, 2, {0}, OP_IOTA, call_one_hot},
+    {"one_hot", 2, 2, {"like"}, OP_IOTA, call_one_hot},
     {"iota", 1, 1, {"axis"}, OP_IOTA, call_iota},
     {"rank", 1, 1, {0}, OP_RESHAPE, call_rank},
     /* convolution and pooling */
