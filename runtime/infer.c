@@ -85,7 +85,11 @@ int nnrt_eval(const NnModelDesc *d, const NnOptions *o) {
 /* ---- predict ---- */
 
 static void write_header(FILE *f, const NnModelDesc *d) {
-  if (d->task == NN_TASK_MULTICLASS || (d->task == NN_TASK_BINARY && d->out_size == 1))
+  int64_t t = nnrt_positions(d);
+  if (d->task == NN_TASK_MULTICLASS && t > 1) /* a sequence: a class per position */
+    for (int64_t j = 0; j < t; j++)
+      fprintf(f, "class%lld,", (long long)j);
+  else if (d->task == NN_TASK_MULTICLASS || (d->task == NN_TASK_BINARY && d->out_size == 1))
     fprintf(f, "class,");
   else if (d->task == NN_TASK_BINARY)
     for (int64_t j = 0; j < d->out_size; j++)
@@ -100,11 +104,14 @@ static void write_row(FILE *f, const NnModelDesc *d, const void *out, int64_t i)
   int64_t es = d->elem_size, os = d->out_size;
   const char *fmt = es == 4 ? "%.9g" : "%.17g"; /* enough digits to round-trip */
   if (d->task == NN_TASK_MULTICLASS) {
-    int64_t best = 0;
-    for (int64_t j = 1; j < os; j++)
-      if (nnrt_get(out, i * os + j, es) > nnrt_get(out, i * os + best, es))
-        best = j;
-    fprintf(f, "%lld,", (long long)best);
+    int64_t t = nnrt_positions(d), k = os / t;
+    for (int64_t p = 0; p < t; p++) {
+      int64_t best = 0;
+      for (int64_t j = 1; j < k; j++)
+        if (nnrt_get(out, i * os + p * k + j, es) > nnrt_get(out, i * os + p * k + best, es))
+          best = j;
+      fprintf(f, "%lld,", (long long)best);
+    }
   } else if (d->task == NN_TASK_BINARY) {
     for (int64_t j = 0; j < os; j++)
       fprintf(f, "%d,", nnrt_get(out, i * os + j, es) > d->threshold);
