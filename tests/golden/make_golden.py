@@ -66,3 +66,63 @@ for name, make in optimizers.items():
     out.append(F.mse_loss(X * w, Y).item())
     with open(os.path.join(HERE, f"optim-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- one Transformer block (std.nn's transformer_block: pre-norm, causal multi-head
+# attention, GELU MLP) on a batch of 2 sequences [4, 8], 2 heads, under mse against fixed
+# targets. Random weights (seed 0) are written as a safetensors file under nnc's parameter
+# names; the golden file holds the loss, the block's outputs and every parameter's gradient.
+import json
+import math
+import struct
+
+torch.manual_seed(0)
+B, T_, C, H = 2, 4, 8, 2
+pre = "transformer_block0."
+shapes = {
+    "layernorm0.gamma": (C,), "layernorm0.beta": (C,),
+    **{f"attention0.dense{i}.{p}": s for i in range(4) for p, s in (("W", (C, C)), ("b", (C,)))},
+    "layernorm1.gamma": (C,), "layernorm1.beta": (C,),
+    "dense0.W": (C, 4 * C), "dense0.b": (4 * C,), "dense1.W": (4 * C, C), "dense1.b": (C,),
+}
+W = {pre + k: (torch.randn(s) * (0.5 if len(s) == 2 else 0.2) + (1.0 if "gamma" in k else 0.0))
+     .requires_grad_() for k, s in shapes.items()}
+XB = torch.randn(B, T_, C)
+YB = torch.randn(B, T_, C)
+
+
+def block(x):
+    w = lambda k: W[pre + k]
+    dense = lambda x, n: x @ w(n + ".W") + w(n + ".b")
+    ln = lambda x, n: F.layer_norm(x, (C,), w(n + ".gamma"), w(n + ".beta"), eps=1e-5)
+    h = ln(x, "layernorm0")
+    d = C // H
+    q, k, v = (dense(h, f"attention0.dense{i}").view(B, T_, H, d).permute(0, 2, 1, 3)
+               for i in range(3))
+    s = q @ k.transpose(-1, -2) / math.sqrt(d)
+    future = torch.ones(T_, T_).triu(1).bool()
+    p = torch.softmax(s.masked_fill(future, -1e9), -1)
+    o = (p @ v).permute(0, 2, 1, 3).reshape(B, T_, C)
+    x = x + dense(o, "attention0.dense3")
+    return x + dense(F.gelu(dense(ln(x, "layernorm1"), "dense0"), approximate="tanh"), "dense1")
+
+
+out = block(XB)
+loss = F.mse_loss(out, YB)
+loss.backward()
+with open(os.path.join(HERE, "transformer-block.csv"), "w") as f:
+    for b in range(B):
+        f.write(",".join(f"{v:.17g}" for v in torch.cat([XB[b].flatten(), YB[b].flatten()]).tolist()) + "\n")
+header, blob = {}, b""
+for k, t in W.items():
+    data = struct.pack(f"<{t.numel()}d", *t.detach().flatten().tolist())
+    header[k] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [len(blob), len(blob) + len(data)]}
+    blob += data
+hj = json.dumps(header).encode()
+hj += b" " * (-len(hj) % 8)
+with open(os.path.join(HERE, "transformer-block.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(hj)) + hj + blob)
+with open(os.path.join(HERE, "transformer-block.golden"), "w") as f:
+    f.write(f"loss {loss.item():.17g}\n")
+    f.write("out " + " ".join(f"{v:.17g}" for v in out.detach().flatten().tolist()) + "\n")
+    for k, t in W.items():
+        f.write(f"grad {k} " + " ".join(f"{v:.17g}" for v in t.grad.flatten().tolist()) + "\n")
