@@ -236,6 +236,7 @@ static void print_source(const NnDataSource *s) {
   case NN_DATA_IDX:
     printf("%s + %s (IDX)", s->path ? s->path : "?", s->labels ? s->labels : "no labels");
     break;
+  case NN_DATA_TEXT: printf("%s (text: byte windows)", s->path ? s->path : "?"); break;
   default: printf("none (pass --data FILE)"); return;
   }
   if (s->scale != 1)
