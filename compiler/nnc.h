@@ -66,6 +66,7 @@ typedef enum AstKind {
   AST_PARAM,     /* param name: type (a) = init (b, may be NULL) */
   AST_STATE,     /* state name = a (initial value) */
   AST_RETURN,    /* return a */
+  AST_REPEAT,    /* repeat a { body }: the body a times */
   /* types and formals */
   AST_TYPE,      /* name = "f32" / "int" / "float" / NULL (any tensor); kids = dims, has_dims */
   AST_FORMAL,    /* name: a (type, may be NULL) = b (default, may be NULL) */
@@ -96,6 +97,7 @@ struct Ast {
   double num;      /* AST_NUM */
   int op;          /* AST_BINOP, AST_AUGASSIGN */
   bool has_dims;   /* AST_TYPE: a [dims] list was written */
+  bool any_lead;   /* AST_TYPE: [..., dims]: any leading axes before the dims written */
   Ast *a, *b;      /* operands, by kind (see AstKind) */
   AstList kids;    /* arguments, list items, dims, rows, items */
   AstList formals; /* definitions: formal parameters (AST_FORMAL) */

@@ -108,7 +108,8 @@ static void check_model(const NnModelDesc *d) {
 
 /* Which commands a flag applies to. */
 enum {
-  CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16, CMD_PLOT = 32
+  CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16, CMD_PLOT = 32,
+  CMD_SAMPLE = 64
 };
 
 static const struct Command {
@@ -124,6 +125,7 @@ static const struct Command {
     {"gradcheck", CMD_GRADCHECK, "", "compare the compiled gradients with central finite "
                                      "differences"},
     {"plot", CMD_PLOT, " LOG.csv", "draw a --log file's loss and accuracy curves as an SVG"},
+    {"sample", CMD_SAMPLE, "", "generate text from a language model's checkpoint (text data)"},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
 
@@ -205,7 +207,8 @@ static void parse_set(const NnModelDesc *d, NnOptions *o, const char *s) {
 typedef enum FlagId {
   F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
   F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
-  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_LOG, F_PLOT, F_PATIENCE, F_MONITOR, F_HELP
+  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_LOG, F_PLOT, F_PATIENCE, F_MONITOR, F_HELP,
+  F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K
 } FlagId;
 
 typedef struct Flag {
@@ -222,7 +225,7 @@ static const Flag flags[] = {
     {"--lr", F_LR, "X", CMD_TRAIN | CMD_GRADCHECK, "learning rate (the optimizer's 'lr')"},
     {"--set", F_SET, "NAME=X", CMD_TRAIN | CMD_GRADCHECK, "set a hyperparameter by name"},
     {"--batch", F_BATCH, "N", CMD_TRAIN, "samples per step, at most the compiled batch"},
-    {"--seed", F_SEED, "S", CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL,
+    {"--seed", F_SEED, "S", CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL | CMD_SAMPLE,
      "seed of initialisation, validation split and shuffling"},
     {"--data", F_DATA, "FILE", CMD_TRAIN | CMD_INFO | CMD_GRADCHECK | CMD_EVAL,
      "a CSV, IDX or .npy file instead of the model's data"},
@@ -233,7 +236,7 @@ static const Flag flags[] = {
     {"--save", F_SAVE, "CKPT", CMD_TRAIN,
      "save a safetensors checkpoint every epoch and at the end"},
     {"--save-every", F_SAVE_EVERY, "N", CMD_TRAIN, "save only every N epochs (and at the end)"},
-    {"--resume", F_RESUME, "CKPT", CMD_TRAIN,
+    {"--resume", F_RESUME, "CKPT", CMD_TRAIN | CMD_SAMPLE,
      "continue bit-identically from a checkpoint of this model"},
     {"--init-from", F_INIT_FROM, "CKPT", CMD_TRAIN,
      "start from the checkpoint's tensors whose names and shapes match"},
@@ -245,7 +248,7 @@ static const Flag flags[] = {
     {"--plot", F_PLOT, "SVG", CMD_TRAIN, "at the end, draw loss and accuracy curves as an SVG"},
     {"--skip-nonfinite", F_SKIP_NONFINITE, NULL, CMD_TRAIN,
      "skip (and count) non-finite steps instead of stopping"},
-    {"--load", F_LOAD, "CKPT", CMD_EVAL | CMD_PREDICT, "parameters from this checkpoint"},
+    {"--load", F_LOAD, "CKPT", CMD_EVAL | CMD_PREDICT | CMD_SAMPLE, "parameters from this checkpoint"},
     {"--input", F_INPUT, "FILE", CMD_PREDICT, "inputs: CSV, IDX images or .npy"},
     {"--output", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT,
      "predict: CSV or .npy (by extension; default stdout); plot: SVG"},
@@ -258,7 +261,12 @@ static const Flag flags[] = {
      "print only the final lines"},
     {"--verbose", F_VERBOSE, NULL, CMD_TRAIN, "print every epoch"},
     {"--help", F_HELP, NULL, CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_INFO | CMD_GRADCHECK |
-     CMD_PLOT, "print this help"},
+     CMD_PLOT | CMD_SAMPLE, "print this help"},
+    {"--prompt", F_PROMPT, "TEXT", CMD_SAMPLE, "text the sample continues"},
+    {"--tokens", F_TOKENS, "N", CMD_SAMPLE, "bytes to generate (default 200)"},
+    {"--temperature", F_TEMPERATURE, "T", CMD_SAMPLE,
+     "sampling temperature (default 1; 0 takes the likeliest byte)"},
+    {"--top-k", F_TOP_K, "K", CMD_SAMPLE, "sample among the K likeliest bytes (default 0: all)"},
 };
 
 static const Flag *find_flag(const char *name, size_t len) {
@@ -404,6 +412,10 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   case F_PATIENCE: o->patience = parse_count0(f->name, v); break;
   case F_MONITOR: o->monitor = parse_monitor(f->name, v); break;
   case F_HELP: break; /* handled before parsing */
+  case F_PROMPT: o->prompt = v; break;
+  case F_TOKENS: o->tokens = parse_count(f->name, v); break;
+  case F_TEMPERATURE: o->temperature = parse_real(f->name, v, 0, 1, "a non-negative number"); break;
+  case F_TOP_K: o->top_k = parse_count(f->name, v); break;
   }
 }
 
@@ -442,6 +454,10 @@ static void check_combination(unsigned cmd, const NnOptions *o) {
     usage_error("--save-every needs --save CKPT");
   if (cmd == CMD_PREDICT && !o->load_path)
     usage_error("predict needs --load CKPT (the trained parameters)");
+  if (cmd == CMD_SAMPLE && o->resume_path && o->load_path)
+    usage_error("sample takes one checkpoint: --load or --resume, not both");
+  if (cmd == CMD_SAMPLE && !o->resume_path && !o->load_path)
+    usage_error("sample needs --load CKPT (the trained parameters)");
   if (cmd == CMD_PREDICT && !o->input_path)
     usage_error("predict needs --input FILE (CSV, IDX or .npy inputs)");
   if (cmd == CMD_PLOT && !o->plot_input)
@@ -489,6 +505,8 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   /* f32 needs a larger step: rounding error in the loss grows like ulp/eps. */
   o->eps = d->elem_size == 8 ? 1e-6 : 1e-3;
   o->tol = d->elem_size == 8 ? 1e-6 : 2e-2;
+  o->tokens = 200;
+  o->temperature = 1;
 }
 
 int main(int argc, char **argv) {
@@ -539,11 +557,14 @@ int main(int argc, char **argv) {
                   (int)strcspn(argv[i], "="), argv[i], cmd_name, nnrt_prog, cmd_name);
   free(applies);
   check_combination(cmd, &o);
+  if (cmd == CMD_SAMPLE && o.resume_path) /* sample reads only the parameters either way */
+    o.load_path = o.resume_path;
   int rc = cmd == CMD_TRAIN       ? nnrt_train(d, &o)
            : cmd == CMD_EVAL      ? nnrt_eval(d, &o)
            : cmd == CMD_PREDICT   ? nnrt_predict(d, &o)
            : cmd == CMD_INFO      ? nnrt_info(d, &o)
            : cmd == CMD_PLOT      ? nnrt_plot(d, &o)
+           : cmd == CMD_SAMPLE    ? nnrt_sample(d, &o)
                                   : nnrt_gradcheck(d, &o);
   free(o.hyper);
   free(o.hyper_set);

@@ -53,7 +53,12 @@ static void add_binary(NnMetrics *m, const NnModelDesc *d, const void *out, cons
 
 static void add_multiclass(NnMetrics *m, const NnModelDesc *d, const void *out, const void *y,
                            int64_t n) {
-  int64_t es = d->elem_size, os = d->out_size, ys = d->y_size;
+  int64_t es = d->elem_size, os = d->out_size, ys = d->y_size, t = nnrt_positions(d);
+  if (t > 1) { /* a sequence: one class index per position, os / t logits each */
+    for (int64_t i = 0; i < n * t; i++)
+      decide(m, (int64_t)llround(nnrt_get(y, i, es)), argmax_row(out, i * (os / t), os / t, es));
+    return;
+  }
   for (int64_t i = 0; i < n; i++) {
     /* A single target column holds the class index rather than a one-hot row. */
     int64_t want = ys == 1 ? (int64_t)llround(nnrt_get(y, i, es)) : argmax_row(y, i * ys, ys, es);

@@ -207,6 +207,7 @@ static void print_source(const NnDataSource *s) {
   case NN_DATA_NPY:
     printf("%s + %s (.npy)", s->path ? s->path : "?", s->labels ? s->labels : "no targets");
     break;
+  case NN_DATA_TEXT: printf("%s (text: byte windows)", s->path ? s->path : "?"); break;
   default: printf("none (pass --data FILE)"); return;
   }
   if (s->scale != 1)

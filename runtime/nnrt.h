@@ -69,6 +69,7 @@ typedef enum NnDataKind {
   NN_DATA_CSV,   /* path: one sample per line, x_size columns then y_size columns */
   NN_DATA_IDX,   /* path: IDX images (ubyte/float, optionally .gz); labels: IDX class labels */
   NN_DATA_NPY,   /* path: NumPy .npy inputs (N, ...); labels: .npy targets (N,) or (N, ...) */
+  NN_DATA_TEXT,  /* path: raw bytes; a sample is a window x of x_size byte ids, y the next ones */
 } NnDataKind;
 
 /* One data set as declared in the .nn file. Inputs are multiplied by `scale` when loaded. */

@@ -67,6 +67,10 @@ typedef struct NnOptions {
   unsigned char *hyper_set;  /* n_hyper flags: 1 where --lr / --set gave the value */
   double eps;                /* gradcheck: finite-difference step */
   double tol;                /* gradcheck: largest accepted relative difference */
+  const char *prompt;        /* sample: --prompt, the text generation continues */
+  int64_t tokens;            /* sample: --tokens, bytes to generate */
+  double temperature;        /* sample: --temperature, 0 for the most likely byte */
+  int64_t top_k;             /* sample: --top-k, draw from the k likeliest (0: all) */
 } NnOptions;
 
 /* "prog: error: MSG\n" on stderr, then exit(NNRT_EXIT_FAIL). */
@@ -92,6 +96,7 @@ typedef struct NnRng {
 /* Stream ids: parameters use 0..n_params-1; these sit at the top of the range. */
 #define NNRT_STREAM_SHUFFLE UINT64_MAX     /* the epoch shuffles, one after another */
 #define NNRT_STREAM_SPLIT (UINT64_MAX - 1) /* the one shuffle before a validation split */
+#define NNRT_STREAM_SAMPLE (UINT64_MAX - 2) /* the draws of `sample` */
 
 void nnrt_rng_seed(NnRng *r, uint64_t seed, uint64_t stream);
 uint64_t nnrt_rng_u64(NnRng *r);
@@ -156,6 +161,9 @@ int64_t nnrt_data_bytes(const NnData *data); /* memory its inputs and targets ta
  * NULL when it is one, else what is wrong ("is not an integer", ...) in buf. */
 const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap);
 int64_t nnrt_classes(const NnModelDesc *d); /* out_size, 2 for one binary output, 0: regression */
+/* Positions that each get a class of their own: a sequence model's [t, k] logits against t
+ * class indices (t = y_size); 1 for one class per sample. */
+int64_t nnrt_positions(const NnModelDesc *d);
 
 /* Every row of data, in order. */
 void nnrt_set_all(NnSet *s, const NnData *data, const char *what);
@@ -302,6 +310,8 @@ int64_t nnrt_ckpt_load(const char *path, const NnModelDesc *d, void **io, NnCkpt
 int nnrt_train(const NnModelDesc *d, const NnOptions *o);
 int nnrt_eval(const NnModelDesc *d, const NnOptions *o);
 int nnrt_predict(const NnModelDesc *d, const NnOptions *o);
+/* Text generation from a byte-level language model (text() data, [t, vocab] outputs). */
+int nnrt_sample(const NnModelDesc *d, const NnOptions *o);
 int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o);
 /* plot.c: draws a CSV training log (--log's format), read from `log` (named `name` in
  * messages), as an SVG file `svg`; exits naming a bad log. */
