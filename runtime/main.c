@@ -81,8 +81,8 @@ static void check_model(const NnModelDesc *d) {
   if (d->max_batch < 1)
     bad_model("max_batch is %lld", (long long)d->max_batch);
   if (d->x_size < 0 || d->y_size < 0 || d->out_size < 0 || d->param_size < 0 ||
-      d->state_size < 0 || d->arena_bytes < 0 || d->n_params < 0 || d->n_hyper < 0 ||
-      d->epochs < 0 || d->x_rank < 0 || d->x_rank > NN_MAX_RANK)
+      d->state_size < 0 || d->arena_bytes < 0 || d->scratch_bytes < 0 || d->n_params < 0 ||
+      d->n_hyper < 0 || d->epochs < 0 || d->x_rank < 0 || d->x_rank > NN_MAX_RANK)
     bad_model("a size is negative or a rank is out of range");
   if (!d->name || !d->grad || !d->eval || !d->update)
     bad_model("the name or a kernel is missing");
@@ -158,6 +158,10 @@ static void usage(FILE *f, const NnModelDesc *d, double eps, double tol) {
           "  --confusion       print the confusion matrix of the final evaluation\n"
           "  --quiet           print only the final metrics\n"
           "  --verbose         print every epoch\n");
+  fprintf(f, "  --threads N       worker threads of the matmul and convolution kernels (default:\n"
+             "                    the CPUs available, here %d; results are identical run to run\n"
+             "                    for a given N); also for eval, predict and gradcheck\n",
+          nnrt_cpus_available());
   fprintf(f, "eval flags:\n"
              "  --load CKPT       parameters from this checkpoint (else untrained, from --seed)\n"
              "  --data FILE       evaluate on this CSV or IDX file (default: the validation set,\n"
@@ -244,7 +248,7 @@ static void parse_set(const NnModelDesc *d, NnOptions *o, const char *s) {
 typedef enum FlagId {
   F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
   F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
-  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION
+  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_THREADS
 } FlagId;
 
 typedef struct Flag {
@@ -277,6 +281,7 @@ static const Flag flags[] = {
     {"--output", F_OUTPUT, 1, CMD_PREDICT},
     {"--skip-nonfinite", F_SKIP_NONFINITE, 0, CMD_TRAIN},
     {"--confusion", F_CONFUSION, 0, CMD_TRAIN | CMD_EVAL},
+    {"--threads", F_THREADS, 1, CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_GRADCHECK},
 };
 
 static const Flag *find_flag(const char *name, size_t len) {
@@ -336,6 +341,11 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   case F_OUTPUT: o->output_path = file_value(f, v); break;
   case F_SKIP_NONFINITE: o->skip_nonfinite = 1; break;
   case F_CONFUSION: o->confusion = 1; break;
+  case F_THREADS:
+    o->threads = parse_count(f->name, v);
+    if (o->threads > 1024)
+      usage_error("--threads %lld is more than 1024", (long long)o->threads);
+    break;
   }
 }
 
@@ -406,6 +416,7 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   o->batch = d->max_batch;
   o->seed = (uint64_t)d->seed;
   o->save_every = 1;
+  o->threads = nnrt_cpus_available();
   o->hyper = NNRT_ALLOC(d->n_hyper + 1, double);
   o->hyper_set = NNRT_ALLOC(d->n_hyper + 1, unsigned char);
   memset(o->hyper_set, 0, (size_t)d->n_hyper + 1);

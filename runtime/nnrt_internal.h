@@ -1,7 +1,7 @@
 /* nnrt_internal.h — declarations shared by the files of libnnrt.a (not part of the ABI).
  *
  * One section per file, in pipeline order: main.c (the CLI, which fills NnOptions), rng.c
- * (random streams), data.c and idx.c (data sets in memory), model.c (kernel buffers,
+ * (random streams), pool.c (threads for the kernels), data.c and idx.c (data sets in memory), model.c (kernel buffers,
  * initialisation, `info`), metrics.c (loss, accuracy, precision/recall/F1, confusion, MSE/MAE),
  * json.c and ckpt.c (safetensors checkpoints), train.c (`train`), infer.c (`eval`, `predict`)
  * and gradcheck.c (`gradcheck`). Tensors live in the kernels' element type (f32 or f64,
@@ -61,6 +61,7 @@ typedef struct NnOptions {
   unsigned char *hyper_set;  /* n_hyper flags: 1 where --lr / --set gave the value */
   double eps;                /* gradcheck: finite-difference step */
   double tol;                /* gradcheck: largest accepted relative difference */
+  int64_t threads;           /* --threads, else the CPUs this process may run on */
 } NnOptions;
 
 /* "prog: error: MSG\n" on stderr, then exit(NNRT_EXIT_FAIL). */
@@ -148,9 +149,18 @@ int nnrt_idx_sniff(const char *path);
 void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels, double scale,
                    NnData *out);
 
+/* ---- pool.c ---- */
+
+typedef struct NnPool NnPool;
+int nnrt_cpus_available(void);          /* CPUs in this process's affinity mask, at least 1 */
+NnPool *nnrt_pool_new(int workers);     /* workers - 1 threads; the caller is worker 0 */
+NnThreads *nnrt_pool_threads(NnPool *p); /* what goes into io[NN_IO_THREADS] */
+void nnrt_pool_free(NnPool *p);
+
 /* ---- model.c ---- */
 
-void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]);
+/* Every region, and a pool of `threads` workers (none when 1) with their scratch. */
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threads);
 void nnrt_buffers_free(void *io[NN_IO_COUNT]);
 /* Each parameter draws from its own stream (seed, index), so runs are reproducible. */
 void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed);
