@@ -168,7 +168,7 @@ static void if_end(Gemm *g, GIf *f) { /* also closes an if without an else */
 
 static LLVMValueRef function(Gemm *g, const char *name, LLVMTypeRef *params, unsigned n) {
   LLVMValueRef fn = LLVMAddFunction(g->mod, name, LLVMFunctionType(g->vd, params, n, 0));
-  LLVMSetLinkage(fn, LLVMPrivateLinkage);
+  LLVMSetLinkage(fn, LLVMInternalLinkage); /* local, but named in profiles */
   unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
   LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
                           LLVMCreateEnumAttribute(g->ctx, nounwind, 0));

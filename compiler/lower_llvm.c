@@ -786,29 +786,39 @@ static void lower_avgpool_bwd(Lower *L, const Node *n) {
 }
 
 /* dx[B,H,W,C] = maxpool_bwd(x[B,H,W,C], g[B,OH,OW,C]): per channel, the taps in order; the
- * first one holding the window's maximum receives g (PyTorch's choice on ties) */
+ * first one holding the window's maximum receives g (PyTorch's choice on ties). The running
+ * maximum and its position are kept for all channels at once (channels innermost), so the
+ * loops over channels vectorise. */
 static void lower_maxpool_bwd(Lower *L, const Node *n) {
   const Node *xn = n->src[0], *gn = n->src[1];
   Win v = {.c = &n->attr.conv, .img = xn->shape, .out = gn->shape};
   int64_t C = xn->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
-  LLVMValueRef best = entry_slot(L, L->elem, "best"), at = entry_slot(L, L->i64, "argmax");
+  LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
+  LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
   fill_node(L, n, elemc(L, 0));
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
   Loop c = loop_open(L, i64c(L, C), "c");
-  LLVMBuildStore(L->b, elemc(L, -INFINITY), best);
-  LLVMBuildStore(L->b, i64c(L, -1), at);
+  LLVMBuildStore(L->b, elemc(L, -INFINITY), elem_ptr(L, best, c.i));
+  LLVMBuildStore(L->b, i64c(L, -1), LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""));
+  loop_close(L, &c);
   taps_open(L, &v);
-  LLVMValueRef xo = ix_add(L, offset4(L, xn->shape, v.b.i, v.ih, v.iw), c.i);
-  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, xo));
-  LLVMValueRef bv = LLVMBuildLoad2(L->b, L->elem, best, "");
+  LLVMValueRef xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
+  c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef xc = ix_add(L, xo, c.i);
+  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, xc));
+  LLVMValueRef bp = elem_ptr(L, best, c.i), bv = load_elem(L, bp);
   LLVMValueRef more = LLVMBuildFCmp(L->b, LLVMRealOGT, xv, bv, "");
-  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xv, bv, ""), best);
-  LLVMValueRef old = LLVMBuildLoad2(L->b, L->i64, at, "");
-  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xo, old, ""), at);
+  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xv, bv, ""), bp);
+  LLVMValueRef ap = LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, "");
+  LLVMValueRef old = LLVMBuildLoad2(L->b, L->i64, ap, "");
+  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xc, old, ""), ap);
+  loop_close(L, &c);
   taps_close(L, &v);
-  LLVMValueRef a = LLVMBuildLoad2(L->b, L->i64, at, "");
+  c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef a =
+      LLVMBuildLoad2(L->b, L->i64, LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""), "");
   LLVMBasicBlockRef join = /* none found only if every tap is -inf or NaN */
       if_open(L, LLVMBuildICmp(L->b, LLVMIntSGE, a, i64c(L, 0), ""), "found");
   LLVMValueRef p = elem_ptr(L, dx, a);
