@@ -6,10 +6,10 @@
  * says — plus the constant `nn_model` (NnModelDesc) that tells libnnrt.a about them. Each
  * kernel lowers the groups its chosen outputs need, in group order, as straight-line code with
  * one loop nest per group: a loop group computes its members in registers and stores only the
- * stored ones (a reduction's loop runs over its input), matmul loops in m-k-n order, window
- * ops over samples, positions and taps. Loop nests are plain counted
- * loops that LLVM's O2/O3 pipeline (vectoriser included) then optimises for the target CPU.
- * This is the only file that includes llvm-c. */
+ * stored ones (a reduction's loop runs over its input); matmul and convolution call the GEMM
+ * that lower_gemm.c emits, pooling loops over samples, positions and taps. Loop nests are
+ * plain counted loops that LLVM's O2/O3 pipeline (vectoriser included) then optimises for the
+ * target CPU. With lower_gemm.c, the only code that includes llvm-c. */
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>

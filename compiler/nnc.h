@@ -1,7 +1,8 @@
 /* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
  * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
  * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → fuse.c (loop groups)
- * → plan.c (memory) → lower_llvm.c (LLVM)
+ * → plan.c (memory) → lower_llvm.c (LLVM; lower_gemm.c, behind lower_gemm.h, emits its matmul
+ * and convolutions)
  * → link.c (executable). main.c runs them in order. */
 #ifndef NNC_H
 #define NNC_H
