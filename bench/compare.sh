@@ -14,7 +14,7 @@ compare() {
   [ -x build/nnc ] || scripts/build.sh build
   build/nnc "examples/$ex.nn" -o "build/$ex"
   local out
-  out=$(/usr/bin/python3 bench/rss.py "build/$ex" train --epochs 1 --quiet 2>&1)
+  out=$(/usr/bin/python3 bench/rss.py "build/$ex" train --epochs 1 2>&1)
   local nnc_sps nnc_acc nnc_rss
   nnc_sps=$(echo "$out" | sed -n 's/.*(\([0-9.]*\) samples\/s.*/\1/p')
   nnc_acc=$(echo "$out" | sed -n 's/^final: .*accuracy \([0-9.]*\)%.*/\1/p')

@@ -15,8 +15,8 @@
 #include "nnrt_internal.h"
 
 enum {
-  SPINS_BEFORE_YIELD = 2000,  /* busy polls before each sched_yield */
-  YIELDS_BEFORE_SLEEP = 200,  /* yields before a worker blocks on the condition variable */
+  SPINS_BEFORE_YIELD = 1000,  /* busy polls before each sched_yield */
+  YIELDS_BEFORE_SLEEP = 30,   /* yields before a worker blocks (about a millisecond) */
 };
 
 struct NnPool {
