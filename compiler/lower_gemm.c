@@ -742,7 +742,7 @@ static int64_t conv_scratch(const Gemm *g, const ConvGeom *q) {
   return round16(q->OH * q->OW * TC) + round16(TC * q->F) + gemm_scratch(g);
 }
 
-/* Worker w's samples of the filter gradient: [ceil(w*B/W), ceil((w+1)*B/W)), so worker 0
+/* Share k of the filter gradient's samples: [ceil(k*B/W), ceil((k+1)*B/W)), so share 0
  * always has one when B >= 1. */
 static LLVMValueRef share(Gemm *g, LLVMValueRef w, LLVMValueRef batch, LLVMValueRef workers) {
   return cdiv(g, mul(g, w, batch), workers);
@@ -759,17 +759,30 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
   LLVMValueRef p[3] = {get(g, J, job, CJ_OUT), get(g, J, job, CJ_SRC0), get(g, J, job, CJ_SRC1)};
   LLVMValueRef batch = get(g, J, job, CJ_BATCH);
   LLVMValueRef scr = byte_at(g, get(g, J, job, CJ_SCRATCH), mul(g, w, get(g, J, job, CJ_SSTRIDE)));
-  if (n->op == OP_CONV2D_BWD_FILTER) { /* static shares, each summed into its own buffer */
+  if (n->op == OP_CONV2D_BWD_FILTER) {
+    /* `workers` fixed shares of the batch, each summed into its own buffer (share 0 straight
+     * into the result, share k at the start of worker k's scratch), taken by whichever worker
+     * comes first; the im2col and packing space is the taker's own */
+    LLVMValueRef base = get(g, J, job, CJ_SCRATCH), sstride = get(g, J, job, CJ_SSTRIDE);
     LLVMValueRef workers = get(g, J, job, CJ_WORKERS);
-    LLVMValueRef lo = share(g, w, batch, workers);
-    LLVMValueRef hi = share(g, add(g, w, c64(g, 1)), batch, workers);
-    /* scratch: the partial sum, then what conv_sample uses */
-    LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, w, c64(g, 0), ""),
-                                       p[0], scr, "");
     LLVMValueRef rest = at(g, scr, c64(g, round16(q->T * q->C * q->F)));
+    LLVMBasicBlockRef head = block(g, "share"), body = block(g, "share.body");
+    LLVMBasicBlockRef done = block(g, "done");
+    LLVMBuildBr(g->b, head);
+    LLVMPositionBuilderAtEnd(g->b, head);
+    LLVMValueRef k = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, CJ_NEXT),
+                                        c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
+    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k, workers, ""), body, done);
+    LLVMPositionBuilderAtEnd(g->b, body);
+    LLVMValueRef lo = share(g, k, batch, workers);
+    LLVMValueRef hi = share(g, add(g, k, c64(g, 1)), batch, workers);
+    LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
+                                       p[0], byte_at(g, base, mul(g, k, sstride)), "");
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
     conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""));
     loop_end(g, &ls);
+    LLVMBuildBr(g->b, head);
+    LLVMPositionBuilderAtEnd(g->b, done);
   } else { /* samples handed out one at a time */
     LLVMBasicBlockRef head = block(g, "sample"), body = block(g, "sample.body");
     LLVMBasicBlockRef done = block(g, "done");

@@ -84,12 +84,15 @@ typedef struct NnParamInfo {
 /* Threads, supplied by whoever calls the kernels (libnnrt.a's pool in runtime/pool.c, or an
  * embedding program's own): the generated code never links against a thread library. A kernel
  * that wants to split work (matmul, convolution) calls run(ctx, work, arg), which must call
- * work(arg, w) once for each worker w in [0, workers), concurrently or not, and return when all
- * have returned. Worker w uses bytes [w * scratch_bytes, (w + 1) * scratch_bytes) of
- * NN_IO_SCRATCH. With io[NN_IO_THREADS] == NULL the kernels run serially as worker 0, so
+ * work(arg, w) for worker 0 and at most once for each other w in [0, workers), concurrently
+ * or not, and return when all calls have returned. Worker w uses bytes
+ * [w * scratch_bytes, (w + 1) * scratch_bytes) of NN_IO_SCRATCH. run may skip workers other than 0 (libnnrt.a's pool skips one that has not
+ * started when worker 0 is done): the kernels hand out their work dynamically, so worker 0
+ * alone finishes it. With io[NN_IO_THREADS] == NULL the kernels run serially as worker 0, so
  * NN_IO_SCRATCH then needs scratch_bytes. Results do not depend on timing: each output element
  * is computed by one worker, and where partial sums are combined (the convolution filter
- * gradient) they are added in worker order, so a fixed worker count gives the same bits. */
+ * gradient: one per share of the batch, `workers` shares) they are added in share order, so a
+ * fixed worker count gives the same bits. */
 typedef void (*NnWork)(void *arg, int64_t worker);
 typedef struct NnThreads {
   void (*run)(void *ctx, NnWork work, void *arg); /* see above */

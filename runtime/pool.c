@@ -4,8 +4,11 @@
  * A training step calls run() a few times per layer, every few hundred microseconds, so waking
  * sleeping threads through the kernel each time would cost more than small matmuls do. Workers
  * therefore spin on a generation counter for a while (yielding the CPU as they go, since the
- * cores may be shared) and only then sleep on a condition variable; the caller spins likewise
- * on the count of workers still busy. */
+ * cores may be shared) and only then sleep on a condition variable. The caller does not wait
+ * for a worker that has not joined by the time it finished its own share: on a loaded machine
+ * a worker may not get a core for milliseconds. It closes the job, so late workers skip it,
+ * and waits only for those that joined (the kernels hand out work dynamically, so whatever a
+ * worker does not take, the others do). */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include <pthread.h>
 #include <sched.h>
@@ -15,6 +18,7 @@
 #include "nnrt_internal.h"
 
 enum {
+  CLOSED = 1 << 30,           /* in `active`: the job takes no more workers */
   SPINS_BEFORE_YIELD = 1000,  /* busy polls before each sched_yield */
   YIELDS_BEFORE_SLEEP = 30,   /* yields before a worker blocks (about a millisecond) */
 };
@@ -26,7 +30,7 @@ struct NnPool {
   pthread_mutex_t lock;       /* guards the sleep/wake handshake */
   pthread_cond_t wake;        /* signalled when generation advances */
   atomic_long generation;     /* bumped by run(): a new job is published */
-  atomic_int busy;            /* workers 1..n-1 still inside the current job */
+  atomic_int active;          /* workers inside the current job, | CLOSED once the caller is done */
   atomic_int sleepers;        /* workers blocked on `wake` */
   int quit;                   /* under lock: workers exit */
   NnWork work;                /* the current job */
@@ -74,8 +78,14 @@ static void *worker_main(void *v) {
     int quit = p->quit;
     pthread_mutex_unlock(&p->lock);
     if (quit) break;
+    int a = atomic_load_explicit(&p->active, memory_order_acquire);
+    while (!(a & CLOSED) && !atomic_compare_exchange_weak_explicit(
+                                &p->active, &a, a + 1, memory_order_acq_rel, memory_order_acquire))
+      ;
+    if (a & CLOSED) continue; /* the caller finished without us */
+    seen = atomic_load_explicit(&p->generation, memory_order_acquire); /* the job joined */
     p->work(p->arg, w->index);
-    atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release);
+    atomic_fetch_sub_explicit(&p->active, 1, memory_order_release);
   }
   free(w);
   return NULL;
@@ -89,7 +99,7 @@ static void pool_run(void *ctx, NnWork work, void *arg) {
   }
   p->work = work;
   p->arg = arg;
-  atomic_store_explicit(&p->busy, p->n - 1, memory_order_relaxed);
+  atomic_store_explicit(&p->active, 0, memory_order_release);
   atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
   if (atomic_load(&p->sleepers) > 0) { /* only then is the syscall needed */
     pthread_mutex_lock(&p->lock);
@@ -97,7 +107,8 @@ static void pool_run(void *ctx, NnWork work, void *arg) {
     pthread_mutex_unlock(&p->lock);
   }
   work(arg, 0);
-  for (int s = 0; atomic_load_explicit(&p->busy, memory_order_acquire) > 0; s++) {
+  atomic_fetch_or_explicit(&p->active, CLOSED, memory_order_acq_rel);
+  for (int s = 0; atomic_load_explicit(&p->active, memory_order_acquire) & ~CLOSED; s++) {
     if (s % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1) sched_yield();
     cpu_relax();
   }
@@ -118,7 +129,7 @@ NnPool *nnrt_pool_new(int workers) {
   pthread_mutex_init(&p->lock, NULL);
   pthread_cond_init(&p->wake, NULL);
   atomic_init(&p->generation, 0);
-  atomic_init(&p->busy, 0);
+  atomic_init(&p->active, CLOSED);
   atomic_init(&p->sleepers, 0);
   p->tid = NNRT_ALLOC(workers, pthread_t);
   for (int i = 1; i < workers; i++) {
