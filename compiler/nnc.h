@@ -1,7 +1,8 @@
 /* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
  * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
  * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → fuse.c (loop groups)
- * → plan.c (memory) → lower_llvm.c (LLVM)
+ * → plan.c (memory) → lower_llvm.c (LLVM; lower_gemm.c, behind lower_gemm.h, emits its matmul
+ * and convolutions)
  * → link.c (executable). main.c runs them in order. */
 #ifndef NNC_H
 #define NNC_H
@@ -431,7 +432,8 @@ struct Options {
   const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
   int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */
   double prune;         /* --prune: fraction of each weight matrix's --weights set to 0 */
-  const Embed *embed;   /* set for --emit=header: lower_llvm also emits nn_embed */
+  Embed *embed;         /* set for --emit=header: lower_llvm also emits nn_embed (and adds
+                         * the GEMM scratch to its arena sizes) */
 };
 
 /* Builds the module, runs the pass pipeline, writes `path` as llvm/asm/obj per emit.

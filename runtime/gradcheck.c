@@ -98,7 +98,7 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     nnrt_data_file(d, o->data_path, o->labels_path, NNRT_USE_TARGETS, &data);
   else
     nnrt_data_declared(d, d->data, &data);
-  nnrt_buffers_new(d, io);
+  nnrt_buffers_new(d, io, o->threads);
   nnrt_init_params(d, io[NN_IO_PARAM], o->seed);
   nnrt_set_hyper(d, io, o->hyper, 1);
   int64_t n = data.rows < d->max_batch ? data.rows : d->max_batch;

@@ -18,7 +18,7 @@
 /* Parameters: from the checkpoint when given, else initialised from the seed. */
 static void load_model(const NnModelDesc *d, const NnOptions *o, void **io, NnCkptState *st) {
   memset(st, 0, sizeof *st);
-  nnrt_buffers_new(d, io);
+  nnrt_buffers_new(d, io, o->threads);
   nnrt_init_params(d, io[NN_IO_PARAM], o->seed);
   st->seed = o->seed;
   if (o->load_path) {

@@ -82,8 +82,8 @@ static void check_model(const NnModelDesc *d) {
   if (d->max_batch < 1)
     bad_model("max_batch is %lld", (long long)d->max_batch);
   if (d->x_size < 0 || d->y_size < 0 || d->out_size < 0 || d->param_size < 0 ||
-      d->state_size < 0 || d->arena_bytes < 0 || d->n_params < 0 || d->n_hyper < 0 ||
-      d->epochs < 0 || d->x_rank < 0 || d->x_rank > NN_MAX_RANK)
+      d->state_size < 0 || d->arena_bytes < 0 || d->scratch_bytes < 0 || d->n_params < 0 ||
+      d->n_hyper < 0 || d->epochs < 0 || d->x_rank < 0 || d->x_rank > NN_MAX_RANK)
     bad_model("a size is negative or a rank is out of range");
   if (!d->name || !d->grad || !d->eval || !d->update)
     bad_model("the name or a kernel is missing");
@@ -208,7 +208,7 @@ typedef enum FlagId {
   F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
   F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
   F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_LOG, F_PLOT, F_PATIENCE, F_MONITOR, F_HELP,
-  F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K
+  F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K, F_THREADS
 } FlagId;
 
 typedef struct Flag {
@@ -267,6 +267,8 @@ static const Flag flags[] = {
     {"--temperature", F_TEMPERATURE, "T", CMD_SAMPLE,
      "sampling temperature (default 1; 0 takes the likeliest byte)"},
     {"--top-k", F_TOP_K, "K", CMD_SAMPLE, "sample among the K likeliest bytes (default 0: all)"},
+    {"--threads", F_THREADS, "N", CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_GRADCHECK | CMD_SAMPLE,
+     "worker threads of the matmul and convolution kernels (same results for a given N)"},
 };
 
 static const Flag *find_flag(const char *name, size_t len) {
@@ -416,6 +418,11 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   case F_TOKENS: o->tokens = parse_count(f->name, v); break;
   case F_TEMPERATURE: o->temperature = parse_real(f->name, v, 0, 1, "a non-negative number"); break;
   case F_TOP_K: o->top_k = parse_count(f->name, v); break;
+  case F_THREADS:
+    o->threads = parse_count(f->name, v);
+    if (o->threads > 1024)
+      usage_error("--threads %lld is more than 1024", (long long)o->threads);
+    break;
   }
 }
 
@@ -497,6 +504,7 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   o->save_every = 1;
   o->patience = d->patience > 0 ? d->patience : 0;
   o->monitor = d->monitor > 0 && d->monitor < NN_MONITOR_COUNT ? d->monitor : NN_MONITOR_AUTO;
+  o->threads = nnrt_cpus_available();
   o->hyper = NNRT_ALLOC(d->n_hyper + 1, double);
   o->hyper_set = NNRT_ALLOC(d->n_hyper + 1, unsigned char);
   memset(o->hyper_set, 0, (size_t)d->n_hyper + 1);

@@ -38,8 +38,12 @@ static void *alloc_region(int64_t bytes) {
   return p;
 }
 
-void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]) {
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threads) {
   int64_t es = d->elem_size, b = d->max_batch;
+  if (threads < 1) threads = 1;
+  /* The pool is owned through io[NN_IO_THREADS]; NnThreads is its first member. */
+  io[NN_IO_THREADS] = threads > 1 ? nnrt_pool_threads(nnrt_pool_new((int)threads)) : NULL;
+  io[NN_IO_SCRATCH] = alloc_region(threads * d->scratch_bytes);
   io[NN_IO_ARENA] = alloc_region(d->arena_bytes);
   io[NN_IO_PARAM] = alloc_region(d->param_size * es);
   io[NN_IO_GRAD] = alloc_region(d->param_size * es);
@@ -52,8 +56,12 @@ void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]) {
 }
 
 void nnrt_buffers_free(void *io[NN_IO_COUNT]) {
+  NnThreads *t = io[NN_IO_THREADS];
+  if (t)
+    nnrt_pool_free(t->ctx);
   for (int i = 0; i < NN_IO_COUNT; i++)
-    free(io[i]);
+    if (i != NN_IO_THREADS)
+      free(io[i]);
 }
 
 void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step) {
@@ -250,6 +258,7 @@ int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
   printf("state:       %lld element%s\n", (long long)d->state_size, nnrt_plural(d->state_size));
   printf("arena:       %lld bytes (one slot per node would need %lld)\n",
          (long long)d->arena_bytes, (long long)d->arena_unplanned_bytes);
+  printf("scratch:     %lld bytes per thread\n", (long long)d->scratch_bytes);
   printf("defaults:    batch %lld, epochs %lld, seed %lld\n", (long long)d->max_batch,
          (long long)d->epochs, (long long)d->seed);
   printf("hyper:      ");

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 4
+#define NN_ABI_VERSION 5
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -25,6 +25,8 @@ typedef enum NnIo {
   NN_IO_OUT,    /* model outputs, (batch, out_size) */
   NN_IO_LOSS,   /* one double: the mean loss over the batch */
   NN_IO_HYPER,  /* doubles: hyperparameters by index (hyper_names), then the step count */
+  NN_IO_THREADS, /* an NnThreads (below) the kernels may split work with, or NULL: serial */
+  NN_IO_SCRATCH, /* per-worker scratch: workers * scratch_bytes bytes, 64-byte aligned */
   NN_IO_COUNT
 } NnIo;
 
@@ -95,6 +97,25 @@ typedef struct NnParamInfo {
   int64_t frozen;              /* 1: `freeze`d in the train block; never updated, no gradient */
 } NnParamInfo;
 
+/* Threads, supplied by whoever calls the kernels (libnnrt.a's pool in runtime/pool.c, or an
+ * embedding program's own): the generated code never links against a thread library. A kernel
+ * that wants to split work (matmul, convolution) calls run(ctx, work, arg), which must call
+ * work(arg, w) for worker 0 and at most once for each other w in [0, workers), concurrently
+ * or not, and return when all calls have returned. Worker w uses bytes
+ * [w * scratch_bytes, (w + 1) * scratch_bytes) of NN_IO_SCRATCH. run may skip workers other than 0 (libnnrt.a's pool skips one that has not
+ * started when worker 0 is done): the kernels hand out their work dynamically, so worker 0
+ * alone finishes it. With io[NN_IO_THREADS] == NULL the kernels run serially as worker 0, so
+ * NN_IO_SCRATCH then needs scratch_bytes. Results do not depend on timing: each output element
+ * is computed by one worker, and where partial sums are combined (the convolution filter
+ * gradient: one per share of the batch, `workers` shares) they are added in share order, so a
+ * fixed worker count gives the same bits. */
+typedef void (*NnWork)(void *arg, int64_t worker);
+typedef struct NnThreads {
+  void (*run)(void *ctx, NnWork work, void *arg); /* see above */
+  void *ctx;                                      /* run's first argument */
+  int64_t workers;                                /* >= 1 */
+} NnThreads;
+
 /* A kernel: reads and writes the regions in io; batch is the number of samples (<= max_batch)
  * in NN_IO_X/NN_IO_Y/NN_IO_OUT. */
 typedef void (*NnKernel)(void **io, int64_t batch);
@@ -114,6 +135,7 @@ typedef struct NnModelDesc {
   int64_t param_size;          /* elements of NN_IO_PARAM */
   int64_t state_size;          /* elements of NN_IO_STATE */
   int64_t arena_bytes;         /* bytes of NN_IO_ARENA needed at max_batch */
+  int64_t scratch_bytes;       /* bytes of NN_IO_SCRATCH per worker (a multiple of 64) */
   int64_t max_batch;           /* the `batch` of the train block: no kernel call exceeds it */
   int64_t epochs;              /* default epoch count */
   int64_t seed;                /* default seed */

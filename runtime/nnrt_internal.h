@@ -1,7 +1,7 @@
 /* nnrt_internal.h — declarations shared by the files of libnnrt.a (not part of the ABI).
  *
  * One section per file, in pipeline order: main.c (the CLI, which fills NnOptions), rng.c
- * (random streams), data.c and idx.c (data sets in memory), model.c (kernel buffers,
+ * (random streams), pool.c (threads for the kernels), data.c and idx.c (data sets in memory), model.c (kernel buffers,
  * initialisation, `info`), metrics.c (loss, accuracy, precision/recall/F1, confusion, MSE/MAE),
  * json.c and ckpt.c (safetensors checkpoints), train.c (`train`), infer.c (`eval`, `predict`)
  * and gradcheck.c (`gradcheck`). Tensors live in the kernels' element type (f32 or f64,
@@ -71,6 +71,7 @@ typedef struct NnOptions {
   int64_t tokens;            /* sample: --tokens, bytes to generate */
   double temperature;        /* sample: --temperature, 0 for the most likely byte */
   int64_t top_k;             /* sample: --top-k, draw from the k likeliest (0: all) */
+  int64_t threads;           /* --threads, else the CPUs this process may run on */
 } NnOptions;
 
 /* "prog: error: MSG\n" on stderr, then exit(NNRT_EXIT_FAIL). */
@@ -192,10 +193,18 @@ int nnrt_npy_path(const char *path); /* 1 when the name ends in .npy */
  * elements, count at a time. */
 void nnrt_npy_write_header(FILE *f, int64_t elem_size, int64_t rows, int64_t cols);
 void nnrt_npy_write_rows(FILE *f, const void *base, int64_t count, int64_t elem_size);
+/* ---- pool.c ---- */
+
+typedef struct NnPool NnPool;
+int nnrt_cpus_available(void);          /* CPUs in this process's affinity mask, at least 1 */
+NnPool *nnrt_pool_new(int workers);     /* workers - 1 threads; the caller is worker 0 */
+NnThreads *nnrt_pool_threads(NnPool *p); /* what goes into io[NN_IO_THREADS] */
+void nnrt_pool_free(NnPool *p);
 
 /* ---- model.c ---- */
 
-void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]);
+/* Every region, and a pool of `threads` workers (none when 1) with their scratch. */
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threads);
 void nnrt_buffers_free(void *io[NN_IO_COUNT]);
 /* nnrt_params_init, exiting on an unknown initialiser. */
 void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed);

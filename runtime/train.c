@@ -104,7 +104,7 @@ static void init_state(Run *r) {
   r->batch = o->batch;
   r->seed = o->seed;
   r->saved_epoch = -1;
-  nnrt_buffers_new(d, r->io);
+  nnrt_buffers_new(d, r->io, o->threads);
   if (o->resume_path) {
     resume(r);
     return;
