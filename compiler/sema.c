@@ -932,6 +932,23 @@ BUILTIN(call_one_hot) {
   return binary(s, OP_CMPEQ, t, tensor(ir_iota(&s->b, shape_of(1, (int)k), 0)));
 }
 
+/* gradient(y, x): d y / d x, built into the graph by reverse mode (autodiff.c), for
+ * gradients with respect to inputs: saliency, adversarial examples (x + eps * sign(g)).
+ * y is one number per sample, and each sample's y is differentiated on its own; x is any
+ * tensor the graph has built (the input x, a hidden value, a parameter). */
+BUILTIN(call_gradient) {
+  Node *y = tensor_arg(bi, call, a, 0), *x = y ? tensor_arg(bi, call, a, 1) : NULL;
+  if (!x) return ERR;
+  if (sample_rank(y) != 0) {
+    diag_error(a->ast[0]->loc, "'gradient' differentiates one number per sample, got %s; "
+               "wrap it in sum() or mean()", shape_str(y->shape, true));
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  Node *g = ad_grad(&s->b, y, x);
+  return g ? tensor(g) : ERR;
+}
+
 static const Builtin builtins[] = {
     {"exp", 1, 1, {0}, OP_EXP, call_unary},
     {"log", 1, 1, {0}, OP_LOG, call_unary},
@@ -959,6 +976,7 @@ static const Builtin builtins[] = {
     {"scatter_add", 3, 3, {"axis"}, OP_SCATTER_ADD, call_scatter_add},
     {"one_hot", 2, 2, {0}, OP_IOTA, call_one_hot},
     {"zeros", 1, 1, {0}, OP_EXPAND, call_zeros},
+    {"gradient", 2, 2, {0}, OP_COUNT, call_gradient},
     /* convolution and pooling */
     {"conv2d_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D, call_conv2d},
     {"conv2d_transpose_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D_BWD_DATA,
