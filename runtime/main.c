@@ -520,6 +520,7 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
 int main(int argc, char **argv) {
   const NnModelDesc *d = &nn_model;
   nnrt_prog = argc > 0 && argv[0] && *argv[0] ? basename_of(argv[0]) : "nnrt";
+  setvbuf(stdout, NULL, _IOLBF, 0); /* a log file or pipe sees each epoch's line as it ends */
   check_model(d);
   NnOptions o;
   default_options(d, &o);
