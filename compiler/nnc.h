@@ -168,7 +168,7 @@ typedef struct MoveAttr {
 typedef struct Attr {
   double value;    /* CONST: the number */
   int index;       /* INPUT: NN_IO_X or NN_IO_Y; PARAM/GRAD/STATE: parameter/state index;
-                      HYPER: hyperparameter index */
+                      HYPER: hyperparameter index; RAND_*: the call site's salt */
   unsigned axes;   /* SUM, RMAX: bit i set = reduce axis i */
   bool ta, tb;     /* MATMUL: transpose the last two dims of a / b */
   ConvAttr conv;   /* CLASS_WINDOW ops: window, stride, dilation, padding */
@@ -278,6 +278,9 @@ Node *ir_gather(Builder *b, Node *x, Node *idx, int axis, int lead);
 Node *ir_scatter_add(Builder *b, Node *g, Node *idx, int axis, int lead, Shape to);
 /* Constant: every element is its index along `axis`. */
 Node *ir_iota(Builder *b, Shape shape, int axis);
+/* RAND_UNIFORM / RAND_NORMAL of `shape`; `salt` tells call sites apart (and keeps two of
+ * them from being merged as equal nodes). */
+Node *ir_random(Builder *b, OpKind op, Shape shape, int salt);
 /* Sums `g` down to `shape` over the axes that broadcasting expanded (gradient helper). */
 Node *ir_unbroadcast(Builder *b, Node *g, Shape shape);
 #define ir_add(b, x, y) ir_binary(b, OP_ADD, x, y)

@@ -505,6 +505,15 @@ static bool shape_iota(Builder *b, Node *n, Shape *out) {
   return true;
 }
 
+/* RAND_*: the shape is given, and may be batched (noise per sample) */
+static bool shape_random(Builder *b, Node *n, Shape *out) {
+  (void)b;
+  for (int i = 1; i < n->shape.rank; i++)
+    if (n->shape.dim[i] < 1) MOVE_BUG(n);
+  *out = n->shape;
+  return true;
+}
+
 #undef MOVE_BUG
 
 const OpInfo op_info[OP_COUNT] = {

@@ -58,6 +58,7 @@ typedef struct Frame {
   const char *prefix;   /* "" at model level, "block0." inside a layer called from a model */
   Counter *counters;
   const Ast *def;       /* the definition being inlined (for recursion checks), or NULL */
+  uint32_t site;        /* hash of the call sites from the model down to here (random salts) */
   struct Frame *parent; /* the caller, for recursion checks only: names are not inherited */
   enum { IN_MODEL, IN_LAYER, IN_FN, IN_OPTIMIZER, IN_TRAIN } where;
 } Frame;
@@ -77,7 +78,19 @@ typedef struct Sema {
   int param_index;       /* the parameter it updates */
   Node *param_new;       /* the parameter's new value, when `param -= ...` has run */
   int n_states;
+  uint32_t site;         /* the frame's `site` while a built-in function runs */
 } Sema;
+
+/* FNV-1a over a call site's position, continuing the hash h of its caller's path. Not the
+ * file's path, which would make the numbers depend on where the file is; only whether it is
+ * the prelude. */
+static uint32_t site_hash(uint32_t h, Loc loc) {
+  bool prelude = loc.file && !strcmp(loc.file->path, "std.nn");
+  int64_t v[3] = {loc.line, loc.col, prelude};
+  const unsigned char *p = (const unsigned char *)v;
+  for (size_t i = 0; i < sizeof v; i++) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
 
 static Value eval(Sema *s, Frame *f, const Ast *e);
 static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call);
@@ -483,7 +496,49 @@ BUILTIN(call_flatten) {
 
 /* The built-ins whose positional argument i may be a list [..]. */
 static bool takes_list(const Builtin *bi, int i) {
+  if (i == 0) return bi->op == OP_RAND_UNIFORM || bi->op == OP_RAND_NORMAL;
   return i == 1 && (!strcmp(bi->name, "reshape") || !strcmp(bi->name, "permute"));
+}
+
+/* ---- random numbers: uniform(shape, lo = 0, hi = 1), normal(shape, mean = 0, std = 1),
+ * bernoulli(shape, p = 0.5). `shape` is a per-sample list [dims] (so every sample of a batch
+ * draws its own) or a tensor whose shape, batched or not, the result takes. Each call site
+ * draws new numbers at every training step, reproducibly from the seed (RAND_* in ops.def);
+ * nothing is differentiated through them. ---- */
+BUILTIN(call_random) {
+  Value v = a->v[0];
+  Shape shape = {0};
+  bool ok = v.kind == V_TENSOR || (v.kind == V_LIST && v.len < MAX_RANK);
+  if (v.kind == V_TENSOR) shape = v.node->shape;
+  for (int i = 0; ok && v.kind == V_LIST && i < v.len; i++) {
+    ok = v.nums[i] >= 1 && v.nums[i] == floor(v.nums[i]) && v.nums[i] <= 1e9;
+    shape.dim[shape.rank++] = (int64_t)v.nums[i];
+  }
+  if (!ok) {
+    diag_error(a->ast[0]->loc, "'%s' takes a per-sample shape, like [4, 2] (at most %d "
+               "positive integers), or a tensor to take the shape of", bi->name, MAX_RANK - 1);
+    return ERR;
+  }
+  if (v.kind == V_LIST) shape = batch_of(shape);
+  bool normal = !strcmp(bi->name, "normal"), bern = !strcmp(bi->name, "bernoulli");
+  const Value *lo = kwarg(a, bern ? "p" : normal ? "mean" : "lo"),
+              *hi = kwarg(a, normal ? "std" : "hi");
+  Value zero = number(0), one = number(1), half = number(0.5);
+  s->b.loc = call->loc;
+  /* the salt names the call site by its path from the model, so a model evaluated twice on
+   * the same input draws the same numbers (and the two evaluations are one, hash-consed),
+   * while each layer or fn call inside it draws its own */
+  int salt = (int)(site_hash(s->site, call->loc) & 0x7fffffff);
+  Value r = tensor(ir_random(&s->b, bi->op, shape, salt));
+  if (bern) /* 1 with probability p: u < p */
+    return binary(s, OP_CMPGT, lo ? *lo : half, r);
+  Value base = lo ? *lo : zero, width = hi ? *hi : one;
+  if (!normal) /* lo + (hi - lo) * u */
+    width = width.kind == V_NUM && base.kind == V_NUM ? number(width.num - base.num)
+                                                      : binary(s, OP_SUB, width, base);
+  if (width.kind != V_NUM || width.num != 1) r = binary(s, OP_MUL, r, width);
+  if (base.kind != V_NUM || base.num != 0) r = binary(s, OP_ADD, r, base);
+  return r;
 }
 
 /* ---- convolution and pooling builtins: conv2d_op, conv2d_transpose_op, maxpool, avgpool,
@@ -946,6 +1001,10 @@ static const Builtin builtins[] = {
     {"maxpool", 2, 2, {"stride", "padding"}, OP_MAXPOOL, call_pool},
     {"avgpool", 2, 2, {"stride", "padding"}, OP_AVGPOOL, call_pool},
     {"upsample", 2, 2, {0}, OP_EXPAND, call_upsample},
+    /* random numbers */
+    {"uniform", 1, 1, {"lo", "hi"}, OP_RAND_UNIFORM, call_random},
+    {"normal", 1, 1, {"mean", "std"}, OP_RAND_NORMAL, call_random},
+    {"bernoulli", 1, 1, {"p"}, OP_RAND_UNIFORM, call_random},
 };
 enum { N_BUILTINS = sizeof builtins / sizeof *builtins };
 
@@ -988,6 +1047,7 @@ static bool call_builtin(Sema *s, Frame *f, const Ast *call, Value *out) {
                  bi->max_args, positional);
     ok = false;
   }
+  s->site = f->site;
   if (ok) *out = bi->call(s, bi, call, &a);
   return true;
 }
@@ -1309,6 +1369,8 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
       return ERR;
     }
   Frame *callee = frame_for(f, def, f->prefix);
+  /* models start a path: the same model on the same input is the same computation */
+  callee->site = def->kind == AST_MODEL ? 2166136261u : site_hash(f->site, call->loc);
   if (!bind_args(s, f, callee, def, call)) return ERR;
   if (def->kind == AST_LAYER) { /* dense0, dense1, ... per enclosing scope, in call order */
     Counter *c = f->counters;

@@ -100,7 +100,7 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     nnrt_data_declared(d, d->data, &data);
   nnrt_buffers_new(d, io);
   nnrt_init_params(d, io[NN_IO_PARAM], o->seed);
-  nnrt_set_hyper(d, io, o->hyper, 1);
+  nnrt_set_hyper(d, io, o->hyper, 1, o->seed);
   int64_t n = data.rows < d->max_batch ? data.rows : d->max_batch;
   int64_t *order = malloc((size_t)n * sizeof *order);
   if (!order)

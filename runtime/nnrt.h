@@ -24,9 +24,17 @@ typedef enum NnIo {
   NN_IO_Y,      /* targets, (batch, y_size) */
   NN_IO_OUT,    /* model outputs, (batch, out_size) */
   NN_IO_LOSS,   /* one double: the mean loss over the batch */
-  NN_IO_HYPER,  /* doubles: hyperparameters by index (hyper_names), then the step count */
+  NN_IO_HYPER,  /* doubles: hyperparameters by index (hyper_names), then NnHyperSlot */
   NN_IO_COUNT
 } NnIo;
+
+/* The slots of NN_IO_HYPER after the n_hyper hyperparameters: slot n_hyper + NN_HYPER_STEP
+ * and so on. ORDER HYPER */
+typedef enum NnHyperSlot {
+  NN_HYPER_STEP,  /* optimizer steps taken (the update kernel sees 1 for the first) */
+  NN_HYPER_SEED,  /* the run's seed: its 64 bits stored in the double, for the random ops */
+  NN_HYPER_SLOTS  /* count */
+} NnHyperSlot;
 
 /* Parameter initialisers (fan-in/fan-out from the shape, Keras convention). */
 typedef enum NnInit {

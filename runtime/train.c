@@ -348,7 +348,7 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   t_load = now_seconds() - t_load;
   if (o->resume_path)
     replay_shuffles(&r);
-  nnrt_set_hyper(d, r.io, r.hyper, r.step);
+  nnrt_set_hyper(d, r.io, r.hyper, r.step, r.seed);
   r.progress = !o->quiet && isatty(fileno(stdout));
   if (!o->quiet)
     print_header(&r);
