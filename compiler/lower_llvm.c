@@ -1289,6 +1289,7 @@ static LLVMValueRef param_table(Lower *L) {
     PUT_I64(&f, NnParamInfo, init, p->init);
     PUT_F64(&f, NnParamInfo, init_a, p->init_a);
     PUT_F64(&f, NnParamInfo, init_b, p->init_b);
+    PUT_I64(&f, NnParamInfo, buffer, p->buffer);
     rows[i] = struct_of(L, &f, &info, "NnParamInfo", sizeof(NnParamInfo));
   }
   return private_const(L, LLVMConstArray2(info, rows, (uint64_t)u->n_params), "params");
@@ -1306,8 +1307,8 @@ static LLVMValueRef hyper_name_table(Lower *L) {
  * `unplanned`: what one slot per node of the unfused graphs would need instead. */
 static int64_t arena_bytes(Lower *L, bool unplanned) {
   int64_t elems = 0;
-  const Graph *gs[2] = {L->u->train, L->u->update};
-  for (int i = 0; i < 2; i++) {
+  const Graph *gs[3] = {L->u->train, L->u->update, L->u->infer};
+  for (int i = 0; i < 3; i++) {
     int64_t e = !gs[i] ? 0 : unplanned ? gs[i]->unplanned_elems : gs[i]->arena_elems;
     if (e > elems) elems = e;
   }
@@ -1365,6 +1366,7 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
           u->val.kind == NN_DATA_NONE ? LLVMConstNull(L->ptr)
                                       : data_source(L, &u->val, x_size + y_size));
   PUT_F64(&f, NnModelDesc, val_split, u->val_split);
+  PUT_I64(&f, NnModelDesc, modes, u->infer != NULL);
   PUT_PTR(&f, NnModelDesc, forward, kernel[0]);
   PUT_PTR(&f, NnModelDesc, eval, kernel[1]);
   PUT_PTR(&f, NnModelDesc, grad, kernel[2]);
@@ -1493,9 +1495,12 @@ static bool write_output(LLVMModuleRef mod, LLVMTargetMachineRef tm, Emit emit, 
 static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
-  for (int k = 0; k < N_KERNELS; k++) /* ORDER DESC: forward, eval, grad, update */
-    kernel[k] = emit_kernel(L, kernel_specs[k].name, kernel_specs[k].update ? u->update : u->train,
-                            kernel_specs[k].outs);
+  const Graph *infer = u->infer ? u->infer : u->train; /* eval and predict: inference mode */
+  for (int k = 0; k < N_KERNELS; k++) { /* ORDER DESC: forward, eval, grad, update */
+    bool grad = !kernel_specs[k].update && kernel_specs[k].outs == ~0u;
+    const Graph *g = kernel_specs[k].update ? u->update : grad ? u->train : infer;
+    kernel[k] = emit_kernel(L, kernel_specs[k].name, g, kernel_specs[k].outs);
+  }
   LLVMValueRef model = emit_model_desc(L, kernel);
   if (L->embed) emit_embed_desc(L, L->embed, model);
 }

@@ -63,7 +63,8 @@ typedef enum AstKind {
   /* statements */
   AST_ASSIGN,    /* name = a */
   AST_AUGASSIGN, /* name op= a, op is + - * / */
-  AST_PARAM,     /* param name: type (a) = init (b, may be NULL) */
+  AST_PARAM,     /* param name: type (a) = init (b, may be NULL); op 's' for a layer's
+                    `state name: type = init`, a buffer (not trained) */
   AST_STATE,     /* state name = a (initial value) */
   AST_RETURN,    /* return a */
   /* types and formals */
@@ -308,6 +309,7 @@ typedef struct ParamDecl {
   int64_t offset;     /* elements into NN_IO_PARAM */
   NnInit init;
   double init_a, init_b;
+  bool buffer;        /* a layer's `state`: not trained; its GRAD slot holds its next value */
 } ParamDecl;
 
 /* A data set as the .nn file declares it (see NnDataSource). */
@@ -340,7 +342,10 @@ typedef struct Unit {
   NnTask task;
   double threshold;
   bool has_train;         /* the file had a train block */
-  Graph *train;           /* x, y -> out, loss (autodiff adds gradients) */
+  Graph *train;           /* x, y -> out, loss in training mode (autodiff adds gradients),
+                             and each buffer's next value */
+  Graph *infer;           /* x, y -> out, loss in inference mode (`training` is 0), for the
+                             forward and eval kernels; NULL when no code reads `training` */
   Graph *update;          /* params, grads, hypers -> params (optimizer step); NULL if none */
 } Unit;
 

@@ -59,9 +59,17 @@ typedef struct Frame {
   Counter *counters;
   const Ast *def;       /* the definition being inlined (for recursion checks), or NULL */
   uint32_t site;        /* hash of the call sites from the model down to here (random salts) */
+  struct Buffer *buffers; /* the layer's `state` declarations, whose last value is kept */
   struct Frame *parent; /* the caller, for recursion checks only: names are not inherited */
   enum { IN_MODEL, IN_LAYER, IN_FN, IN_OPTIMIZER, IN_TRAIN } where;
 } Frame;
+
+typedef struct Buffer { /* a layer's `state name: [dims]`: a parameter the optimizer skips */
+  const char *name;     /* its local name */
+  int index;            /* in Unit.params */
+  Loc loc;              /* its declaration */
+  struct Buffer *next;
+} Buffer;
 
 typedef struct Def { /* a top-level definition */
   const char *name;
@@ -79,6 +87,10 @@ typedef struct Sema {
   Node *param_new;       /* the parameter's new value, when `param -= ...` has run */
   int n_states;
   uint32_t site;         /* the frame's `site` while a built-in function runs */
+  /* training and inference mode: the model is built once in each */
+  bool training;         /* the value of `training` in the graph being built */
+  bool reads_mode;       /* some code read `training`: the two modes differ */
+  Node **buffer_next;    /* by parameter index: a buffer's value after the training step */
 } Sema;
 
 /* FNV-1a over a call site's position, continuing the hash h of its caller's path. Not the
@@ -968,6 +980,44 @@ BUILTIN(call_one_hot) {
   return binary(s, OP_CMPEQ, t, tensor(ir_iota(&s->b, shape_of(1, (int)k), 0)));
 }
 
+/* ---- the batch, for batch statistics (batchnorm): batch_mean(x) is the mean over the batch
+ * of a per-sample x (one value of x's per-sample shape, not per sample); batch_size() is the
+ * number of samples in this batch (a run-time value); dim(x, k) is the length of x's
+ * per-sample axis k (a number known at compile time). ---- */
+BUILTIN(call_batch_mean) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (!x) return ERR;
+  if (!batched(x) || x->shape.dim[0] != DIM_BATCH) {
+    diag_error(a->ast[0]->loc, "'batch_mean' takes a per-sample value, got %s (not per sample)",
+               shape_str(x->shape, true));
+    return ERR;
+  }
+  Builder *b = &s->b;
+  b->loc = call->loc;
+  Node *sum = ir_reshape(b, ir_reduce(b, OP_SUM, x, 1), sample_shape(x));
+  return tensor(ir_div(b, sum, ir_scalar(b, OP_BATCH, 0, "batch")));
+}
+
+BUILTIN(call_batch_size) {
+  (void)bi, (void)a;
+  s->b.loc = call->loc;
+  return tensor(ir_scalar(&s->b, OP_BATCH, 0, "batch"));
+}
+
+BUILTIN(call_dim) {
+  (void)s;
+  Node *x = tensor_arg(bi, call, a, 0);
+  int rank = x ? sample_rank(x) : 0;
+  if (!x) return ERR;
+  if (!is_int(a->v[1]) || a->v[1].num < -rank || a->v[1].num >= rank) {
+    diag_error(a->ast[1]->loc, "'dim': the axis must be an integer in [%d, %d) for %s", -rank,
+               rank, shape_str(x->shape, true));
+    return ERR;
+  }
+  int k = (int)a->v[1].num;
+  return number((double)x->shape.dim[batched(x) + (k < 0 ? k + rank : k)]);
+}
+
 static const Builtin builtins[] = {
     {"exp", 1, 1, {0}, OP_EXP, call_unary},
     {"log", 1, 1, {0}, OP_LOG, call_unary},
@@ -1005,6 +1055,10 @@ static const Builtin builtins[] = {
     {"uniform", 1, 1, {"lo", "hi"}, OP_RAND_UNIFORM, call_random},
     {"normal", 1, 1, {"mean", "std"}, OP_RAND_NORMAL, call_random},
     {"bernoulli", 1, 1, {"p"}, OP_RAND_UNIFORM, call_random},
+    /* the batch */
+    {"batch_mean", 1, 1, {0}, OP_SUM, call_batch_mean},
+    {"batch_size", 0, 0, {0}, OP_BATCH, call_batch_size},
+    {"dim", 2, 2, {0}, OP_COUNT, call_dim},
 };
 enum { N_BUILTINS = sizeof builtins / sizeof *builtins };
 
@@ -1211,8 +1265,13 @@ static Node *param_node(Sema *s, const char *name, Shape shape, NnInit init, dou
       if (u->n_params) memcpy(p, u->params, u->n_params * sizeof *p);
       u->params = p;
     }
+    if (u->n_params % 16 == 0) {
+      Node **next = xalloc((u->n_params + 16) * sizeof *next);
+      if (u->n_params) memcpy(next, s->buffer_next, u->n_params * sizeof *next);
+      s->buffer_next = next;
+    }
     idx = u->n_params++;
-    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib};
+    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false};
     u->param_size += padded_elems(shape_elems(shape, 1));
   }
   Node *n = ir_leaf(&s->b, OP_PARAM, shape, idx, u->params[idx].name);
@@ -1238,7 +1297,8 @@ static void declare_param(Sema *s, Frame *f, const Ast *st) {
   };
   enum { N_INITS = sizeof inits / sizeof *inits };
   if (f->where != IN_LAYER && f->where != IN_MODEL) {
-    diag_error(st->loc, "'param' is only allowed in a layer or model");
+    diag_error(st->loc, "'%s' with a shape is only allowed in a layer or model",
+               st->op == 's' ? "state" : "param");
     return;
   }
   Shape shape;
@@ -1283,7 +1343,23 @@ static void declare_param(Sema *s, Frame *f, const Ast *st) {
     }
   }
   const char *full = xprintf("%s%s", f->prefix, st->name);
-  bind(f, st->name, tensor(param_node(s, full, shape, init, ia, ib, st->loc)));
+  int before = s->u->n_params;
+  Node *n = param_node(s, full, shape, init, ia, ib, st->loc);
+  bind(f, st->name, tensor(n));
+  if (!n) return;
+  ParamDecl *pd = &s->u->params[n->attr.index];
+  bool buffer = st->op == 's';
+  if (s->u->n_params == before && pd->buffer != buffer) {
+    diag_error(st->loc, "'%s' is a %s here but a %s elsewhere", full, buffer ? "state" : "param",
+               buffer ? "param" : "state");
+    return;
+  }
+  pd->buffer = buffer;
+  if (buffer) { /* its value at the end of the layer is its next value (see call_def) */
+    Buffer *bf = xalloc(sizeof *bf);
+    bf->name = st->name, bf->index = n->attr.index, bf->loc = st->loc, bf->next = f->buffers;
+    f->buffers = bf;
+  }
 }
 
 /* Runs a body's statements; returns the value of its `return`, or V_ERROR with *returned
@@ -1333,7 +1409,8 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
     case AST_PARAM: declare_param(s, f, st); break;
     case AST_STATE: {
       if (f->where != IN_OPTIMIZER) {
-        diag_error(st->loc, "'state' is only allowed in an optimizer");
+        diag_error(st->loc, "'state' without a shape is only allowed in an optimizer; a layer's "
+                 "state needs one, like state mean: [n] = zeros");
         break;
       }
       Value init = eval(s, f, st->a);
@@ -1391,6 +1468,20 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
   if (diag_error_count() > errors && def->loc.file != call->loc.file) /* e.g. in the prelude */
     diag_note(call->loc, "in this call to '%s'", def->name);
   if (def->kind == AST_FN) f->counters = callee->counters;
+  for (Buffer *bf = callee->buffers; bf; bf = bf->next) { /* `running_mean = ...` */
+    Binding *b = lookup_local(callee, bf->name);
+    if (!b || b->value.kind != V_TENSOR) continue;
+    const ParamDecl *pd = &s->u->params[bf->index];
+    Node *v = b->value.node;
+    if (batched(v) || !shape_broadcast(v->shape, pd->shape, &(Shape){0}) ||
+        v->shape.rank > pd->shape.rank) {
+      diag_error(bf->loc, "state '%s' is %s, but its new value is %s: it must be one value for "
+                 "the whole batch (batch_mean() averages over it)", bf->name,
+                 shape_str(pd->shape, true), shape_str(v->shape, false));
+      continue;
+    }
+    s->buffer_next[bf->index] = v;
+  }
   if (!returned) {
     diag_error(def->loc, "'%s' has no 'return'", def->name);
     return ERR;
@@ -1425,6 +1516,11 @@ static Value eval(Sema *s, Frame *f, const Ast *e) {
       break;
     }
     const Ast *d = lookup_def(s, e->name);
+    if (!d && !strcmp(e->name, "training")) { /* 1 in the train step, 0 in eval and predict */
+      s->reads_mode = true;
+      r = number(s->training);
+      break;
+    }
     if (d)
       diag_error(e->loc, "'%s' is a %s, not a value", e->name, def_kind(d));
     else
@@ -1660,6 +1756,7 @@ static Node *clip_scale(Sema *s, Node *max_norm) {
   Node *total = NULL;
   for (int p = 0; p < s->u->n_params; p++) {
     const ParamDecl *pd = &s->u->params[p];
+    if (pd->buffer) continue; /* not a gradient */
     Node *g = ir_leaf(b, OP_GRAD, pd->shape, p, pd->name);
     g->io = NN_IO_GRAD, g->offset = pd->offset;
     Node *sq = ir_reshape(b, ir_reduce(b, OP_SUM, ir_mul(b, g, g), (1u << pd->shape.rank) - 1),
@@ -1712,6 +1809,10 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     pn->io = NN_IO_PARAM, pn->offset = pd->offset;
     Node *gn = ir_leaf(&s->b, OP_GRAD, pd->shape, p, pd->name);
     gn->io = NN_IO_GRAD, gn->offset = pd->offset;
+    if (pd->buffer) { /* the grad kernel left its next value in its GRAD slot */
+      ir_output(u->update, gn, NN_IO_PARAM, pd->offset, xprintf("param %s", pd->name));
+      continue;
+    }
     if (scale) gn = ir_mul(&s->b, gn, scale);
     if (clip_value_at >= 0) {
       Node *c = hypers[clip_value_at];
@@ -1794,13 +1895,13 @@ static bool positive_int(Sema *s, const Ast *st, int64_t *out) {
   return true;
 }
 
-/* Starts u->train: binds x in f to the input and stores the model's output on it as "out".
+/* Starts *g: binds x in f to the input and stores the model's output on it as "out".
  * (The loss's own call of the model on x is the same node: ir.c hash-conses equal nodes.) */
-static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model) {
+static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model, Graph **g) {
   Unit *u = s->u;
   u->model = model->name;
-  u->train = ir_graph(name);
-  s->b = (Builder){u->train, model->loc, true};
+  *g = ir_graph(name);
+  s->b = (Builder){*g, model->loc, true};
   Node *x = ir_leaf(&s->b, OP_INPUT, batch_of(u->x_shape), NN_IO_X, "x");
   x->io = NN_IO_X;
   bind(f, "x", tensor(x));
@@ -1811,8 +1912,53 @@ static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model) 
   if (out.kind != V_TENSOR) return out;
   u->out_shape = out.node->shape; /* per sample: drop the batch dim */
   memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
-  ir_output(u->train, out.node, NN_IO_OUT, 0, "out");
+  ir_output(*g, out.node, NN_IO_OUT, 0, "out");
+  if (!u->has_train) return out;
+  Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
+  y->io = NN_IO_Y;
+  bind(f, "y", tensor(y));
   return out;
+}
+
+/* The loss of a train block into s->b's graph: a scalar per sample, averaged over the
+ * batch. False after an error. */
+static bool loss_output(Sema *s, Frame *f, const Ast *st) {
+  s->b.loc = st->a->loc;
+  Value loss = eval(s, f, st->a);
+  if (loss.kind == V_NUM) {
+    diag_error(st->loc, "the loss is a constant; it must depend on the model");
+    return false;
+  }
+  if (loss.kind != V_TENSOR) return false;
+  Node *l = loss.node;
+  if (sample_rank(l) != 0) {
+    diag_error(st->loc, "the loss must be one number per sample, got %s; wrap it in mean()",
+               shape_str(l->shape, true));
+    return false;
+  }
+  Builder *b = &s->b;
+  if (batched(l)) l = ir_div(b, ir_reshape(b, ir_reduce(b, OP_SUM, l, 1), (Shape){0}),
+                             ir_scalar(b, OP_BATCH, 0, "batch"));
+  ir_output(b->g, l, NN_IO_LOSS, 0, "loss");
+  return true;
+}
+
+/* A layer's `state` (a buffer, e.g. batchnorm's running mean) gets the value it had at the
+ * end of the layer in the training step as its next value, into its GRAD slot; the update
+ * kernel copies it over (so a skipped step changes nothing). Unassigned, it keeps its value. */
+static void buffer_outputs(Sema *s) {
+  Unit *u = s->u;
+  for (int p = 0; p < u->n_params; p++) {
+    const ParamDecl *pd = &u->params[p];
+    if (!pd->buffer) continue;
+    Node *next = s->buffer_next[p];
+    if (!next) {
+      next = ir_leaf(&s->b, OP_PARAM, pd->shape, p, pd->name);
+      next->io = NN_IO_PARAM, next->offset = pd->offset;
+    }
+    ir_output(u->train, ir_expand(&s->b, next, pd->shape), NN_IO_GRAD, pd->offset,
+              xprintf("next %s", pd->name));
+  }
 }
 
 static void build_train(Sema *s, const Ast *tr, const char *source) {
@@ -1824,11 +1970,9 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   if (!load_data(s, data, &u->data, &u->y_shape, source)) return;
   u->labels = u->y_shape.rank == 0;
   Frame f = {.prefix = "", .where = IN_TRAIN};
-  Value out = start_graph(s, &f, "train", model);
+  s->training = true;
+  Value out = start_graph(s, &f, "train", model, &u->train);
   if (out.kind != V_TENSOR) return;
-  Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
-  y->io = NN_IO_Y;
-  bind(&f, "y", tensor(y));
 
   static const char *const keys[] = {"loss",     "optimizer", "batch",     "epochs",
                                      "seed",     "validate",  "clip_norm", "clip_value"};
@@ -1872,24 +2016,16 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
     diag_error(tr->loc, "train block needs %s", !seen[0] ? "a 'loss'" : "an 'optimizer'");
     return;
   }
-  /* loss: a scalar per sample, averaged over the batch */
-  s->b.loc = seen[0]->a->loc;
-  Value loss = eval(s, &f, seen[0]->a);
-  if (loss.kind == V_NUM) {
-    diag_error(seen[0]->loc, "the loss is a constant; it must depend on the model");
-    return;
+  if (!loss_output(s, &f, seen[0])) return;
+  buffer_outputs(s);
+  if (s->reads_mode) { /* the same model and loss again, with `training` 0 */
+    Frame fi = {.prefix = "", .where = IN_TRAIN};
+    s->training = false;
+    if (start_graph(s, &fi, "infer", model, &u->infer).kind != V_TENSOR ||
+        !loss_output(s, &fi, seen[0]))
+      return;
+    ir_prune(u->infer);
   }
-  if (loss.kind != V_TENSOR) return;
-  Node *l = loss.node;
-  if (sample_rank(l) != 0) {
-    diag_error(seen[0]->loc, "the loss must be one number per sample, got %s; wrap it in mean()",
-               shape_str(l->shape, true));
-    return;
-  }
-  Builder *b = &s->b;
-  if (batched(l)) l = ir_div(b, ir_reshape(b, ir_reduce(b, OP_SUM, l, 1), (Shape){0}),
-                             ir_scalar(b, OP_BATCH, 0, "batch"));
-  ir_output(u->train, l, NN_IO_LOSS, 0, "loss");
   u->task = task_of(seen[0]->a, &u->threshold);
   /* optimizer = sgd(lr = 0.5) */
   const Ast *oc = seen[1]->a;
@@ -1916,7 +2052,7 @@ static void build_forward_only(Sema *s, Ast *program) {
   if (!model || !model_input(s, model, &s->u->x_shape)) return;
   Frame f = {.prefix = "", .where = IN_TRAIN};
   s->u->batch = 32, s->u->epochs = 10, s->u->seed = 1;
-  start_graph(s, &f, "forward", model);
+  start_graph(s, &f, "forward", model, &s->u->train);
 }
 
 Unit *sema(Ast *program, Ast *prelude) {
@@ -1956,6 +2092,7 @@ Unit *sema(Ast *program, Ast *prelude) {
     return NULL;
   }
   ir_verify(u->train);
+  if (u->infer) ir_verify(u->infer);
   if (u->update) ir_verify(u->update);
   return u;
 }

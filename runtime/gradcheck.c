@@ -1,7 +1,8 @@
 /* gradcheck.c — the `gradcheck` command: takes the model and its data, gives a comparison of
  * the compiled gradient (the grad kernel) with central finite differences of the eval kernel's
- * loss, for up to 64 evenly spaced elements of every parameter, on the first batch of the
- * data. Prints one line per parameter and `GRAD OK maxdiff=…` or `GRAD FAIL …` (exit 1). */
+ * loss (of the grad kernel's own loss when the model has a training mode: dropout and batch
+ * statistics are what the gradient is of), for up to 64 evenly spaced elements of every
+ * trained parameter, on the first batch of the data. Prints one line per parameter and `GRAD OK maxdiff=…` or `GRAD FAIL …` (exit 1). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ static double rel_diff(double a, double n) {
 }
 
 static double eval_loss(const NnModelDesc *d, void **io, int64_t n) {
-  d->eval(io, n);
+  (d->modes ? d->grad : d->eval)(io, n);
   return nnrt_loss(io);
 }
 
@@ -81,7 +82,8 @@ static double *analytic_grad(const NnModelDesc *d, void **io, int64_t n, double 
     nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
   for (int64_t j = 0; j < d->param_size; j++)
     g[j] = nnrt_get(io[NN_IO_GRAD], j, d->elem_size);
-  /* grad and eval must compute the same loss, or the comparison below means nothing. */
+  /* grad and eval must compute the same loss, or the comparison below means nothing (in a
+   * model with a training mode they differ: there the finite differences use grad's loss) */
   double le = eval_loss(d, io, n);
   if (rel_diff(l0, le) > tol) {
     printf("GRAD FAIL grad and eval disagree on the loss: grad %.9g, eval %.9g\n", l0, le);
@@ -119,6 +121,10 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     int nonzero = 0;
     for (int64_t k = 0; k < d->n_params; k++) {
       int64_t checked;
+      if (d->params[k].buffer) {
+        printf("%s: state, not trained\n", d->params[k].name);
+        continue;
+      }
       double md = check_param(d, io, n, analytic, &d->params[k], o->eps, &w, &nonzero, &checked);
       printf("%s: %lld checked, maxdiff=%.2g\n", d->params[k].name, (long long)checked, md);
     }

@@ -157,6 +157,8 @@ static void print_params(const NnModelDesc *d) {
            nnrt_shape_str(d->elem_size, p->rank, p->dims, shape, sizeof shape), wz,
            (long long)p->size);
     print_init(p);
+    if (p->buffer)
+      printf(" (state, not trained)");
     putchar('\n');
   }
 }

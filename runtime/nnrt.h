@@ -85,6 +85,9 @@ typedef struct NnParamInfo {
   int64_t size;                /* elements */
   int64_t init;                /* NnInit */
   double init_a, init_b;       /* initialiser arguments */
+  int64_t buffer;              /* 1: a layer's state (running statistics), not trained: the
+                                  grad kernel writes its next value into its GRAD slot and the
+                                  update kernel copies it over; 0: a trained parameter */
 } NnParamInfo;
 
 /* A kernel: reads and writes the regions in io; batch is the number of samples (<= max_batch)
@@ -118,6 +121,8 @@ typedef struct NnModelDesc {
   const NnDataSource *data;    /* the training set (kind NN_DATA_NONE if none) */
   const NnDataSource *val;     /* the validation set, or NULL */
   double val_split;            /* if no val set: hold out this fraction of data (0 = none) */
+  int64_t modes;               /* 1: grad runs in training mode and forward/eval in inference
+                                  mode, and they differ (dropout, batchnorm); 0: the same */
   NnKernel forward;            /* X -> OUT */
   NnKernel eval;               /* X, Y -> LOSS, OUT */
   NnKernel grad;               /* X, Y -> LOSS, OUT, GRAD (overwritten, not accumulated) */

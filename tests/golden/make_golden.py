@@ -66,3 +66,47 @@ for name, make in optimizers.items():
     out.append(F.mse_loss(X * w, Y).item())
     with open(os.path.join(HERE, f"optim-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- batchnorm: 10 SGD steps (lr 0.1) on mse(batchnorm(w * x), y), w = 0.5, in training
+# mode (batch statistics; the trajectory checks the gradients through them), then the loss in
+# eval mode, with the running statistics the 10 steps left. Dense: BatchNorm1d on X, Y above.
+# Images: BatchNorm2d on 3 samples of [h, w, c] = [2, 2, 2] (nnc is channels last).
+def batchnorm_run(x, y, bn, to_torch):
+    w = torch.full(x.shape[1:], 0.5, requires_grad=True)
+    opt = torch.optim.SGD([w] + list(bn.parameters()), lr=0.1)
+    out = []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(to_torch(bn, x * w), y)
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    bn.eval()
+    with torch.no_grad():
+        out.append(F.mse_loss(to_torch(bn, x * w), y).item())
+    return out
+
+
+def nhwc(bn, v):  # BatchNorm2d is channels first
+    return bn(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+IMG = torch.tensor([[0.5, -0.3, 0.8, 0.1, 0.2, -0.4, 0.7, 0.3],
+                    [0.1, 0.2, -0.4, -0.7, 0.9, 0.3, 0.2, 0.5],
+                    [-0.7, 0.9, 0.3, 0.3, -0.6, 0.2, -0.1, 0.4]]).reshape(3, 2, 2, 2)
+IMG_Y = torch.tensor([[1.0, 0.0, 0.5, -1.0, 0.2, 0.3, -0.5, 1.0],
+                      [0.0, 1.0, -0.5, 0.5, 1.0, -1.0, 0.0, 0.5],
+                      [-1.0, 0.5, 1.0, 0.0, -0.2, 0.8, 0.4, -0.3]]).reshape(3, 2, 2, 2)
+runs = {
+    "batchnorm-dense": batchnorm_run(X, Y, torch.nn.BatchNorm1d(3), lambda bn, v: bn(v)),
+    "batchnorm-conv": batchnorm_run(IMG, IMG_Y, torch.nn.BatchNorm2d(2, momentum=0.2), nhwc),
+}
+for name, out in runs.items():
+    with open(os.path.join(HERE, f"{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- dropout is off outside training: the eval-mode loss of mse(dropout(P), T) is mse(P, T)
+drop = torch.nn.Dropout(0.5)
+drop.eval()
+with open(os.path.join(HERE, "dropout-eval.golden"), "w") as f:
+    f.write(f"{F.mse_loss(drop(P), T).item():.9f}\n")
