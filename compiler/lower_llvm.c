@@ -284,6 +284,9 @@ static LLVMValueRef scalar_op(Lower *L, OpKind op, LLVMValueRef a, LLVMValueRef 
     return LLVMBuildFDiv(b, elemc(L, 1), LLVMBuildFAdd(b, elemc(L, 1), e, ""), "");
   }
   case OP_ABS: return intrinsic(L, "llvm.fabs", args, 1);
+  case OP_FLOOR: return intrinsic(L, "llvm.floor", args, 1);
+  case OP_SIN: return intrinsic(L, "llvm.sin", args, 1);
+  case OP_COS: return intrinsic(L, "llvm.cos", args, 1);
   case OP_SIGN: {
     LLVMValueRef pos = bool_to_elem(L, LLVMBuildFCmp(b, LLVMRealOGT, a, elemc(L, 0), ""));
     LLVMValueRef neg = bool_to_elem(L, LLVMBuildFCmp(b, LLVMRealOLT, a, elemc(L, 0), ""));

@@ -342,6 +342,9 @@ static double fold_unary(OpKind op, double v) {
   case OP_SIGMOID: return 1 / (1 + exp(-v));
   case OP_ABS: return fabs(v);
   case OP_SIGN: return (v > 0) - (v < 0);
+  case OP_FLOOR: return floor(v);
+  case OP_SIN: return sin(v);
+  case OP_COS: return cos(v);
   default: unreachable();
   }
 }
@@ -1026,6 +1029,9 @@ static const Builtin builtins[] = {
     {"sigmoid", 1, 1, {0}, OP_SIGMOID, call_unary},
     {"abs", 1, 1, {0}, OP_ABS, call_unary},
     {"sign", 1, 1, {0}, OP_SIGN, call_unary},
+    {"floor", 1, 1, {0}, OP_FLOOR, call_unary},
+    {"sin", 1, 1, {0}, OP_SIN, call_unary},
+    {"cos", 1, 1, {0}, OP_COS, call_unary},
     {"max", 1, 2, {"axis", "keepdims"}, OP_MAX, call_binary},
     {"min", 1, 2, {"axis", "keepdims"}, OP_MIN, call_binary},
     {"pow", 2, 2, {0}, OP_POW, call_binary},
@@ -1768,15 +1774,37 @@ static Node *clip_scale(Sema *s, Node *max_norm) {
   return ir_binary(b, OP_MIN, ir_div(b, max_norm, norm), ir_const(b, 1));
 }
 
+/* A learning-rate schedule: a fn of (lr, t, total, hyperparameters...) whose result replaces
+ * the optimizer's lr. Its hyperparameters (defaults overridden by the call) join the
+ * optimizer's; t is the updates before this one, total those of the whole run. Returns the
+ * schedule's hyperparameters' frame, or NULL after an error. */
+static Frame *schedule_hypers(Sema *s, const Ast *call, const Ast *def) {
+  if (def->formals.len < 3) {
+    diag_error(call->loc, "a schedule is a fn of (lr, t, total, ...); '%s' takes %d arguments",
+               def->name, def->formals.len);
+    return NULL;
+  }
+  Ast call2 = *call, zero = {.kind = AST_NUM, .loc = call->loc};
+  call2.kids = (AstList){0};
+  for (int i = 0; i < 3; i++) ast_push(&call2.kids, &zero); /* lr, t, total: bound later */
+  for (int i = 0; i < call->kids.len; i++) ast_push(&call2.kids, call->kids.items[i]);
+  Frame *f = xalloc(sizeof *f);
+  f->prefix = "", f->where = IN_FN, f->def = def;
+  return bind_args(s, f, f, def, &call2) ? f : NULL;
+}
+
 static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_norm,
-                         double clip_value) {
+                         double clip_value, const Ast *sched_call, const Ast *sched) {
   Unit *u = s->u;
+  Frame *sh = sched ? schedule_hypers(s, sched_call, sched) : NULL;
+  if (sched && !sh) return false;
+  int n_sched = sched ? sched->formals.len - 3 : 0;
   /* hyperparameters: the optimizer's formals, defaults overridden by the call, then the
    * clipping limits */
   Frame hyper = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
   if (!bind_args(s, &hyper, &hyper, opt, call)) return false;
   int n_opt = opt->formals.len;
-  u->n_hyper = n_opt + (clip_norm > 0) + (clip_value > 0);
+  u->n_hyper = n_opt + (clip_norm > 0) + (clip_value > 0) + n_sched;
   u->hyper_names = xalloc((u->n_hyper + 1) * sizeof *u->hyper_names);
   u->hyper_defaults = xalloc((u->n_hyper + 1) * sizeof *u->hyper_defaults);
   for (int i = 0; i < n_opt; i++) {
@@ -1792,6 +1820,22 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
   int k = n_opt, clip_norm_at = -1, clip_value_at = -1;
   if (clip_norm > 0) clip_norm_at = k, u->hyper_names[k] = "clip_norm", u->hyper_defaults[k++] = clip_norm;
   if (clip_value > 0) clip_value_at = k, u->hyper_names[k] = "clip_value", u->hyper_defaults[k++] = clip_value;
+  int sched_at = k;
+  for (int i = 0; i < n_sched; i++, k++) {
+    const Ast *fm = sched->formals.items[3 + i];
+    Binding *b = lookup_local(sh, fm->name);
+    for (int j = 0; j < k; j++)
+      if (!strcmp(u->hyper_names[j], fm->name)) {
+        diag_error(sched_call->loc, "schedule '%s' and optimizer '%s' both have a "
+                   "hyperparameter '%s'", sched->name, opt->name, fm->name);
+        return false;
+      }
+    if (b->value.kind != V_NUM) {
+      diag_error(fm->loc, "hyperparameter '%s' must be a number", fm->name);
+      return false;
+    }
+    u->hyper_names[k] = fm->name, u->hyper_defaults[k] = b->value.num;
+  }
   u->update = ir_graph("update");
   s->b = (Builder){u->update, opt->loc, true};
   Node **hypers = xalloc((u->n_hyper + 1) * sizeof *hypers);
@@ -1799,11 +1843,41 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     hypers[i] = ir_scalar(&s->b, OP_HYPER, i, u->hyper_names[i]);
   hypers[u->n_hyper] = ir_scalar(&s->b, OP_HYPER, u->n_hyper, "step");
   Node *scale = clip_norm_at >= 0 ? clip_scale(s, hypers[clip_norm_at]) : NULL;
+  Node *lr = NULL; /* the scheduled learning rate */
+  if (sched) {
+    Frame sf = {.prefix = "", .where = IN_FN, .def = sched};
+    int lr_at = -1;
+    for (int i = 0; i < n_opt; i++)
+      if (!strcmp(u->hyper_names[i], "lr")) lr_at = i;
+    if (lr_at < 0) {
+      diag_error(sched_call->loc, "a schedule sets the learning rate, but optimizer '%s' has "
+                 "no 'lr'", opt->name);
+      return false;
+    }
+    s->b.loc = sched_call->loc;
+    bind(&sf, sched->formals.items[0]->name, tensor(hypers[lr_at]));
+    bind(&sf, sched->formals.items[1]->name,
+         tensor(ir_sub(&s->b, hypers[u->n_hyper], ir_const(&s->b, 1))));
+    bind(&sf, sched->formals.items[2]->name,
+         tensor(ir_scalar(&s->b, OP_HYPER, u->n_hyper + NN_HYPER_TOTAL, "total")));
+    for (int i = 0; i < n_sched; i++)
+      bind(&sf, u->hyper_names[sched_at + i], tensor(hypers[sched_at + i]));
+    bool returned;
+    Value v = run_body(s, &sf, &sched->body, &returned);
+    if (!returned) diag_error(sched->loc, "'%s' has no 'return'", sched->name);
+    lr = v.kind == V_TENSOR && v.node->shape.rank == 0 ? v.node : as_node(s, v);
+    if (!lr || lr->shape.rank != 0) {
+      if (diag_error_count() == 0)
+        diag_error(sched_call->loc, "schedule '%s' must give one number", sched->name);
+      return false;
+    }
+  }
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
     Frame f = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
     for (int i = 0; i < u->n_hyper; i++) bind(&f, u->hyper_names[i], tensor(hypers[i]));
     bind(&f, "step", tensor(hypers[u->n_hyper]));
+    if (lr) bind(&f, "lr", tensor(lr));
     s->b.loc = opt->loc;
     Node *pn = ir_leaf(&s->b, OP_PARAM, pd->shape, p, pd->name);
     pn->io = NN_IO_PARAM, pn->offset = pd->offset;
@@ -1974,8 +2048,9 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   Value out = start_graph(s, &f, "train", model, &u->train);
   if (out.kind != V_TENSOR) return;
 
-  static const char *const keys[] = {"loss",     "optimizer", "batch",     "epochs",
-                                     "seed",     "validate",  "clip_norm", "clip_value"};
+  static const char *const keys[] = {"loss",     "optimizer", "batch",      "epochs",
+                                     "seed",     "validate",  "clip_norm",  "clip_value",
+                                     "schedule"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
   const Ast *seen[N_KEYS] = {0};
   u->batch = 32, u->epochs = 10, u->seed = 1;
@@ -2040,8 +2115,16 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   for (int i = 0; i < 2; i++)
     if (seen[6 + i] && const_number(s, seen[6 + i]->a, &clip[i]) && !(clip[i] > 0))
       diag_error(seen[6 + i]->a->loc, "'%s' must be a positive number", keys[6 + i]);
+  /* schedule = cosine(warmup = 100): a fn of (lr, t, total, ...) */
+  const Ast *sc = seen[8] ? seen[8]->a : NULL, *sched = NULL;
+  Ast sc_none = {.kind = AST_CALL, .loc = sc ? sc->loc : tr->loc, .name = sc ? sc->name : ""};
+  if (sc && sc->kind != AST_CALL && sc->kind != AST_NAME)
+    diag_error(sc->loc, "expected a schedule, like cosine(warmup = 100)");
+  else if (sc && !(sched = find_def(s, sc->loc, sc->name, AST_FN, "schedule")))
+    return;
   if (diag_error_count() == 0)
-    build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1]);
+    build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1],
+                 sc && sc->kind == AST_CALL ? sc : &sc_none, sched);
 }
 
 /* Without a train block (e.g. --emit=ir of a model alone): the first model, x -> out. */

@@ -33,6 +33,7 @@ typedef enum NnIo {
 typedef enum NnHyperSlot {
   NN_HYPER_STEP,  /* optimizer steps taken (the update kernel sees 1 for the first) */
   NN_HYPER_SEED,  /* the run's seed: its 64 bits stored in the double, for the random ops */
+  NN_HYPER_TOTAL, /* the updates of the whole training run (LR schedules); 0 outside train */
   NN_HYPER_SLOTS  /* count */
 } NnHyperSlot;
 

@@ -349,6 +349,8 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   if (o->resume_path)
     replay_shuffles(&r);
   nnrt_set_hyper(d, r.io, r.hyper, r.step, r.seed);
+  int64_t per_epoch = (r.train.n + r.batch - 1) / r.batch;
+  ((double *)r.io[NN_IO_HYPER])[d->n_hyper + NN_HYPER_TOTAL] = (double)(o->epochs * per_epoch);
   r.progress = !o->quiet && isatty(fileno(stdout));
   if (!o->quiet)
     print_header(&r);

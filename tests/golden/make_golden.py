@@ -110,3 +110,36 @@ drop = torch.nn.Dropout(0.5)
 drop.eval()
 with open(os.path.join(HERE, "dropout-eval.golden"), "w") as f:
     f.write(f"{F.mse_loss(drop(P), T).item():.9f}\n")
+
+# ---- learning-rate schedules: 10 SGD steps (lr 0.1) on mse(w * x, y) as for the optimizers,
+# the scheduler stepped after every update, so the trajectory follows its lr sequence.
+# cosine: LinearLR warmup for 3 updates, then CosineAnnealingLR to 0.01 over the other 7.
+def cosine_warmup(opt):
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 3, end_factor=1,
+                                             total_iters=2)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=7, eta_min=0.01)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[3])
+
+
+schedules = {
+    "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    "exponential": lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8),
+    "cosine": cosine_warmup,
+}
+for name, make in schedules.items():
+    w = torch.full((3,), 0.5, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = make(opt)
+    out, lrs = [], []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(X * w, Y)
+        out.append(loss.item())
+        lrs.append(opt.param_groups[0]["lr"])
+        loss.backward()
+        opt.step()
+        sched.step()
+    out.append(F.mse_loss(X * w, Y).item())
+    with open(os.path.join(HERE, f"schedule-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
+    print(name, " ".join(f"{v:.6g}" for v in lrs))
