@@ -1369,6 +1369,10 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
           u->val.kind == NN_DATA_NONE ? LLVMConstNull(L->ptr)
                                       : data_source(L, &u->val, x_size + y_size));
   PUT_F64(&f, NnModelDesc, val_split, u->val_split);
+  PUT_F64(&f, NnModelDesc, plateau_factor, u->plateau[0]);
+  PUT_I64(&f, NnModelDesc, plateau_patience, (int64_t)u->plateau[1]);
+  PUT_F64(&f, NnModelDesc, plateau_threshold, u->plateau[2]);
+  PUT_F64(&f, NnModelDesc, plateau_min_lr, u->plateau[3]);
   PUT_I64(&f, NnModelDesc, modes, u->infer != NULL);
   PUT_PTR(&f, NnModelDesc, forward, kernel[0]);
   PUT_PTR(&f, NnModelDesc, eval, kernel[1]);

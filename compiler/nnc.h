@@ -342,6 +342,8 @@ typedef struct Unit {
   NnTask task;
   double threshold;
   bool has_train;         /* the file had a train block */
+  double plateau[4];      /* schedule = plateau(...): factor (0: none), patience, threshold,
+                             min_lr (NnModelDesc.plateau_*) */
   Graph *train;           /* x, y -> out, loss in training mode (autodiff adds gradients),
                              and each buffer's next value */
   Graph *infer;           /* x, y -> out, loss in inference mode (`training` is 0), for the

@@ -2035,6 +2035,34 @@ static void buffer_outputs(Sema *s) {
   }
 }
 
+/* schedule = plateau(factor = 0.1, patience = 10, threshold = 1e-4, min_lr = 0): reduce on
+ * plateau needs each epoch's validation loss, so the runtime does it (NnModelDesc). */
+static bool plateau(Sema *s, const Ast *call) {
+  static const char *const keys[] = {"factor", "patience", "threshold", "min_lr"};
+  double *v = s->u->plateau;
+  v[0] = 0.1, v[1] = 10, v[2] = 1e-4, v[3] = 0;
+  for (int i = 0; call->kind == AST_CALL && i < call->kids.len; i++) {
+    const Ast *a = call->kids.items[i];
+    int k = -1;
+    for (int j = 0; a->kind == AST_KWARG && j < 4; j++)
+      if (!strcmp(keys[j], a->name)) k = j;
+    if (k < 0) {
+      const char *close = a->kind == AST_KWARG ? diag_did_you_mean(a->name, keys, 4) : NULL;
+      diag_error(a->loc, "plateau takes factor, patience, threshold and min_lr by name%s",
+                 close ? xprintf("; did you mean '%s'?", close) : "");
+      return false;
+    }
+    if (!const_number(s, a->a, &v[k])) return false;
+  }
+  if (!(v[0] > 0 && v[0] < 1) || v[1] < 0 || v[1] != floor(v[1]) || v[1] > 1e9 || v[2] < 0 ||
+      v[3] < 0) {
+    diag_error(call->loc, "plateau needs 0 < factor < 1, an integer patience >= 0, and "
+               "threshold, min_lr >= 0");
+    return false;
+  }
+  return true;
+}
+
 static void build_train(Sema *s, const Ast *tr, const char *source) {
   Unit *u = s->u;
   const Ast *model = find_def(s, tr->loc, tr->name, AST_MODEL, "model");
@@ -2120,11 +2148,19 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   Ast sc_none = {.kind = AST_CALL, .loc = sc ? sc->loc : tr->loc, .name = sc ? sc->name : ""};
   if (sc && sc->kind != AST_CALL && sc->kind != AST_NAME)
     diag_error(sc->loc, "expected a schedule, like cosine(warmup = 100)");
-  else if (sc && !(sched = find_def(s, sc->loc, sc->name, AST_FN, "schedule")))
+  else if (sc && !strcmp(sc->name, "plateau") && !lookup_def(s, "plateau")) {
+    if (!plateau(s, sc)) return;
+    sc = NULL;
+  } else if (sc && !(sched = find_def(s, sc->loc, sc->name, AST_FN, "schedule")))
     return;
   if (diag_error_count() == 0)
     build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1],
                  sc && sc->kind == AST_CALL ? sc : &sc_none, sched);
+  bool has_lr = false;
+  for (int i = 0; i < u->n_hyper; i++) has_lr |= !strcmp(u->hyper_names[i], "lr");
+  if (u->plateau[0] > 0 && !has_lr && diag_error_count() == 0)
+    diag_error(seen[8]->loc, "plateau lowers the learning rate, but optimizer '%s' has no "
+               "'lr'", opt->name);
 }
 
 /* Without a train block (e.g. --emit=ir of a model alone): the first model, x -> out. */

@@ -122,6 +122,14 @@ typedef struct NnModelDesc {
   const NnDataSource *data;    /* the training set (kind NN_DATA_NONE if none) */
   const NnDataSource *val;     /* the validation set, or NULL */
   double val_split;            /* if no val set: hold out this fraction of data (0 = none) */
+  /* reduce-on-plateau (PyTorch's ReduceLROnPlateau, mode min, relative threshold): after an
+   * epoch whose validation loss (training loss without a validation set) is not below
+   * best * (1 - threshold) for more than `patience` epochs in a row, lr *= factor (not below
+   * min_lr). factor 0: off. */
+  double plateau_factor;
+  int64_t plateau_patience;
+  double plateau_threshold;
+  double plateau_min_lr;
   int64_t modes;               /* 1: grad runs in training mode and forward/eval in inference
                                   mode, and they differ (dropout, batchnorm); 0: the same */
   NnKernel forward;            /* X -> OUT */

@@ -247,6 +247,8 @@ typedef struct NnCkptState {
   double *hyper;    /* n_hyper values (caller-owned; load fills it when not NULL) */
   uint64_t rng[4];  /* the shuffle stream's state after the last completed epoch */
   int has_meta;     /* load: 1 when the file carries nnc metadata */
+  double plateau_best;  /* reduce-on-plateau: the best epoch loss so far (inf: none) */
+  int64_t plateau_bad;  /* epochs since it improved */
 } NnCkptState;
 
 /* How much of a checkpoint must match the model. */

@@ -40,6 +40,8 @@ typedef struct Run {
   NnRng shuffle;             /* the epoch shuffles' stream */
   uint64_t resumed_rng[4];   /* --resume: the stream's state the checkpoint recorded */
   int progress;              /* 1: draw a progress bar (stdout is a terminal, not --quiet) */
+  double plateau_best;       /* reduce-on-plateau: the best loss so far */
+  int64_t plateau_bad;       /* epochs since it improved */
 } Run;
 
 static double now_seconds(void) {
@@ -78,6 +80,8 @@ static void resume(Run *r) {
   free(saved);
   memcpy(r->resumed_rng, st.rng, sizeof st.rng);
   r->epoch = r->saved_epoch = st.epoch;
+  r->plateau_best = st.plateau_best;
+  r->plateau_bad = st.plateau_bad;
   r->step = st.step;
   r->skipped = st.skipped;
 }
@@ -90,6 +94,7 @@ static void init_state(Run *r) {
   r->batch = o->batch;
   r->seed = o->seed;
   r->saved_epoch = -1;
+  r->plateau_best = INFINITY;
   nnrt_buffers_new(d, r->io);
   if (o->resume_path) {
     resume(r);
@@ -305,7 +310,8 @@ static void save(Run *r) {
                "HINT: lower the learning rate (--lr) or clip gradients", (long long)r->epoch,
                path, kept);
   }
-  NnCkptState st = {r->epoch, r->step, r->skipped, r->seed, r->batch, r->hyper, {0}, 1};
+  NnCkptState st = {r->epoch, r->step, r->skipped, r->seed, r->batch, r->hyper, {0}, 1,
+                    r->plateau_best, r->plateau_bad};
   memcpy(st.rng, r->shuffle.s, sizeof st.rng);
   nnrt_ckpt_save(path, d, r->io, &st);
   r->saved_epoch = r->epoch;
@@ -314,6 +320,31 @@ static void save(Run *r) {
 static int save_due(const Run *r) {
   const NnOptions *o = r->o;
   return o->save_path && (r->epoch % o->save_every == 0 || r->epoch == o->epochs);
+}
+
+/* Reduce-on-plateau after an epoch whose loss (validation, else training) was `loss`, as
+ * PyTorch's ReduceLROnPlateau (mode min, relative threshold, no cooldown). */
+static void plateau_step(Run *r, double loss) {
+  const NnModelDesc *d = r->d;
+  int64_t lr = nnrt_hyper_index(d, "lr");
+  if (d->plateau_factor <= 0 || lr < 0)
+    return;
+  if (loss < r->plateau_best * (1 - d->plateau_threshold)) {
+    r->plateau_best = loss;
+    r->plateau_bad = 0;
+    return;
+  }
+  if (++r->plateau_bad <= d->plateau_patience)
+    return;
+  double old = r->hyper[lr], lower = fmax(old * d->plateau_factor, d->plateau_min_lr);
+  r->plateau_bad = 0;
+  if (old - lower <= 1e-8) /* PyTorch's eps: too small a change is not made */
+    return;
+  r->hyper[lr] = lower;
+  ((double *)r->io[NN_IO_HYPER])[lr] = lower;
+  if (!r->o->quiet)
+    printf("plateau: no improvement for %lld epochs after epoch %lld; lr %g -> %g\n",
+           (long long)d->plateau_patience + 1, (long long)r->epoch, old, lower);
 }
 
 /* ---- the command ---- */
@@ -335,6 +366,7 @@ static void train_epochs(Run *r) {
       printf("\r\033[K");
     if (!o->quiet && epoch_due(r->epoch, o->epochs, o->verbose))
       print_epoch(r, &t, r->val.n ? &v : NULL, skipped);
+    plateau_step(r, nnrt_metrics_loss(r->val.n ? &v : &t));
     if (save_due(r))
       save(r);
   }

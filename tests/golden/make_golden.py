@@ -143,3 +143,23 @@ for name, make in schedules.items():
     with open(os.path.join(HERE, f"schedule-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
     print(name, " ".join(f"{v:.6g}" for v in lrs))
+
+# ---- reduce-on-plateau: SGD with lr 3 on the same problem diverges, so the loss stops
+# improving; ReduceLROnPlateau(factor 0.5, patience 1) is stepped after every epoch (one
+# update each) with the epoch's loss, the loss before its update.
+w = torch.full((3,), 0.5, requires_grad=True)
+opt = torch.optim.SGD([w], lr=3.0)
+sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+out, lrs = [], []
+for step in range(12):
+    opt.zero_grad()
+    loss = F.mse_loss(X * w, Y)
+    out.append(loss.item())
+    lrs.append(opt.param_groups[0]["lr"])
+    loss.backward()
+    opt.step()
+    sched.step(loss.item())
+out.append(F.mse_loss(X * w, Y).item())
+with open(os.path.join(HERE, "schedule-plateau.golden"), "w") as f:
+    f.write("".join(f"{v:.9f}\n" for v in out))
+print("plateau", " ".join(f"{v:.6g}" for v in lrs), out)
