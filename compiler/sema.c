@@ -91,6 +91,8 @@ typedef struct Sema {
   bool training;         /* the value of `training` in the graph being built */
   bool reads_mode;       /* some code read `training`: the two modes differ */
   Node **buffer_next;    /* by parameter index: a buffer's value after the training step */
+  const Ast **param_model; /* by parameter index: the model whose call made it */
+  const Ast *model;      /* the model being inlined, or NULL */
 } Sema;
 
 /* FNV-1a over a call site's position, continuing the hash h of its caller's path. Not the
@@ -1275,7 +1277,11 @@ static Node *param_node(Sema *s, const char *name, Shape shape, NnInit init, dou
       Node **next = xalloc((u->n_params + 16) * sizeof *next);
       if (u->n_params) memcpy(next, s->buffer_next, u->n_params * sizeof *next);
       s->buffer_next = next;
+      const Ast **owner = xalloc((u->n_params + 16) * sizeof *owner);
+      if (u->n_params) memcpy(owner, s->param_model, u->n_params * sizeof *owner);
+      s->param_model = owner;
     }
+    s->param_model[u->n_params] = s->model;
     idx = u->n_params++;
     u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false};
     u->param_size += padded_elems(shape_elems(shape, 1));
@@ -1470,7 +1476,10 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
   }
   bool returned;
   int errors = diag_error_count();
+  const Ast *outer = s->model;
+  if (def->kind == AST_MODEL) s->model = def;
   Value r = run_body(s, callee, &def->body, &returned);
+  s->model = outer;
   if (diag_error_count() > errors && def->loc.file != call->loc.file) /* e.g. in the prelude */
     diag_note(call->loc, "in this call to '%s'", def->name);
   if (def->kind == AST_FN) f->counters = callee->counters;
@@ -1503,6 +1512,37 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
     }
   }
   return r;
+}
+
+static const Ast *find_def(Sema *s, Loc loc, const char *name, AstKind kind, const char *what);
+
+/* params(m): every trained parameter of model m (not its state), flattened and joined into
+ * one vector, for regularisers such as l2(params(m)). The model must have been called. */
+static Value model_params(Sema *s, const Ast *call) {
+  const Ast *arg = call->kids.len == 1 ? call->kids.items[0] : NULL;
+  if (!arg || arg->kind != AST_NAME) {
+    diag_error(call->loc, "params takes the name of a model, like params(net)");
+    return ERR;
+  }
+  const Ast *m = find_def(s, arg->loc, arg->name, AST_MODEL, "model");
+  if (!m) return ERR;
+  Builder *b = &s->b;
+  b->loc = call->loc;
+  Node *all = NULL;
+  for (int p = 0; p < s->u->n_params; p++) {
+    const ParamDecl *pd = &s->u->params[p];
+    if (s->param_model[p] != m || pd->buffer) continue;
+    Node *leaf = ir_leaf(b, OP_PARAM, pd->shape, p, pd->name);
+    leaf->io = NN_IO_PARAM, leaf->offset = pd->offset;
+    Node *flat = ir_reshape(b, leaf, shape_of(1, (int)shape_elems(pd->shape, 1)));
+    all = all ? ir_concat(b, all, flat, 0) : flat;
+  }
+  if (!all) {
+    diag_error(arg->loc, "model '%s' has no parameters here (is it called in this train "
+               "block?)", m->name);
+    return ERR;
+  }
+  return tensor(all);
 }
 
 static Value eval(Sema *s, Frame *f, const Ast *e) {
@@ -1587,6 +1627,8 @@ static Value eval(Sema *s, Frame *f, const Ast *e) {
       diag_error(e->loc, "'%s' is a value, not a function", e->name);
     } else if (d) {
       r = call_def(s, f, d, e);
+    } else if (!strcmp(e->name, "params")) {
+      r = model_params(s, e);
     } else if (!call_builtin(s, f, e, &r)) {
       unknown_name(s, f, e->loc, "function", e->name);
     }

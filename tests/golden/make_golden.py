@@ -163,3 +163,25 @@ out.append(F.mse_loss(X * w, Y).item())
 with open(os.path.join(HERE, "schedule-plateau.golden"), "w") as f:
     f.write("".join(f"{v:.9f}\n" for v in out))
 print("plateau", " ".join(f"{v:.6g}" for v in lrs), out)
+
+# ---- kl_div of log_softmax(Z) against the probabilities T / T.sum (batchmean), and a
+# weighted sum of two losses (multi-task)
+with open(os.path.join(HERE, "losses.golden"), "a") as f:
+    kl = F.kl_div(F.log_softmax(Z, 1), T / T.sum(1, keepdim=True), reduction="batchmean")
+    f.write(f"kl_div {kl.item():.9f}\n")
+    f.write(f"weighted {(0.7 * F.mse_loss(P, T) + 0.3 * F.l1_loss(P, T)).item():.9f}\n")
+
+# ---- regularisers: 10 SGD steps (lr 0.1) on mse(w * x, y) + 0.05 * l2 or l1 of w
+for name, reg in {"l2": lambda w: (w ** 2).sum(), "l1": lambda w: w.abs().sum()}.items():
+    w = torch.full((3,), 0.5, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    out = []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(X * w, Y) + 0.05 * reg(w)
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    out.append((F.mse_loss(X * w, Y) + 0.05 * reg(w)).item())
+    with open(os.path.join(HERE, f"reg-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
