@@ -1968,6 +1968,10 @@ static NnTask task_of(const Ast *loss, double *threshold) {
   while (loss && loss->kind == AST_BINOP) loss = loss->a; /* the first term of a sum */
   *threshold = 0.5;
   if (!loss || loss->kind != AST_CALL) return NN_TASK_REGRESSION;
+  /* a loss against something other than the targets (an autoencoder's bce(ae(x), x)) is not
+   * a classification of y */
+  const Ast *target = loss->kids.len >= 2 ? loss->kids.items[1] : NULL;
+  if (target && target->kind == AST_NAME && strcmp(target->name, "y")) return NN_TASK_REGRESSION;
   if (!strcmp(loss->name, "bce")) return NN_TASK_BINARY;
   if (!strcmp(loss->name, "bce_logits")) return *threshold = 0, NN_TASK_BINARY;
   if (!strcmp(loss->name, "cross_entropy") || !strcmp(loss->name, "nll"))
