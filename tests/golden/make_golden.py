@@ -185,3 +185,40 @@ for name, reg in {"l2": lambda w: (w ** 2).sum(), "l1": lambda w: w.abs().sum()}
     out.append((F.mse_loss(X * w, Y) + 0.05 * reg(w)).item())
     with open(os.path.join(HERE, f"reg-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- conv2d and pooling: 10 SGD steps (lr 0.5) on mse(flatten(pool(conv2d(x, W))), y) with
+# every filter weight starting at 0.1, x 2 images [5, 5, 2] (channels last, as nnc), W
+# [3, 3, 2, 2] (nnc's [kh, kw, c, filters]), "same" padding (1 on each side), then 2x2 max or
+# average pooling ("valid"). The targets differ per channel, so the two filters part ways and
+# the trajectory checks the forward values and both gradients. Inputs and targets are in
+# tests/lit/golden/window-*.nn (printed by --print-window-table).
+import math
+import sys
+
+WX = torch.tensor([[math.sin(0.37 * i + 1.3 * s) for i in range(50)] for s in range(2)])
+WY = torch.tensor([[math.cos(0.91 * i + 0.5 * s) for i in range(8)] for s in range(2)])
+if "--print-window-table" in sys.argv:
+    for s in range(2):
+        print("    [" + ", ".join(f"{v:.6f}" for v in WX[s]) + "] ->")
+        print("        [" + ", ".join(f"{v:.6f}" for v in WY[s]) + "]")
+WX = torch.tensor([[round(v, 6) for v in r] for r in WX.tolist()])
+WY = torch.tensor([[round(v, 6) for v in r] for r in WY.tolist()])
+for name, pool in {"maxpool": F.max_pool2d, "avgpool": F.avg_pool2d}.items():
+    w = torch.full((2, 2, 3, 3), 0.1, requires_grad=True)  # torch: [filters, c, kh, kw]
+    opt = torch.optim.SGD([w], lr=0.5)
+    x = WX.reshape(2, 5, 5, 2).permute(0, 3, 1, 2)
+    out = []
+
+    def loss_of():
+        h = pool(F.conv2d(x, w, padding=1), 2)  # [2, 2, 2, 2] NCHW
+        return F.mse_loss(h.permute(0, 2, 3, 1).reshape(2, 8), WY)
+
+    for step in range(10):
+        opt.zero_grad()
+        loss = loss_of()
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    out.append(loss_of().item())
+    with open(os.path.join(HERE, f"window-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
