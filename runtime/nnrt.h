@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 3
+#define NN_ABI_VERSION 4
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
