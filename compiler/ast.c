@@ -41,7 +41,7 @@ void ast_push(AstList *list, Ast *item) {
 /* ORDER AstKind */
 static const char *const kind_names[] = {
   "num", "str", "name", "call", "kwarg", "binop", "neg", "list",
-  "assign", "augassign", "param", "state", "return",
+  "assign", "augassign", "param", "state", "return", "repeat",
   "type", "formal",
   "use", "data", "table", "row", "model", "layer", "fn", "optimizer", "train", "program",
 };
@@ -110,6 +110,8 @@ static void dump_type(FILE *out, const Ast *n) {
     return;
   }
   fputc('[', out);
+  if (n->any_lead)
+    fputs(n->kids.len ? "...," : "...", out);
   for (int i = 0; i < n->kids.len; i++) {
     const Ast *d = n->kids.items[i];
     if (i)
@@ -159,7 +161,7 @@ static void dump_node(FILE *out, const Ast *n, int depth) {
   case AST_TRAIN:
     fprintf(out, " %s on %s", str_or(n->name), str_or(n->name2));
     break;
-  case AST_NEG: case AST_LIST: case AST_RETURN: case AST_TABLE: case AST_ROW:
+  case AST_NEG: case AST_LIST: case AST_RETURN: case AST_REPEAT: case AST_TABLE: case AST_ROW:
   case AST_PROGRAM:
     break;
   case AST_NAME: case AST_CALL: case AST_KWARG: case AST_ASSIGN: case AST_PARAM:

@@ -1,10 +1,11 @@
 /* autodiff.c — symbolic reverse-mode differentiation, IR → IR.
  *
  * Takes the train graph (whose "loss" output is a scalar) and appends to it the gradient of
- * the loss with respect to every parameter, as outputs to NN_IO_GRAD. It walks the nodes in
- * reverse topological order, calls each op's gradient rule from ops.c, and sums the
- * contributions a node receives from its users with `add`. The result is ordinary IR, so the
- * later stages need no special cases and --emit=grad-ir can print it. */
+ * the loss with respect to every parameter that is not frozen (those are constants here), as
+ * outputs to NN_IO_GRAD. It walks the nodes in reverse topological order, calls each op's
+ * gradient rule from ops.c, and sums the contributions a node receives from its users with
+ * `add`. The result is ordinary IR, so the later stages need no special cases and
+ * --emit=grad-ir can print it. */
 #include "nnc.h"
 
 #include <string.h>
@@ -24,7 +25,7 @@ bool ad_gradients(Unit *u) {
   bool *needs = xalloc(n * sizeof *needs);
   for (int i = 0; i < n; i++) {
     Node *x = g->nodes[i];
-    needs[i] = x->op == OP_PARAM;
+    needs[i] = x->op == OP_PARAM && !u->params[x->attr.index].frozen; /* frozen: a constant */
     for (int k = 0; k < op_info[x->op].arity; k++) needs[i] |= needs[x->src[k]->id];
   }
   Node **adj = xalloc(n * sizeof *adj); /* adj[i] = dLoss / d nodes[i] */
@@ -56,6 +57,7 @@ bool ad_gradients(Unit *u) {
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
     if (pd->buffer) continue; /* not trained: sema put its next value in its GRAD slot */
+    if (pd->frozen) continue; /* its gradient region stays zero */
     Node *grad = NULL;
     for (int i = 0; i < n; i++) {
       Node *x = g->nodes[i];

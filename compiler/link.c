@@ -136,6 +136,7 @@ bool link_executable(const char *obj, const char *exe) {
   argv[argc++] = (char *)lib;
   argv[argc++] = "-lz";
   argv[argc++] = "-lm";
+  argv[argc++] = "-lpthread"; /* the runtime's thread pool (runtime/pool.c) */
   split_words(NNC_LINK_FLAGS, argv, &argc);
   argv[argc++] = "-o";
   argv[argc++] = (char *)exe;

@@ -6,10 +6,10 @@
  * says — plus the constant `nn_model` (NnModelDesc) that tells libnnrt.a about them. Each
  * kernel lowers the groups its chosen outputs need, in group order, as straight-line code with
  * one loop nest per group: a loop group computes its members in registers and stores only the
- * stored ones (a reduction's loop runs over its input), matmul loops in m-k-n order, window
- * ops over samples, positions and taps. Loop nests are plain counted
- * loops that LLVM's O2/O3 pipeline (vectoriser included) then optimises for the target CPU.
- * This is the only file that includes llvm-c. */
+ * stored ones (a reduction's loop runs over its input); matmul and convolution call the GEMM
+ * that lower_gemm.c emits, pooling loops over samples, positions and taps. Loop nests are
+ * plain counted loops that LLVM's O2/O3 pipeline (vectoriser included) then optimises for the
+ * target CPU. With lower_gemm.c, the only code that includes llvm-c. */
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -21,6 +21,7 @@
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
+#include "lower_gemm.h"
 #include "nnc.h"
 #include "../runtime/embed.h"
 
@@ -31,12 +32,13 @@ enum {
 
 /* Names of the io slots, for readable IR. ORDER IO */
 static const char *const region_name[NN_IO_COUNT] = {
-  "arena", "param", "grad", "state", "x", "y", "out", "loss", "hyper",
+  "arena", "param", "grad", "state", "x", "y", "out", "loss", "hyper", "threads", "scratch",
 };
 
 typedef struct Lower {
   const Unit *u;                     /* what is being compiled */
-  const Embed *embed;                /* --emit=header: also emit nn_embed; else NULL */
+  Embed *embed;                      /* --emit=header: also emit nn_embed; else NULL */
+  int64_t scratch_bytes;             /* of NN_IO_SCRATCH per worker, once the kernels are made */
   LLVMContextRef ctx;                /* owns every type and constant below */
   LLVMModuleRef mod;                 /* the one module: four kernels and nn_model */
   LLVMBuilderRef b;                  /* insertion point, always in the current kernel */
@@ -53,6 +55,8 @@ typedef struct Lower {
   LLVMValueRef *at;                  /* by node id: pointer to a materialised node's data */
   char tag[32];                      /* what the loops being emitted compute: "n7", "out" */
   LLVMValueRef ivar[MAX_LOOPS];      /* the counters of the loops around a nest's body */
+  Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
+  int vector_bits, registers;        /* the target's SIMD registers: width and count */
 } Lower;
 
 /* ============================== small helpers ============================== */
@@ -306,15 +310,6 @@ static LLVMValueRef scalar_op(Lower *L, OpKind op, LLVMValueRef a, LLVMValueRef 
   }
 }
 
-/* C[ptr0] += A[ptr1] * B[ptr2]. */
-static void matmul_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
-  (void)ctx;
-  LLVMValueRef c = LLVMBuildLoad2(L->b, L->elem, ptr[0], "");
-  LLVMValueRef a = LLVMBuildLoad2(L->b, L->elem, ptr[1], "");
-  LLVMValueRef bv = LLVMBuildLoad2(L->b, L->elem, ptr[2], "");
-  LLVMValueRef r = LLVMBuildFAdd(L->b, c, LLVMBuildFMul(L->b, a, bv, ""), "");
-  LLVMBuildStore(L->b, r, ptr[0]);
-}
 
 /* ============================== nodes ============================== */
 
@@ -598,59 +593,71 @@ static void lower_move(Lower *L, const Node *n) {
   emit_nest(L, t, copy_body, src);
 }
 
+/* One matmul of the nest around lower_matmul's calls: ptr = C, A, B; ctx = the GemmArgs. */
+static void matmul_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
+  GemmArgs a = *(const GemmArgs *)ctx;
+  a.c = ptr[0], a.a = ptr[1], a.b = ptr[2];
+  lower_gemm_call(&L->gemm, L->b, &a, L->region[NN_IO_THREADS], L->region[NN_IO_SCRATCH]);
+}
+
 /* C[.., m, n] = sum_k A[.., m, k] * B[.., k, n], with A [.., K, M] when ta and B [.., N, K]
- * when tb; B's leading dims broadcast against C's (a rank-2 B is shared by every matrix). */
+ * when tb; B's leading dims broadcast against C's (a rank-2 B is shared by every matrix).
+ * The transposes become strides of the generated GEMM (lower_gemm.c); the last leading dim is
+ * its batch of matrices, the others a loop around it. When B is shared by all matrices and A
+ * is not transposed, the matrices are stacked into one tall one instead. */
 static void lower_matmul(Lower *L, const Node *n) {
   const Node *a = n->src[0], *bm = n->src[1];
   Shape as = a->shape, bs = bm->shape, cs = n->shape;
   if (as.rank < 2 || bs.rank < 2 || cs.rank != as.rank) unreachable();
-  int lead = cs.rank - 2;
-  int64_t ast[MAX_RANK], bst[MAX_RANK], cst[MAX_RANK];
+  int lead = cs.rank - 2, bl = bs.rank - 2;
+  int64_t ast[MAX_RANK], bst[MAX_RANK], cst[MAX_RANK], bld[MAX_RANK];
   contig_strides(as, ast);
   contig_strides(bs, bst);
   contig_strides(cs, cst);
-  int64_t M = cs.dim[lead], N = cs.dim[lead + 1];
-  int64_t K = n->attr.ta ? as.dim[lead] : as.dim[lead + 1];
-
-  fill_node(L, n, elemc(L, 0));
-  Nest t = {.depth = lead + 3};
-  int C = nest_operand(&t, node_ptr(L, n));
-  int A = nest_operand(&t, node_ptr(L, a));
-  int B = nest_operand(&t, node_ptr(L, bm));
-  for (int d = 0; d < lead; d++) { /* leading (batch-of-matrices) dims */
-    t.ext[d] = dim_extent(cs.dim[d]);
-    t.stride[C][d] = cst[d];
-    t.stride[A][d] = ast[d];
-    int j = d - (lead - (bs.rank - 2));
-    t.stride[B][d] = (j < 0 || (bs.dim[j] == 1 && cs.dim[d] != 1)) ? 0 : bst[j];
+  bool shared_b = true; /* B's stride along each leading dim of C: 0 where it broadcasts */
+  for (int d = 0; d < lead; d++) {
+    int j = d - (lead - bl);
+    bld[d] = (j < 0 || (bs.dim[j] == 1 && cs.dim[d] != 1)) ? 0 : bst[j];
+    shared_b &= bld[d] == 0;
   }
-  int m = lead, k = lead + 1, nn = lead + 2;
-  t.ext[m] = dim_extent(M);
-  t.ext[k] = dim_extent(K);
-  t.ext[nn] = dim_extent(N);
-  t.stride[C][m] = cst[lead];
-  t.stride[C][nn] = cst[lead + 1];
-  t.stride[A][m] = n->attr.ta ? ast[lead + 1] : ast[lead];
-  t.stride[A][k] = n->attr.ta ? ast[lead] : ast[lead + 1];
-  int bl = bs.rank - 2;
-  t.stride[B][k] = n->attr.tb ? bst[bl + 1] : bst[bl];
-  t.stride[B][nn] = n->attr.tb ? bst[bl] : bst[bl + 1];
-  emit_nest(L, t, matmul_body, NULL);
+  GemmArgs g = {
+      .m = extent_value(L, dim_extent(cs.dim[lead])),
+      .n = extent_value(L, dim_extent(cs.dim[lead + 1])),
+      .k = extent_value(L, dim_extent(n->attr.ta ? as.dim[lead] : as.dim[lead + 1])),
+      .batch = i64c(L, 1), .sa = i64c(L, 0), .sb = i64c(L, 0), .sc = i64c(L, 0),
+      .rsa = i64c(L, n->attr.ta ? 1 : ast[lead]), .csa = i64c(L, n->attr.ta ? ast[lead] : 1),
+      .rsb = i64c(L, n->attr.tb ? 1 : bst[bl]), .csb = i64c(L, n->attr.tb ? bst[bl] : 1),
+      .ldc = i64c(L, cst[lead]),
+  };
+  Nest t = {.depth = 0};
+  int C = nest_operand(&t, node_ptr(L, n)), A = nest_operand(&t, node_ptr(L, a));
+  int B = nest_operand(&t, node_ptr(L, bm));
+  if (lead > 0 && shared_b && !n->attr.ta) { /* one tall matrix */
+    Shape rows = {.rank = lead + 1};
+    memcpy(rows.dim, cs.dim, sizeof(int64_t) * (size_t)(lead + 1));
+    g.m = extent_value(L, elems_extent(rows));
+  } else if (lead > 0) { /* the last leading dim is the GEMM's batch; loops for the others */
+    g.batch = extent_value(L, dim_extent(cs.dim[lead - 1]));
+    g.sa = i64c(L, ast[lead - 1]), g.sb = i64c(L, bld[lead - 1]), g.sc = i64c(L, cst[lead - 1]);
+    t.depth = lead - 1;
+    for (int d = 0; d < lead - 1; d++) {
+      t.ext[d] = dim_extent(cs.dim[d]);
+      t.stride[C][d] = cst[d], t.stride[A][d] = ast[d], t.stride[B][d] = bld[d];
+    }
+  }
+  emit_nest(L, t, matmul_body, &g);
 }
 
 /* ============================== convolution and pooling ============================== */
 
-/* Sliding-window ops on NHWC images, as explicit loop nests: over samples b and output
- * positions (oh, ow), then over the window's taps (kh, kw), whose input row is
- * ih = oh*sh - pt + kh*dh (columns alike); a tap in the padding is skipped (padding is never
- * stored). Channels are last in every tensor, so each innermost loop walks contiguous memory:
- *   conv2d             y[b,oh,ow,:]  += x[b,ih,iw,c] * w[kh,kw,c,:]        for each c
- *   conv2d_bwd_data    dx[b,ih,iw,c] += dot(g[b,oh,ow,:], w[kh,kw,c,:])    for each c
- *   conv2d_bwd_filter  dw[kh,kw,c,:] += x[b,ih,iw,c] * g[b,oh,ow,:]        for each c
+/* Sliding-window ops on NHWC images. The three convolutions are GEMMs over im2col matrices
+ * (lower_gemm.c). Pooling is explicit loop nests: over samples b and output positions
+ * (oh, ow), then over the window's taps (kh, kw), whose input row is ih = oh*sh - pt + kh*dh
+ * (columns alike); a tap in the padding is skipped (padding is never stored). Channels are
+ * last in every tensor, so each innermost loop walks contiguous memory:
  *   maxpool, avgpool   y[b,oh,ow,:]   = max or mean of x[b,ih,iw,:] over the taps
  *   avgpool_bwd        dx[b,ih,iw,:] += g[b,oh,ow,:] / (taps inside the input)
- *   maxpool_bwd        dx[b,ih,iw,c] += g[b,oh,ow,c] at the first tap holding the max
- * Correct and vectorisable rather than fast: blocking and packing are left to the speed work. */
+ *   maxpool_bwd        dx[b,ih,iw,c] += g[b,oh,ow,c] at the first tap holding the max */
 
 /* A counted loop, i = 0 .. bound-1; the builder is in its body until loop_close. */
 typedef struct Loop {
@@ -745,21 +752,6 @@ static void axpy(Lower *L, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef src, i
   loop_close(L, &k);
 }
 
-/* The dot product of p[0..n) and q[0..n). Its sum may be reassociated (reassoc, nsz), so that
- * it vectorises; the rounding then differs from a left-to-right sum by a few ulps. */
-static LLVMValueRef dot(Lower *L, LLVMValueRef p, LLVMValueRef q, int64_t n) {
-  LLVMValueRef acc = entry_slot(L, L->elem, "dot");
-  LLVMBuildStore(L->b, elemc(L, 0), acc);
-  Loop k = loop_open(L, i64c(L, n), "f");
-  LLVMValueRef prod = LLVMBuildFMul(L->b, load_elem(L, elem_ptr(L, p, k.i)),
-                                    load_elem(L, elem_ptr(L, q, k.i)), "");
-  LLVMValueRef sum = LLVMBuildFAdd(L->b, LLVMBuildLoad2(L->b, L->elem, acc, ""), prod, "");
-  LLVMSetFastMathFlags(sum, LLVMFastMathAllowReassoc | LLVMFastMathNoSignedZeros);
-  LLVMBuildStore(L->b, sum, acc);
-  loop_close(L, &k);
-  return LLVMBuildLoad2(L->b, L->elem, acc, "");
-}
-
 /* The loops of one window op: samples and output positions, then taps. */
 typedef struct Win {
   const ConvAttr *c;                /* the op's geometry */
@@ -806,65 +798,12 @@ static void taps_close(Lower *L, Win *v) {
   loop_close(L, &v->kh);
 }
 
-/* y[B,OH,OW,F] = conv2d(x[B,H,W,C], w[KH,KW,C,F]) */
-static void lower_conv2d(Lower *L, const Node *n) {
-  const Node *xn = n->src[0], *wn = n->src[1];
-  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = n->shape};
-  int64_t C = xn->shape.dim[3], F = n->shape.dim[3];
-  LLVMValueRef y = node_ptr(L, n), x = node_ptr(L, xn), w = node_ptr(L, wn);
-  fill_node(L, n, elemc(L, 0));
-  positions_open(L, &v);
-  LLVMValueRef yp = elem_ptr(L, y, offset4(L, n->shape, v.b.i, v.oh.i, v.ow.i)); /* [F] */
-  taps_open(L, &v);
-  LLVMValueRef xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
-  LLVMValueRef wo = offset4(L, wn->shape, v.kh.i, v.kw.i, i64c(L, 0));
-  Loop c = loop_open(L, i64c(L, C), "c");
-  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, ix_add(L, xo, c.i)));
-  axpy(L, yp, xv, elem_ptr(L, w, ix_add(L, wo, ix_mul(L, c.i, F))), F);
-  loop_close(L, &c);
-  taps_close(L, &v);
-  positions_close(L, &v);
-}
-
-/* dx[B,H,W,C] = conv2d_bwd_data(g[B,OH,OW,F], w[KH,KW,C,F]) */
-static void lower_conv2d_bwd_data(Lower *L, const Node *n) {
-  const Node *gn = n->src[0], *wn = n->src[1];
-  Win v = {.c = &n->attr.conv, .img = n->shape, .out = gn->shape};
-  int64_t C = n->shape.dim[3], F = gn->shape.dim[3];
-  LLVMValueRef dx = node_ptr(L, n), g = node_ptr(L, gn), w = node_ptr(L, wn);
-  fill_node(L, n, elemc(L, 0));
-  positions_open(L, &v);
-  LLVMValueRef gp = elem_ptr(L, g, offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i)); /* [F] */
-  taps_open(L, &v);
-  LLVMValueRef xo = offset4(L, n->shape, v.b.i, v.ih, v.iw);
-  LLVMValueRef wo = offset4(L, wn->shape, v.kh.i, v.kw.i, i64c(L, 0));
-  Loop c = loop_open(L, i64c(L, C), "c");
-  LLVMValueRef s = dot(L, gp, elem_ptr(L, w, ix_add(L, wo, ix_mul(L, c.i, F))), F);
-  LLVMValueRef p = elem_ptr(L, dx, ix_add(L, xo, c.i));
-  LLVMBuildStore(L->b, LLVMBuildFAdd(L->b, load_elem(L, p), s, ""), p);
-  loop_close(L, &c);
-  taps_close(L, &v);
-  positions_close(L, &v);
-}
-
-/* dw[KH,KW,C,F] = conv2d_bwd_filter(x[B,H,W,C], g[B,OH,OW,F]) */
-static void lower_conv2d_bwd_filter(Lower *L, const Node *n) {
-  const Node *xn = n->src[0], *gn = n->src[1];
-  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = gn->shape};
-  int64_t C = xn->shape.dim[3], F = gn->shape.dim[3];
-  LLVMValueRef dw = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
-  fill_node(L, n, elemc(L, 0));
-  positions_open(L, &v);
-  LLVMValueRef gp = elem_ptr(L, g, offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i)); /* [F] */
-  taps_open(L, &v);
-  LLVMValueRef xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
-  LLVMValueRef wo = offset4(L, n->shape, v.kh.i, v.kw.i, i64c(L, 0));
-  Loop c = loop_open(L, i64c(L, C), "c");
-  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, ix_add(L, xo, c.i)));
-  axpy(L, elem_ptr(L, dw, ix_add(L, wo, ix_mul(L, c.i, F))), xv, gp, F);
-  loop_close(L, &c);
-  taps_close(L, &v);
-  positions_close(L, &v);
+/* conv2d, conv2d_bwd_data, conv2d_bwd_filter: per-sample im2col and the generated GEMM,
+ * parallel over the batch (lower_gemm.c). */
+static void lower_conv(Lower *L, const Node *n) {
+  lower_conv_call(&L->gemm, L->b, n, node_ptr(L, n), node_ptr(L, n->src[0]),
+                  node_ptr(L, n->src[1]), L->batch, L->region[NN_IO_THREADS],
+                  L->region[NN_IO_SCRATCH]);
 }
 
 /* y[B,OH,OW,C] = max or mean of x[B,H,W,C] over each window */
@@ -927,29 +866,39 @@ static void lower_avgpool_bwd(Lower *L, const Node *n) {
 }
 
 /* dx[B,H,W,C] = maxpool_bwd(x[B,H,W,C], g[B,OH,OW,C]): per channel, the taps in order; the
- * first one holding the window's maximum receives g (PyTorch's choice on ties) */
+ * first one holding the window's maximum receives g (PyTorch's choice on ties). The running
+ * maximum and its position are kept for all channels at once (channels innermost), so the
+ * loops over channels vectorise. */
 static void lower_maxpool_bwd(Lower *L, const Node *n) {
   const Node *xn = n->src[0], *gn = n->src[1];
   Win v = {.c = &n->attr.conv, .img = xn->shape, .out = gn->shape};
   int64_t C = xn->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
-  LLVMValueRef best = entry_slot(L, L->elem, "best"), at = entry_slot(L, L->i64, "argmax");
+  LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
+  LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
   fill_node(L, n, elemc(L, 0));
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
   Loop c = loop_open(L, i64c(L, C), "c");
-  LLVMBuildStore(L->b, elemc(L, -INFINITY), best);
-  LLVMBuildStore(L->b, i64c(L, -1), at);
+  LLVMBuildStore(L->b, elemc(L, -INFINITY), elem_ptr(L, best, c.i));
+  LLVMBuildStore(L->b, i64c(L, -1), LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""));
+  loop_close(L, &c);
   taps_open(L, &v);
-  LLVMValueRef xo = ix_add(L, offset4(L, xn->shape, v.b.i, v.ih, v.iw), c.i);
-  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, xo));
-  LLVMValueRef bv = LLVMBuildLoad2(L->b, L->elem, best, "");
+  LLVMValueRef xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
+  c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef xc = ix_add(L, xo, c.i);
+  LLVMValueRef xv = load_elem(L, elem_ptr(L, x, xc));
+  LLVMValueRef bp = elem_ptr(L, best, c.i), bv = load_elem(L, bp);
   LLVMValueRef more = LLVMBuildFCmp(L->b, LLVMRealOGT, xv, bv, "");
-  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xv, bv, ""), best);
-  LLVMValueRef old = LLVMBuildLoad2(L->b, L->i64, at, "");
-  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xo, old, ""), at);
+  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xv, bv, ""), bp);
+  LLVMValueRef ap = LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, "");
+  LLVMValueRef old = LLVMBuildLoad2(L->b, L->i64, ap, "");
+  LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xc, old, ""), ap);
+  loop_close(L, &c);
   taps_close(L, &v);
-  LLVMValueRef a = LLVMBuildLoad2(L->b, L->i64, at, "");
+  c = loop_open(L, i64c(L, C), "c");
+  LLVMValueRef a =
+      LLVMBuildLoad2(L->b, L->i64, LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""), "");
   LLVMBasicBlockRef join = /* none found only if every tap is -inf or NaN */
       if_open(L, LLVMBuildICmp(L->b, LLVMIntSGE, a, i64c(L, 0), ""), "found");
   LLVMValueRef p = elem_ptr(L, dx, a);
@@ -962,9 +911,7 @@ static void lower_maxpool_bwd(Lower *L, const Node *n) {
 
 static void lower_window(Lower *L, const Node *n) {
   switch (n->op) {
-  case OP_CONV2D: lower_conv2d(L, n); break;
-  case OP_CONV2D_BWD_DATA: lower_conv2d_bwd_data(L, n); break;
-  case OP_CONV2D_BWD_FILTER: lower_conv2d_bwd_filter(L, n); break;
+  case OP_CONV2D: case OP_CONV2D_BWD_DATA: case OP_CONV2D_BWD_FILTER: lower_conv(L, n); break;
   case OP_MAXPOOL: case OP_AVGPOOL: lower_pool(L, n); break;
   case OP_MAXPOOL_BWD: lower_maxpool_bwd(L, n); break;
   case OP_AVGPOOL_BWD: lower_avgpool_bwd(L, n); break;
@@ -1168,6 +1115,9 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
     for (int k = 0; k < op_info[n->op].arity; k++) need[n->src[k]->id] = true;
     if (n->op == OP_RAND_UNIFORM || n->op == OP_RAND_NORMAL) /* they read seed and step */
       regions |= 1u << NN_IO_HYPER;
+    if (class_of(n) == CLASS_CONTRACT || n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA ||
+        n->op == OP_CONV2D_BWD_FILTER) /* GEMMs take threads and scratch */
+      regions |= (1u << NN_IO_THREADS) | (1u << NN_IO_SCRATCH);
     if (n->op == OP_HYPER) regions |= 1u << NN_IO_HYPER;
     else if (class_of(n) != CLASS_SCALAR && n->io >= 0 && n->io < NN_IO_COUNT)
       regions |= 1u << n->io;
@@ -1293,6 +1243,7 @@ static LLVMValueRef param_table(Lower *L) {
     PUT_F64(&f, NnParamInfo, init_a, p->init_a);
     PUT_F64(&f, NnParamInfo, init_b, p->init_b);
     PUT_I64(&f, NnParamInfo, buffer, p->buffer);
+    PUT_I64(&f, NnParamInfo, frozen, p->frozen);
     rows[i] = struct_of(L, &f, &info, "NnParamInfo", sizeof(NnParamInfo));
   }
   return private_const(L, LLVMConstArray2(info, rows, (uint64_t)u->n_params), "params");
@@ -1354,6 +1305,8 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_I64(&f, NnModelDesc, param_size, u->param_size);
   PUT_I64(&f, NnModelDesc, state_size, u->state_size);
   PUT_I64(&f, NnModelDesc, arena_bytes, arena_bytes(L, false));
+  L->scratch_bytes = lower_gemm_finish(&L->gemm);
+  PUT_I64(&f, NnModelDesc, scratch_bytes, L->scratch_bytes);
   PUT_I64(&f, NnModelDesc, max_batch, u->batch);
   PUT_I64(&f, NnModelDesc, epochs, u->epochs);
   PUT_I64(&f, NnModelDesc, seed, u->seed);
@@ -1379,6 +1332,8 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_PTR(&f, NnModelDesc, grad, kernel[2]);
   PUT_PTR(&f, NnModelDesc, update, kernel[3]);
   PUT_I64(&f, NnModelDesc, arena_unplanned_bytes, arena_bytes(L, true));
+  PUT_I64(&f, NnModelDesc, patience, u->patience);
+  PUT_I64(&f, NnModelDesc, monitor, u->monitor);
   LLVMTypeRef desc = NULL;
   LLVMValueRef init = struct_of(L, &f, &desc, "NnModelDesc", sizeof(NnModelDesc));
   LLVMValueRef g = LLVMAddGlobal(L->mod, desc, "nn_model");
@@ -1389,7 +1344,12 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
 
 /* --emit=header: NnEmbedDesc `nn_embed` for the support code (runtime/embed.h), with the
  * baked weights as one aligned constant in the kernels' element type. ORDER EMBED */
-static void emit_embed_desc(Lower *L, const Embed *e, LLVMValueRef model) {
+static void emit_embed_desc(Lower *L, Embed *e, LLVMValueRef model) {
+  /* One worker's GEMM scratch (embedded kernels run serially unless the caller's hook runs
+   * them) lives inside each arena: after the inference activations, and in the training arena
+   * between the activations and the room for OUT (runtime/embed.c places it). */
+  e->infer_arena_bytes += L->scratch_bytes + 64; /* + 64: the GEMM packs with aligned stores, */
+  e->train_arena_bytes += L->scratch_bytes + 64; /* the caller's arena may be 16-byte aligned */
   LLVMValueRef weights = LLVMConstNull(L->ptr);
   if (e->weights && L->u->param_size > 0) {
     size_t n = (size_t)L->u->param_size, es = (size_t)L->elem_size;
@@ -1422,8 +1382,42 @@ static LLVMCodeGenOptLevel codegen_level(int o) {
        : o == 2 ? LLVMCodeGenLevelDefault : LLVMCodeGenLevelAggressive;
 }
 
+/* x86 CPU names LLVM knows with AVX-512 / with AVX2 (for --target-cpu, where the C API
+ * cannot tell us the CPU's features). */
+static const char *const avx512_cpus[] = {
+  "x86-64-v4", "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+  "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids",
+  "graniterapids", "graniterapids-d", "znver4", "znver5", "knl", "knm", NULL,
+};
+static const char *const avx2_cpus[] = {
+  "x86-64-v3", "haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake",
+  "arrowlake", "lunarlake", "gracemont", "sierraforest", "grandridge", "znver1", "znver2",
+  "znver3", "bdver4", "sandybridge", "ivybridge", "btver2", "bdver1", "bdver2", "bdver3", NULL,
+};
+
+static bool listed(const char *const *list, const char *name) {
+  for (; *list; list++)
+    if (!strcmp(*list, name)) return true;
+  return false;
+}
+
+/* The SIMD registers the GEMM's micro-kernel is sized for: width in bits and count. From the
+ * host's feature string, or for a named CPU from the lists above; otherwise the baseline of
+ * the architecture (SSE2 / NEON: 128 bits). */
+static void simd_registers(const char *triple, const char *cpu, const char *features, int *bits,
+                           int *regs) {
+  bool arm = !strncmp(triple, "aarch64", 7) || !strncmp(triple, "arm64", 5);
+  *bits = 128, *regs = arm ? 32 : 16;
+  if (arm) return;
+  bool has512 = features ? strstr(features, "+avx512f") != NULL : listed(avx512_cpus, cpu);
+  bool has256 = features ? strstr(features, "+avx,") || strstr(features, "+avx2")
+                         : listed(avx2_cpus, cpu);
+  if (has512) *bits = 512, *regs = 32;
+  else if (has256) *bits = 256;
+}
+
 /* The host's target machine, or one for opts->target_cpu (then without host features). */
-static LLVMTargetMachineRef target_machine(const Options *opts) {
+static LLVMTargetMachineRef target_machine(const Options *opts, int *bits, int *regs) {
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
@@ -1443,6 +1437,7 @@ static LLVMTargetMachineRef target_machine(const Options *opts) {
       target, triple, is_host ? host : opts->target_cpu, features ? features : "",
       codegen_level(opts->opt_level), LLVMRelocPIC, LLVMCodeModelDefault);
   if (!tm) fprintf(stderr, "nnc: error: cannot create a target machine for %s\n", triple);
+  simd_registers(triple, is_host ? host : opts->target_cpu, features, bits, regs);
   LLVMDisposeMessage(features);
   LLVMDisposeMessage(host);
   LLVMDisposeMessage(triple);
@@ -1502,6 +1497,7 @@ static bool write_output(LLVMModuleRef mod, LLVMTargetMachineRef tm, Emit emit, 
 static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
+  lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
   const Graph *infer = u->infer ? u->infer : u->train; /* eval and predict: inference mode */
   for (int k = 0; k < N_KERNELS; k++) { /* ORDER DESC: forward, eval, grad, update */
     bool grad = !kernel_specs[k].update && kernel_specs[k].outs == ~0u;
@@ -1513,9 +1509,11 @@ static void build_module(Lower *L) {
 }
 
 bool lower_llvm(const Unit *u, const Options *opts, Emit emit, const char *path) {
-  LLVMTargetMachineRef tm = target_machine(opts);
+  int bits, regs;
+  LLVMTargetMachineRef tm = target_machine(opts, &bits, &regs);
   if (!tm) return false;
-  Lower L = {.u = u, .embed = opts->embed, .ctx = LLVMContextCreate()};
+  Lower L = {.u = u, .embed = opts->embed, .ctx = LLVMContextCreate(), .vector_bits = bits,
+             .registers = regs};
   L.mod = LLVMModuleCreateWithNameInContext(u->model ? u->model : "nn", L.ctx);
   L.b = LLVMCreateBuilderInContext(L.ctx);
   L.i64 = LLVMInt64TypeInContext(L.ctx);

@@ -1,7 +1,8 @@
 /* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
  * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
  * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → fuse.c (loop groups)
- * → plan.c (memory) → lower_llvm.c (LLVM)
+ * → plan.c (memory) → lower_llvm.c (LLVM; lower_gemm.c, behind lower_gemm.h, emits its matmul
+ * and convolutions)
  * → link.c (executable). main.c runs them in order. */
 #ifndef NNC_H
 #define NNC_H
@@ -67,6 +68,7 @@ typedef enum AstKind {
                     `state name: type = init`, a buffer (not trained) */
   AST_STATE,     /* state name = a (initial value) */
   AST_RETURN,    /* return a */
+  AST_REPEAT,    /* repeat a { body }: the body a times */
   /* types and formals */
   AST_TYPE,      /* name = "f32" / "int" / "float" / NULL (any tensor); kids = dims, has_dims */
   AST_FORMAL,    /* name: a (type, may be NULL) = b (default, may be NULL) */
@@ -97,6 +99,7 @@ struct Ast {
   double num;      /* AST_NUM */
   int op;          /* AST_BINOP, AST_AUGASSIGN */
   bool has_dims;   /* AST_TYPE: a [dims] list was written */
+  bool any_lead;   /* AST_TYPE: [..., dims]: any leading axes before the dims written */
   Ast *a, *b;      /* operands, by kind (see AstKind) */
   AstList kids;    /* arguments, list items, dims, rows, items */
   AstList formals; /* definitions: formal parameters (AST_FORMAL) */
@@ -310,6 +313,7 @@ typedef struct ParamDecl {
   NnInit init;
   double init_a, init_b;
   bool buffer;        /* a layer's `state`: not trained; its GRAD slot holds its next value */
+  bool frozen;        /* named in the train block's `freeze`: no gradient, no update */
 } ParamDecl;
 
 /* A data set as the .nn file declares it (see NnDataSource). */
@@ -339,6 +343,8 @@ typedef struct Unit {
   double val_split;       /* or the fraction of the training set held out for validation */
   bool labels;            /* y is a class index per sample (y_shape is rank 0) */
   int64_t batch, epochs, seed;
+  int64_t patience;       /* early_stop: epochs without improvement before stopping; 0 = off */
+  NnMonitor monitor;      /* what early stopping watches */
   NnTask task;
   double threshold;
   bool has_train;         /* the file had a train block */
@@ -436,7 +442,8 @@ struct Options {
   const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
   int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */
   double prune;         /* --prune: fraction of each weight matrix's --weights set to 0 */
-  const Embed *embed;   /* set for --emit=header: lower_llvm also emits nn_embed */
+  Embed *embed;         /* set for --emit=header: lower_llvm also emits nn_embed (and adds
+                         * the GEMM scratch to its arena sizes) */
 };
 
 /* Builds the module, runs the pass pipeline, writes `path` as llvm/asm/obj per emit.

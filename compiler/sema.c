@@ -193,7 +193,11 @@ static Value binary(Sema *s, OpKind op, Value x, Value y) {
   return tensor(ir_binary(&s->b, op, a, c));
 }
 
-/* Per-sample matrix product: vectors act as a row (left) or a column (right), as in numpy. */
+static Node *to_batched(Sema *s, Node *x);
+
+/* Per-sample matrix product: vectors act as a row (left) or a column (right), as in numpy.
+ * Stacks of matrices ([h, t, d] @ [h, d, t]) multiply pairwise and must agree in their
+ * leading dims; a plain matrix on the right is shared by all of the left's leading dims. */
 static Value matmul(Sema *s, Value x, Value y, Loc loc) {
   if (x.kind == V_ERROR || y.kind == V_ERROR) return ERR;
   if (x.kind != V_TENSOR || y.kind != V_TENSOR) {
@@ -202,19 +206,25 @@ static Value matmul(Sema *s, Value x, Value y, Loc loc) {
   }
   Node *a = x.node, *c = y.node;
   int ra = sample_rank(a), rc = sample_rank(c);
-  if (ra < 1 || ra > 2 || rc < 1 || rc > 2) {
-    diag_error(loc, "cannot multiply %s and %s: '@' takes vectors and matrices",
-               shape_str(a->shape, true), shape_str(c->shape, true));
+  if (ra < 1 || rc < 1 || (rc > 2 && ra != rc)) {
+    diag_error(loc, "cannot multiply %s and %s: '@' takes vectors, matrices, or stacks of "
+               "matrices of the same rank", shape_str(a->shape, true), shape_str(c->shape, true));
     return ERR;
   }
   int64_t ka = a->shape.dim[a->shape.rank - 1];
-  int64_t kc = c->shape.dim[c->shape.rank - rc];
+  int64_t kc = c->shape.dim[c->shape.rank - (rc == 1 ? 1 : 2)];
   if (ka != kc) {
     diag_error(loc, "cannot multiply %s and %s: inner dimensions %lld and %lld differ",
                shape_str(a->shape, true), shape_str(c->shape, true), (long long)ka,
                (long long)kc);
     return ERR;
   }
+  for (int i = 0; rc > 2 && i < ra - 2; i++)
+    if (a->shape.dim[a->shape.rank - ra + i] != c->shape.dim[c->shape.rank - rc + i]) {
+      diag_error(loc, "cannot multiply %s and %s: leading dimensions differ",
+                 shape_str(a->shape, true), shape_str(c->shape, true));
+      return ERR;
+    }
   Builder *b = &s->b;
   /* the common case, a batch of vectors times a weight matrix, is one plain matmul */
   if (batched(a) && ra == 1 && !batched(c) && rc == 2) return tensor(ir_matmul(b, a, c, 0, 0));
@@ -230,11 +240,14 @@ static Value matmul(Sema *s, Value x, Value y, Loc loc) {
     c = ir_reshape(b, c, t);
   }
   /* matmul pairs leading dims one to one, or shares a plain matrix on the right */
-  if (batched(c) && !batched(a)) {
-    Shape t = a->shape;
-    memmove(t.dim + 1, t.dim, t.rank * sizeof *t.dim);
-    t.dim[0] = 1, t.rank++;
-    a = ir_expand(b, ir_reshape(b, a, t), (Shape){t.rank, {DIM_BATCH, t.dim[1], t.dim[2]}});
+  if (c->shape.rank > 2 || batched(c)) {
+    if (batched(a) != batched(c)) a = to_batched(s, a), c = to_batched(s, c);
+    if (!a || !c) return ERR;
+    if (a->shape.rank != c->shape.rank) { /* a batched vector times a stack, or the reverse */
+      diag_error(loc, "cannot multiply %s and %s: their ranks differ",
+                 shape_str(x.node->shape, true), shape_str(y.node->shape, true));
+      return ERR;
+    }
   }
   Node *r = ir_matmul(b, a, c, 0, 0);
   if (!r) return ERR;
@@ -513,7 +526,8 @@ BUILTIN(call_flatten) {
 
 /* The built-ins whose positional argument i may be a list [..]. */
 static bool takes_list(const Builtin *bi, int i) {
-  if (i == 0) return bi->op == OP_RAND_UNIFORM || bi->op == OP_RAND_NORMAL;
+  if (i == 0)
+    return bi->op == OP_RAND_UNIFORM || bi->op == OP_RAND_NORMAL || !strcmp(bi->name, "iota");
   return i == 1 && (!strcmp(bi->name, "reshape") || !strcmp(bi->name, "permute"));
 }
 
@@ -959,9 +973,11 @@ BUILTIN(call_scatter_add) {
   return tensor(ir_scatter_add(&s->b, v, idx, axis, lead, to));
 }
 
-/* one_hot(t, k): a class index per sample as a vector of k with a 1 at t (t == 0..k-1, made
- * by comparing with an iota); a t that already ends in k (one-hot or probabilities) is
- * returned as it is, so losses can take either. */
+/* one_hot(t, k, like = z): a class index per sample as a vector of k with a 1 at t (t ==
+ * 0..k-1, made by comparing with an iota); a t that already ends in k (one-hot or
+ * probabilities) is returned as it is, so losses can take either. With `like` (the logits,
+ * [..., k]), t may also be a class index per position of a sequence: z's shape without its
+ * last axis; anything else is an error rather than a silent broadcast. */
 BUILTIN(call_one_hot) {
   (void)bi;
   Value t = a->v[0];
@@ -970,18 +986,46 @@ BUILTIN(call_one_hot) {
     return ERR;
   }
   int64_t k = (int64_t)a->v[1].num;
-  if (t.kind == V_TENSOR && sample_rank(t.node) > 0) {
-    if (t.node->shape.dim[t.node->shape.rank - 1] == k) return t;
-    diag_error(a->ast[0]->loc, "one_hot(t, %lld): t must be one class index per sample or "
-               "end in %lld classes, got %s", (long long)k, (long long)k,
-               shape_str(t.node->shape, true));
+  const Value *like = kwarg(a, "like");
+  Node *z = like && like->kind == V_TENSOR ? like->node : NULL;
+  if (like && !z) {
+    diag_error(kwarg_loc(a, "like", call->loc), "one_hot: 'like' must be a tensor");
     return ERR;
+  }
+  int zr = z ? sample_rank(z) : 1; /* per-sample rank of the logits */
+  if (t.kind == V_TENSOR && sample_rank(t.node) > 0) {
+    Shape ts = sample_shape(t.node);
+    bool probs = ts.dim[ts.rank - 1] == k && (!z || ts.rank == zr);
+    bool indices = z && zr > 1 && ts.rank == zr - 1;
+    for (int i = 0; indices && i < ts.rank; i++) indices = ts.dim[i] == sample_shape(z).dim[i];
+    if (probs) return t;
+    if (!indices) {
+      if (zr <= 1)
+        diag_error(a->ast[0]->loc, "one_hot(t, %lld): t must be one class index per sample or "
+                   "end in %lld classes, got %s", (long long)k, (long long)k,
+                   shape_str(t.node->shape, true));
+      else
+        diag_error(a->ast[0]->loc, "one_hot(t, %lld): t must be a class index per position "
+                   "of %s or have its shape, got %s", (long long)k, shape_str(z->shape, true),
+                   shape_str(t.node->shape, true));
+      return ERR;
+    }
   }
   if (t.kind != V_TENSOR && t.kind != V_NUM) {
     diag_error(a->ast[0]->loc, "one_hot takes a class index");
     return ERR;
   }
   s->b.loc = call->loc;
+  Node *idx = t.kind == V_TENSOR ? t.node : NULL;
+  if (idx && sample_rank(idx) > 0) { /* a sequence of indices [t]: each gets its own [k] */
+    if (idx->shape.rank >= MAX_RANK) {
+      diag_error(a->ast[0]->loc, "one_hot: %s has too many axes", shape_str(idx->shape, true));
+      return ERR;
+    }
+    Shape col = idx->shape;
+    col.dim[col.rank++] = 1;
+    t = tensor(ir_reshape(&s->b, idx, col));
+  }
   return binary(s, OP_CMPEQ, t, tensor(ir_iota(&s->b, shape_of(1, (int)k), 0)));
 }
 
@@ -1023,6 +1067,37 @@ BUILTIN(call_dim) {
   return number((double)x->shape.dim[batched(x) + (k < 0 ? k + rank : k)]);
 }
 
+/* iota([dims], axis = k): a constant of shape dims whose entries are their index along
+ * axis k (causal masks compare two of them) */
+BUILTIN(call_iota) {
+  if (a->v[0].kind != V_LIST || a->v[0].len < 1 || a->v[0].len > MAX_RANK - 1) {
+    diag_error(a->ast[0]->loc, "iota takes its shape as a list, like [4, 4]");
+    return ERR;
+  }
+  Shape sh = {.rank = a->v[0].len};
+  for (int i = 0; i < sh.rank; i++) {
+    double d = a->v[0].nums[i];
+    if (d < 1 || d != floor(d) || d > 1e9) {
+      diag_error(a->ast[0]->loc, "iota: %s is not a list of positive sizes",
+                 list_str(a->v[0].nums, a->v[0].len));
+      return ERR;
+    }
+    sh.dim[i] = (int64_t)d;
+  }
+  int64_t ax = 0;
+  if (!int_kwarg(a, "axis", 0, -sh.rank, sh.rank - 1, bi->name, call->loc, &ax)) return ERR;
+  s->b.loc = call->loc;
+  return tensor(ir_iota(&s->b, sh, (int)(ax < 0 ? ax + sh.rank : ax)));
+}
+
+/* rank(x): the number of x's per-sample axes, known at compile time (an optimizer can
+ * tell matrices from vectors: decay only the weights, not biases or norm gains) */
+BUILTIN(call_rank) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  (void)s;
+  return x ? number(sample_rank(x)) : ERR;
+}
+
 static const Builtin builtins[] = {
     {"exp", 1, 1, {0}, OP_EXP, call_unary},
     {"log", 1, 1, {0}, OP_LOG, call_unary},
@@ -1051,7 +1126,9 @@ static const Builtin builtins[] = {
     {"where", 3, 3, {0}, OP_WHERE, call_where},
     {"gather", 2, 2, {"axis"}, OP_GATHER, call_gather},
     {"scatter_add", 3, 3, {"axis"}, OP_SCATTER_ADD, call_scatter_add},
-    {"one_hot", 2, 2, {0}, OP_IOTA, call_one_hot},
+    {"one_hot", 2, 2, {"like"}, OP_IOTA, call_one_hot},
+    {"iota", 1, 1, {"axis"}, OP_IOTA, call_iota},
+    {"rank", 1, 1, {0}, OP_RESHAPE, call_rank},
     /* convolution and pooling */
     {"conv2d_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D, call_conv2d},
     {"conv2d_transpose_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D_BWD_DATA,
@@ -1120,6 +1197,10 @@ static bool is_int(Value v) { return v.kind == V_NUM && v.num == floor(v.num) &&
  * (matching a formal's type against an argument's per-sample shape). */
 static bool dims_of(Sema *s, Frame *f, const Ast *type, Shape *out) {
   out->rank = type->kids.len;
+  if (type->any_lead) {
+    diag_error(type->loc, "'...' (any leading axes) is only allowed in a formal's type");
+    return false;
+  }
   if (out->rank > MAX_RANK - 1) {
     diag_error(type->loc, "at most %d dimensions are supported", MAX_RANK - 1);
     return false;
@@ -1161,12 +1242,13 @@ static bool bind_formal(Sema *s, Frame *callee, const Ast *def, const Ast *forma
       return false;
     }
     Node *n = v.node;
-    int rank = sample_rank(n);
-    if (rank != type->kids.len) {
-      diag_error(loc, "'%s' expects %s of rank %d, got %s", def->name, formal->name,
-                 type->kids.len, shape_str(n->shape, true));
+    int rank = sample_rank(n), want_rank = type->kids.len;
+    if (type->any_lead ? rank < want_rank : rank != want_rank) {
+      diag_error(loc, "'%s' expects %s of rank %s%d, got %s", def->name, formal->name,
+                 type->any_lead ? "at least " : "", want_rank, shape_str(n->shape, true));
       return false;
     }
+    rank = want_rank; /* with '...', only the trailing dims are matched */
     for (int i = 0; i < rank; i++) {
       const Ast *d = type->kids.items[i];
       int64_t got = n->shape.dim[n->shape.rank - rank + i];
@@ -1283,7 +1365,7 @@ static Node *param_node(Sema *s, const char *name, Shape shape, NnInit init, dou
     }
     s->param_model[u->n_params] = s->model;
     idx = u->n_params++;
-    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false};
+    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false, false};
     u->param_size += padded_elems(shape_elems(shape, 1));
   }
   Node *n = ir_leaf(&s->b, OP_PARAM, shape, idx, u->params[idx].name);
@@ -1376,6 +1458,7 @@ static void declare_param(Sema *s, Frame *f, const Ast *st) {
 
 /* Runs a body's statements; returns the value of its `return`, or V_ERROR with *returned
  * false if it has none. */
+static bool is_int(Value v);
 static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
   *returned = false;
   Value result = ERR;
@@ -1440,6 +1523,25 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
       result = eval(s, f, st->a);
       *returned = true;
       break;
+    case AST_REPEAT: { /* the body n times in this scope: layers called in it number on */
+      Value n = eval(s, f, st->a);
+      if (n.kind == V_ERROR) break;
+      if (!is_int(n) || n.num < 0 || n.num > 10000) {
+        diag_error(st->a->loc, "'repeat' needs a count: an integer from 0 to 10000");
+        break;
+      }
+      for (int k = 0; k < (int)n.num; k++) {
+        int errors = diag_error_count();
+        bool inner = false;
+        run_body(s, f, &st->body, &inner);
+        if (inner) {
+          diag_error(st->loc, "'return' inside 'repeat' is not supported");
+          break;
+        }
+        if (diag_error_count() > errors) break; /* report a bad body once, not n times */
+      }
+      break;
+    }
     default: unreachable();
     }
   }
@@ -1729,22 +1831,28 @@ static bool load_table(Sema *s, const Ast *data, DataSpec *d, Shape *y) {
   return ok;
 }
 
-/* csv("file", header = 1, targets = 1, labels = 0) and
- * idx("images.gz", "labels.gz", scale = 1/255): files first, then options. */
+/* csv("file", header = 1, targets = 1, labels = 0), idx("images.gz", "labels.gz",
+ * scale = 1/255) and npy("x.npy", "y.npy", scale = 1, targets = k): files first, then options.
+ * idx's labels are class indices; so are npy's unless `targets = k` makes them [k] vectors. */
 static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const char *source) {
-  bool is_idx = !strcmp(src->name, "idx");
+  bool is_idx = !strcmp(src->name, "idx"), is_npy = !strcmp(src->name, "npy");
   static const char *const csv_keys[] = {"header", "targets", "labels", "scale"};
   static const char *const idx_keys[] = {"scale"};
-  const char *const *keys = is_idx ? idx_keys : csv_keys;
-  int n_keys = is_idx ? 1 : 4, n_files = is_idx ? 2 : 1, files = 0;
+  static const char *const npy_keys[] = {"targets", "scale"};
+  static const int idx_opt[] = {3}, npy_opt[] = {1, 3}, csv_opt[] = {0, 1, 2, 3};
+  const char *const *keys = is_idx ? idx_keys : is_npy ? npy_keys : csv_keys;
+  const int *opt_at = is_idx ? idx_opt : is_npy ? npy_opt : csv_opt;
+  int n_keys = is_idx ? 1 : is_npy ? 2 : 4, n_files = is_idx || is_npy ? 2 : 1, files = 0;
+  const char *want = is_idx ? "the images file and the labels file"
+                     : is_npy ? "the inputs file and the targets file" : "a file name";
   double opt[4] = {0, 1, 0, 1}; /* header, targets, labels, scale */
+  bool targets_set = false;
   const char *path[2] = {NULL, NULL};
   for (int i = 0; i < src->kids.len; i++) {
     const Ast *a = src->kids.items[i];
     if (a->kind != AST_KWARG) {
       if (files == n_files || a->kind != AST_STR) {
-        diag_error(a->loc, "%s() takes %s first, as strings", src->name,
-                   is_idx ? "the images file and the labels file" : "a file name");
+        diag_error(a->loc, "%s() takes %s first, as strings", src->name, want);
         return false;
       }
       path[files++] = a->name;
@@ -1759,27 +1867,68 @@ static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const cha
                  close ? xprintf("; did you mean '%s'?", close) : "");
       return false;
     }
-    if (!const_number(s, a->a, &opt[is_idx ? 3 : k])) return false;
+    targets_set |= opt_at[k] == 1;
+    if (!const_number(s, a->a, &opt[opt_at[k]])) return false;
   }
   if (files < n_files) {
     diag_error(src->loc, "%s() needs %s", src->name,
-               is_idx ? "an images file and a labels file" : "a file name");
+               is_idx ? "an images file and a labels file"
+               : is_npy ? "an inputs file and a targets file" : "a file name");
     return false;
   }
   if (opt[1] < 1 || opt[1] != floor(opt[1]) || opt[1] > 1e6) {
     diag_error(src->loc, "targets must be a positive integer");
     return false;
   }
-  d->kind = is_idx ? NN_DATA_IDX : NN_DATA_CSV;
+  d->kind = is_idx ? NN_DATA_IDX : is_npy ? NN_DATA_NPY : NN_DATA_CSV;
   d->path = data_file(path[0], source);
   d->labels = path[1] ? data_file(path[1], source) : NULL;
   d->header = opt[0] != 0, d->scale = opt[3];
   /* class labels are one number per sample: a per-sample scalar */
-  *y = is_idx || opt[2] != 0 ? (Shape){0} : shape_of(1, (int)opt[1]);
-  if (!is_idx && opt[2] != 0 && opt[1] != 1) {
+  bool labels = is_idx || (is_npy && !targets_set) || opt[2] != 0;
+  *y = labels ? (Shape){0} : shape_of(1, (int)opt[1]);
+  if (!is_idx && !is_npy && opt[2] != 0 && opt[1] != 1) {
     diag_error(src->loc, "labels = 1 needs targets = 1 (one class index per row)");
     return false;
   }
+  return true;
+}
+
+/* text("file.txt", context = t): byte-level language modelling. The file is cut into
+ * windows of t bytes; a sample's x is a window's byte ids (0..255), its y the ids one byte
+ * further on (the next byte at every position). The model's input must be [t]. */
+static bool load_text(Sema *s, const Ast *src, DataSpec *d, Shape *y, const char *source) {
+  const char *path = NULL;
+  double context = 0;
+  for (int i = 0; i < src->kids.len; i++) {
+    const Ast *a = src->kids.items[i];
+    if (a->kind == AST_STR && !path && i == 0) {
+      path = a->name;
+    } else if (a->kind == AST_KWARG && !strcmp(a->name, "context")) {
+      if (!const_number(s, a->a, &context)) return false;
+      if (context < 1 || context != floor(context) || context > 1e7) {
+        diag_error(a->a->loc, "text(): context must be a positive integer");
+        return false;
+      }
+    } else {
+      diag_error(a->loc, "text() takes a file name and context = N, like "
+                 "text(\"input.txt\", context = 64)");
+      return false;
+    }
+  }
+  if (!path || !*path) {
+    diag_error(src->loc, "text() needs a file name");
+    return false;
+  }
+  Shape x = s->u->x_shape;
+  if (x.rank != 1 || (context && x.dim[0] != (int64_t)context)) {
+    diag_error(src->loc, "text(%s) gives samples of %lld byte ids, but the model takes %s",
+               context ? xprintf("context = %g", context) : "...",
+               (long long)(context ? (int64_t)context : x.dim[0]), shape_str(x, true));
+    return false;
+  }
+  d->kind = NN_DATA_TEXT, d->path = data_file(path, source), d->scale = 1;
+  *y = x;
   return true;
 }
 
@@ -1788,9 +1937,12 @@ static bool load_data(Sema *s, const Ast *data, DataSpec *d, Shape *y, const cha
   const Ast *src = data->a;
   d->name = data->name;
   if (src->kind == AST_TABLE) return load_table(s, data, d, y);
-  if (src->kind == AST_CALL && (!strcmp(src->name, "csv") || !strcmp(src->name, "idx")))
+  if (src->kind == AST_CALL && (!strcmp(src->name, "csv") || !strcmp(src->name, "idx") ||
+                                !strcmp(src->name, "npy")))
     return load_files(s, src, d, y, source);
-  diag_error(src->loc, "a data set is table { ... }, csv(\"file\") or idx(\"images\", \"labels\")");
+  if (src->kind == AST_CALL && !strcmp(src->name, "text")) return load_text(s, src, d, y, source);
+  diag_error(src->loc, "a data set is table { ... }, csv(\"file\"), idx(\"images\", "
+             "\"labels\"), npy(\"inputs.npy\", \"targets.npy\") or text(\"file\", context = N)");
   return false;
 }
 
@@ -1805,6 +1957,7 @@ static Node *clip_scale(Sema *s, Node *max_norm) {
   for (int p = 0; p < s->u->n_params; p++) {
     const ParamDecl *pd = &s->u->params[p];
     if (pd->buffer) continue; /* not a gradient */
+    if (pd->frozen) continue; /* it has no gradient, as if it were not a parameter */
     Node *g = ir_leaf(b, OP_GRAD, pd->shape, p, pd->name);
     g->io = NN_IO_GRAD, g->offset = pd->offset;
     Node *sq = ir_reshape(b, ir_reduce(b, OP_SUM, ir_mul(b, g, g), (1u << pd->shape.rank) - 1),
@@ -1916,6 +2069,7 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
   }
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
+    if (pd->frozen) continue; /* no update and no optimizer state */
     Frame f = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
     for (int i = 0; i < u->n_hyper; i++) bind(&f, u->hyper_names[i], tensor(hypers[i]));
     bind(&f, "step", tensor(hypers[u->n_hyper]));
@@ -1993,13 +2147,22 @@ static const Ast *find_def(Sema *s, Loc loc, const char *name, AstKind kind, con
   return d;
 }
 
+/* A model takes one input with a shape; any further formals are settings with defaults
+ * (model gpt(x: f32[64], layers = 4)), bound when the model is called on the data. */
 static bool model_input(Sema *s, const Ast *model, Shape *x) {
-  if (model->formals.len != 1 || !model->formals.items[0]->a ||
+  if (model->formals.len < 1 || !model->formals.items[0]->a ||
       !model->formals.items[0]->a->has_dims) {
     diag_error(model->loc, "model '%s' must take one input with a shape, like (x: f32[2])",
                model->name);
     return false;
   }
+  for (int i = 1; i < model->formals.len; i++)
+    if (!model->formals.items[i]->b) {
+      diag_error(model->formals.items[i]->loc, "model '%s': setting '%s' needs a default value "
+                 "(a model's only input is its first)", model->name,
+                 model->formals.items[i]->name);
+      return false;
+    }
   Frame global = {.prefix = ""};
   return dims_of(s, &global, model->formals.items[0]->a, x);
 }
@@ -2013,6 +2176,63 @@ static bool positive_int(Sema *s, const Ast *st, int64_t *out) {
   }
   *out = (int64_t)v;
   return true;
+}
+
+/* freeze = [dense0, "conv2d1.W"]: each entry a layer instance (freezing every parameter under
+ * it) or one parameter, as a name or a string. Frozen parameters keep their initial or
+ * --init-from values: autodiff computes no gradient for them and the optimizer skips them. */
+static void freeze(Sema *s, const Ast *list) {
+  Unit *u = s->u;
+  const Ast *one[1] = {list};
+  const Ast *const *items = list->kind == AST_LIST ? (const Ast *const *)list->kids.items : one;
+  int n = list->kind == AST_LIST ? list->kids.len : 1;
+  const char **names = xalloc((size_t)(u->n_params + 1) * sizeof *names);
+  for (int p = 0; p < u->n_params; p++) names[p] = u->params[p].name;
+  for (int i = 0; i < n; i++) {
+    const Ast *it = items[i];
+    if (it->kind != AST_NAME && it->kind != AST_STR) {
+      diag_error(it->loc, "freeze lists layers or parameters, like [dense0, \"dense1.W\"]");
+      continue;
+    }
+    size_t len = strlen(it->name);
+    int hits = 0;
+    for (int p = 0; p < u->n_params; p++) {
+      const char *pn = u->params[p].name;
+      if (!strncmp(pn, it->name, len) && (pn[len] == '\0' || pn[len] == '.'))
+        u->params[p].frozen = true, hits++;
+    }
+    if (!hits) {
+      const char *close = diag_did_you_mean(it->name, names, u->n_params);
+      diag_error(it->loc, "freeze: the model has no layer or parameter '%s'%s", it->name,
+                 close ? xprintf("; did you mean '%s'?", close) : "");
+    }
+  }
+}
+
+/* early_stop = 3: stop after 3 epochs without improvement of `monitor = "val_loss"` (the
+ * default when there is a validation set, else "loss"). Accuracy needs a classifier, which
+ * task_of decides from the loss, so the runtime checks that one. */
+static void early_stopping(Sema *s, const Ast *patience, const Ast *monitor) {
+  static const char *const names[] = NN_MONITOR_NAMES;
+  Unit *u = s->u;
+  if (patience) positive_int(s, patience, &u->patience);
+  if (!monitor) return;
+  const Ast *m = monitor->a;
+  if (!patience) diag_error(monitor->loc, "'monitor' needs 'early_stop = N' (the patience)");
+  if (m->kind != AST_STR) {
+    diag_error(m->loc, "monitor is a string, like \"val_loss\"");
+    return;
+  }
+  for (int i = NN_MONITOR_VAL_LOSS; i < NN_MONITOR_COUNT; i++)
+    if (!strcmp(m->name, names[i])) u->monitor = (NnMonitor)i;
+  if (u->monitor == NN_MONITOR_AUTO) {
+    const char *close = diag_did_you_mean(m->name, names + 1, NN_MONITOR_COUNT - 1);
+    diag_error(m->loc, "unknown monitor \"%s\" (val_loss, val_accuracy, val_f1, loss or "
+               "accuracy)%s", m->name, close ? xprintf("; did you mean \"%s\"?", close) : "");
+  } else if (u->monitor <= NN_MONITOR_VAL_F1 && u->val.kind == NN_DATA_NONE && !u->val_split) {
+    diag_error(m->loc, "monitor \"%s\" needs a validation set; HINT: add 'validate = 0.1' "
+               "or monitor \"loss\"", m->name);
+  }
 }
 
 /* Starts *g: binds x in f to the input and stores the model's output on it as "out".
@@ -2124,7 +2344,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
 
   static const char *const keys[] = {"loss",     "optimizer", "batch",      "epochs",
                                      "seed",     "validate",  "clip_norm",  "clip_value",
-                                     "schedule"};
+                                     "early_stop", "monitor",   "freeze",     "schedule"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
   const Ast *seen[N_KEYS] = {0};
   u->batch = 32, u->epochs = 10, u->seed = 1;
@@ -2161,6 +2381,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
       diag_error(v->loc, "validation targets are %s but training targets are %s",
                  shape_str(vy, true), shape_str(u->y_shape, true));
   }
+  early_stopping(s, seen[8], seen[9]);
   if (!seen[0] || !seen[1]) {
     diag_error(tr->loc, "train block needs %s", !seen[0] ? "a 'loss'" : "an 'optimizer'");
     return;
@@ -2185,12 +2406,13 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   const Ast *opt = find_def(s, oc->loc, oc->name, AST_OPTIMIZER, "optimizer");
   if (!opt) return;
   Ast none = {.kind = AST_CALL, .loc = oc->loc, .name = oc->name};
+  if (seen[10]) freeze(s, seen[10]->a);
   double clip[2] = {0, 0}; /* clip_norm, clip_value */
   for (int i = 0; i < 2; i++)
     if (seen[6 + i] && const_number(s, seen[6 + i]->a, &clip[i]) && !(clip[i] > 0))
       diag_error(seen[6 + i]->a->loc, "'%s' must be a positive number", keys[6 + i]);
   /* schedule = cosine(warmup = 100): a fn of (lr, t, total, ...) */
-  const Ast *sc = seen[8] ? seen[8]->a : NULL, *sched = NULL;
+  const Ast *sc = seen[11] ? seen[11]->a : NULL, *sched = NULL;
   Ast sc_none = {.kind = AST_CALL, .loc = sc ? sc->loc : tr->loc, .name = sc ? sc->name : ""};
   if (sc && sc->kind != AST_CALL && sc->kind != AST_NAME)
     diag_error(sc->loc, "expected a schedule, like cosine(warmup = 100)");
@@ -2205,7 +2427,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   bool has_lr = false;
   for (int i = 0; i < u->n_hyper; i++) has_lr |= !strcmp(u->hyper_names[i], "lr");
   if (u->plateau[0] > 0 && !has_lr && diag_error_count() == 0)
-    diag_error(seen[8]->loc, "plateau lowers the learning rate, but optimizer '%s' has no "
+    diag_error(seen[11]->loc, "plateau lowers the learning rate, but optimizer '%s' has no "
                "'lr'", opt->name);
 }
 

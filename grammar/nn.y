@@ -172,7 +172,7 @@ static Expr with_kids(ParseCtx *ctx, Ast *n, ExprList list) {
 %token <str> STRING "string"
 %token USE "'use'" DATA "'data'" MODEL "'model'" LAYER "'layer'" FN "'fn'"
 %token OPTIMIZER "'optimizer'" TRAIN "'train'" ON "'on'" PARAM "'param'" STATE "'state'"
-%token RETURN "'return'" TABLE "'table'"
+%token RETURN "'return'" TABLE "'table'" REPEAT "'repeat'" ELLIPSIS "'...'"
 %token '='
 %token ARROW "'->'" ADD_ASSIGN "'+='" SUB_ASSIGN "'-='" MUL_ASSIGN "'*='" DIV_ASSIGN "'/='"
 %token GE "'>='" LE "'<='"
@@ -183,6 +183,7 @@ static Expr with_kids(ParseCtx *ctx, Ast *n, ExprList list) {
 %type <exs> args arg_list expr_list
 %type <str> target dname
 %nterm kw_use kw_data kw_model kw_layer kw_fn kw_optimizer kw_train kw_param kw_state kw_return
+%nterm kw_repeat
 %type <op> aug_op cmp_op
 
 %%
@@ -315,7 +316,8 @@ opt_default
   | '=' expr              { $$ = $2.ast; }
   ;
 
-/* type := [IDENT] '[' [dim (',' dim)*] ']' | IDENT */
+/* type := [IDENT] '[' ['...' [',']] [dim (',' dim)*] ']' | IDENT
+ * A leading '...' stands for any number of leading axes (rank-polymorphic layers). */
 type
   : IDENT                 { $$ = node(ctx, AST_TYPE, @1); $$->name = $1; }
   | IDENT '[' dims ']' {
@@ -328,6 +330,17 @@ type
       $$ = node(ctx, AST_TYPE, @1);
       $$->has_dims = true;
       $$->kids = $2;
+    }
+  | '[' ELLIPSIS ']' {
+      $$ = node(ctx, AST_TYPE, @1);
+      $$->has_dims = true;
+      $$->any_lead = true;
+    }
+  | '[' ELLIPSIS ',' dim_list ']' {
+      $$ = node(ctx, AST_TYPE, @1);
+      $$->has_dims = true;
+      $$->any_lead = true;
+      $$->kids = $4;
     }
   ;
 
@@ -385,7 +398,7 @@ state_inits
   ;
 
 /* stmt := target '=' expr | target op= expr | 'param' IDENT ':' type ['=' expr]
- *       | 'return' expr | ';' */
+ *       | 'return' expr | 'repeat' expr block | ';' */
 stmt
   : target '=' expr {
       $$ = node(ctx, AST_ASSIGN, @1);
@@ -405,6 +418,11 @@ stmt
       $$->b = $5;
     }
   | kw_return expr           { $$ = node(ctx, AST_RETURN, @1); $$->a = $2.ast; }
+  | kw_repeat expr block {
+      $$ = node(ctx, AST_REPEAT, @1);
+      $$->a = $2.ast;
+      $$->body = $3;
+    }
   | ';'                   { $$ = NULL; }
   | error                 { $$ = NULL; /* resume at the next statement */ }
   ;
@@ -427,6 +445,7 @@ kw_train:     TRAIN       { yyerrok; } ;
 kw_param:     PARAM       { yyerrok; } ;
 kw_state:     STATE       { yyerrok; } ;
 kw_return:    RETURN      { yyerrok; } ;
+kw_repeat:    REPEAT      { yyerrok; } ;
 
 aug_op
   : ADD_ASSIGN            { $$ = '+'; }

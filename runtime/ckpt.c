@@ -9,7 +9,8 @@
  *       fingerprint (FNV-1a 64 of elem size, parameter names and shapes, state size), dtype,
  *       epoch (completed), step (optimizer steps), skipped_steps, seed, batch, rng (the
  *       xoshiro256** state of the shuffle stream after the last epoch, 64 hex digits) and
- *       hyper.NAME for every hyperparameter (%.17g, so they round-trip);
+ *       hyper.NAME for every hyperparameter (%.17g, so they round-trip); with early
+ *       stopping also best_epoch, best_value and wait (epochs since the best);
  *   every parameter under its own name ("dense0.W": F32 or F64, its shape), in model order;
  *   "__optimizer_state__": the whole optimizer-state region as one flat tensor [state_size]
  *       (absent when the optimizer has no state).
@@ -174,6 +175,12 @@ static void write_metadata(Text *t, const NnModelDesc *d, const NnCkptState *st)
     snprintf(buf, sizeof buf, "%.17g", isfinite(st->plateau_best) ? st->plateau_best : DBL_MAX);
     meta(t, "plateau.best", buf);
     meta_i64(t, "plateau.bad", st->plateau_bad);
+  }
+  if (st->best_epoch > 0) { /* early stopping's memory, so a resumed run stops where it would */
+    meta_i64(t, "best_epoch", st->best_epoch);
+    snprintf(buf, sizeof buf, "%.17g", st->best_value);
+    meta(t, "best_value", buf);
+    meta_i64(t, "wait", st->wait);
   }
   for (int64_t i = 0; i < d->n_hyper; i++) {
     char key[160];
@@ -608,6 +615,11 @@ static void read_state(const Ckpt *c, const NnModelDesc *d, NnCkptState *st) {
   st->batch = meta_int(c, "batch", 1);
   if (!rng_parse(meta_str(c, "rng"), st->rng))
     nnrt_file_error(c->path, "metadata 'rng' is not 64 lowercase hex digits");
+  if (nnrt_json_get(c->meta, "best_epoch")) {
+    st->best_epoch = meta_int(c, "best_epoch", 1);
+    st->best_value = meta_real(c, "best_value");
+    st->wait = meta_int(c, "wait", 0);
+  }
   for (int64_t i = 0; i < d->n_hyper && st->hyper; i++) {
     snprintf(key, sizeof key, "hyper.%s", d->hyper_names[i]);
     st->hyper[i] = meta_real(c, key);

@@ -49,11 +49,18 @@ static void *xrealloc(void *p, size_t n) {
 /* ---- labels ---- */
 
 int64_t nnrt_classes(const NnModelDesc *d) {
+  if (d->task == NN_TASK_MULTICLASS && nnrt_positions(d) > 1)
+    return d->out_size / d->y_size;
   if (d->task == NN_TASK_MULTICLASS)
     return d->out_size;
   if (d->task == NN_TASK_BINARY)
     return 2; /* each output is a decision between class 0 and class 1 */
   return 0;
+}
+
+int64_t nnrt_positions(const NnModelDesc *d) {
+  int64_t ys = d->y_size, os = d->out_size;
+  return ys > 1 && ys < os && os % ys == 0 ? ys : 1;
 }
 
 const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap) {
@@ -95,6 +102,11 @@ static void data_push(NnData *out, int64_t *cap, const double *vals, double scal
   for (int64_t j = 0; j < ys; j++)
     nnrt_set(out->y, r * ys + j, es, vals[xs + j]);
   out->rows++;
+}
+
+int64_t nnrt_data_bytes(const NnData *data) {
+  int64_t x_elem = data->x_store == NNRT_STORE_ELEM ? data->elem_size : 1;
+  return data->rows * (data->x_size * x_elem + data->y_size * data->elem_size);
 }
 
 void nnrt_data_free(NnData *data) {
@@ -292,6 +304,35 @@ static void load_table(const NnModelDesc *d, const NnDataSource *s, NnData *out)
   }
 }
 
+/* ---- raw text ---- */
+
+/* Byte-level language modelling: the file cut into windows of x_size bytes (one after the
+ * other, no overlap); a sample's x is a window's byte ids, y the ids one byte further on. */
+static void load_text(const NnModelDesc *d, const char *path, NnData *out) {
+  int64_t t = d->x_size;
+  if (d->y_size != t)
+    nnrt_fatal("'%s': a text data set needs targets of the input's size; HINT: declare it in "
+               "the .nn file as text(\"file\", context = %lld)", path, (long long)t);
+  size_t len;
+  char *buf = read_file(path, &len);
+  if ((int64_t)len < t + 1) {
+    free(buf);
+    nnrt_fatal("'%s' has %zu byte%s; a text data set needs more than the context (%lld bytes)",
+               path, len, nnrt_plural((int64_t)len), (long long)t);
+  }
+  data_begin(out, d, t, path);
+  int64_t rows = ((int64_t)len - 1) / t, es = d->elem_size;
+  out->x = xrealloc(NULL, (size_t)(rows * t * es));
+  out->y = xrealloc(NULL, (size_t)(rows * t * es));
+  const unsigned char *b = (const unsigned char *)buf;
+  for (int64_t i = 0; i < rows * t; i++) {
+    nnrt_set(out->x, i, es, b[i]);
+    nnrt_set(out->y, i, es, b[i + 1]);
+  }
+  out->rows = rows;
+  free(buf);
+}
+
 void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out) {
   memset(out, 0, sizeof *out);
   switch (s ? s->kind : NN_DATA_NONE) {
@@ -308,15 +349,38 @@ void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out
       return;
     }
     break;
+  case NN_DATA_NPY:
+    if (s->path && *s->path) {
+      nnrt_npy_load(d, s->path, s->labels, s->scale, out);
+      return;
+    }
+    break;
+  case NN_DATA_TEXT:
+    if (s->path && *s->path) {
+      load_text(d, s->path, out);
+      return;
+    }
+    break;
   default: break;
   }
-  nnrt_fatal("this model declares no data; pass --data FILE (CSV or IDX)");
+  nnrt_fatal("this model declares no data; pass --data FILE (CSV, IDX or .npy)");
 }
 
 void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
                     NnData *out) {
   const NnDataSource *s = d->data;
   double scale = s ? s->scale : 1;
+  if (s && s->kind == NN_DATA_TEXT && use == NNRT_USE_TARGETS) { /* any file is text */
+    load_text(d, path, out);
+    return;
+  }
+  if (nnrt_npy_sniff(path) || nnrt_npy_path(path)) { /* a bad .npy is reported as one */
+    if (use == NNRT_USE_TARGETS && !labels)
+      nnrt_fatal("'%s' is a .npy file of inputs; HINT: name its targets file with --labels "
+                 "(or --val-labels for --val)", path);
+    nnrt_npy_load(d, path, use == NNRT_USE_TARGETS ? labels : NULL, scale, out);
+    return;
+  }
   if (labels || nnrt_idx_sniff(path)) { /* with labels, a bad IDX file is reported as one */
     if (use == NNRT_USE_TARGETS && !labels)
       nnrt_fatal("'%s' is an IDX file of inputs; HINT: name its labels file with --labels "

@@ -100,7 +100,16 @@ static int all_finite(const void *p, int64_t n, int64_t es) {
 
 /* The slots inside the context itself are set per call, so a context stays valid when the
  * caller moves or copies it. */
+/* The GEMM's scratch: the last scratch_bytes + 64 bytes before `end`, 64-byte aligned (the
+ * packing uses aligned vector stores; the caller's arena need only be NNE_ALIGN aligned). */
+static void *scratch_before(void *end) {
+  uintptr_t p = (uintptr_t)end - (uintptr_t)desc()->scratch_bytes - 64;
+  return (void *)((p + 63) & ~(uintptr_t)63);
+}
+
 static void point_into(NneCtx *c) {
+  char *arena_end = (char *)c->io[NN_IO_ARENA] + nn_embed.infer_arena_bytes;
+  c->io[NN_IO_SCRATCH] = scratch_before(arena_end);
   c->io[NN_IO_LOSS] = &c->loss;
   c->io[NN_IO_HYPER] = c->hyper;
 }
@@ -140,8 +149,9 @@ int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, doubl
   c->io[NN_IO_X] = (void *)(uintptr_t)x;
   c->io[NN_IO_Y] = (void *)(uintptr_t)y;
   /* grad also writes OUT, which nobody reads here: the training arena ends with room for it */
-  c->io[NN_IO_OUT] = (char *)c->io[NN_IO_ARENA] + nn_embed.train_arena_bytes -
-                     d->max_batch * d->out_size * d->elem_size;
+  int64_t out_room = (d->max_batch * d->out_size * d->elem_size + 63) / 64 * 64;
+  c->io[NN_IO_OUT] = (char *)c->io[NN_IO_ARENA] + nn_embed.train_arena_bytes - out_room;
+  c->io[NN_IO_SCRATCH] = scratch_before(c->io[NN_IO_OUT]);
   d->grad(c->io, batch);
   double l = c->loss;
   if (loss)

@@ -100,7 +100,7 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     nnrt_data_file(d, o->data_path, o->labels_path, NNRT_USE_TARGETS, &data);
   else
     nnrt_data_declared(d, d->data, &data);
-  nnrt_buffers_new(d, io);
+  nnrt_buffers_new(d, io, o->threads);
   nnrt_init_params(d, io[NN_IO_PARAM], o->seed);
   nnrt_set_hyper(d, io, o->hyper, 1, o->seed);
   int64_t n = data.rows < d->max_batch ? data.rows : d->max_batch;
@@ -123,6 +123,10 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
       int64_t checked;
       if (d->params[k].buffer) {
         printf("%s: state, not trained\n", d->params[k].name);
+        continue;
+      }
+      if (d->params[k].frozen) { /* no gradient is computed for it */
+        printf("%s: frozen, not checked\n", d->params[k].name);
         continue;
       }
       double md = check_param(d, io, n, analytic, &d->params[k], o->eps, &w, &nonzero, &checked);

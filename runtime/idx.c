@@ -1,6 +1,7 @@
 /* idx.c — the IDX loader (the MNIST family's format): takes an images file and a labels file,
  * each plain or gzip-compressed (zlib's gzread reads both), gives an NnData whose inputs are
- * the images' elements times `scale` and whose single target per sample is the label.
+ * the images' elements times `scale` (byte images are kept as bytes, with the scale beside them,
+ * for nnrt_gather to apply) and whose single target per sample is the label.
  *
  * IDX layout: two zero bytes, an element type byte (0x08 ubyte, 0x09 byte, 0x0B int16, 0x0C
  * int32, 0x0D float32, 0x0E float64), a dimension count byte, the dimensions as big-endian
@@ -211,20 +212,13 @@ static void read_body(gzFile f, const char *path, const IdxHeader *h, int64_t co
       idx_fail(path, "truncated: expected %lld bytes of %s, found %lld", (long long)bytes,
                       s->what, (long long)(done * h->elem_bytes + got));
     int64_t n = got / h->elem_bytes;
-    if (h->type == 0x08 && s->elem_size == 4) { /* the common case, in a loop that vectorizes */
-      float *out = (float *)s->base + done;
-      double scale = s->scale;
-      for (int64_t i = 0; i < n; i++)
-        out[i] = (float)((double)buf[i] * scale);
-    } else {
-      for (int64_t i = 0; i < n; i++) {
-        double v = element(h, buf + i * h->elem_bytes);
-        if (!isfinite(v))
-          idx_fail(path, "element %lld of sample %lld is %g (not finite)",
-                          (long long)((done + i) % h->per_sample),
-                          (long long)((done + i) / h->per_sample), v);
-        nnrt_set(s->base, done + i, s->elem_size, v * s->scale);
-      }
+    for (int64_t i = 0; i < n; i++) {
+      double v = element(h, buf + i * h->elem_bytes);
+      if (!isfinite(v))
+        idx_fail(path, "element %lld of sample %lld is %g (not finite)",
+                 (long long)((done + i) % h->per_sample), (long long)((done + i) / h->per_sample),
+                 v);
+      nnrt_set(s->base, done + i, s->elem_size, v * s->scale);
     }
     done += n;
   }
@@ -265,8 +259,18 @@ static void load_images(const NnModelDesc *d, const char *path, double scale, Nn
                     (long long)h.dims[0], (long long)h.per_sample);
   out->rows = h.dims[0];
   check_length(f, path, &h, out->rows, "pixels");
-  out->x = alloc_big(out->rows * h.per_sample * d->elem_size);
-  read_body(f, path, &h, out->rows, &(Sink){out->x, d->elem_size, scale, "pixels"});
+  if (h.type == 0x08 || h.type == 0x09) { /* bytes stay bytes; nnrt_gather scales them */
+    int64_t bytes = out->rows * h.per_sample, got;
+    out->x = alloc_big(bytes);
+    out->x_store = h.type == 0x08 ? NNRT_STORE_U8 : NNRT_STORE_I8;
+    out->x_scale = scale;
+    if ((got = read_gz(f, path, out->x, bytes)) < bytes)
+      idx_fail(path, "truncated: expected %lld bytes of pixels, found %lld", (long long)bytes,
+               (long long)got);
+  } else {
+    out->x = alloc_big(out->rows * h.per_sample * d->elem_size);
+    read_body(f, path, &h, out->rows, &(Sink){out->x, d->elem_size, scale, "pixels"});
+  }
   close_gz(f);
 }
 

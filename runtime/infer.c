@@ -1,11 +1,14 @@
 /* infer.c — the `eval` and `predict` commands: take a checkpoint's parameters (--load) and a
- * data set, give the loss and metrics (eval: the eval kernel over a set with targets) or one
- * CSV row of outputs per sample (predict: the forward kernel over inputs alone).
+ * data set, give the loss and metrics (eval: the eval kernel over a set with targets) or the
+ * outputs of every sample (predict: the forward kernel over inputs alone), as CSV rows or, when
+ * the output file ends in .npy, as one (samples, outputs) NumPy array,
+ * or text (sample: a byte-level language model continuing a prompt, one byte per forward call).
  *
  * eval without --data reports on the set `train` reports its final metrics on: the declared
  * validation set, else the held-out split (drawn from the checkpoint's seed), else the
  * training set; so `train --save ck` and `eval --load ck` print the same numbers. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +18,7 @@
 /* Parameters: from the checkpoint when given, else initialised from the seed. */
 static void load_model(const NnModelDesc *d, const NnOptions *o, void **io, NnCkptState *st) {
   memset(st, 0, sizeof *st);
-  nnrt_buffers_new(d, io);
+  nnrt_buffers_new(d, io, o->threads);
   nnrt_init_params(d, io[NN_IO_PARAM], o->seed);
   st->seed = o->seed;
   if (o->load_path) {
@@ -83,7 +86,11 @@ int nnrt_eval(const NnModelDesc *d, const NnOptions *o) {
 /* ---- predict ---- */
 
 static void write_header(FILE *f, const NnModelDesc *d) {
-  if (d->task == NN_TASK_MULTICLASS || (d->task == NN_TASK_BINARY && d->out_size == 1))
+  int64_t t = nnrt_positions(d);
+  if (d->task == NN_TASK_MULTICLASS && t > 1) /* a sequence: a class per position */
+    for (int64_t j = 0; j < t; j++)
+      fprintf(f, "class%lld,", (long long)j);
+  else if (d->task == NN_TASK_MULTICLASS || (d->task == NN_TASK_BINARY && d->out_size == 1))
     fprintf(f, "class,");
   else if (d->task == NN_TASK_BINARY)
     for (int64_t j = 0; j < d->out_size; j++)
@@ -98,11 +105,14 @@ static void write_row(FILE *f, const NnModelDesc *d, const void *out, int64_t i)
   int64_t es = d->elem_size, os = d->out_size;
   const char *fmt = es == 4 ? "%.9g" : "%.17g"; /* enough digits to round-trip */
   if (d->task == NN_TASK_MULTICLASS) {
-    int64_t best = 0;
-    for (int64_t j = 1; j < os; j++)
-      if (nnrt_get(out, i * os + j, es) > nnrt_get(out, i * os + best, es))
-        best = j;
-    fprintf(f, "%lld,", (long long)best);
+    int64_t t = nnrt_positions(d), k = os / t;
+    for (int64_t p = 0; p < t; p++) {
+      int64_t best = 0;
+      for (int64_t j = 1; j < k; j++)
+        if (nnrt_get(out, i * os + p * k + j, es) > nnrt_get(out, i * os + p * k + best, es))
+          best = j;
+      fprintf(f, "%lld,", (long long)best);
+    }
   } else if (d->task == NN_TASK_BINARY) {
     for (int64_t j = 0; j < os; j++)
       fprintf(f, "%d,", nnrt_get(out, i * os + j, es) > d->threshold);
@@ -123,10 +133,14 @@ int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
     nnrt_fatal("this model has no forward kernel; HINT: rebuild it with a newer nnc");
   load_model(d, o, io, &st);
   nnrt_data_file(d, o->input_path, NULL, NNRT_USE_INPUTS, &in);
-  FILE *f = o->output_path ? fopen(o->output_path, "w") : stdout;
+  int npy = o->output_path && nnrt_npy_path(o->output_path);
+  FILE *f = o->output_path ? fopen(o->output_path, npy ? "wb" : "w") : stdout;
   if (!f)
     nnrt_fatal("cannot create '%s': %s", o->output_path, strerror(errno));
-  write_header(f, d);
+  if (npy)
+    nnrt_npy_write_header(f, d->elem_size, in.rows, d->out_size);
+  else
+    write_header(f, d);
   int64_t *rows = NNRT_ALLOC(d->max_batch, int64_t);
   for (int64_t start = 0; start < in.rows; start += d->max_batch) {
     int64_t n = in.rows - start < d->max_batch ? in.rows - start : d->max_batch;
@@ -134,8 +148,11 @@ int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
       rows[i] = start + i;
     nnrt_gather(&in, rows, n, io);
     d->forward(io, n);
-    for (int64_t i = 0; i < n; i++)
-      write_row(f, d, io[NN_IO_OUT], i);
+    if (npy)
+      nnrt_npy_write_rows(f, io[NN_IO_OUT], n * d->out_size, d->elem_size);
+    else
+      for (int64_t i = 0; i < n; i++)
+        write_row(f, d, io[NN_IO_OUT], i);
   }
   int bad = ferror(f) != 0;
   if (f != stdout)
@@ -150,6 +167,87 @@ int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
             nnrt_plural(in.rows), o->output_path);
   free(rows);
   nnrt_data_free(&in);
+  nnrt_buffers_free(io);
+  return NNRT_EXIT_OK;
+}
+
+/* ---- sample ---- */
+
+/* One byte drawn from logits[0..v): scaled by 1/temperature, cut to the top_k likeliest,
+ * softmax, one uniform draw; temperature 0 takes the likeliest (the first of ties). */
+static int draw(const double *logits, int64_t v, double temperature, int64_t top_k, NnRng *r,
+                double *p) {
+  int64_t best = 0;
+  for (int64_t j = 1; j < v; j++)
+    if (logits[j] > logits[best])
+      best = j;
+  if (temperature == 0)
+    return (int)best;
+  double cut = -INFINITY; /* the k-th largest logit: those below it are dropped */
+  if (top_k > 0 && top_k < v) {
+    for (int64_t j = 0; j < v; j++)
+      p[j] = logits[j];
+    for (int64_t i = 0; i < top_k; i++) { /* partial selection sort, largest first */
+      int64_t m = i;
+      for (int64_t j = i + 1; j < v; j++)
+        if (p[j] > p[m])
+          m = j;
+      double t = p[i];
+      p[i] = p[m], p[m] = t;
+    }
+    cut = p[top_k - 1];
+  }
+  double total = 0;
+  for (int64_t j = 0; j < v; j++) {
+    p[j] = logits[j] >= cut ? exp((logits[j] - logits[best]) / temperature) : 0;
+    total += p[j];
+  }
+  double u = nnrt_rng_uniform(r) * total;
+  for (int64_t j = 0; j < v; j++) {
+    if (u < p[j])
+      return (int)j;
+    u -= p[j];
+  }
+  return (int)best; /* rounding left u past the end */
+}
+
+int nnrt_sample(const NnModelDesc *d, const NnOptions *o) {
+  if (!d->forward)
+    nnrt_fatal("this model has no forward kernel; HINT: rebuild it with a newer nnc");
+  int64_t t = d->x_size, v = t > 0 && d->out_size % t == 0 ? d->out_size / t : 0;
+  if (d->data->kind != NN_DATA_TEXT || v < 2 || v > 256)
+    nnrt_fatal("sample needs a byte-level language model: text(...) data and outputs of "
+               "[context, vocab] logits with vocab <= 256 (model '%s' has %lld outputs for %lld "
+               "inputs)", d->name, (long long)d->out_size, (long long)t);
+  void *io[NN_IO_COUNT];
+  NnCkptState st;
+  load_model(d, o, io, &st);
+  const char *prompt = o->prompt && *o->prompt ? o->prompt : "\n";
+  size_t plen = strlen(prompt);
+  int64_t len = (int64_t)plen, es = d->elem_size;
+  unsigned char *text = NNRT_ALLOC(len + o->tokens, unsigned char);
+  memcpy(text, prompt, plen);
+  double *logits = NNRT_ALLOC(v, double), *p = NNRT_ALLOC(v, double);
+  NnRng r;
+  nnrt_rng_seed(&r, o->seed, NNRT_STREAM_SAMPLE);
+  fwrite(prompt, 1, plen, stdout);
+  for (int64_t i = 0; i < o->tokens; i++) {
+    /* the last t bytes; a shorter text is followed by zeros, which a causal model ignores */
+    int64_t start = len > t ? len - t : 0, w = len - start;
+    for (int64_t j = 0; j < t; j++)
+      nnrt_set(io[NN_IO_X], j, es, j < w ? text[start + j] : 0);
+    d->forward(io, 1);
+    for (int64_t j = 0; j < v; j++)
+      logits[j] = nnrt_get(io[NN_IO_OUT], (w - 1) * v + j, es);
+    int c = draw(logits, v, o->temperature, o->top_k, &r, p);
+    text[len++] = (unsigned char)c;
+    putchar(c);
+  }
+  putchar('\n');
+  fflush(stdout);
+  free(text);
+  free(logits);
+  free(p);
   nnrt_buffers_free(io);
   return NNRT_EXIT_OK;
 }

@@ -1,7 +1,8 @@
 /* main.c — the command line of every binary nnc builds: takes argv and the compiled model's
  * constant description `nn_model`, gives an NnOptions and runs one command (train, eval,
- * predict, info, gradcheck). It checks the model description against this runtime's ABI first,
- * and rejects every malformed flag with a message and exit status 2 before any work starts. */
+ * predict, info, gradcheck, plot). It checks the model description against this runtime's ABI
+ * first, and rejects every malformed flag with a message and exit status 2 before any work
+ * starts. One table of flags drives parsing and each command's --help. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -81,8 +82,8 @@ static void check_model(const NnModelDesc *d) {
   if (d->max_batch < 1)
     bad_model("max_batch is %lld", (long long)d->max_batch);
   if (d->x_size < 0 || d->y_size < 0 || d->out_size < 0 || d->param_size < 0 ||
-      d->state_size < 0 || d->arena_bytes < 0 || d->n_params < 0 || d->n_hyper < 0 ||
-      d->epochs < 0 || d->x_rank < 0 || d->x_rank > NN_MAX_RANK)
+      d->state_size < 0 || d->arena_bytes < 0 || d->scratch_bytes < 0 || d->n_params < 0 ||
+      d->n_hyper < 0 || d->epochs < 0 || d->x_rank < 0 || d->x_rank > NN_MAX_RANK)
     bad_model("a size is negative or a rank is out of range");
   if (!d->name || !d->grad || !d->eval || !d->update)
     bad_model("the name or a kernel is missing");
@@ -103,10 +104,37 @@ static void check_model(const NnModelDesc *d) {
   }
 }
 
-/* ---- usage ---- */
+/* ---- commands ---- */
 
 /* Which commands a flag applies to. */
-enum { CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16 };
+enum {
+  CMD_TRAIN = 1, CMD_INFO = 2, CMD_GRADCHECK = 4, CMD_EVAL = 8, CMD_PREDICT = 16, CMD_PLOT = 32,
+  CMD_SAMPLE = 64
+};
+
+static const struct Command {
+  const char *name;
+  unsigned cmd;
+  const char *args; /* positional arguments in its usage line */
+  const char *what; /* one line */
+} commands[] = {
+    {"train", CMD_TRAIN, "", "train the model on its data set and report loss and metrics"},
+    {"eval", CMD_EVAL, "", "report loss and metrics of saved parameters on a data set"},
+    {"predict", CMD_PREDICT, "", "write the model's outputs for some inputs as CSV or .npy"},
+    {"info", CMD_INFO, "", "print the model's parameters, sizes, defaults and data"},
+    {"gradcheck", CMD_GRADCHECK, "", "compare the compiled gradients with central finite "
+                                     "differences"},
+    {"plot", CMD_PLOT, " LOG.csv", "draw a --log file's loss and accuracy curves as an SVG"},
+    {"sample", CMD_SAMPLE, "", "generate text from a language model's checkpoint (text data)"},
+};
+enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
+
+static const struct Command *command_of(const char *name) {
+  for (int i = 0; i < N_COMMANDS; i++)
+    if (strcmp(name, commands[i].name) == 0)
+      return &commands[i];
+  return NULL;
+}
 
 /* "lr, momentum" or "none" into buf. */
 static const char *hyper_list(const NnModelDesc *d, char *buf, size_t cap) {
@@ -115,71 +143,6 @@ static const char *hyper_list(const NnModelDesc *d, char *buf, size_t cap) {
   for (int64_t i = 0; i < d->n_hyper && n < cap; i++)
     n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", d->hyper_names[i]);
   return d->n_hyper ? buf : "none";
-}
-
-static void usage(FILE *f, const NnModelDesc *d, double eps, double tol) {
-  char names[512];
-  int64_t lr = nnrt_hyper_index(d, "lr");
-  fprintf(f, "usage: %s <command> [flags]\n", nnrt_prog);
-  fprintf(f, "commands:\n"
-             "  train       train the model on its data set and report loss and metrics\n"
-             "  eval        report loss and metrics of saved parameters on a data set\n"
-             "  predict     write the model's outputs for some inputs as CSV\n"
-             "  info        print the model's parameters, sizes, defaults and data\n"
-             "  gradcheck   compare the compiled gradients with central finite differences\n");
-  fprintf(f, "train flags:\n");
-  fprintf(f, "  --epochs N        epochs to reach in total (default %lld)\n", (long long)d->epochs);
-  if (lr >= 0)
-    fprintf(f, "  --lr X            learning rate (the optimizer's 'lr', default %g)\n",
-            d->hyper_defaults[lr]);
-  else
-    fprintf(f, "  --lr X            learning rate (this model has no 'lr' hyperparameter)\n");
-  fprintf(f, "  --set NAME=X      set a hyperparameter by name (%s)\n",
-          hyper_list(d, names, sizeof names));
-  fprintf(f, "  --batch N         samples per step, at most the compiled batch (default %lld)\n",
-          (long long)d->max_batch);
-  fprintf(f, "  --seed S          seed of initialisation, validation split and shuffling "
-             "(default %lld)\n", (long long)d->seed);
-  fprintf(f,
-          "  --data FILE       train on this CSV or IDX file (IDX: --labels names its labels)\n"
-          "  --labels FILE     the IDX labels file for --data (plain or .gz)\n"
-          "  --val FILE        validate on this CSV or IDX file after every epoch\n"
-          "  --val-labels FILE the IDX labels file for --val\n"
-          "  --save CKPT       save a safetensors checkpoint after every epoch and at the end\n"
-          "                    (atomically: CKPT.tmp, fsync, rename)\n"
-          "  --save-every N    save only every N epochs (and at the end)\n"
-          "  --resume CKPT     continue from a checkpoint of this model: parameters, optimizer\n"
-          "                    state, epoch, step, seed, batch and hyperparameters (flags given\n"
-          "                    explicitly win); the result is bit-identical to an\n"
-          "                    uninterrupted run\n"
-          "  --init-from CKPT  start from the checkpoint's tensors whose names and shapes match\n"
-          "  --skip-nonfinite  skip steps whose loss or gradient is not finite (and count them)\n"
-          "                    instead of stopping\n"
-          "  --confusion       print the confusion matrix of the final evaluation\n"
-          "  --quiet           print only the final metrics\n"
-          "  --verbose         print every epoch\n");
-  fprintf(f, "eval flags:\n"
-             "  --load CKPT       parameters from this checkpoint (else untrained, from --seed)\n"
-             "  --data FILE       evaluate on this CSV or IDX file (default: the validation set,\n"
-             "                    else the held-out split, else the training set)\n"
-             "  --labels FILE     the IDX labels file for --data\n"
-             "  --confusion, --seed S, --quiet   as for train\n");
-  fprintf(f, "predict flags:\n"
-             "  --load CKPT       parameters from this checkpoint (required)\n"
-             "  --input FILE      inputs: CSV (x columns, or x and y columns) or IDX images\n"
-             "  --output FILE     write the CSV here instead of standard output: a header line,\n"
-             "                    then per sample the class (classifiers) and every output\n");
-  fprintf(f, "gradcheck flags:\n");
-  fprintf(f, "  --eps E           finite-difference step (default %g)\n", eps);
-  fprintf(f, "  --tol T           largest accepted relative difference (default %g)\n", tol);
-  fprintf(f, "  --seed S, --data FILE, --labels FILE, --lr X, --set NAME=X   as for train\n");
-  fprintf(f, "info flags:\n"
-             "  --data FILE       show this file as the data source\n");
-  fprintf(f, "Files given by flag are scaled like the model's training data (scale = %g).\n",
-          d->data ? d->data->scale : 1.0);
-  fprintf(f, "Checkpoints are safetensors files: every parameter under its name, the optimizer\n"
-             "state as one flat tensor '__optimizer_state__', and the training state (epoch,\n"
-             "step, seed, RNG, hyperparameters, model fingerprint) in '__metadata__'.\n");
 }
 
 /* ---- flag values ---- */
@@ -244,39 +207,68 @@ static void parse_set(const NnModelDesc *d, NnOptions *o, const char *s) {
 typedef enum FlagId {
   F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
   F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
-  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION
+  F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_LOG, F_PLOT, F_PATIENCE, F_MONITOR, F_HELP,
+  F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K, F_THREADS
 } FlagId;
 
 typedef struct Flag {
-  const char *name; /* "--epochs" */
+  const char *name;  /* "--epochs" */
   FlagId id;
-  int takes_value;  /* 1: --flag VALUE or --flag=VALUE */
-  unsigned cmds;    /* CMD_* it applies to */
+  const char *value; /* its value in help ("N"); NULL: the flag takes none */
+  unsigned cmds;     /* CMD_* it applies to */
+  const char *help;  /* for --help; flag_default adds the model's default */
 } Flag;
 
+/* In the order --help lists them. */
 static const Flag flags[] = {
-    {"--epochs", F_EPOCHS, 1, CMD_TRAIN},
-    {"--lr", F_LR, 1, CMD_TRAIN | CMD_GRADCHECK},
-    {"--batch", F_BATCH, 1, CMD_TRAIN},
-    {"--seed", F_SEED, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL},
-    {"--data", F_DATA, 1, CMD_TRAIN | CMD_INFO | CMD_GRADCHECK | CMD_EVAL},
-    {"--labels", F_LABELS, 1, CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL},
-    {"--val", F_VAL, 1, CMD_TRAIN},
-    {"--val-labels", F_VAL_LABELS, 1, CMD_TRAIN},
-    {"--set", F_SET, 1, CMD_TRAIN | CMD_GRADCHECK},
-    {"--quiet", F_QUIET, 0, CMD_TRAIN | CMD_EVAL | CMD_PREDICT},
-    {"--verbose", F_VERBOSE, 0, CMD_TRAIN},
-    {"--eps", F_EPS, 1, CMD_GRADCHECK},
-    {"--tol", F_TOL, 1, CMD_GRADCHECK},
-    {"--save", F_SAVE, 1, CMD_TRAIN},
-    {"--save-every", F_SAVE_EVERY, 1, CMD_TRAIN},
-    {"--resume", F_RESUME, 1, CMD_TRAIN},
-    {"--init-from", F_INIT_FROM, 1, CMD_TRAIN},
-    {"--load", F_LOAD, 1, CMD_EVAL | CMD_PREDICT},
-    {"--input", F_INPUT, 1, CMD_PREDICT},
-    {"--output", F_OUTPUT, 1, CMD_PREDICT},
-    {"--skip-nonfinite", F_SKIP_NONFINITE, 0, CMD_TRAIN},
-    {"--confusion", F_CONFUSION, 0, CMD_TRAIN | CMD_EVAL},
+    {"--epochs", F_EPOCHS, "N", CMD_TRAIN, "epochs to reach in total"},
+    {"--lr", F_LR, "X", CMD_TRAIN | CMD_GRADCHECK, "learning rate (the optimizer's 'lr')"},
+    {"--set", F_SET, "NAME=X", CMD_TRAIN | CMD_GRADCHECK, "set a hyperparameter by name"},
+    {"--batch", F_BATCH, "N", CMD_TRAIN, "samples per step, at most the compiled batch"},
+    {"--seed", F_SEED, "S", CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL | CMD_SAMPLE,
+     "seed of initialisation, validation split and shuffling"},
+    {"--data", F_DATA, "FILE", CMD_TRAIN | CMD_INFO | CMD_GRADCHECK | CMD_EVAL,
+     "a CSV, IDX or .npy file instead of the model's data"},
+    {"--labels", F_LABELS, "FILE", CMD_TRAIN | CMD_GRADCHECK | CMD_EVAL,
+     "the labels of --data: IDX (plain or .gz) or .npy"},
+    {"--val", F_VAL, "FILE", CMD_TRAIN, "validate on this CSV, IDX or .npy file every epoch"},
+    {"--val-labels", F_VAL_LABELS, "FILE", CMD_TRAIN, "the labels of --val (IDX or .npy)"},
+    {"--save", F_SAVE, "CKPT", CMD_TRAIN,
+     "save a safetensors checkpoint every epoch and at the end"},
+    {"--save-every", F_SAVE_EVERY, "N", CMD_TRAIN, "save only every N epochs (and at the end)"},
+    {"--resume", F_RESUME, "CKPT", CMD_TRAIN | CMD_SAMPLE,
+     "continue bit-identically from a checkpoint of this model"},
+    {"--init-from", F_INIT_FROM, "CKPT", CMD_TRAIN,
+     "start from the checkpoint's tensors whose names and shapes match"},
+    {"--patience", F_PATIENCE, "N", CMD_TRAIN,
+     "early stopping: after N epochs without improvement (0: off)"},
+    {"--monitor", F_MONITOR, "NAME", CMD_TRAIN,
+     "val_loss, val_accuracy, val_f1, loss or accuracy"},
+    {"--log", F_LOG, "FILE", CMD_TRAIN, "write one CSV row per step and per epoch"},
+    {"--plot", F_PLOT, "SVG", CMD_TRAIN, "at the end, draw loss and accuracy curves as an SVG"},
+    {"--skip-nonfinite", F_SKIP_NONFINITE, NULL, CMD_TRAIN,
+     "skip (and count) non-finite steps instead of stopping"},
+    {"--load", F_LOAD, "CKPT", CMD_EVAL | CMD_PREDICT | CMD_SAMPLE, "parameters from this checkpoint"},
+    {"--input", F_INPUT, "FILE", CMD_PREDICT, "inputs: CSV, IDX images or .npy"},
+    {"--output", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT,
+     "predict: CSV or .npy (by extension; default stdout); plot: SVG"},
+    {"-o", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT, "the same as --output"},
+    {"--confusion", F_CONFUSION, NULL, CMD_TRAIN | CMD_EVAL,
+     "print the confusion matrix of the final evaluation"},
+    {"--eps", F_EPS, "E", CMD_GRADCHECK, "finite-difference step"},
+    {"--tol", F_TOL, "T", CMD_GRADCHECK, "largest accepted relative difference"},
+    {"--quiet", F_QUIET, NULL, CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_PLOT,
+     "print only the final lines"},
+    {"--verbose", F_VERBOSE, NULL, CMD_TRAIN, "print every epoch"},
+    {"--help", F_HELP, NULL, CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_INFO | CMD_GRADCHECK |
+     CMD_PLOT | CMD_SAMPLE, "print this help"},
+    {"--prompt", F_PROMPT, "TEXT", CMD_SAMPLE, "text the sample continues"},
+    {"--tokens", F_TOKENS, "N", CMD_SAMPLE, "bytes to generate (default 200)"},
+    {"--temperature", F_TEMPERATURE, "T", CMD_SAMPLE,
+     "sampling temperature (default 1; 0 takes the likeliest byte)"},
+    {"--top-k", F_TOP_K, "K", CMD_SAMPLE, "sample among the K likeliest bytes (default 0: all)"},
+    {"--threads", F_THREADS, "N", CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_GRADCHECK | CMD_SAMPLE,
+     "worker threads of the matmul and convolution kernels (same results for a given N)"},
 };
 
 static const Flag *find_flag(const char *name, size_t len) {
@@ -284,6 +276,87 @@ static const Flag *find_flag(const char *name, size_t len) {
     if (strlen(flags[i].name) == len && strncmp(flags[i].name, name, len) == 0)
       return &flags[i];
   return NULL;
+}
+
+/* ---- usage ---- */
+
+/* " (default ...)" for a flag whose default the model decides, else "". */
+static const char *flag_default(const NnModelDesc *d, const NnOptions *o, const Flag *f,
+                                char *buf, size_t cap) {
+  static const char *const monitors[] = NN_MONITOR_NAMES;
+  char names[512];
+  int64_t lr = nnrt_hyper_index(d, "lr");
+  buf[0] = '\0';
+  switch (f->id) {
+  case F_EPOCHS: snprintf(buf, cap, " (default %lld)", (long long)o->epochs); break;
+  case F_LR:
+    if (lr >= 0)
+      snprintf(buf, cap, " (default %g)", d->hyper_defaults[lr]);
+    else
+      snprintf(buf, cap, " (this model has none; use --set)");
+    break;
+  case F_SET: snprintf(buf, cap, " (%s)", hyper_list(d, names, sizeof names)); break;
+  case F_BATCH: snprintf(buf, cap, " (default %lld)", (long long)o->batch); break;
+  case F_SEED: snprintf(buf, cap, " (default %llu)", (unsigned long long)o->seed); break;
+  case F_DATA:
+    if (d->data && d->data->kind != NN_DATA_NONE)
+      snprintf(buf, cap, " (default: '%s')", d->data->name ? d->data->name : "?");
+    break;
+  case F_PATIENCE: snprintf(buf, cap, " (default %lld)", (long long)o->patience); break;
+  case F_MONITOR:
+    snprintf(buf, cap, " (default %s)",
+             o->monitor != NN_MONITOR_AUTO ? monitors[o->monitor]
+             : d->val || d->val_split > 0  ? "val_loss"
+                                           : "loss; val_loss with --val");
+    break;
+  case F_EPS: snprintf(buf, cap, " (default %g)", o->eps); break;
+  case F_TOL: snprintf(buf, cap, " (default %g)", o->tol); break;
+  default: break;
+  }
+  return buf;
+}
+
+/* The flags of one command, with the model's defaults. */
+static void command_usage(FILE *f, const NnModelDesc *d, const NnOptions *o,
+                          const struct Command *c) {
+  fprintf(f, "usage: %s %s%s [flags]\n%s\nflags:\n", nnrt_prog, c->name, c->args, c->what);
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    const Flag *fl = &flags[i];
+    char left[64], def[640];
+    if (!(fl->cmds & c->cmd))
+      continue;
+    snprintf(left, sizeof left, "%s%s%s", fl->name, fl->value ? " " : "",
+             fl->value ? fl->value : "");
+    fprintf(f, "  %-18s %s%s\n", left, fl->help, flag_default(d, o, fl, def, sizeof def));
+  }
+  if (c->cmd & (CMD_TRAIN | CMD_EVAL | CMD_GRADCHECK | CMD_PREDICT))
+    fprintf(f, "Files given by flag are scaled like the model's training data (scale = %g).\n",
+            d->data ? d->data->scale : 1.0);
+  if (c->cmd & CMD_TRAIN)
+    fprintf(f, "Checkpoints are safetensors files: every parameter under its name, the optimizer\n"
+               "state as one flat tensor '__optimizer_state__', and the training state (epoch,\n"
+               "step, seed, RNG, hyperparameters, model fingerprint) in '__metadata__'.\n");
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: %s <command> [flags]\ncommands:\n", nnrt_prog);
+  for (int i = 0; i < N_COMMANDS; i++)
+    fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].what);
+  fprintf(f, "'%s COMMAND --help' lists the flags of one command.\n", nnrt_prog);
+}
+
+/* --monitor NAME */
+static int64_t parse_monitor(const char *flag, const char *s) {
+  static const char *const names[] = NN_MONITOR_NAMES;
+  for (int i = NN_MONITOR_VAL_LOSS; i < NN_MONITOR_COUNT; i++)
+    if (strcmp(s, names[i]) == 0)
+      return i;
+  usage_error("%s expects val_loss, val_accuracy, val_f1, loss or accuracy, got '%s'", flag, s);
+}
+
+/* A count that may be 0 (--patience 0 turns early stopping off). */
+static int64_t parse_count0(const char *flag, const char *s) {
+  return strcmp(s, "0") == 0 ? 0 : parse_count(flag, s);
 }
 
 /* A file name: not empty. */
@@ -336,6 +409,20 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   case F_OUTPUT: o->output_path = file_value(f, v); break;
   case F_SKIP_NONFINITE: o->skip_nonfinite = 1; break;
   case F_CONFUSION: o->confusion = 1; break;
+  case F_LOG: o->log_path = file_value(f, v); break;
+  case F_PLOT: o->plot_path = file_value(f, v); break;
+  case F_PATIENCE: o->patience = parse_count0(f->name, v); break;
+  case F_MONITOR: o->monitor = parse_monitor(f->name, v); break;
+  case F_HELP: break; /* handled before parsing */
+  case F_PROMPT: o->prompt = v; break;
+  case F_TOKENS: o->tokens = parse_count(f->name, v); break;
+  case F_TEMPERATURE: o->temperature = parse_real(f->name, v, 0, 1, "a non-negative number"); break;
+  case F_TOP_K: o->top_k = parse_count(f->name, v); break;
+  case F_THREADS:
+    o->threads = parse_count(f->name, v);
+    if (o->threads > 1024)
+      usage_error("--threads %lld is more than 1024", (long long)o->threads);
+    break;
   }
 }
 
@@ -349,10 +436,10 @@ static unsigned parse_flag(const NnModelDesc *d, NnOptions *o, int argc, char **
     usage_error("unknown flag '%.*s' (try '%s --help')", (int)len, arg, nnrt_prog);
   const char *value = NULL;
   if (len < strlen(arg)) {
-    if (!f->takes_value)
+    if (!f->value)
       usage_error("%s takes no value, got '%s'", f->name, arg);
     value = eq + 1;
-  } else if (f->takes_value) {
+  } else if (f->value) {
     /* The next word is the value unless it is missing or itself a flag. */
     if (*i + 1 >= argc || strncmp(argv[*i + 1], "--", 2) == 0)
       usage_error("%s expects a value", f->name);
@@ -362,30 +449,26 @@ static unsigned parse_flag(const NnModelDesc *d, NnOptions *o, int argc, char **
   return f->cmds;
 }
 
-static unsigned command_of(const char *name) {
-  static const struct { const char *name; unsigned cmd; } cmds[] = {
-      {"train", CMD_TRAIN}, {"eval", CMD_EVAL}, {"predict", CMD_PREDICT},
-      {"info", CMD_INFO},   {"gradcheck", CMD_GRADCHECK}};
-  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-    if (strcmp(name, cmds[i].name) == 0)
-      return cmds[i].cmd;
-  return 0;
-}
-
 /* Flags that make sense only together, or not at all together. */
 static void check_combination(unsigned cmd, const NnOptions *o) {
   if (o->labels_path && !o->data_path)
-    usage_error("--labels names the labels of --data's IDX images; pass --data too");
+    usage_error("--labels names the labels of --data's inputs; pass --data too");
   if (o->val_labels && !o->val_path)
-    usage_error("--val-labels names the labels of --val's IDX images; pass --val too");
+    usage_error("--val-labels names the labels of --val's inputs; pass --val too");
   if (o->resume_path && o->init_from)
     usage_error("--resume and --init-from exclude each other (--resume restores everything)");
   if (o->save_every > 1 && !o->save_path)
     usage_error("--save-every needs --save CKPT");
   if (cmd == CMD_PREDICT && !o->load_path)
     usage_error("predict needs --load CKPT (the trained parameters)");
+  if (cmd == CMD_SAMPLE && o->resume_path && o->load_path)
+    usage_error("sample takes one checkpoint: --load or --resume, not both");
+  if (cmd == CMD_SAMPLE && !o->resume_path && !o->load_path)
+    usage_error("sample needs --load CKPT (the trained parameters)");
   if (cmd == CMD_PREDICT && !o->input_path)
-    usage_error("predict needs --input FILE (CSV or IDX inputs)");
+    usage_error("predict needs --input FILE (CSV, IDX or .npy inputs)");
+  if (cmd == CMD_PLOT && !o->plot_input)
+    usage_error("plot needs the CSV log to draw: %s plot LOG.csv -o CURVES.svg", nnrt_prog);
 }
 
 static const char *basename_of(const char *path) {
@@ -393,11 +476,24 @@ static const char *basename_of(const char *path) {
   return slash && slash[1] ? slash + 1 : path;
 }
 
-static int wants_help(int argc, char **argv) {
-  for (int i = 1; i < argc; i++)
+/* --help, -h or help anywhere: the help of the command named too, else the overview. Returns
+ * 1 when it printed something. */
+static int help(int argc, char **argv, const NnModelDesc *d, const NnOptions *o) {
+  int asked = 0;
+  const struct Command *c = NULL;
+  for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "help"))
-      return 1;
-  return 0;
+      asked = 1;
+    else if (!c)
+      c = command_of(argv[i]);
+  }
+  if (!asked)
+    return 0;
+  if (c)
+    command_usage(stdout, d, o, c);
+  else
+    usage(stdout);
+  return 1;
 }
 
 static void default_options(const NnModelDesc *d, NnOptions *o) {
@@ -406,6 +502,9 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   o->batch = d->max_batch;
   o->seed = (uint64_t)d->seed;
   o->save_every = 1;
+  o->patience = d->patience > 0 ? d->patience : 0;
+  o->monitor = d->monitor > 0 && d->monitor < NN_MONITOR_COUNT ? d->monitor : NN_MONITOR_AUTO;
+  o->threads = nnrt_cpus_available();
   o->hyper = NNRT_ALLOC(d->n_hyper + 1, double);
   o->hyper_set = NNRT_ALLOC(d->n_hyper + 1, unsigned char);
   memset(o->hyper_set, 0, (size_t)d->n_hyper + 1);
@@ -414,6 +513,8 @@ static void default_options(const NnModelDesc *d, NnOptions *o) {
   /* f32 needs a larger step: rounding error in the loss grows like ulp/eps. */
   o->eps = d->elem_size == 8 ? 1e-6 : 1e-3;
   o->tol = d->elem_size == 8 ? 1e-6 : 2e-2;
+  o->tokens = 200;
+  o->temperature = 1;
 }
 
 int main(int argc, char **argv) {
@@ -422,13 +523,12 @@ int main(int argc, char **argv) {
   check_model(d);
   NnOptions o;
   default_options(d, &o);
-  if (wants_help(argc, argv)) {
-    usage(stdout, d, o.eps, o.tol);
+  if (help(argc, argv, d, &o)) {
     free(o.hyper);
     free(o.hyper_set);
     return NNRT_EXIT_OK;
   }
-  const char *cmd_name = NULL;
+  const char *cmd_name = NULL, *extra = NULL;
   unsigned *applies = calloc((size_t)argc, sizeof *applies); /* CMD_* mask of the flag at i */
   if (!applies)
     nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
@@ -438,31 +538,41 @@ int main(int argc, char **argv) {
       applies[at] = parse_flag(d, &o, argc, argv, &i);
     } else if (!cmd_name) {
       cmd_name = argv[i];
+    } else if (!extra) {
+      extra = argv[i]; /* plot's LOG.csv; any other command refuses it below */
     } else {
       usage_error("unexpected argument '%s' (try '%s --help')", argv[i], nnrt_prog);
     }
   }
   if (!cmd_name) {
-    usage(stderr, d, o.eps, o.tol);
+    usage(stderr);
     free(applies);
     free(o.hyper);
     free(o.hyper_set);
     return NNRT_EXIT_USAGE;
   }
-  unsigned cmd = command_of(cmd_name);
-  if (!cmd)
+  const struct Command *c = command_of(cmd_name);
+  if (!c)
     usage_error("unknown command '%s' (try '%s --help')", cmd_name, nnrt_prog);
+  unsigned cmd = c->cmd;
+  if (extra && cmd != CMD_PLOT)
+    usage_error("unexpected argument '%s' (try '%s %s --help')", extra, nnrt_prog, cmd_name);
+  o.plot_input = extra;
   /* Only now is the command known, wherever it stood among the flags. */
   for (int i = 1; i < argc; i++)
     if (applies[i] && !(applies[i] & cmd))
-      usage_error("flag '%.*s' does not apply to '%s' (try '%s --help')",
-                  (int)strcspn(argv[i], "="), argv[i], cmd_name, nnrt_prog);
+      usage_error("flag '%.*s' does not apply to '%s' (try '%s %s --help')",
+                  (int)strcspn(argv[i], "="), argv[i], cmd_name, nnrt_prog, cmd_name);
   free(applies);
   check_combination(cmd, &o);
+  if (cmd == CMD_SAMPLE && o.resume_path) /* sample reads only the parameters either way */
+    o.load_path = o.resume_path;
   int rc = cmd == CMD_TRAIN       ? nnrt_train(d, &o)
            : cmd == CMD_EVAL      ? nnrt_eval(d, &o)
            : cmd == CMD_PREDICT   ? nnrt_predict(d, &o)
            : cmd == CMD_INFO      ? nnrt_info(d, &o)
+           : cmd == CMD_PLOT      ? nnrt_plot(d, &o)
+           : cmd == CMD_SAMPLE    ? nnrt_sample(d, &o)
                                   : nnrt_gradcheck(d, &o);
   free(o.hyper);
   free(o.hyper_set);

@@ -53,7 +53,12 @@ static void add_binary(NnMetrics *m, const NnModelDesc *d, const void *out, cons
 
 static void add_multiclass(NnMetrics *m, const NnModelDesc *d, const void *out, const void *y,
                            int64_t n) {
-  int64_t es = d->elem_size, os = d->out_size, ys = d->y_size;
+  int64_t es = d->elem_size, os = d->out_size, ys = d->y_size, t = nnrt_positions(d);
+  if (t > 1) { /* a sequence: one class index per position, os / t logits each */
+    for (int64_t i = 0; i < n * t; i++)
+      decide(m, (int64_t)llround(nnrt_get(y, i, es)), argmax_row(out, i * (os / t), os / t, es));
+    return;
+  }
   for (int64_t i = 0; i < n; i++) {
     /* A single target column holds the class index rather than a one-hot row. */
     int64_t want = ys == 1 ? (int64_t)llround(nnrt_get(y, i, es)) : argmax_row(y, i * ys, ys, es);
@@ -138,6 +143,15 @@ static void macro_prf(const NnMetrics *m, double *p, double *r, double *f1, int6
     *r /= (double)*used;
     *f1 /= (double)*used;
   }
+}
+
+double nnrt_metrics_f1(const NnMetrics *m) {
+  double p, r, f1;
+  int64_t used;
+  if (!m->confusion)
+    return 0;
+  macro_prf(m, &p, &r, &f1, &used);
+  return f1;
 }
 
 static void print_confusion(const NnMetrics *m) {

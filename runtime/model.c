@@ -38,8 +38,12 @@ static void *alloc_region(int64_t bytes) {
   return p;
 }
 
-void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]) {
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threads) {
   int64_t es = d->elem_size, b = d->max_batch;
+  if (threads < 1) threads = 1;
+  /* The pool is owned through io[NN_IO_THREADS]; NnThreads is its first member. */
+  io[NN_IO_THREADS] = threads > 1 ? nnrt_pool_threads(nnrt_pool_new((int)threads)) : NULL;
+  io[NN_IO_SCRATCH] = alloc_region(threads * d->scratch_bytes);
   io[NN_IO_ARENA] = alloc_region(d->arena_bytes);
   io[NN_IO_PARAM] = alloc_region(d->param_size * es);
   io[NN_IO_GRAD] = alloc_region(d->param_size * es);
@@ -52,8 +56,12 @@ void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]) {
 }
 
 void nnrt_buffers_free(void *io[NN_IO_COUNT]) {
+  NnThreads *t = io[NN_IO_THREADS];
+  if (t)
+    nnrt_pool_free(t->ctx);
   for (int i = 0; i < NN_IO_COUNT; i++)
-    free(io[i]);
+    if (i != NN_IO_THREADS)
+      free(io[i]);
 }
 
 void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step,
@@ -67,12 +75,36 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
 
 double nnrt_loss(void **io) { return *(const double *)io[NN_IO_LOSS]; }
 
+/* One sample of stored bytes into the kernels' type: v * scale, rounded once to the element
+ * type, exactly as loading them as elements would have. */
+static void widen_row(const NnData *data, int64_t row, void *to) {
+  int64_t xs = data->x_size;
+  double scale = data->x_scale;
+  if (data->x_store == NNRT_STORE_U8 && data->elem_size == 4) { /* the common case: vectorizes */
+    const uint8_t *from = (const uint8_t *)data->x + row * xs;
+    float *out = to;
+    for (int64_t j = 0; j < xs; j++)
+      out[j] = (float)((double)from[j] * scale);
+  } else if (data->x_store == NNRT_STORE_U8) {
+    const uint8_t *from = (const uint8_t *)data->x + row * xs;
+    for (int64_t j = 0; j < xs; j++)
+      nnrt_set(to, j, data->elem_size, (double)from[j] * scale);
+  } else {
+    const int8_t *from = (const int8_t *)data->x + row * xs;
+    for (int64_t j = 0; j < xs; j++)
+      nnrt_set(to, j, data->elem_size, (double)from[j] * scale);
+  }
+}
+
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
   size_t xb = (size_t)(data->x_size * data->elem_size);
   size_t yb = (size_t)(data->y_size * data->elem_size);
   char *x = io[NN_IO_X], *y = io[NN_IO_Y];
   for (int64_t i = 0; i < n; i++) {
-    memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)rows[i] * xb, xb);
+    if (data->x_store == NNRT_STORE_ELEM)
+      memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)rows[i] * xb, xb);
+    else
+      widen_row(data, rows[i], x + (size_t)i * xb);
     if (yb)
       memcpy(y + (size_t)i * yb, (const char *)data->y + (size_t)rows[i] * yb, yb);
   }
@@ -159,6 +191,8 @@ static void print_params(const NnModelDesc *d) {
     print_init(p);
     if (p->buffer)
       printf(" (state, not trained)");
+    if (p->frozen)
+      printf("  frozen");
     putchar('\n');
   }
 }
@@ -182,6 +216,10 @@ static void print_source(const NnDataSource *s) {
   case NN_DATA_IDX:
     printf("%s + %s (IDX)", s->path ? s->path : "?", s->labels ? s->labels : "no labels");
     break;
+  case NN_DATA_NPY:
+    printf("%s + %s (.npy)", s->path ? s->path : "?", s->labels ? s->labels : "no targets");
+    break;
+  case NN_DATA_TEXT: printf("%s (text: byte windows)", s->path ? s->path : "?"); break;
   default: printf("none (pass --data FILE)"); return;
   }
   if (s->scale != 1)
@@ -224,6 +262,7 @@ int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
   printf("state:       %lld element%s\n", (long long)d->state_size, nnrt_plural(d->state_size));
   printf("arena:       %lld bytes (one slot per node would need %lld)\n",
          (long long)d->arena_bytes, (long long)d->arena_unplanned_bytes);
+  printf("scratch:     %lld bytes per thread\n", (long long)d->scratch_bytes);
   printf("defaults:    batch %lld, epochs %lld, seed %lld\n", (long long)d->max_batch,
          (long long)d->epochs, (long long)d->seed);
   printf("hyper:      ");

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 4
+#define NN_ABI_VERSION 6
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -25,6 +25,8 @@ typedef enum NnIo {
   NN_IO_OUT,    /* model outputs, (batch, out_size) */
   NN_IO_LOSS,   /* one double: the mean loss over the batch */
   NN_IO_HYPER,  /* doubles: hyperparameters by index (hyper_names), then NnHyperSlot */
+  NN_IO_THREADS, /* an NnThreads (below) the kernels may split work with, or NULL: serial */
+  NN_IO_SCRATCH, /* per-worker scratch: workers * scratch_bytes bytes, 64-byte aligned */
   NN_IO_COUNT
 } NnIo;
 
@@ -58,20 +60,35 @@ typedef enum NnTask {
   NN_TASK_MULTICLASS, /* argmax(out) vs argmax(y) */
 } NnTask;
 
+/* What early stopping watches (the train block's `monitor`, --monitor). ORDER MONITOR */
+typedef enum NnMonitor {
+  NN_MONITOR_AUTO,         /* val_loss when there is a validation set, else loss */
+  NN_MONITOR_VAL_LOSS,     /* validation loss, lower is better */
+  NN_MONITOR_VAL_ACCURACY, /* validation accuracy, higher is better */
+  NN_MONITOR_VAL_F1,       /* validation macro F1, higher is better */
+  NN_MONITOR_LOSS,         /* training loss of the epoch, lower is better */
+  NN_MONITOR_ACCURACY,     /* training accuracy of the epoch, higher is better */
+  NN_MONITOR_COUNT
+} NnMonitor;
+/* The names a .nn file and --monitor use, indexed by NnMonitor. ORDER MONITOR */
+#define NN_MONITOR_NAMES {"auto", "val_loss", "val_accuracy", "val_f1", "loss", "accuracy"}
+
 /* Where a data set comes from. */
 typedef enum NnDataKind {
   NN_DATA_NONE,  /* no data declared */
   NN_DATA_TABLE, /* rows inlined in the .nn file: table is (rows, x_size + y_size) */
   NN_DATA_CSV,   /* path: one sample per line, x_size columns then y_size columns */
   NN_DATA_IDX,   /* path: IDX images (ubyte/float, optionally .gz); labels: IDX class labels */
+  NN_DATA_NPY,   /* path: NumPy .npy inputs (N, ...); labels: .npy targets (N,) or (N, ...) */
+  NN_DATA_TEXT,  /* path: raw bytes; a sample is a window x of x_size byte ids, y the next ones */
 } NnDataKind;
 
 /* One data set as declared in the .nn file. Inputs are multiplied by `scale` when loaded. */
 typedef struct NnDataSource {
   int64_t kind;          /* NnDataKind */
   const char *name;      /* the data set's name in the .nn file */
-  const char *path;      /* CSV file, or IDX images; absolute */
-  const char *labels;    /* IDX labels file; absolute */
+  const char *path;      /* CSV file, or IDX/.npy inputs; absolute */
+  const char *labels;    /* IDX labels or .npy targets file; absolute */
   int64_t rows;          /* TABLE: rows */
   const double *table;   /* TABLE: rows * (x_size + y_size) values */
   int64_t header;        /* CSV: 1 if the first line is a header */
@@ -89,7 +106,27 @@ typedef struct NnParamInfo {
   int64_t buffer;              /* 1: a layer's state (running statistics), not trained: the
                                   grad kernel writes its next value into its GRAD slot and the
                                   update kernel copies it over; 0: a trained parameter */
+  int64_t frozen;              /* 1: `freeze`d in the train block; never updated, no gradient */
 } NnParamInfo;
+
+/* Threads, supplied by whoever calls the kernels (libnnrt.a's pool in runtime/pool.c, or an
+ * embedding program's own): the generated code never links against a thread library. A kernel
+ * that wants to split work (matmul, convolution) calls run(ctx, work, arg), which must call
+ * work(arg, w) for worker 0 and at most once for each other w in [0, workers), concurrently
+ * or not, and return when all calls have returned. Worker w uses bytes
+ * [w * scratch_bytes, (w + 1) * scratch_bytes) of NN_IO_SCRATCH. run may skip workers other than 0 (libnnrt.a's pool skips one that has not
+ * started when worker 0 is done): the kernels hand out their work dynamically, so worker 0
+ * alone finishes it. With io[NN_IO_THREADS] == NULL the kernels run serially as worker 0, so
+ * NN_IO_SCRATCH then needs scratch_bytes. Results do not depend on timing: each output element
+ * is computed by one worker, and where partial sums are combined (the convolution filter
+ * gradient: one per share of the batch, `workers` shares) they are added in share order, so a
+ * fixed worker count gives the same bits. */
+typedef void (*NnWork)(void *arg, int64_t worker);
+typedef struct NnThreads {
+  void (*run)(void *ctx, NnWork work, void *arg); /* see above */
+  void *ctx;                                      /* run's first argument */
+  int64_t workers;                                /* >= 1 */
+} NnThreads;
 
 /* A kernel: reads and writes the regions in io; batch is the number of samples (<= max_batch)
  * in NN_IO_X/NN_IO_Y/NN_IO_OUT. */
@@ -110,13 +147,14 @@ typedef struct NnModelDesc {
   int64_t param_size;          /* elements of NN_IO_PARAM */
   int64_t state_size;          /* elements of NN_IO_STATE */
   int64_t arena_bytes;         /* bytes of NN_IO_ARENA needed at max_batch */
+  int64_t scratch_bytes;       /* bytes of NN_IO_SCRATCH per worker (a multiple of 64) */
   int64_t max_batch;           /* the `batch` of the train block: no kernel call exceeds it */
   int64_t epochs;              /* default epoch count */
   int64_t seed;                /* default seed */
   int64_t task;                /* NnTask */
   double threshold;            /* decision threshold for NN_TASK_BINARY */
   int64_t n_hyper;             /* entries of hyper_names/hyper_defaults */
-  const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper] is the step count */
+  const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper + NnHyperSlot] follow */
   const double *hyper_defaults;
   int64_t labels;              /* 1: y is one class index per sample (y_size 1), < out_size */
   const NnDataSource *data;    /* the training set (kind NN_DATA_NONE if none) */
@@ -137,6 +175,8 @@ typedef struct NnModelDesc {
   NnKernel grad;               /* X, Y -> LOSS, OUT, GRAD (overwritten, not accumulated) */
   NnKernel update;             /* PARAM, GRAD, STATE, HYPER -> PARAM, STATE (one optimizer step) */
   int64_t arena_unplanned_bytes; /* what NN_IO_ARENA would need with one slot per node, unfused */
+  int64_t patience;            /* early stopping: epochs without improvement; 0 = off */
+  int64_t monitor;             /* NnMonitor: what early stopping watches */
 } NnModelDesc;
 
 #endif

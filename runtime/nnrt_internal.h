@@ -1,7 +1,7 @@
 /* nnrt_internal.h — declarations shared by the files of libnnrt.a (not part of the ABI).
  *
  * One section per file, in pipeline order: main.c (the CLI, which fills NnOptions), rng.c
- * (random streams), data.c and idx.c (data sets in memory), model.c (kernel buffers,
+ * (random streams), pool.c (threads for the kernels), data.c and idx.c (data sets in memory), model.c (kernel buffers,
  * initialisation, `info`), metrics.c (loss, accuracy, precision/recall/F1, confusion, MSE/MAE),
  * json.c and ckpt.c (safetensors checkpoints), train.c (`train`), infer.c (`eval`, `predict`)
  * and gradcheck.c (`gradcheck`). Tensors live in the kernels' element type (f32 or f64,
@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "nnrt.h"
 
@@ -52,7 +53,12 @@ typedef struct NnOptions {
   const char *init_from;     /* --init-from: copy matching tensors from this checkpoint */
   const char *load_path;     /* --load (eval, predict): parameters from this checkpoint */
   const char *input_path;    /* --input (predict): CSV or IDX inputs */
-  const char *output_path;   /* --output (predict): CSV to write, NULL for stdout */
+  const char *output_path;   /* --output/-o: predict's CSV or .npy (NULL: stdout), plot's SVG */
+  const char *log_path;      /* --log: one CSV row per step and per epoch */
+  const char *plot_path;     /* --plot (train): draw the log (--log's, or a temporary one) */
+  const char *plot_input;    /* plot: the CSV log to draw */
+  int64_t patience;          /* --patience, else desc->patience: early stopping; 0 = off */
+  int64_t monitor;           /* --monitor, else desc->monitor: an NnMonitor */
   int skip_nonfinite;        /* --skip-nonfinite: skip steps with a non-finite loss/gradient */
   int confusion;             /* --confusion: print the confusion matrix at the end */
   int quiet;                 /* --quiet: only the final lines */
@@ -61,6 +67,11 @@ typedef struct NnOptions {
   unsigned char *hyper_set;  /* n_hyper flags: 1 where --lr / --set gave the value */
   double eps;                /* gradcheck: finite-difference step */
   double tol;                /* gradcheck: largest accepted relative difference */
+  const char *prompt;        /* sample: --prompt, the text generation continues */
+  int64_t tokens;            /* sample: --tokens, bytes to generate */
+  double temperature;        /* sample: --temperature, 0 for the most likely byte */
+  int64_t top_k;             /* sample: --top-k, draw from the k likeliest (0: all) */
+  int64_t threads;           /* --threads, else the CPUs this process may run on */
 } NnOptions;
 
 /* "prog: error: MSG\n" on stderr, then exit(NNRT_EXIT_FAIL). */
@@ -86,6 +97,7 @@ typedef struct NnRng {
 /* Stream ids: parameters use 0..n_params-1; these sit at the top of the range. */
 #define NNRT_STREAM_SHUFFLE UINT64_MAX     /* the epoch shuffles, one after another */
 #define NNRT_STREAM_SPLIT (UINT64_MAX - 1) /* the one shuffle before a validation split */
+#define NNRT_STREAM_SAMPLE (UINT64_MAX - 2) /* the draws of `sample` */
 
 void nnrt_rng_seed(NnRng *r, uint64_t seed, uint64_t stream);
 uint64_t nnrt_rng_u64(NnRng *r);
@@ -103,12 +115,22 @@ const char *nnrt_init_name(int64_t init); /* "glorot_uniform", ...; "?" when out
 
 /* ---- data.c ---- */
 
-/* A data set in memory, in the kernels' element type, inputs already scaled. */
+/* How a data set keeps its inputs. Bytes stay bytes (a quarter of f32's memory: Fashion-MNIST
+ * is 47 MB instead of 188 MB); nnrt_gather scales them as it assembles a batch. */
+typedef enum NnStore {
+  NNRT_STORE_ELEM, /* the kernels' element type, already scaled */
+  NNRT_STORE_U8,   /* uint8, multiplied by x_scale when gathered */
+  NNRT_STORE_I8,   /* int8, likewise */
+} NnStore;
+
+/* A data set in memory: targets in the kernels' element type, inputs as x_store says. */
 typedef struct NnData {
   int64_t rows;       /* samples */
   int64_t x_size;     /* inputs per sample (desc->x_size) */
   int64_t y_size;     /* targets per sample; 0 for inputs-only files (predict) */
   int64_t elem_size;  /* 4 or 8 */
+  NnStore x_store;    /* the type of x's elements */
+  double x_scale;     /* NNRT_STORE_U8/I8: what multiplies each input */
   void *x;            /* (rows, x_size) */
   void *y;            /* (rows, y_size); NULL when y_size is 0 */
   const char *origin; /* for messages: a path, or "the model's data table" */
@@ -130,15 +152,19 @@ typedef enum NnFileUse {
 
 /* Loads a data set the .nn file declared; exits naming the file on any problem. */
 void nnrt_data_declared(const NnModelDesc *d, const NnDataSource *s, NnData *out);
-/* Loads a file named on the command line: IDX (by its magic number, labels from `labels`) or
- * CSV; inputs are scaled by the training data's declared scale. */
+/* Loads a file named on the command line: .npy or IDX (by the magic number; targets or labels
+ * from `labels`) or CSV; inputs are scaled by the training data's declared scale. */
 void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, NnFileUse use,
                     NnData *out);
 void nnrt_data_free(NnData *data);
+int64_t nnrt_data_bytes(const NnData *data); /* memory its inputs and targets take */
 /* Checks one target value of a labels model: an integer class index in [0, classes). Returns
  * NULL when it is one, else what is wrong ("is not an integer", ...) in buf. */
 const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap);
 int64_t nnrt_classes(const NnModelDesc *d); /* out_size, 2 for one binary output, 0: regression */
+/* Positions that each get a class of their own: a sequence model's [t, k] logits against t
+ * class indices (t = y_size); 1 for one class per sample. */
+int64_t nnrt_positions(const NnModelDesc *d);
 
 /* Every row of data, in order. */
 void nnrt_set_all(NnSet *s, const NnData *data, const char *what);
@@ -155,16 +181,37 @@ int nnrt_idx_sniff(const char *path);
 void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels, double scale,
                    NnData *out);
 
+/* ---- npy.c ---- */
+
+/* 1 if the file begins with the .npy magic, 0 otherwise (or unreadable). */
+int nnrt_npy_sniff(const char *path);
+/* A .npy inputs array (N, ...) times `scale`, and targets (N, ...) when not NULL. */
+void nnrt_npy_load(const NnModelDesc *d, const char *inputs, const char *targets, double scale,
+                   NnData *out);
+int nnrt_npy_path(const char *path); /* 1 when the name ends in .npy */
+/* A .npy header for a (rows, cols) array of little-endian floats of elem_size bytes, then the
+ * elements, count at a time. */
+void nnrt_npy_write_header(FILE *f, int64_t elem_size, int64_t rows, int64_t cols);
+void nnrt_npy_write_rows(FILE *f, const void *base, int64_t count, int64_t elem_size);
+/* ---- pool.c ---- */
+
+typedef struct NnPool NnPool;
+int nnrt_cpus_available(void);          /* CPUs in this process's affinity mask, at least 1 */
+NnPool *nnrt_pool_new(int workers);     /* workers - 1 threads; the caller is worker 0 */
+NnThreads *nnrt_pool_threads(NnPool *p); /* what goes into io[NN_IO_THREADS] */
+void nnrt_pool_free(NnPool *p);
+
 /* ---- model.c ---- */
 
-void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT]);
+/* Every region, and a pool of `threads` workers (none when 1) with their scratch. */
+void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threads);
 void nnrt_buffers_free(void *io[NN_IO_COUNT]);
 /* nnrt_params_init, exiting on an unknown initialiser. */
 void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed);
 /* Hyperparameters, then the step count and the seed (NnHyperSlot). */
 void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step,
                     uint64_t seed);
-/* Copies rows[0..n) of data into X (and Y when data has targets). */
+/* Copies rows[0..n) of data into X (scaling stored bytes) and Y when data has targets. */
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io);
 double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */
 /* Sum of squares of n elements: non-finite when any element is (cheap finiteness test). */
@@ -207,6 +254,8 @@ void nnrt_evaluate(const NnModelDesc *d, void **io, const NnSet *set, NnMetrics 
 void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *set,
                         const NnMetrics *m, int confusion);
 const char *nnrt_fmt_loss(double v, char buf[32]); /* %.6f, or %.3e for tiny/huge values */
+/* Macro F1 over the classes seen (needs a confusion matrix: init with full = 1); 0 if none. */
+double nnrt_metrics_f1(const NnMetrics *m);
 
 /* ---- json.c ---- */
 
@@ -246,6 +295,9 @@ typedef struct NnCkptState {
   int64_t batch;    /* samples per step */
   double *hyper;    /* n_hyper values (caller-owned; load fills it when not NULL) */
   uint64_t rng[4];  /* the shuffle stream's state after the last completed epoch */
+  int64_t best_epoch; /* early stopping: epoch of the best monitored value so far; 0 none */
+  double best_value;  /* that value */
+  int64_t wait;       /* epochs since then without improvement */
   int has_meta;     /* load: 1 when the file carries nnc metadata */
   double plateau_best;  /* reduce-on-plateau: the best epoch loss so far (inf: none) */
   int64_t plateau_bad;  /* epochs since it improved */
@@ -270,7 +322,13 @@ int64_t nnrt_ckpt_load(const char *path, const NnModelDesc *d, void **io, NnCkpt
 int nnrt_train(const NnModelDesc *d, const NnOptions *o);
 int nnrt_eval(const NnModelDesc *d, const NnOptions *o);
 int nnrt_predict(const NnModelDesc *d, const NnOptions *o);
+/* Text generation from a byte-level language model (text() data, [t, vocab] outputs). */
+int nnrt_sample(const NnModelDesc *d, const NnOptions *o);
 int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o);
+/* plot.c: draws a CSV training log (--log's format), read from `log` (named `name` in
+ * messages), as an SVG file `svg`; exits naming a bad log. */
+void nnrt_plot_stream(FILE *log, const char *name, const char *svg);
+int nnrt_plot(const NnModelDesc *d, const NnOptions *o);
 
 /* Element i of a tensor region of elem_size-byte elements (4: float, 8: double). */
 static inline double nnrt_get(const void *base, int64_t i, int64_t elem_size) {

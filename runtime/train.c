@@ -11,6 +11,7 @@
  * only plain lines are printed, with no \r and no escape codes. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno */
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +43,17 @@ typedef struct Run {
   int progress;              /* 1: draw a progress bar (stdout is a terminal, not --quiet) */
   double plateau_best;       /* reduce-on-plateau: the best loss so far */
   int64_t plateau_bad;       /* epochs since it improved */
+  FILE *log;                 /* --log: the CSV being written, or NULL */
+  int64_t lr_at;             /* index of 'lr' among the hyperparameters; -1: none */
+  int64_t patience;          /* early stopping: epochs without improvement; 0 = off */
+  NnMonitor monitor;         /* what it watches (never AUTO once set up) */
+  int64_t best_epoch;        /* epoch of the best monitored value; 0: none yet */
+  double best_value;         /* that value */
+  int64_t wait;              /* epochs since best_epoch */
+  char best_row[512];        /* the log row of the best epoch, after its "epoch," */
 } Run;
+
+static const char *const monitor_names[] = NN_MONITOR_NAMES;
 
 static double now_seconds(void) {
   struct timespec ts;
@@ -84,6 +95,9 @@ static void resume(Run *r) {
   r->plateau_bad = st.plateau_bad;
   r->step = st.step;
   r->skipped = st.skipped;
+  r->best_epoch = st.best_epoch;
+  r->best_value = st.best_value;
+  r->wait = st.wait;
 }
 
 static void init_state(Run *r) {
@@ -95,7 +109,7 @@ static void init_state(Run *r) {
   r->seed = o->seed;
   r->saved_epoch = -1;
   r->plateau_best = INFINITY;
-  nnrt_buffers_new(d, r->io);
+  nnrt_buffers_new(d, r->io, o->threads);
   if (o->resume_path) {
     resume(r);
     return;
@@ -164,6 +178,13 @@ static void print_header(const Run *r) {
   if (r->val.n)
     printf("validation: %s, %lld sample%s\n", r->val.what, (long long)r->val.n,
            nnrt_plural(r->val.n));
+  int64_t frozen = 0, tensors = 0;
+  for (int64_t k = 0; k < d->n_params; k++)
+    if (d->params[k].frozen)
+      frozen += d->params[k].size, tensors++;
+  if (frozen)
+    printf("frozen: %lld parameter%s in %lld tensor%s (not updated)\n", (long long)frozen,
+           nnrt_plural(frozen), (long long)tensors, nnrt_plural(tensors));
   if (o->resume_path)
     printf("resuming from %s: %lld epoch%s done, step %lld\n", o->resume_path,
            (long long)r->epoch, nnrt_plural(r->epoch), (long long)r->step);
@@ -195,6 +216,96 @@ static void draw_bar(const Run *r, int64_t done, int64_t steps, const NnMetrics 
          (long long)steps, nnrt_fmt_loss(nnrt_metrics_loss(m), loss), rate,
          fmt_duration(left, eta));
   fflush(stdout);
+}
+
+/* ---- --log: one CSV row per step and per epoch ---- */
+
+/* kind,epoch,step,loss[,accuracy],lr[,val_loss[,val_accuracy,val_f1|,val_mae]]: `step` rows
+ * hold one batch's loss, `epoch` rows the epoch's mean and the validation metrics, and a last
+ * `best` row repeats the best epoch's row when early stopping is on. plot.c reads it by the
+ * header's names, so columns may be added. */
+static void log_open(Run *r) {
+  const char *path = r->o->log_path;
+  if (!path) { /* --plot alone: a log nobody keeps */
+    if (!(r->log = tmpfile()))
+      nnrt_fatal("cannot create a temporary file for --plot: %s", strerror(errno));
+    path = "";
+  }
+  /* A resumed run continues its log; a fresh one starts it over. */
+  FILE *old = *path && r->o->resume_path ? fopen(path, "r") : NULL;
+  int append = old && fgetc(old) != EOF;
+  if (old)
+    fclose(old);
+  if (*path && !(r->log = fopen(path, append ? "a+" : "w+")))
+    nnrt_fatal("cannot create the log '%s': %s", path, strerror(errno));
+  if (append)
+    return;
+  int acc = nnrt_has_accuracy(r->d);
+  fprintf(r->log, "kind,epoch,step,loss%s,lr", acc ? ",accuracy" : "");
+  if (r->val.n)
+    fprintf(r->log, ",val_loss%s", acc ? ",val_accuracy,val_f1" : ",val_mae");
+  fputc('\n', r->log);
+}
+
+/* Closes the log, first drawing it when --plot asked for that. */
+static void log_close(Run *r) {
+  const char *name = r->o->log_path ? r->o->log_path : "the training log";
+  if (!r->log)
+    return;
+  int bad = fflush(r->log) != 0 || ferror(r->log) != 0;
+  if (!bad && r->o->plot_path) {
+    rewind(r->log); /* opened for update, so the log is read back from the same stream */
+    nnrt_plot_stream(r->log, name, r->o->plot_path);
+  }
+  bad |= fclose(r->log) != 0;
+  r->log = NULL;
+  if (bad)
+    nnrt_fatal("cannot write '%s': %s", name, strerror(errno));
+}
+
+/* ",lr" (empty when the model has no 'lr'): the hyperparameter, as reduce-on-plateau has
+ * lowered it; a compiled `schedule = f(...)` is applied inside the update kernel, so its
+ * per-step value is not logged. */
+static void log_lr(const Run *r, char *buf, size_t cap) {
+  if (r->lr_at >= 0)
+    snprintf(buf, cap, ",%.9g", r->hyper[r->lr_at]);
+  else
+    snprintf(buf, cap, ",");
+}
+
+/* One step: its loss and the accuracy of its batch (hits and decisions). */
+static void log_step(const Run *r, double loss, int64_t hits, int64_t total) {
+  char lr[40];
+  if (!r->log)
+    return;
+  fprintf(r->log, "step,%lld,%lld,%.9g", (long long)r->epoch + 1, (long long)r->step, loss);
+  if (nnrt_has_accuracy(r->d))
+    fprintf(r->log, ",%.9g", total ? 100.0 * (double)hits / (double)total : 0.0);
+  log_lr(r, lr, sizeof lr);
+  fputs(lr, r->log);
+  if (r->val.n)
+    fputs(nnrt_has_accuracy(r->d) ? ",,," : ",,", r->log);
+  fputc('\n', r->log);
+}
+
+/* The row of an epoch after "epoch,", into buf. */
+static void epoch_row(const Run *r, const NnMetrics *t, const NnMetrics *v, char *buf,
+                      size_t cap) {
+  int acc = nnrt_has_accuracy(r->d);
+  char lr[40];
+  size_t n = (size_t)snprintf(buf, cap, "%lld,%lld,%.9g", (long long)r->epoch,
+                              (long long)r->step, nnrt_metrics_loss(t));
+  if (acc && n < cap)
+    n += (size_t)snprintf(buf + n, cap - n, ",%.9g", nnrt_metrics_accuracy(t));
+  log_lr(r, lr, sizeof lr);
+  if (n < cap)
+    n += (size_t)snprintf(buf + n, cap - n, "%s", lr);
+  if (v && acc && n < cap)
+    snprintf(buf + n, cap - n, ",%.9g,%.9g,%.9g", nnrt_metrics_loss(v), nnrt_metrics_accuracy(v),
+             nnrt_metrics_f1(v));
+  else if (v && n < cap)
+    snprintf(buf + n, cap - n, ",%.9g,%.9g", nnrt_metrics_loss(v),
+             v->elems ? v->abs_err / (double)v->elems : 0.0);
 }
 
 /* ---- one epoch ---- */
@@ -261,8 +372,10 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
       ++*skipped_now;
       continue;
     }
+    int64_t hits = m->hits, total = m->total;
     nnrt_metrics_add(m, d, r->io, k, loss);
     ((double *)r->io[NN_IO_HYPER])[d->n_hyper] = (double)++r->step;
+    log_step(r, loss, m->hits - hits, m->total - total);
     d->update(r->io, k);
     double now = now_seconds();
     if (r->progress && (now - drawn > 0.1 || b + 1 == steps)) {
@@ -296,11 +409,69 @@ static void print_epoch(const Run *r, const NnMetrics *t, const NnMetrics *v, in
   putchar('\n');
 }
 
+/* ---- early stopping ---- */
+
+/* Checks --patience/--monitor against the data; resolves "auto". */
+static void early_stop_setup(Run *r) {
+  const NnOptions *o = r->o;
+  r->patience = o->patience;
+  r->monitor = (NnMonitor)o->monitor;
+  if (r->monitor == NN_MONITOR_AUTO)
+    r->monitor = r->val.n ? NN_MONITOR_VAL_LOSS : NN_MONITOR_LOSS;
+  if (!r->patience)
+    return;
+  int val = r->monitor <= NN_MONITOR_VAL_F1;
+  if (val && !r->val.n)
+    nnrt_fatal("early stopping watches %s, but there is no validation set; HINT: pass --val "
+               "FILE, add 'validate = 0.1' to the train block, or --monitor loss",
+               monitor_names[r->monitor]);
+  if (r->monitor != NN_MONITOR_VAL_LOSS && r->monitor != NN_MONITOR_LOSS &&
+      !nnrt_has_accuracy(r->d))
+    nnrt_fatal("early stopping watches %s, but model '%s' is not a classifier (its loss has no "
+               "accuracy); HINT: --monitor %s", monitor_names[r->monitor], r->d->name,
+               val ? "val_loss" : "loss");
+}
+
+static double monitored(const Run *r, const NnMetrics *t, const NnMetrics *v) {
+  switch (r->monitor) {
+  case NN_MONITOR_VAL_LOSS: return nnrt_metrics_loss(v);
+  case NN_MONITOR_VAL_ACCURACY: return nnrt_metrics_accuracy(v);
+  case NN_MONITOR_VAL_F1: return nnrt_metrics_f1(v);
+  case NN_MONITOR_ACCURACY: return nnrt_metrics_accuracy(t);
+  default: return nnrt_metrics_loss(t);
+  }
+}
+
+/* Records this epoch's value; returns 1 when it is the best so far. Losses must fall and the
+ * rest rise, strictly, to count; a NaN never does. */
+static int note_epoch(Run *r, double value) {
+  int lower = r->monitor == NN_MONITOR_VAL_LOSS || r->monitor == NN_MONITOR_LOSS;
+  int better = r->best_epoch == 0 ? value == value
+               : lower ? value < r->best_value : value > r->best_value;
+  if (!better) {
+    r->wait++;
+    return 0;
+  }
+  r->best_epoch = r->epoch;
+  r->best_value = value;
+  r->wait = 0;
+  return 1;
+}
+
+/* CKPT with ".best" before a ".safetensors" extension, else after it. */
+static void best_path(const char *save, char *buf, size_t cap) {
+  const char *ext = ".safetensors";
+  size_t n = strlen(save), e = strlen(ext);
+  if (n > e && strcmp(save + n - e, ext) == 0)
+    snprintf(buf, cap, "%.*s.best%s", (int)(n - e), save, ext);
+  else
+    snprintf(buf, cap, "%s.best", save);
+}
+
 /* ---- checkpoints ---- */
 
-static void save(Run *r) {
+static void save_to(Run *r, const char *path) {
   const NnModelDesc *d = r->d;
-  const char *path = r->o->save_path;
   if (!isfinite(nnrt_sum_squares(r->io[NN_IO_PARAM], d->param_size, d->elem_size)) ||
       !isfinite(nnrt_sum_squares(r->io[NN_IO_STATE], d->state_size, d->elem_size))) {
     char kept[160] = "";
@@ -310,10 +481,20 @@ static void save(Run *r) {
                "HINT: lower the learning rate (--lr) or clip gradients", (long long)r->epoch,
                path, kept);
   }
-  NnCkptState st = {r->epoch, r->step, r->skipped, r->seed, r->batch, r->hyper, {0}, 1,
-                    r->plateau_best, r->plateau_bad};
+  NnCkptState st = {.epoch = r->epoch, .step = r->step, .skipped = r->skipped, .seed = r->seed,
+                    .batch = r->batch, .hyper = r->hyper, .has_meta = 1,
+                    .plateau_best = r->plateau_best, .plateau_bad = r->plateau_bad};
   memcpy(st.rng, r->shuffle.s, sizeof st.rng);
+  if (r->patience) {
+    st.best_epoch = r->best_epoch;
+    st.best_value = r->best_value;
+    st.wait = r->wait;
+  }
   nnrt_ckpt_save(path, d, r->io, &st);
+}
+
+static void save(Run *r) {
+  save_to(r, r->o->save_path);
   r->saved_epoch = r->epoch;
 }
 
@@ -349,27 +530,66 @@ static void plateau_step(Run *r, double loss) {
 
 /* ---- the command ---- */
 
+/* "early stopping: val_loss has not improved for 3 epochs; best epoch 4 (val_loss 0.1234)" */
+static void print_stop(const Run *r) {
+  char buf[32];
+  const char *name = monitor_names[r->monitor];
+  int loss = r->monitor == NN_MONITOR_VAL_LOSS || r->monitor == NN_MONITOR_LOSS;
+  if (loss)
+    nnrt_fmt_loss(r->best_value, buf);
+  else
+    snprintf(buf, sizeof buf, r->monitor == NN_MONITOR_VAL_F1 ? "%.4f" : "%.2f%%", r->best_value);
+  printf("early stopping after epoch %lld: %s has not improved for %lld epoch%s; best epoch "
+         "%lld (%s %s)\n", (long long)r->epoch, name, (long long)r->wait, nnrt_plural(r->wait),
+         (long long)r->best_epoch, name, buf);
+}
+
 static void train_epochs(Run *r) {
   const NnModelDesc *d = r->d;
   const NnOptions *o = r->o;
-  while (r->epoch < o->epochs) {
+  char best[1024] = "";
+  if (r->patience && o->save_path)
+    best_path(o->save_path, best, sizeof best);
+  while (r->epoch < o->epochs && !(r->patience && r->wait >= r->patience)) {
     NnMetrics t, v = {0};
     int64_t skipped = 0;
     nnrt_metrics_init(&t, d, 0);
     train_epoch(r, &t, &skipped);
     r->epoch++;
     if (r->val.n) {
-      nnrt_metrics_init(&v, d, 0);
+      nnrt_metrics_init(&v, d, 1); /* full: the log's val_f1 */
       nnrt_evaluate(d, r->io, &r->val, &v);
     }
     if (r->progress)
       printf("\r\033[K");
     if (!o->quiet && epoch_due(r->epoch, o->epochs, o->verbose))
       print_epoch(r, &t, r->val.n ? &v : NULL, skipped);
-    plateau_step(r, nnrt_metrics_loss(r->val.n ? &v : &t));
-    if (save_due(r))
+    char row[sizeof r->best_row];
+    epoch_row(r, &t, r->val.n ? &v : NULL, row, sizeof row); /* the lr this epoch ran with */
+    if (r->log) {
+      fprintf(r->log, "epoch,%s\n", row);
+      fflush(r->log); /* a run that dies later still leaves whole epochs behind */
+    }
+    plateau_step(r, nnrt_metrics_loss(r->val.n ? &v : &t)); /* may lower lr for the next */
+    int stop = 0;
+    if (r->patience) {
+      if (note_epoch(r, monitored(r, &t, &v))) {
+        memcpy(r->best_row, row, sizeof row);
+        if (*best)
+          save_to(r, best);
+      }
+      stop = r->wait >= r->patience;
+    }
+    nnrt_metrics_free(&v);
+    if (save_due(r) || (stop && o->save_path))
       save(r);
+    if (stop && !o->quiet)
+      print_stop(r);
   }
+  if (r->log && r->patience && *r->best_row)
+    fprintf(r->log, "best,%s\n", r->best_row);
+  if (*best && r->best_epoch && !o->quiet)
+    printf("best checkpoint: %s (epoch %lld)\n", best, (long long)r->best_epoch);
 }
 
 int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
@@ -383,6 +603,10 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   nnrt_set_hyper(d, r.io, r.hyper, r.step, r.seed);
   int64_t per_epoch = (r.train.n + r.batch - 1) / r.batch;
   ((double *)r.io[NN_IO_HYPER])[d->n_hyper + NN_HYPER_TOTAL] = (double)(o->epochs * per_epoch);
+  r.lr_at = nnrt_hyper_index(d, "lr");
+  early_stop_setup(&r);
+  if (o->log_path || o->plot_path)
+    log_open(&r);
   r.progress = !o->quiet && isatty(fileno(stdout));
   if (!o->quiet)
     print_header(&r);
@@ -404,11 +628,13 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   nnrt_evaluate(d, r.io, set, &fin);
   nnrt_metrics_print(d, "final", set, &fin, o->confusion);
   nnrt_metrics_free(&fin);
+  log_close(&r);
   if (!o->quiet && r.epoch > first) {
     double samples = (double)(r.epoch - first) * (double)r.train.n;
     fflush(stdout); /* keep the order readable when stdout and stderr share a terminal */
-    fprintf(stderr, "loaded %lld samples in %.3f s\n", (long long)(r.data.rows + r.val_data.rows),
-            t_load);
+    fprintf(stderr, "loaded %lld samples in %.3f s (%.1f MB in memory)\n",
+            (long long)(r.data.rows + r.val_data.rows), t_load,
+            (double)(nnrt_data_bytes(&r.data) + nnrt_data_bytes(&r.val_data)) / 1e6);
     fprintf(stderr, "trained %.0f samples in %.3f s (%.0f samples/s, %.3f s per epoch, %lld "
             "steps)\n", samples, secs, samples / (secs > 1e-9 ? secs : 1e-9),
             secs / (double)(r.epoch - first), (long long)(r.step - steps0));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # setup.sh — installs what nnc needs to build and test on Debian 12, when it is missing.
 set -euo pipefail
-packages=(gcc g++ binutils libc6-dev make cmake flex bison llvm-19-dev llvm-19-tools zlib1g-dev python3)
+# fortunes: plain English text (/usr/share/games/fortunes) for examples/gpt.nn
+packages=(gcc g++ binutils libc6-dev make cmake flex bison llvm-19-dev llvm-19-tools zlib1g-dev python3 fortunes)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

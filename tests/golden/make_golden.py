@@ -8,7 +8,11 @@ Writes, next to this script:
   losses.golden      one line per loss: NAME VALUE, the loss of fixed predictions/targets
   optim-NAME.golden  the loss before each of 10 optimizer steps, then after the last, for a
                      linear model w*x (w starts at 0.5) under mse on a fixed batch of 4
-The matching nnc programs are tests/lit/golden/*.nn; compare.py does the comparison.
+  transformer-block.{golden,csv,safetensors}  one transformer_block: weights, inputs and
+                     targets, the loss, outputs and every parameter's gradient
+  gpt-steps.{golden,safetensors}  a tiny GPT's weights and its loss over 5 AdamW steps
+The matching nnc programs are tests/lit/golden/*.nn; compare.py (compare_block.py for the
+block) does the comparison.
 """
 import os
 import torch
@@ -222,3 +226,137 @@ for name, pool in {"maxpool": F.max_pool2d, "avgpool": F.avg_pool2d}.items():
     out.append(loss_of().item())
     with open(os.path.join(HERE, f"window-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- one Transformer block (std.nn's transformer_block: pre-norm, causal multi-head
+# attention, GELU MLP) on a batch of 2 sequences [4, 8], 2 heads, under mse against fixed
+# targets. Random weights (seed 0) are written as a safetensors file under nnc's parameter
+# names; the golden file holds the loss, the block's outputs and every parameter's gradient.
+import json
+import math
+import struct
+
+torch.manual_seed(0)
+B, T_, C, H = 2, 4, 8, 2
+pre = "transformer_block0."
+shapes = {
+    "layernorm0.gamma": (C,), "layernorm0.beta": (C,),
+    **{f"attention0.dense{i}.{p}": s for i in range(4) for p, s in (("W", (C, C)), ("b", (C,)))},
+    "layernorm1.gamma": (C,), "layernorm1.beta": (C,),
+    "dense0.W": (C, 4 * C), "dense0.b": (4 * C,), "dense1.W": (4 * C, C), "dense1.b": (C,),
+}
+W = {pre + k: (torch.randn(s) * (0.5 if len(s) == 2 else 0.2) + (1.0 if "gamma" in k else 0.0))
+     .requires_grad_() for k, s in shapes.items()}
+XB = torch.randn(B, T_, C)
+YB = torch.randn(B, T_, C)
+
+
+def block(x):
+    w = lambda k: W[pre + k]
+    dense = lambda x, n: x @ w(n + ".W") + w(n + ".b")
+    ln = lambda x, n: F.layer_norm(x, (C,), w(n + ".gamma"), w(n + ".beta"), eps=1e-5)
+    h = ln(x, "layernorm0")
+    d = C // H
+    q, k, v = (dense(h, f"attention0.dense{i}").view(B, T_, H, d).permute(0, 2, 1, 3)
+               for i in range(3))
+    s = q @ k.transpose(-1, -2) / math.sqrt(d)
+    future = torch.ones(T_, T_).triu(1).bool()
+    p = torch.softmax(s.masked_fill(future, -1e9), -1)
+    o = (p @ v).permute(0, 2, 1, 3).reshape(B, T_, C)
+    x = x + dense(o, "attention0.dense3")
+    return x + dense(F.gelu(dense(ln(x, "layernorm1"), "dense0"), approximate="tanh"), "dense1")
+
+
+out = block(XB)
+loss = F.mse_loss(out, YB)
+loss.backward()
+with open(os.path.join(HERE, "transformer-block.csv"), "w") as f:
+    for b in range(B):
+        f.write(",".join(f"{v:.17g}" for v in torch.cat([XB[b].flatten(), YB[b].flatten()]).tolist()) + "\n")
+header, blob = {}, b""
+for k, t in W.items():
+    data = struct.pack(f"<{t.numel()}d", *t.detach().flatten().tolist())
+    header[k] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [len(blob), len(blob) + len(data)]}
+    blob += data
+hj = json.dumps(header).encode()
+hj += b" " * (-len(hj) % 8)
+with open(os.path.join(HERE, "transformer-block.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(hj)) + hj + blob)
+with open(os.path.join(HERE, "transformer-block.golden"), "w") as f:
+    f.write(f"loss {loss.item():.17g}\n")
+    f.write("out " + " ".join(f"{v:.17g}" for v in out.detach().flatten().tolist()) + "\n")
+    for k, t in W.items():
+        f.write(f"grad {k} " + " ".join(f"{v:.17g}" for v in t.grad.flatten().tolist()) + "\n")
+
+# ---- the tiny GPT of tests/lit/golden/gpt-steps.nn (2 blocks, 2 heads, width 16, context 16,
+# byte vocabulary, tied output head) on tests/lit/Inputs/tiny.txt: the loss before each of 5
+# AdamW steps (weight decay on parameters of rank >= 2 only, as adamw(decay_rank = 2)), the
+# whole file as one batch, so the order of the samples cannot matter; then the loss after.
+torch.manual_seed(1)
+V, T_, C, H, NL = 256, 16, 16, 2, 2
+
+
+def block_params(pre):
+    s = {k: v for k, v in shapes.items()}
+    for k in list(s):
+        s[k] = tuple(C * 4 if d == 32 else C if d == 8 else d for d in s[k])
+    return {pre + k: (torch.randn(sh) * (0.3 if len(sh) == 2 else 0.1) + (1.0 if "gamma" in k else 0.0))
+            .requires_grad_() for k, sh in s.items()}
+
+
+G = {"wte": (torch.randn(V, C) * 0.3).requires_grad_(), "wpe": (torch.randn(T_, C) * 0.3).requires_grad_()}
+for i in range(NL):
+    G.update(block_params(f"transformer_block{i}."))
+G["layernorm0.gamma"] = (1 + 0.1 * torch.randn(C)).requires_grad_()
+G["layernorm0.beta"] = (0.1 * torch.randn(C)).requires_grad_()
+
+
+def gpt_block(x, pre):
+    w = lambda k: G[pre + k]
+    dense = lambda x, n: x @ w(n + ".W") + w(n + ".b")
+    ln = lambda x, n: F.layer_norm(x, (C,), w(n + ".gamma"), w(n + ".beta"), eps=1e-5)
+    n, d = x.shape[0], C // H
+    h = ln(x, "layernorm0")
+    q, k, v = (dense(h, f"attention0.dense{i}").view(n, T_, H, d).permute(0, 2, 1, 3) for i in range(3))
+    s = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(torch.ones(T_, T_).triu(1).bool(), -1e9)
+    o = (torch.softmax(s, -1) @ v).permute(0, 2, 1, 3).reshape(n, T_, C)
+    x = x + dense(o, "attention0.dense3")
+    return x + dense(F.gelu(dense(ln(x, "layernorm1"), "dense0"), approximate="tanh"), "dense1")
+
+
+text = open(os.path.join(HERE, "..", "lit", "Inputs", "tiny.txt"), "rb").read()
+rows = (len(text) - 1) // T_
+ids = torch.tensor(list(text[: rows * T_ + 1]))
+GX, GY = ids[:-1].view(rows, T_), ids[1:].view(rows, T_)
+header, blob = {}, b""
+for k, t in G.items():
+    data = struct.pack(f"<{t.numel()}d", *t.detach().flatten().tolist())
+    header[k] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [len(blob), len(blob) + len(data)]}
+    blob += data
+hj = json.dumps(header).encode()
+hj += b" " * (-len(hj) % 8)
+with open(os.path.join(HERE, "gpt-steps.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(hj)) + hj + blob)
+decay = [t for t in G.values() if t.dim() >= 2]
+no_decay = [t for t in G.values() if t.dim() < 2]
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                        lr=1e-2)
+
+
+def gpt_loss():
+    h = G["wte"][GX] + G["wpe"]
+    for i in range(NL):
+        h = gpt_block(h, f"transformer_block{i}.")
+    h = F.layer_norm(h, (C,), G["layernorm0.gamma"], G["layernorm0.beta"], eps=1e-5)
+    return F.cross_entropy((h @ G["wte"].t()).reshape(-1, V), GY.reshape(-1))
+
+
+steps = []
+for step in range(5):
+    opt.zero_grad()
+    loss = gpt_loss()
+    steps.append(loss.item())
+    loss.backward()
+    opt.step()
+steps.append(gpt_loss().item())  # after the last step
+with open(os.path.join(HERE, "gpt-steps.golden"), "w") as f:
+    f.write("".join(f"{v:.9f}\n" for v in steps))

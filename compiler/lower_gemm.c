@@ -1,0 +1,846 @@
+/* lower_gemm.c — the module's matrix multiply, and the convolutions built on it, as LLVM IR.
+ *
+ * Takes the element type and the target's vector registers; gives private functions that
+ * lower_llvm.c calls for every matmul and convolution node:
+ *
+ *   nn.gemm(job, threads)      picks the blocking, then runs nn.gemm.work on every worker
+ *   nn.gemm.work(job, w)       takes tasks (a block of rows × columns of one matrix of C) from
+ *                              an atomic counter; for each K block packs B's columns into
+ *                              nr-wide panels and A's rows into mr-tall panels in worker w's
+ *                              scratch, then calls the micro-kernel on every mr×nr tile
+ *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
+ *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
+ *   nn.conv.N(job, w)          one per convolution node: per sample, im2col into scratch and a
+ *                              GEMM (conv2d, filter gradient) or a GEMM and col2im (data
+ *                              gradient)
+ *
+ * Transposes are strides: packing reads A and B through (row, column) strides, so every form
+ * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code.
+ * Each C element is summed by one worker in a fixed order (K blocks of kc, k ascending), so
+ * results do not depend on the thread count or the tiling; only the filter gradient, whose
+ * sum runs over the batch, adds per-worker partial sums, in worker order. */
+#include <string.h>
+
+#include "lower_gemm.h"
+
+enum {
+  KC = 256,            /* depth of a packed block: a B micro-panel (KC × nr) fits in L1 */
+  MB_PANELS = 16,      /* most mr-row panels of A one task packs (about 128 KB: L2) */
+  NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
+  SERIAL_FMAS = 1 << 18, /* fewer multiply-adds than this are not worth waking threads */
+};
+
+/* Fields of %nn.gemm.job, a struct the caller fills on its stack. ORDER JOB */
+enum {
+  J_M, J_N, J_K, J_BATCH,       /* sizes */
+  J_A, J_RSA, J_CSA, J_SA,      /* A: base, row stride, column stride, matrix stride */
+  J_B, J_RSB, J_CSB, J_SB,      /* B likewise */
+  J_C, J_LDC, J_SC,             /* C: base, row stride, matrix stride */
+  J_BETA,                       /* 1: C += A·B; 0: C = A·B */
+  J_SCRATCH, J_SSTRIDE,         /* worker w's scratch is SCRATCH + w * SSTRIDE bytes */
+  J_MROWS, J_NCOLS,             /* rows / columns of a task's block (set by nn.gemm) */
+  J_MBLK, J_NBLK,               /* blocks along M and N */
+  J_NEXT,                       /* the next task to take (atomic) */
+  J_COUNT
+};
+
+/* Fields of %nn.conv.job. ORDER CONVJOB */
+enum {
+  CJ_OUT, CJ_SRC0, CJ_SRC1,     /* the node's result and operands */
+  CJ_BATCH, CJ_SCRATCH, CJ_SSTRIDE, CJ_NEXT, CJ_WORKERS,
+  CJ_COUNT
+};
+
+/* ============================== small helpers ============================== */
+
+static LLVMValueRef c64(Gemm *g, int64_t v) { return LLVMConstInt(g->i64, (unsigned long long)v, 1); }
+
+static LLVMValueRef add(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildNSWAdd(g->b, a, b, "");
+}
+static LLVMValueRef sub(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildNSWSub(g->b, a, b, "");
+}
+static LLVMValueRef mul(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildNSWMul(g->b, a, b, "");
+}
+static LLVMValueRef muli(Gemm *g, LLVMValueRef a, int64_t k) {
+  return k == 1 ? a : mul(g, a, c64(g, k));
+}
+static LLVMValueRef min64(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, a, b, ""), a, b, "");
+}
+static LLVMValueRef max64(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, a, b, ""), a, b, "");
+}
+/* ceil(a / b) for a >= 0, b > 0 */
+static LLVMValueRef cdiv(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSDiv(g->b, add(g, a, sub(g, b, c64(g, 1))), b, "");
+}
+static LLVMValueRef at(Gemm *g, LLVMValueRef base, LLVMValueRef i) {
+  return LLVMBuildInBoundsGEP2(g->b, g->elem, base, &i, 1, "");
+}
+static LLVMValueRef byte_at(Gemm *g, LLVMValueRef base, LLVMValueRef i) {
+  return LLVMBuildInBoundsGEP2(g->b, LLVMInt8TypeInContext(g->ctx), base, &i, 1, "");
+}
+static LLVMValueRef load(Gemm *g, LLVMTypeRef t, LLVMValueRef p, unsigned align) {
+  LLVMValueRef v = LLVMBuildLoad2(g->b, t, p, "");
+  if (align) LLVMSetAlignment(v, align);
+  return v;
+}
+static void store(Gemm *g, LLVMValueRef v, LLVMValueRef p, unsigned align) {
+  LLVMValueRef s = LLVMBuildStore(g->b, v, p);
+  if (align) LLVMSetAlignment(s, align);
+}
+
+static LLVMValueRef field_ptr(Gemm *g, LLVMTypeRef st, LLVMValueRef job, int f) {
+  return LLVMBuildStructGEP2(g->b, st, job, (unsigned)f, "");
+}
+static LLVMValueRef get(Gemm *g, LLVMTypeRef st, LLVMValueRef job, int f) {
+  return LLVMBuildLoad2(g->b, LLVMStructGetTypeAtIndex(st, (unsigned)f),
+                        field_ptr(g, st, job, f), "");
+}
+static void set(Gemm *g, LLVMBuilderRef b, LLVMTypeRef st, LLVMValueRef job, int f,
+                LLVMValueRef v) {
+  (void)g;
+  LLVMBuildStore(b, v, LLVMBuildStructGEP2(b, st, job, (unsigned)f, ""));
+}
+
+static LLVMBasicBlockRef block(Gemm *g, const char *name) {
+  LLVMValueRef fn = LLVMGetBasicBlockParent(LLVMGetInsertBlock(g->b));
+  return LLVMAppendBasicBlockInContext(g->ctx, fn, name);
+}
+
+/* for (i = from; i < bound; i += step): the builder is in the body until loop_end. */
+typedef struct GLoop {
+  LLVMValueRef i;
+  LLVMBasicBlockRef pre, head, exit;
+  int64_t step;
+} GLoop;
+
+static GLoop loop_begin(Gemm *g, LLVMValueRef from, LLVMValueRef bound, int64_t step,
+                        const char *name) {
+  GLoop lp = {.pre = LLVMGetInsertBlock(g->b), .step = step};
+  lp.head = block(g, name);
+  LLVMBasicBlockRef body = block(g, name);
+  lp.exit = block(g, name);
+  LLVMBuildBr(g->b, lp.head);
+  LLVMPositionBuilderAtEnd(g->b, lp.head);
+  lp.i = LLVMBuildPhi(g->b, g->i64, name);
+  LLVMAddIncoming(lp.i, &from, &lp.pre, 1);
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, lp.i, bound, ""), body, lp.exit);
+  LLVMPositionBuilderAtEnd(g->b, body);
+  return lp;
+}
+
+static void loop_end(Gemm *g, GLoop *lp) {
+  LLVMValueRef next = add(g, lp->i, c64(g, lp->step));
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
+  LLVMBuildBr(g->b, lp->head);
+  LLVMAddIncoming(lp->i, &next, &latch, 1);
+  LLVMPositionBuilderAtEnd(g->b, lp->exit);
+}
+
+/* if (cond) { then } else { other }: returns the join block; the builder is in `then`. */
+typedef struct GIf {
+  LLVMBasicBlockRef other, join;
+} GIf;
+
+static GIf if_begin(Gemm *g, LLVMValueRef cond, const char *name) {
+  LLVMBasicBlockRef then = block(g, name);
+  GIf f = {block(g, name), block(g, name)};
+  LLVMBuildCondBr(g->b, cond, then, f.other);
+  LLVMPositionBuilderAtEnd(g->b, then);
+  return f;
+}
+static void if_else(Gemm *g, GIf *f) {
+  LLVMBuildBr(g->b, f->join);
+  LLVMPositionBuilderAtEnd(g->b, f->other);
+}
+static void if_end(Gemm *g, GIf *f) { /* also closes an if without an else */
+  LLVMBuildBr(g->b, f->join);
+  if (!LLVMGetBasicBlockTerminator(f->other)) {
+    LLVMPositionBuilderAtEnd(g->b, f->other);
+    LLVMBuildBr(g->b, f->join);
+  }
+  LLVMPositionBuilderAtEnd(g->b, f->join);
+}
+
+static LLVMValueRef function(Gemm *g, const char *name, LLVMTypeRef *params, unsigned n) {
+  LLVMValueRef fn = LLVMAddFunction(g->mod, name, LLVMFunctionType(g->vd, params, n, 0));
+  LLVMSetLinkage(fn, LLVMInternalLinkage); /* local, but named in profiles */
+  unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateEnumAttribute(g->ctx, nounwind, 0));
+  LLVMPositionBuilderAtEnd(g->b, LLVMAppendBasicBlockInContext(g->ctx, fn, "entry"));
+  return fn;
+}
+
+/* An alloca in the entry block of the function the builder `b` is in. */
+static LLVMValueRef entry_alloca(Gemm *g, LLVMBuilderRef b, LLVMTypeRef t, const char *name) {
+  LLVMValueRef fn = LLVMGetBasicBlockParent(LLVMGetInsertBlock(b));
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(fn);
+  LLVMBuilderRef eb = LLVMCreateBuilderInContext(g->ctx);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first) LLVMPositionBuilderBefore(eb, first);
+  else LLVMPositionBuilderAtEnd(eb, entry);
+  LLVMValueRef slot = LLVMBuildAlloca(eb, t, name);
+  LLVMSetAlignment(slot, 64);
+  LLVMDisposeBuilder(eb);
+  return slot;
+}
+
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* Elements of scratch the GEMM's packing needs per worker. */
+static int64_t gemm_scratch(const Gemm *g) {
+  return round16((int64_t)g->mb * KC) + round16((int64_t)KC * g->nb);
+}
+
+static void need_scratch(Gemm *g, int64_t elems) {
+  if (elems > g->scratch_elems) g->scratch_elems = elems;
+}
+
+/* ============================== the micro-kernel ============================== */
+
+/* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr): the mr×nr tile at c (row stride ldc) =
+ * (beta ? tile : 0) + sum over k < kc of ap[k*MR + i] * bp[k*NR + j]. ap and bp are packed
+ * panels; only the first mr rows and nr columns are stored (the rest of the panel is padding
+ * whose products are thrown away). */
+static void emit_ukernel(Gemm *g) {
+  int MR = g->mr, NV = g->nr / g->w;
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  LLVMTypeRef params[8] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64, g->i64, g->i64, g->i64};
+  LLVMValueRef fn = g->ukernel = function(g, "nn.gemm.ukernel", params, 8);
+  LLVMValueRef kc = LLVMGetParam(fn, 0), ap = LLVMGetParam(fn, 1), bp = LLVMGetParam(fn, 2);
+  LLVMValueRef c = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 4), beta = LLVMGetParam(fn, 5);
+  LLVMValueRef mr = LLVMGetParam(fn, 6), nr = LLVMGetParam(fn, 7);
+  for (int i = 0; i < 3; i++) /* the packed panels and C never alias */
+    LLVMAddAttributeAtIndex(fn, (unsigned)(2 + i),
+                            LLVMCreateEnumAttribute(g->ctx,
+                                                    LLVMGetEnumAttributeKindForName("noalias", 7),
+                                                    0));
+  LLVMValueRef tile = entry_alloca(g, g->b, LLVMArrayType2(g->elem, (uint64_t)(MR * g->nr)),
+                                   "tile");
+  unsigned valign = (unsigned)(g->w * g->es);
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef zero_mask = LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w));
+  LLVMValueRef poison = LLVMGetPoison(vt);
+  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
+  LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
+
+  /* the k loop, with the accumulators as phis */
+  LLVMBasicBlockRef entry = LLVMGetInsertBlock(g->b);
+  LLVMBasicBlockRef head = block(g, "k"), body = block(g, "k.body"), done = block(g, "k.done");
+  LLVMBuildBr(g->b, head);
+  LLVMPositionBuilderAtEnd(g->b, head);
+  LLVMValueRef k = LLVMBuildPhi(g->b, g->i64, "k");
+  LLVMValueRef acc[16][8], next[16][8];
+  LLVMValueRef vzero = LLVMConstNull(vt);
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NV; j++) {
+      acc[i][j] = LLVMBuildPhi(g->b, vt, "acc");
+      LLVMAddIncoming(acc[i][j], &vzero, &entry, 1);
+    }
+  LLVMValueRef zero = c64(g, 0);
+  LLVMAddIncoming(k, &zero, &entry, 1);
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k, kc, ""), body, done);
+  LLVMPositionBuilderAtEnd(g->b, body);
+  LLVMValueRef bv[8];
+  LLVMValueRef brow = at(g, bp, muli(g, k, g->nr)), arow = at(g, ap, muli(g, k, MR));
+  for (int j = 0; j < NV; j++) bv[j] = load(g, vt, at(g, brow, c64(g, j * g->w)), valign);
+  for (int i = 0; i < MR; i++) {
+    LLVMValueRef a = load(g, g->elem, at(g, arow, c64(g, i)), (unsigned)g->es);
+    LLVMValueRef one = LLVMBuildInsertElement(g->b, poison, a, LLVMConstInt(i32, 0, 0), "");
+    LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, poison, zero_mask, "");
+    for (int j = 0; j < NV; j++) {
+      LLVMValueRef args[3] = {splat, bv[j], acc[i][j]};
+      next[i][j] = LLVMBuildCall2(g->b, fma_ty, fma, args, 3, "");
+    }
+  }
+  LLVMValueRef k1 = add(g, k, c64(g, 1));
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
+  LLVMBuildBr(g->b, head);
+  LLVMAddIncoming(k, &k1, &latch, 1);
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NV; j++) LLVMAddIncoming(acc[i][j], &next[i][j], &latch, 1);
+
+  /* store: whole tiles straight into C, edge tiles through `tile` */
+  LLVMPositionBuilderAtEnd(g->b, done);
+  LLVMValueRef whole = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, mr, c64(g, MR), ""),
+                                    LLVMBuildICmp(g->b, LLVMIntEQ, nr, c64(g, g->nr), ""), "");
+  LLVMValueRef accumulate = LLVMBuildICmp(g->b, LLVMIntNE, beta, zero, "");
+  GIf f = if_begin(g, whole, "whole"), h = {0};
+  for (int pass = 0; pass < 2; pass++) { /* pass 0: C += acc; pass 1: C = acc */
+    if (pass == 0) h = if_begin(g, accumulate, "beta");
+    for (int i = 0; i < MR; i++)
+      for (int j = 0; j < NV; j++) {
+        LLVMValueRef p = at(g, c, add(g, muli(g, ldc, i), c64(g, j * g->w)));
+        LLVMValueRef v = acc[i][j];
+        if (pass == 0) v = LLVMBuildFAdd(g->b, load(g, vt, p, (unsigned)g->es), v, "");
+        store(g, v, p, (unsigned)g->es);
+      }
+    if (pass == 0) if_else(g, &h);
+    else if_end(g, &h);
+  }
+  if_else(g, &f);
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NV; j++)
+      store(g, acc[i][j], at(g, tile, c64(g, i * g->nr + j * g->w)), valign);
+  GLoop li = loop_begin(g, zero, mr, 1, "ti");
+  GLoop lj = loop_begin(g, zero, nr, 1, "tj");
+  LLVMValueRef t = load(g, g->elem, at(g, tile, add(g, muli(g, li.i, g->nr), lj.i)), 0);
+  LLVMValueRef p = at(g, c, add(g, mul(g, li.i, ldc), lj.i));
+  LLVMValueRef old = LLVMBuildSelect(g->b, accumulate, load(g, g->elem, p, 0),
+                                     LLVMConstReal(g->elem, 0), "");
+  /* -0 + x would turn a -0 product into +0: add only when accumulating */
+  LLVMValueRef sum = LLVMBuildFAdd(g->b, old, t, "");
+  store(g, LLVMBuildSelect(g->b, accumulate, sum, t, ""), p, 0);
+  loop_end(g, &lj);
+  loop_end(g, &li);
+  if_end(g, &f);
+  LLVMBuildRetVoid(g->b);
+}
+
+/* ============================== packing ============================== */
+
+/* A's rows [m0, m0 + rows) × columns [k0, k0 + kc) into mr-tall panels at dst: panel p holds
+ * dst[p*MR*kc + k*MR + i] = A(m0 + p*MR + i, k0 + k). Rows past M repeat row M-1 (their
+ * products are never stored). */
+static void pack_a(Gemm *g, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef rsa, LLVMValueRef csa,
+                   LLVMValueRef M, LLVMValueRef k0, LLVMValueRef kc, LLVMValueRef m0,
+                   LLVMValueRef rows) {
+  int MR = g->mr;
+  LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
+  GLoop lp = loop_begin(g, zero, rows, MR, "pa");
+  LLVMValueRef panel = at(g, dst, mul(g, lp.i, kc));
+  LLVMValueRef row0 = add(g, m0, lp.i);
+  LLVMValueRef colbase = mul(g, k0, csa);
+  LLVMValueRef whole = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, row0, c64(g, MR)), M, "");
+  LLVMValueRef contiguous = LLVMBuildICmp(g->b, LLVMIntEQ, rsa, one, "");
+  GIf f = if_begin(g, LLVMBuildAnd(g->b, whole, contiguous, ""), "pa.t");
+  { /* A transposed (rsa = 1): each k's mr values are adjacent */
+    LLVMValueRef src = at(g, a, add(g, row0, colbase));
+    GLoop lk = loop_begin(g, zero, kc, 1, "pa.k");
+    LLVMValueRef s = at(g, src, mul(g, lk.i, csa)), d = at(g, panel, muli(g, lk.i, MR));
+    for (int i = 0; i < MR; i++)
+      store(g, load(g, g->elem, at(g, s, c64(g, i)), 0), at(g, d, c64(g, i)), 0);
+    loop_end(g, &lk);
+  }
+  if_else(g, &f);
+  { /* general strides: one pointer per row, clamped into A */
+    LLVMValueRef rowp[16];
+    LLVMValueRef last = sub(g, M, one);
+    for (int i = 0; i < MR; i++)
+      rowp[i] = at(g, a, add(g, mul(g, min64(g, add(g, row0, c64(g, i)), last), rsa), colbase));
+    LLVMValueRef unit = LLVMBuildICmp(g->b, LLVMIntEQ, csa, one, "");
+    GIf h = {0};
+    for (int pass = 0; pass < 2; pass++) { /* pass 0: csa == 1, so the loads are contiguous */
+      if (pass == 0) h = if_begin(g, unit, "pa.u");
+      GLoop lk = loop_begin(g, zero, kc, 1, "pa.k");
+      LLVMValueRef off = pass == 0 ? lk.i : mul(g, lk.i, csa), d = at(g, panel, muli(g, lk.i, MR));
+      for (int i = 0; i < MR; i++)
+        store(g, load(g, g->elem, at(g, rowp[i], off), 0), at(g, d, c64(g, i)), 0);
+      loop_end(g, &lk);
+      if (pass == 0) if_else(g, &h);
+      else if_end(g, &h);
+    }
+  }
+  if_end(g, &f);
+  loop_end(g, &lp);
+}
+
+/* B's rows [k0, k0 + kc) × columns [n0, n0 + cols) into nr-wide panels at dst: panel q holds
+ * dst[q*NR*kc + k*NR + j] = B(k0 + k, n0 + q*NR + j). Columns past N repeat column N-1. */
+static void pack_b(Gemm *g, LLVMValueRef dst, LLVMValueRef b, LLVMValueRef rsb, LLVMValueRef csb,
+                   LLVMValueRef N, LLVMValueRef k0, LLVMValueRef kc, LLVMValueRef n0,
+                   LLVMValueRef cols) {
+  int NR = g->nr;
+  LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
+  LLVMTypeRef panel_t = LLVMVectorType(g->elem, (unsigned)NR);
+  GLoop lp = loop_begin(g, zero, cols, NR, "pb");
+  LLVMValueRef panel = at(g, dst, mul(g, lp.i, kc));
+  LLVMValueRef col0 = add(g, n0, lp.i);
+  LLVMValueRef rowbase = mul(g, k0, rsb);
+  LLVMValueRef whole = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, col0, c64(g, NR)), N, "");
+  LLVMValueRef contiguous = LLVMBuildICmp(g->b, LLVMIntEQ, csb, one, "");
+  GIf f = if_begin(g, LLVMBuildAnd(g->b, whole, contiguous, ""), "pb.r");
+  { /* row-major B: one NR-wide vector per k */
+    LLVMValueRef src = at(g, b, add(g, rowbase, col0));
+    GLoop lk = loop_begin(g, zero, kc, 1, "pb.k");
+    LLVMValueRef v = load(g, panel_t, at(g, src, mul(g, lk.i, rsb)), (unsigned)g->es);
+    store(g, v, at(g, panel, muli(g, lk.i, NR)), (unsigned)(g->w * g->es));
+    loop_end(g, &lk);
+  }
+  if_else(g, &f);
+  { /* general strides, column by column, clamped into B */
+    LLVMValueRef last = sub(g, N, one);
+    GLoop lj = loop_begin(g, zero, c64(g, NR), 1, "pb.j");
+    LLVMValueRef src = at(g, b, add(g, rowbase, mul(g, min64(g, add(g, col0, lj.i), last), csb)));
+    LLVMValueRef d = at(g, panel, lj.i);
+    GLoop lk = loop_begin(g, zero, kc, 1, "pb.k");
+    store(g, load(g, g->elem, at(g, src, mul(g, lk.i, rsb)), 0), at(g, d, muli(g, lk.i, NR)), 0);
+    loop_end(g, &lk);
+    loop_end(g, &lj);
+  }
+  if_end(g, &f);
+  loop_end(g, &lp);
+}
+
+/* ============================== the driver ============================== */
+
+/* nn.gemm.work(job, w): worker w takes tasks until none is left. */
+static void emit_work(Gemm *g) {
+  LLVMTypeRef params[2] = {g->ptr, g->i64};
+  LLVMValueRef fn = g->work = function(g, "nn.gemm.work", params, 2);
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef job = LLVMGetParam(fn, 0), w = LLVMGetParam(fn, 1);
+  LLVMValueRef v[J_COUNT];
+  for (int f = 0; f < J_COUNT; f++)
+    if (f != J_NEXT) v[f] = get(g, J, job, f);
+  LLVMValueRef scratch = byte_at(g, v[J_SCRATCH], mul(g, w, v[J_SSTRIDE]));
+  LLVMValueRef ap = scratch, bp = at(g, scratch, c64(g, round16((int64_t)g->mb * KC)));
+  LLVMValueRef per = mul(g, v[J_MBLK], v[J_NBLK]);
+  LLVMValueRef tasks = mul(g, v[J_BATCH], per);
+
+  LLVMBasicBlockRef head = block(g, "task"), body = block(g, "task.body"), done = block(g, "done");
+  LLVMBuildBr(g->b, head);
+  LLVMPositionBuilderAtEnd(g->b, head);
+  LLVMValueRef t = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, J_NEXT),
+                                      c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, t, tasks, ""), body, done);
+  LLVMPositionBuilderAtEnd(g->b, body);
+  LLVMValueRef bi = LLVMBuildSDiv(g->b, t, per, ""), r = sub(g, t, mul(g, bi, per));
+  LLVMValueRef mi = LLVMBuildSDiv(g->b, r, v[J_NBLK], ""), ni = sub(g, r, mul(g, mi, v[J_NBLK]));
+  LLVMValueRef m0 = mul(g, mi, v[J_MROWS]), n0 = mul(g, ni, v[J_NCOLS]);
+  LLVMValueRef rows = min64(g, v[J_MROWS], sub(g, v[J_M], m0));
+  LLVMValueRef cols = min64(g, v[J_NCOLS], sub(g, v[J_N], n0));
+  LLVMValueRef A = at(g, v[J_A], mul(g, bi, v[J_SA])), B = at(g, v[J_B], mul(g, bi, v[J_SB]));
+  LLVMValueRef C = at(g, v[J_C], mul(g, bi, v[J_SC]));
+
+  /* K blocks; at least one, so that K = 0 still writes C = 0 */
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(g->b), kb = block(g, "kblock");
+  LLVMBuildBr(g->b, kb);
+  LLVMPositionBuilderAtEnd(g->b, kb);
+  LLVMValueRef k0 = LLVMBuildPhi(g->b, g->i64, "k0"), zero = c64(g, 0);
+  LLVMAddIncoming(k0, &zero, &pre, 1);
+  LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
+  kc = max64(g, kc, zero);
+  pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
+  pack_a(g, ap, A, v[J_RSA], v[J_CSA], v[J_M], k0, kc, m0, rows);
+  LLVMValueRef beta = LLVMBuildOr(g->b, v[J_BETA],
+                                  LLVMBuildZExt(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, k0, zero, ""),
+                                                g->i64, ""), "");
+  GLoop lj = loop_begin(g, zero, cols, g->nr, "jr");
+  GLoop li = loop_begin(g, zero, rows, g->mr, "ir");
+  LLVMValueRef cp = at(g, C, add(g, mul(g, add(g, m0, li.i), v[J_LDC]), add(g, n0, lj.i)));
+  LLVMValueRef args[8] = {kc, at(g, ap, mul(g, li.i, kc)), at(g, bp, mul(g, lj.i, kc)), cp,
+                          v[J_LDC], beta, min64(g, c64(g, g->mr), sub(g, rows, li.i)),
+                          min64(g, c64(g, g->nr), sub(g, cols, lj.i))};
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel), g->ukernel, args, 8, "");
+  loop_end(g, &li);
+  loop_end(g, &lj);
+  LLVMValueRef k1 = add(g, k0, c64(g, KC));
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
+  LLVMAddIncoming(k0, &k1, &latch, 1);
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k1, v[J_K], ""), kb, head);
+  LLVMPositionBuilderAtEnd(g->b, done);
+  LLVMBuildRetVoid(g->b);
+}
+
+/* Calls work(job, 0) alone, or threads->run(threads->ctx, work, job) when `parallel`. */
+static void dispatch(Gemm *g, LLVMValueRef work, LLVMValueRef job, LLVMValueRef threads,
+                     LLVMValueRef parallel) {
+  GIf f = if_begin(g, parallel, "parallel");
+  LLVMTypeRef st = LLVMStructTypeInContext(g->ctx, (LLVMTypeRef[]){g->ptr, g->ptr, g->i64}, 3, 0);
+  LLVMValueRef run = get(g, st, threads, 0), ctx = get(g, st, threads, 1);
+  LLVMTypeRef run_ty = LLVMFunctionType(g->vd, (LLVMTypeRef[]){g->ptr, g->ptr, g->ptr}, 3, 0);
+  LLVMBuildCall2(g->b, run_ty, run, (LLVMValueRef[]){ctx, work, job}, 3, "");
+  if_else(g, &f);
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(work), work, (LLVMValueRef[]){job, c64(g, 0)}, 2,
+                 "");
+  if_end(g, &f);
+}
+
+/* Workers in `threads` (1 when NULL). */
+static LLVMValueRef workers_of(Gemm *g, LLVMValueRef threads) {
+  LLVMTypeRef st = LLVMStructTypeInContext(g->ctx, (LLVMTypeRef[]){g->ptr, g->ptr, g->i64}, 3, 0);
+  LLVMValueRef has = LLVMBuildICmp(g->b, LLVMIntNE, threads, LLVMConstNull(g->ptr), "");
+  GIf f = if_begin(g, has, "threads");
+  LLVMValueRef n = get(g, st, threads, 2);
+  LLVMBasicBlockRef from = LLVMGetInsertBlock(g->b);
+  if_else(g, &f);
+  LLVMBasicBlockRef none = LLVMGetInsertBlock(g->b);
+  if_end(g, &f);
+  LLVMValueRef phi = LLVMBuildPhi(g->b, g->i64, "workers");
+  LLVMValueRef one = c64(g, 1);
+  LLVMAddIncoming(phi, &n, &from, 1);
+  LLVMAddIncoming(phi, &one, &none, 1);
+  return max64(g, phi, one);
+}
+
+/* nn.gemm(job, threads): the blocking, then the work. Blocks are as large as the scratch
+ * allows, then split (columns first: that shares A's packing least) until there are two
+ * tasks per worker, so that a worker delayed by the machine's other load costs less. */
+static void emit_gemm(Gemm *g) {
+  LLVMTypeRef params[2] = {g->ptr, g->ptr};
+  LLVMValueRef fn = g->gemm = function(g, "nn.gemm", params, 2);
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef job = LLVMGetParam(fn, 0), threads = LLVMGetParam(fn, 1);
+  LLVMValueRef M = get(g, J, job, J_M), N = get(g, J, job, J_N), K = get(g, J, job, J_K);
+  LLVMValueRef batch = get(g, J, job, J_BATCH), zero = c64(g, 0), one = c64(g, 1);
+  LLVMValueRef empty = LLVMBuildOr(g->b, LLVMBuildICmp(g->b, LLVMIntSLE, M, zero, ""),
+                                   LLVMBuildICmp(g->b, LLVMIntSLE, N, zero, ""), "");
+  empty = LLVMBuildOr(g->b, empty, LLVMBuildICmp(g->b, LLVMIntSLE, batch, zero, ""), "");
+  LLVMBasicBlockRef nothing = block(g, "empty"), go = block(g, "go");
+  LLVMBuildCondBr(g->b, empty, nothing, go);
+  LLVMPositionBuilderAtEnd(g->b, nothing);
+  LLVMBuildRetVoid(g->b);
+  LLVMPositionBuilderAtEnd(g->b, go);
+  LLVMValueRef workers = workers_of(g, threads);
+  LLVMValueRef mp = cdiv(g, M, c64(g, g->mr)), np = cdiv(g, N, c64(g, g->nr));
+  LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
+  LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
+  LLVMValueRef parallel = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
+      LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), "");
+  LLVMValueRef want = LLVMBuildSelect(g->b, parallel, muli(g, workers, 2), one, "");
+  LLVMValueRef total = mul(g, batch, mul(g, mblk, nblk));
+  LLVMValueRef few = LLVMBuildICmp(g->b, LLVMIntSLT, total, want, "");
+  nblk = LLVMBuildSelect(g->b, few, min64(g, np, cdiv(g, want, mul(g, batch, mblk))), nblk, "");
+  total = mul(g, batch, mul(g, mblk, nblk));
+  few = LLVMBuildICmp(g->b, LLVMIntSLT, total, want, "");
+  mblk = LLVMBuildSelect(g->b, few, min64(g, mp, cdiv(g, want, mul(g, batch, nblk))), mblk, "");
+  LLVMValueRef mpp = cdiv(g, mp, mblk), npp = cdiv(g, np, nblk); /* panels per block */
+  LLVMBuilderRef b = g->b;
+  set(g, b, J, job, J_MROWS, muli(g, mpp, g->mr));
+  set(g, b, J, job, J_NCOLS, muli(g, npp, g->nr));
+  set(g, b, J, job, J_MBLK, cdiv(g, mp, mpp));
+  set(g, b, J, job, J_NBLK, cdiv(g, np, npp));
+  set(g, b, J, job, J_NEXT, zero);
+  dispatch(g, g->work, job, threads, parallel);
+  LLVMBuildRetVoid(g->b);
+}
+
+/* ============================== entry points ============================== */
+
+void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef elem,
+                     int vector_bits, int registers) {
+  *g = (Gemm){.ctx = ctx, .mod = mod, .elem = elem};
+  g->b = LLVMCreateBuilderInContext(ctx);
+  g->i64 = LLVMInt64TypeInContext(ctx);
+  g->ptr = LLVMPointerTypeInContext(ctx, 0);
+  g->vd = LLVMVoidTypeInContext(ctx);
+  g->es = elem == LLVMDoubleTypeInContext(ctx) ? 8 : 4;
+  g->w = (int)(vector_bits / 8 / g->es);
+  if (g->w < 1) g->w = 1;
+  g->nr = 2 * g->w;
+  /* mr × 2 accumulators + 2 of B + 1 broadcast must fit the vector registers */
+  g->mr = registers >= 32 ? 8 : 6;
+  g->kc = KC;
+  g->mb = g->mr * MB_PANELS;
+  g->nb = g->nr * NB_PANELS;
+  LLVMTypeRef jt[J_COUNT];
+  for (int f = 0; f < J_COUNT; f++)
+    jt[f] = f == J_A || f == J_B || f == J_C || f == J_SCRATCH ? g->ptr : g->i64;
+  g->job_type = LLVMStructCreateNamed(ctx, "nn.gemm.job");
+  LLVMStructSetBody(g->job_type, jt, J_COUNT, 0);
+  LLVMTypeRef ct[CJ_COUNT];
+  for (int f = 0; f < CJ_COUNT; f++)
+    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH ? g->ptr : g->i64;
+  g->conv_type = LLVMStructCreateNamed(ctx, "nn.conv.job");
+  LLVMStructSetBody(g->conv_type, ct, CJ_COUNT, 0);
+  g->scratch_bytes = LLVMAddGlobal(mod, g->i64, "nn.scratch.bytes");
+  LLVMSetLinkage(g->scratch_bytes, LLVMPrivateLinkage);
+  LLVMSetGlobalConstant(g->scratch_bytes, 1);
+}
+
+static void ensure_gemm(Gemm *g) {
+  if (g->gemm) return;
+  emit_ukernel(g);
+  emit_work(g);
+  emit_gemm(g);
+  need_scratch(g, gemm_scratch(g));
+}
+
+/* Fills a %nn.gemm.job at `job` (builder b) from a. */
+static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs *a,
+                     LLVMValueRef scratch, LLVMValueRef sstride) {
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef v[J_COUNT] = {
+      [J_M] = a->m, [J_N] = a->n, [J_K] = a->k, [J_BATCH] = a->batch,
+      [J_A] = a->a, [J_RSA] = a->rsa, [J_CSA] = a->csa, [J_SA] = a->sa,
+      [J_B] = a->b, [J_RSB] = a->rsb, [J_CSB] = a->csb, [J_SB] = a->sb,
+      [J_C] = a->c, [J_LDC] = a->ldc, [J_SC] = a->sc,
+      [J_BETA] = c64(g, a->accumulate), [J_SCRATCH] = scratch, [J_SSTRIDE] = sstride,
+  };
+  for (int f = 0; f < J_COUNT; f++)
+    if (v[f]) set(g, b, J, job, f, v[f]);
+}
+
+void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef threads,
+                     LLVMValueRef scratch) {
+  ensure_gemm(g);
+  LLVMValueRef job = entry_alloca(g, b, g->job_type, "gemm.job");
+  LLVMValueRef sstride = LLVMBuildLoad2(b, g->i64, g->scratch_bytes, "scratch.bytes");
+  fill_job(g, b, job, a, scratch, sstride);
+  LLVMBuildCall2(b, LLVMGlobalGetValueType(g->gemm), g->gemm, (LLVMValueRef[]){job, threads}, 2,
+                 "");
+}
+
+/* ============================== convolutions ============================== */
+
+/* The geometry of one convolution node, in the forward op's terms: image x [B,H,W,C], filter
+ * [KH,KW,C,F], output y [B,OH,OW,F]; T = KH*KW taps. */
+typedef struct ConvGeom {
+  const ConvAttr *c;
+  int64_t H, W, C, OH, OW, F, T;
+} ConvGeom;
+
+static ConvGeom geometry(const Node *n) {
+  const Node *img = n->op == OP_CONV2D_BWD_DATA ? n : n->src[0];
+  const Node *out = n->op == OP_CONV2D ? n : n->op == OP_CONV2D_BWD_DATA ? n->src[0] : n->src[1];
+  const ConvAttr *c = &n->attr.conv;
+  return (ConvGeom){c, img->shape.dim[1], img->shape.dim[2], img->shape.dim[3],
+                    out->shape.dim[1], out->shape.dim[2], out->shape.dim[3],
+                    (int64_t)c->kh * c->kw};
+}
+
+/* For every output position and tap whose input pixel is inside the image, body(row, tap, pixel):
+ * row = oh*OW + ow (a row of the im2col matrix), tap = kh*KW + kw, pixel = ih*W + iw. When
+ * `outside` is set it is called for the taps in the padding instead (pixel undefined). */
+typedef void (*TapBody)(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRef pixel,
+                        bool inside, const void *ctx);
+
+static void for_taps(Gemm *g, const ConvGeom *q, TapBody body, bool outside, const void *ctx) {
+  const ConvAttr *c = q->c;
+  LLVMValueRef zero = c64(g, 0);
+  GLoop oh = loop_begin(g, zero, c64(g, q->OH), 1, "oh");
+  GLoop ow = loop_begin(g, zero, c64(g, q->OW), 1, "ow");
+  LLVMValueRef row = add(g, muli(g, oh.i, q->OW), ow.i);
+  GLoop kh = loop_begin(g, zero, c64(g, c->kh), 1, "kh");
+  LLVMValueRef ih = add(g, add(g, muli(g, oh.i, c->sh), muli(g, kh.i, c->dh)), c64(g, -c->pt));
+  GLoop kw = loop_begin(g, zero, c64(g, c->kw), 1, "kw");
+  LLVMValueRef iw = add(g, add(g, muli(g, ow.i, c->sw), muli(g, kw.i, c->dw)), c64(g, -c->pl));
+  LLVMValueRef tap = add(g, muli(g, kh.i, c->kw), kw.i);
+  LLVMValueRef in = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntULT, ih, c64(g, q->H), ""),
+                                 LLVMBuildICmp(g->b, LLVMIntULT, iw, c64(g, q->W), ""), "");
+  GIf f = if_begin(g, in, "inside");
+  body(g, row, tap, add(g, muli(g, ih, q->W), iw), true, ctx);
+  if_else(g, &f);
+  if (outside) body(g, row, tap, NULL, false, ctx);
+  if_end(g, &f);
+  loop_end(g, &kw);
+  loop_end(g, &kh);
+  loop_end(g, &ow);
+  loop_end(g, &oh);
+}
+
+typedef struct ColCtx {
+  const ConvGeom *q;
+  LLVMValueRef col, img; /* the im2col matrix [OH*OW, T*C]; the sample's image [H*W, C] */
+} ColCtx;
+
+/* im2col: col[row, tap*C .. +C] = img[pixel, 0 .. C], or zeros in the padding */
+static void im2col_body(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRef pixel,
+                        bool inside, const void *ctx) {
+  const ColCtx *x = ctx;
+  int64_t C = x->q->C;
+  LLVMValueRef dst = at(g, x->col, add(g, muli(g, row, x->q->T * C), muli(g, tap, C)));
+  LLVMValueRef bytes = c64(g, C * g->es);
+  if (inside)
+    LLVMBuildMemCpy(g->b, dst, (unsigned)g->es, at(g, x->img, muli(g, pixel, C)),
+                    (unsigned)g->es, bytes);
+  else
+    LLVMBuildMemSet(g->b, dst, LLVMConstInt(LLVMInt8TypeInContext(g->ctx), 0, 0), bytes,
+                    (unsigned)g->es);
+}
+
+/* col2im: img[pixel, 0 .. C] += col[row, tap*C .. +C] */
+static void col2im_body(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRef pixel,
+                        bool inside, const void *ctx) {
+  const ColCtx *x = ctx;
+  int64_t C = x->q->C;
+  (void)inside;
+  LLVMValueRef src = at(g, x->col, add(g, muli(g, row, x->q->T * C), muli(g, tap, C)));
+  LLVMValueRef dst = at(g, x->img, muli(g, pixel, C));
+  GLoop lc = loop_begin(g, c64(g, 0), c64(g, C), 1, "c");
+  LLVMValueRef p = at(g, dst, lc.i);
+  LLVMValueRef s = LLVMBuildFAdd(g->b, load(g, g->elem, p, 0),
+                                 load(g, g->elem, at(g, src, lc.i), 0), "");
+  store(g, s, p, 0);
+  loop_end(g, &lc);
+}
+
+/* A GEMM on one worker, inside a conv worker: fills a job on this function's stack and calls
+ * nn.gemm with no threads. */
+static void serial_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch) {
+  LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
+  fill_job(g, g->b, job, a, scratch, c64(g, 0));
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
+                 (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+}
+
+/* One sample s of node n on the worker whose scratch is `scr`; `dst` and `first` are for the
+ * filter gradient (its per-worker sum and whether s is the worker's first sample). */
+static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef s,
+                        LLVMValueRef p[3], LLVMValueRef scr, LLVMValueRef dst, LLVMValueRef first) {
+  int64_t TC = q->T * q->C, rows = q->OH * q->OW;
+  LLVMValueRef col = scr, gs = at(g, scr, c64(g, round16(rows * TC)));
+  LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
+  LLVMValueRef img_elems = c64(g, q->H * q->W * q->C), out_elems = c64(g, rows * q->F);
+  GemmArgs a = {.batch = one, .sa = zero, .sb = zero, .sc = zero};
+  switch (n->op) {
+  case OP_CONV2D: { /* y[s] = im2col(x[s]) · w */
+    ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
+    for_taps(g, q, im2col_body, true, &x);
+    a.m = c64(g, rows), a.n = c64(g, q->F), a.k = c64(g, TC);
+    a.a = col, a.rsa = c64(g, TC), a.csa = one;
+    a.b = p[2], a.rsb = c64(g, q->F), a.csb = one;
+    a.c = at(g, p[0], mul(g, s, out_elems)), a.ldc = c64(g, q->F);
+    serial_gemm(g, &a, gs);
+    break;
+  }
+  case OP_CONV2D_BWD_DATA: { /* dx[s] = col2im(g[s] · wᵀ) */
+    a.m = c64(g, rows), a.n = c64(g, TC), a.k = c64(g, q->F);
+    a.a = at(g, p[1], mul(g, s, out_elems)), a.rsa = c64(g, q->F), a.csa = one;
+    a.b = p[2], a.rsb = one, a.csb = c64(g, q->F);
+    a.c = col, a.ldc = c64(g, TC);
+    serial_gemm(g, &a, gs);
+    LLVMValueRef img = at(g, p[0], mul(g, s, img_elems));
+    LLVMBuildMemSet(g->b, img, LLVMConstInt(LLVMInt8TypeInContext(g->ctx), 0, 0),
+                    c64(g, q->H * q->W * q->C * g->es), (unsigned)g->es);
+    ColCtx x = {q, col, img};
+    for_taps(g, q, col2im_body, false, &x);
+    break;
+  }
+  case OP_CONV2D_BWD_FILTER: { /* dw (+)= im2col(x[s])ᵀ · g[s] */
+    ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
+    for_taps(g, q, im2col_body, true, &x);
+    a.m = c64(g, TC), a.n = c64(g, q->F), a.k = c64(g, rows);
+    a.a = col, a.rsa = one, a.csa = c64(g, TC);
+    a.b = at(g, p[2], mul(g, s, out_elems)), a.rsb = c64(g, q->F), a.csb = one;
+    a.c = dst, a.ldc = c64(g, q->F);
+    /* beta is a runtime value here: the job's field is overwritten after filling */
+    LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
+    fill_job(g, g->b, job, &a, gs, c64(g, 0));
+    set(g, g->b, g->job_type, job, J_BETA,
+        LLVMBuildZExt(g->b, LLVMBuildNot(g->b, first, ""), g->i64, ""));
+    LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
+                   (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+    break;
+  }
+  default: unreachable();
+  }
+}
+
+/* Scratch elements one worker of node n uses: the filter gradient's partial sum, the im2col
+ * matrix, the GEMM's packing. */
+static int64_t conv_scratch(const Gemm *g, const ConvGeom *q) {
+  int64_t TC = q->T * q->C;
+  return round16(q->OH * q->OW * TC) + round16(TC * q->F) + gemm_scratch(g);
+}
+
+/* Share k of the filter gradient's samples: [ceil(k*B/W), ceil((k+1)*B/W)), so share 0
+ * always has one when B >= 1. */
+static LLVMValueRef share(Gemm *g, LLVMValueRef w, LLVMValueRef batch, LLVMValueRef workers) {
+  return cdiv(g, mul(g, w, batch), workers);
+}
+
+/* nn.conv.N(job, w) */
+static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
+  char name[48];
+  snprintf(name, sizeof name, "nn.conv.%d", n->id);
+  LLVMTypeRef params[2] = {g->ptr, g->i64};
+  LLVMValueRef fn = function(g, name, params, 2);
+  LLVMTypeRef J = g->conv_type;
+  LLVMValueRef job = LLVMGetParam(fn, 0), w = LLVMGetParam(fn, 1);
+  LLVMValueRef p[3] = {get(g, J, job, CJ_OUT), get(g, J, job, CJ_SRC0), get(g, J, job, CJ_SRC1)};
+  LLVMValueRef batch = get(g, J, job, CJ_BATCH);
+  LLVMValueRef scr = byte_at(g, get(g, J, job, CJ_SCRATCH), mul(g, w, get(g, J, job, CJ_SSTRIDE)));
+  if (n->op == OP_CONV2D_BWD_FILTER) {
+    /* `workers` fixed shares of the batch, each summed into its own buffer (share 0 straight
+     * into the result, share k at the start of worker k's scratch), taken by whichever worker
+     * comes first; the im2col and packing space is the taker's own */
+    LLVMValueRef base = get(g, J, job, CJ_SCRATCH), sstride = get(g, J, job, CJ_SSTRIDE);
+    LLVMValueRef workers = get(g, J, job, CJ_WORKERS);
+    LLVMValueRef rest = at(g, scr, c64(g, round16(q->T * q->C * q->F)));
+    LLVMBasicBlockRef head = block(g, "share"), body = block(g, "share.body");
+    LLVMBasicBlockRef done = block(g, "done");
+    LLVMBuildBr(g->b, head);
+    LLVMPositionBuilderAtEnd(g->b, head);
+    LLVMValueRef k = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, CJ_NEXT),
+                                        c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
+    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k, workers, ""), body, done);
+    LLVMPositionBuilderAtEnd(g->b, body);
+    LLVMValueRef lo = share(g, k, batch, workers);
+    LLVMValueRef hi = share(g, add(g, k, c64(g, 1)), batch, workers);
+    LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
+                                       p[0], byte_at(g, base, mul(g, k, sstride)), "");
+    GLoop ls = loop_begin(g, lo, hi, 1, "s");
+    conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""));
+    loop_end(g, &ls);
+    LLVMBuildBr(g->b, head);
+    LLVMPositionBuilderAtEnd(g->b, done);
+  } else { /* samples handed out one at a time */
+    LLVMBasicBlockRef head = block(g, "sample"), body = block(g, "sample.body");
+    LLVMBasicBlockRef done = block(g, "done");
+    LLVMBuildBr(g->b, head);
+    LLVMPositionBuilderAtEnd(g->b, head);
+    LLVMValueRef s = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, CJ_NEXT),
+                                        c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
+    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, s, batch, ""), body, done);
+    LLVMPositionBuilderAtEnd(g->b, body);
+    conv_sample(g, n, q, s, p, scr, NULL, NULL);
+    LLVMBuildBr(g->b, head);
+    LLVMPositionBuilderAtEnd(g->b, done);
+  }
+  LLVMBuildRetVoid(g->b);
+  return fn;
+}
+
+void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
+                     LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
+                     LLVMValueRef scratch) {
+  ensure_gemm(g);
+  ConvGeom q = geometry(n);
+  need_scratch(g, conv_scratch(g, &q));
+  LLVMValueRef work = emit_conv_work(g, n, &q);
+  /* from here on, build in the caller's function */
+  LLVMBuilderRef own = g->b;
+  g->b = b;
+  LLVMTypeRef J = g->conv_type;
+  LLVMValueRef job = entry_alloca(g, b, J, "conv.job");
+  LLVMValueRef workers = workers_of(g, threads);
+  LLVMValueRef parallel = LLVMBuildICmp(b, LLVMIntSGT, min64(g, workers, batch), c64(g, 1), "");
+  workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
+  LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch,
+                              LLVMBuildLoad2(b, g->i64, g->scratch_bytes, ""), c64(g, 0), workers};
+  for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
+  dispatch(g, work, job, threads, parallel);
+  if (n->op == OP_CONV2D_BWD_FILTER) { /* out += the other workers' sums, in worker order */
+    int64_t TC = q.T * q.C, elems = TC * q.F;
+    LLVMValueRef sstride = v[CJ_SSTRIDE];
+    GLoop lw = loop_begin(g, c64(g, 1), workers, 1, "w");
+    LLVMValueRef lo = share(g, lw.i, batch, workers);
+    LLVMValueRef hi = share(g, add(g, lw.i, c64(g, 1)), batch, workers);
+    GIf f = if_begin(g, LLVMBuildICmp(b, LLVMIntSLT, lo, hi, ""), "some");
+    LLVMValueRef part = byte_at(g, scratch, mul(g, lw.i, sstride));
+    GLoop le = loop_begin(g, c64(g, 0), c64(g, elems), 1, "e");
+    LLVMValueRef d = at(g, out, le.i);
+    store(g, LLVMBuildFAdd(b, load(g, g->elem, d, 0), load(g, g->elem, at(g, part, le.i), 0), ""),
+          d, 0);
+    loop_end(g, &le);
+    if_end(g, &f);
+    loop_end(g, &lw);
+  }
+  g->b = own;
+}
+
+int64_t lower_gemm_finish(Gemm *g) {
+  int64_t bytes = round16(g->scratch_elems) * g->es;
+  LLVMSetInitializer(g->scratch_bytes, c64(g, bytes));
+  LLVMDisposeBuilder(g->b);
+  return bytes;
+}

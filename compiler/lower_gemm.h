@@ -1,0 +1,55 @@
+/* lower_gemm.h — the interface between lower_llvm.c and lower_gemm.c (the generated matrix
+ * multiply, and the convolutions built on it). With lower_llvm.c, the only code that includes
+ * llvm-c; nothing outside the lowering stage sees it. */
+#ifndef LOWER_GEMM_H
+#define LOWER_GEMM_H
+
+#include <llvm-c/Core.h>
+
+#include "nnc.h"
+
+/* The GEMM of one module: its tiling, chosen from the target's vector registers, and the
+ * functions emitted for it (on first use, with their own builder). */
+typedef struct Gemm {
+  LLVMContextRef ctx;
+  LLVMModuleRef mod;
+  LLVMBuilderRef b;          /* positioned in whichever function lower_gemm.c is emitting */
+  LLVMTypeRef elem, i64, ptr, vd;
+  int64_t es;                /* bytes per element */
+  int w;                     /* elements per vector register */
+  int mr, nr;                /* micro-tile: mr rows of C by nr columns (nr = 2w) */
+  int kc;                    /* depth of a packed block of A and B */
+  int mb, nb;                /* most rows of A / columns of B one task packs */
+  LLVMTypeRef job_type;      /* %nn.gemm.job */
+  LLVMTypeRef conv_type;     /* %nn.conv.job */
+  LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
+  LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */
+  int64_t scratch_elems;     /* per worker: the most any kernel of the module uses */
+} Gemm;
+
+/* C = A·B, or C += A·B when `accumulate`, for `batch` matrices: element (i, j) of matrix t of
+ * X is X[t*sX + i*rsX + j*csX] (the transposes are just strides); C is row-major, ldc apart.
+ * A is m×k, B is k×n. Every value is an i64 except the three pointers. */
+typedef struct GemmArgs {
+  LLVMValueRef m, n, k, batch;
+  LLVMValueRef a, rsa, csa, sa;
+  LLVMValueRef b, rsb, csb, sb;
+  LLVMValueRef c, ldc, sc;
+  bool accumulate;
+} GemmArgs;
+
+/* vector_bits / registers: the target's SIMD width and vector register count. */
+void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef elem,
+                     int vector_bits, int registers);
+/* Emits at b's position a call of the module's GEMM on io's threads and scratch. */
+void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef threads,
+                     LLVMValueRef scratch);
+/* Emits at b's position conv2d, conv2d_bwd_data or conv2d_bwd_filter of node n as per-sample
+ * im2col / col2im and GEMMs, parallel over the batch: out = n(src0, src1). */
+void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
+                     LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
+                     LLVMValueRef scratch);
+/* Sets nn.scratch.bytes once every kernel is emitted; returns the bytes. */
+int64_t lower_gemm_finish(Gemm *g);
+
+#endif

@@ -1,0 +1,158 @@
+/* pool.c — the thread pool behind NN_IO_THREADS: takes a worker count, gives an NnThreads whose
+ * run() calls work(arg, w) for every worker w at once, the caller being worker 0.
+ *
+ * A training step calls run() a few times per layer, every few hundred microseconds, so waking
+ * sleeping threads through the kernel each time would cost more than small matmuls do. Workers
+ * therefore spin on a generation counter for a while (yielding the CPU as they go, since the
+ * cores may be shared) and only then sleep on a condition variable. The caller does not wait
+ * for a worker that has not joined by the time it finished its own share: on a loaded machine
+ * a worker may not get a core for milliseconds. It closes the job, so late workers skip it,
+ * and waits only for those that joined (the kernels hand out work dynamically, so whatever a
+ * worker does not take, the others do). */
+#define _GNU_SOURCE /* sched_getaffinity */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "nnrt_internal.h"
+
+enum {
+  CLOSED = 1 << 30,           /* in `active`: the job takes no more workers */
+  SPINS_BEFORE_YIELD = 1000,  /* busy polls before each sched_yield */
+  YIELDS_BEFORE_SLEEP = 30,   /* yields before a worker blocks (about a millisecond) */
+};
+
+struct NnPool {
+  NnThreads threads;          /* what the kernels see; ctx points back here */
+  pthread_t *tid;             /* workers 1..n-1 (worker 0 is the caller of run) */
+  int n;                      /* workers, the caller included */
+  pthread_mutex_t lock;       /* guards the sleep/wake handshake */
+  pthread_cond_t wake;        /* signalled when generation advances */
+  atomic_long generation;     /* bumped by run(): a new job is published */
+  atomic_int active;          /* workers inside the current job, | CLOSED once the caller is done */
+  atomic_int sleepers;        /* workers blocked on `wake` */
+  int quit;                   /* under lock: workers exit */
+  NnWork work;                /* the current job */
+  void *arg;
+};
+
+typedef struct Worker {
+  NnPool *pool;
+  int64_t index; /* 1..n-1 */
+} Worker;
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+/* Waits until generation differs from `seen`; returns the new value. */
+static long wait_job(NnPool *p, long seen) {
+  for (int y = 0; y < YIELDS_BEFORE_SLEEP; y++) {
+    for (int s = 0; s < SPINS_BEFORE_YIELD; s++) {
+      long g = atomic_load_explicit(&p->generation, memory_order_acquire);
+      if (g != seen) return g;
+      cpu_relax();
+    }
+    sched_yield();
+  }
+  pthread_mutex_lock(&p->lock);
+  atomic_fetch_add(&p->sleepers, 1);
+  long g;
+  while ((g = atomic_load(&p->generation)) == seen && !p->quit)
+    pthread_cond_wait(&p->wake, &p->lock);
+  atomic_fetch_sub(&p->sleepers, 1);
+  pthread_mutex_unlock(&p->lock);
+  return g;
+}
+
+static void *worker_main(void *v) {
+  Worker *w = v;
+  NnPool *p = w->pool;
+  long seen = 0;
+  for (;;) {
+    seen = wait_job(p, seen);
+    pthread_mutex_lock(&p->lock);
+    int quit = p->quit;
+    pthread_mutex_unlock(&p->lock);
+    if (quit) break;
+    int a = atomic_load_explicit(&p->active, memory_order_acquire);
+    while (!(a & CLOSED) && !atomic_compare_exchange_weak_explicit(
+                                &p->active, &a, a + 1, memory_order_acq_rel, memory_order_acquire))
+      ;
+    if (a & CLOSED) continue; /* the caller finished without us */
+    seen = atomic_load_explicit(&p->generation, memory_order_acquire); /* the job joined */
+    p->work(p->arg, w->index);
+    atomic_fetch_sub_explicit(&p->active, 1, memory_order_release);
+  }
+  free(w);
+  return NULL;
+}
+
+static void pool_run(void *ctx, NnWork work, void *arg) {
+  NnPool *p = ctx;
+  if (p->n == 1) {
+    work(arg, 0);
+    return;
+  }
+  p->work = work;
+  p->arg = arg;
+  atomic_store_explicit(&p->active, 0, memory_order_release);
+  atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+  if (atomic_load(&p->sleepers) > 0) { /* only then is the syscall needed */
+    pthread_mutex_lock(&p->lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+  }
+  work(arg, 0);
+  atomic_fetch_or_explicit(&p->active, CLOSED, memory_order_acq_rel);
+  for (int s = 0; atomic_load_explicit(&p->active, memory_order_acquire) & ~CLOSED; s++) {
+    if (s % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1) sched_yield();
+    cpu_relax();
+  }
+}
+
+int nnrt_cpus_available(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  int n = CPU_COUNT(&set);
+  return n < 1 ? 1 : n;
+}
+
+NnPool *nnrt_pool_new(int workers) {
+  if (workers < 1) workers = 1;
+  NnPool *p = NNRT_ALLOC(1, NnPool);
+  *p = (NnPool){.n = workers};
+  p->threads = (NnThreads){.run = pool_run, .ctx = p, .workers = workers};
+  pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->wake, NULL);
+  atomic_init(&p->generation, 0);
+  atomic_init(&p->active, CLOSED);
+  atomic_init(&p->sleepers, 0);
+  p->tid = NNRT_ALLOC(workers, pthread_t);
+  for (int i = 1; i < workers; i++) {
+    Worker *w = NNRT_ALLOC(1, Worker);
+    *w = (Worker){p, i};
+    int e = pthread_create(&p->tid[i], NULL, worker_main, w);
+    if (e) nnrt_fatal("cannot start worker thread %d of %d (error %d)", i, workers, e);
+  }
+  return p;
+}
+
+NnThreads *nnrt_pool_threads(NnPool *p) { return &p->threads; }
+
+void nnrt_pool_free(NnPool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->lock);
+  p->quit = 1;
+  atomic_fetch_add(&p->generation, 1);
+  pthread_cond_broadcast(&p->wake);
+  pthread_mutex_unlock(&p->lock);
+  for (int i = 1; i < p->n; i++) pthread_join(p->tid[i], NULL);
+  pthread_mutex_destroy(&p->lock);
+  pthread_cond_destroy(&p->wake);
+  free(p->tid);
+  free(p);
+}
