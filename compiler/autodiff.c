@@ -16,6 +16,57 @@ static Node *loss_of(const Graph *g) {
   return NULL;
 }
 
+/* The reverse walk: from y (whose adjoint adj[y] is set) down to node `lo`, calling each op's
+ * gradient rule where needs[] says the node depends on what is being differentiated for,
+ * summing contributions with add. Nodes it makes get ids past the arrays, which it never
+ * reads. False after an error naming an op with no gradient rule. */
+static bool backward(Builder *b, Node *y, int lo, const bool *needs, Node **adj) {
+  Graph *g = b->g;
+  for (int i = y->id; i >= lo; i--) {
+    Node *x = g->nodes[i];
+    if (!adj[i] || !needs[i] || op_info[x->op].arity == 0) continue;
+    if (!op_info[x->op].grad) {
+      diag_error(x->loc, "cannot differentiate '%s': it has no gradient rule",
+                 op_info[x->op].text);
+      return false;
+    }
+    b->loc = x->loc;
+    Node *d[3] = {NULL, NULL, NULL};
+    op_info[x->op].grad(b, x, adj[i], d);
+    for (int k = 0; k < op_info[x->op].arity; k++) {
+      Node *src = x->src[k];
+      if (!d[k] || !needs[src->id]) continue;
+      if (!shape_eq(d[k]->shape, src->shape))
+        diag_internal(__FILE__, __LINE__, "gradient of %s operand %d is %s, operand is %s",
+                      op_info[x->op].text, k, shape_str(d[k]->shape, false),
+                      shape_str(src->shape, false));
+      adj[src->id] = adj[src->id] ? ir_add(b, adj[src->id], d[k]) : d[k];
+    }
+    if (!b->ok) diag_internal(__FILE__, __LINE__, "a gradient rule of '%s' failed", op_info[x->op].text);
+  }
+  return true;
+}
+
+Node *ad_grad(Builder *b, Node *y, Node *wrt) {
+  Graph *g = b->g;
+  int n = g->n_nodes;
+  Loc loc = b->loc;
+  bool *needs = xalloc(n * sizeof *needs); /* depends on wrt */
+  for (int i = wrt->id; i <= y->id; i++) {
+    Node *x = g->nodes[i];
+    needs[i] = x == wrt;
+    for (int k = 0; k < op_info[x->op].arity; k++) needs[i] |= needs[x->src[k]->id];
+  }
+  if (y->id < wrt->id || !needs[y->id]) return ir_expand(b, ir_const(b, 0), wrt->shape);
+  Node **adj = xalloc(n * sizeof *adj);
+  /* each sample's y depends on its own inputs only, so seeding every y with 1 gives each
+   * sample its own gradient */
+  adj[y->id] = y->shape.rank ? ir_expand(b, ir_const(b, 1), y->shape) : ir_const(b, 1);
+  bool ok = backward(b, y, wrt->id, needs, adj);
+  b->loc = loc;
+  return ok ? adj[wrt->id] : NULL;
+}
+
 bool ad_gradients(Unit *u) {
   Graph *g = u->train;
   Node *loss = loss_of(g);
@@ -31,28 +82,7 @@ bool ad_gradients(Unit *u) {
   Node **adj = xalloc(n * sizeof *adj); /* adj[i] = dLoss / d nodes[i] */
   Builder b = {g, loss->loc, true};
   adj[loss->id] = ir_const(&b, 1);
-  for (int i = loss->id; i >= 0; i--) {
-    Node *x = g->nodes[i];
-    if (!adj[i] || !needs[i] || op_info[x->op].arity == 0) continue;
-    if (!op_info[x->op].grad) {
-      diag_error(x->loc, "cannot differentiate '%s': it has no gradient rule",
-                 op_info[x->op].text);
-      return false;
-    }
-    b.loc = x->loc;
-    Node *d[3] = {NULL, NULL, NULL};
-    op_info[x->op].grad(&b, x, adj[i], d);
-    for (int k = 0; k < op_info[x->op].arity; k++) {
-      Node *src = x->src[k];
-      if (!d[k] || !needs[src->id]) continue;
-      if (!shape_eq(d[k]->shape, src->shape))
-        diag_internal(__FILE__, __LINE__, "gradient of %s operand %d is %s, operand is %s",
-                      op_info[x->op].text, k, shape_str(d[k]->shape, false),
-                      shape_str(src->shape, false));
-      adj[src->id] = adj[src->id] ? ir_add(&b, adj[src->id], d[k]) : d[k];
-    }
-    if (!b.ok) diag_internal(__FILE__, __LINE__, "a gradient rule of '%s' failed", op_info[x->op].text);
-  }
+  if (!backward(&b, loss, 0, needs, adj)) return false;
   /* a parameter read in several places (a model called twice) sums its leaves' gradients */
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];

@@ -1125,43 +1125,98 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
   return regions;
 }
 
+/* A large graph (an unrolled recurrence has thousands of nodes) is lowered as a chain of
+ * outlined parts of about PART_NODES nodes (whole loop groups) each, called in order by the
+ * kernel: LLVM's optimiser
+ * is superlinear in the size of one function, and linear over many small ones. Parts talk
+ * through memory, as the nodes of one function already do. */
+enum { PART_NODES = 64, PART_ABOVE = 512 /* needed nodes before a kernel is split */ };
+
+/* Starts emitting into fn (io, batch): its entry block, and the regions' base pointers. */
+static void begin_fn(Lower *L, LLVMValueRef fn, unsigned regions) {
+  L->fn = fn;
+  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
+  LLVMValueRef io = LLVMGetParam(fn, 0);
+  L->batch = LLVMGetParam(fn, 1);
+  memset(L->region, 0, sizeof L->region);
+  for (int r = 0; r < NN_IO_COUNT; r++) {
+    if (!(regions & (1u << r))) continue;
+    LLVMValueRef idx = i64c(L, r);
+    LLVMValueRef slot = r ? LLVMBuildInBoundsGEP2(L->b, L->ptr, io, &idx, 1, "") : io;
+    L->region[r] = LLVMBuildLoad2(L->b, L->ptr, slot, region_name[r]);
+  }
+}
+
+/* Values made in one function are not visible in another: forget the node pointers and
+ * make the needed scalars in the function being emitted. */
+static void rebind_scalars(Lower *L, const Graph *g, const bool *need) {
+  memset(L->at, 0, sizeof *L->at * ((size_t)g->n_nodes + 1));
+  for (int i = 0; i < g->n_nodes; i++)
+    if (need[i] && class_of(g->nodes[i]) == CLASS_SCALAR) lower_node(L, g->nodes[i]);
+}
+
 static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsigned io_mask) {
   LLVMTypeRef params[2] = {L->ptr, L->i64};
   LLVMTypeRef fty = LLVMFunctionType(L->vd, params, 2, 0);
-  L->fn = LLVMAddFunction(L->mod, name, fty);
+  LLVMValueRef kernel = LLVMAddFunction(L->mod, name, fty);
   unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
-  LLVMAddAttributeAtIndex(L->fn, LLVMAttributeFunctionIndex,
+  LLVMAddAttributeAtIndex(kernel, LLVMAttributeFunctionIndex,
                           LLVMCreateEnumAttribute(L->ctx, nounwind, 0));
-  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, L->fn, "entry"));
-  LLVMValueRef io = LLVMGetParam(L->fn, 0);
-  L->batch = LLVMGetParam(L->fn, 1);
-  memset(L->region, 0, sizeof L->region);
-  if (g) {
-    bool *need = xalloc((size_t)g->n_nodes + 1);
-    unsigned regions = mark_needed(g, io_mask, need);
-    for (int r = 0; r < NN_IO_COUNT; r++) {
-      if (!(regions & (1u << r))) continue;
-      LLVMValueRef idx = i64c(L, r);
-      LLVMValueRef slot = r ? LLVMBuildInBoundsGEP2(L->b, L->ptr, io, &idx, 1, "") : io;
-      L->region[r] = LLVMBuildLoad2(L->b, L->ptr, slot, region_name[r]);
-    }
-    L->val = xalloc(sizeof *L->val * ((size_t)g->n_nodes + 1));
-    L->at = xalloc(sizeof *L->at * ((size_t)g->n_nodes + 1));
-    L->g = g;
-    for (int i = 0; i < g->n_nodes; i++) /* scalars are SSA values every loop may use */
-      if (need[i] && class_of(g->nodes[i]) == CLASS_SCALAR) lower_node(L, g->nodes[i]);
-    for (int gi = 0; gi < g->n_groups; gi++) {
-      const Group *G = &g->groups[gi];
-      bool any = false;
-      for (int i = 0; i < G->n_members; i++) any |= need[G->members[i]->id];
-      if (!any) continue;
-      if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
-      else lower_node(L, G->members[0]);
-    }
-    lower_outputs(L, g, io_mask);
+  if (!g) {
+    begin_fn(L, kernel, 0);
+    LLVMBuildRetVoid(L->b);
+    return kernel;
   }
+  bool *need = xalloc((size_t)g->n_nodes + 1);
+  unsigned regions = mark_needed(g, io_mask, need);
+  begin_fn(L, kernel, regions);
+  LLVMBasicBlockRef kernel_block = LLVMGetInsertBlock(L->b);
+  LLVMValueRef kernel_region[NN_IO_COUNT], kernel_batch = L->batch;
+  memcpy(kernel_region, L->region, sizeof kernel_region);
+  L->val = xalloc(sizeof *L->val * ((size_t)g->n_nodes + 1));
+  L->at = xalloc(sizeof *L->at * ((size_t)g->n_nodes + 1));
+  L->g = g;
+  rebind_scalars(L, g, need); /* scalars are SSA values every loop may use */
+  int needed = 0, count = 0, parts = 0;
+  for (int i = 0; i < g->n_nodes; i++) needed += need[i];
+  for (int gi = 0; gi < g->n_groups; gi++) {
+    const Group *G = &g->groups[gi];
+    bool any = false;
+    for (int i = 0; i < G->n_members; i++) any |= need[G->members[i]->id];
+    if (!any) continue;
+    if (needed > PART_ABOVE && (!parts || count >= PART_NODES)) {
+      /* the next groups go into a new part, which the kernel calls here */
+      if (parts) LLVMBuildRetVoid(L->b);
+      char part_name[96];
+      snprintf(part_name, sizeof part_name, "%s.part%d", name, parts++);
+      LLVMValueRef part = LLVMAddFunction(L->mod, part_name, fty);
+      LLVMSetLinkage(part, LLVMInternalLinkage);
+      static const char *const attrs[] = {"nounwind", "noinline"};
+      for (int k = 0; k < 2; k++)
+        LLVMAddAttributeAtIndex(part, LLVMAttributeFunctionIndex,
+                                LLVMCreateEnumAttribute(L->ctx,
+                                    LLVMGetEnumAttributeKindForName(attrs[k], strlen(attrs[k])), 0));
+      LLVMPositionBuilderAtEnd(L->b, kernel_block);
+      LLVMValueRef args[2] = {LLVMGetParam(kernel, 0), LLVMGetParam(kernel, 1)};
+      LLVMBuildCall2(L->b, fty, part, args, 2, "");
+      begin_fn(L, part, regions);
+      rebind_scalars(L, g, need);
+      count = 0;
+    }
+    if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
+    else lower_node(L, G->members[0]);
+    count += G->n_members;
+  }
+  if (parts) { /* back in the kernel, for the outputs */
+    LLVMBuildRetVoid(L->b);
+    L->fn = kernel, L->batch = kernel_batch;
+    memcpy(L->region, kernel_region, sizeof kernel_region);
+    LLVMPositionBuilderAtEnd(L->b, kernel_block);
+    rebind_scalars(L, g, need);
+  }
+  lower_outputs(L, g, io_mask);
   LLVMBuildRetVoid(L->b);
-  return L->fn;
+  return kernel;
 }
 
 /* ============================== nn_model ============================== */

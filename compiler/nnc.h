@@ -367,6 +367,9 @@ Unit *sema(Ast *program, Ast *prelude);
  * parameter, as outputs to NN_IO_GRAD. Returns false (after an error) if an op on the path
  * has no gradient rule. */
 bool ad_gradients(Unit *u);
+/* In-graph gradient (sema's `gradient(y, x)`): d y / d wrt as nodes of b's graph, each
+ * sample's y differentiated on its own; NULL after an error. */
+Node *ad_grad(Builder *b, Node *y, Node *wrt);
 
 /* ============================== fuse.c ============================== */
 

@@ -527,7 +527,8 @@ BUILTIN(call_flatten) {
 /* The built-ins whose positional argument i may be a list [..]. */
 static bool takes_list(const Builtin *bi, int i) {
   if (i == 0)
-    return bi->op == OP_RAND_UNIFORM || bi->op == OP_RAND_NORMAL || !strcmp(bi->name, "iota");
+    return bi->op == OP_RAND_UNIFORM || bi->op == OP_RAND_NORMAL || !strcmp(bi->name, "iota") ||
+           !strcmp(bi->name, "zeros");
   return i == 1 && (!strcmp(bi->name, "reshape") || !strcmp(bi->name, "permute"));
 }
 
@@ -570,6 +571,24 @@ BUILTIN(call_random) {
   if (width.kind != V_NUM || width.num != 1) r = binary(s, OP_MUL, r, width);
   if (base.kind != V_NUM || base.num != 0) r = binary(s, OP_ADD, r, base);
   return r;
+}
+
+/* zeros([dims]): a constant tensor of zeros, the same for every sample (an initial state). */
+BUILTIN(call_zeros) {
+  Shape to = {.rank = a->v[0].kind == V_LIST ? a->v[0].len : -1};
+  bool ok = to.rank >= 0 && to.rank <= MAX_RANK - 1;
+  for (int i = 0; ok && i < to.rank; i++) {
+    double d = a->v[0].nums[i];
+    ok = d >= 1 && d == floor(d) && d <= 1 << 30;
+    to.dim[i] = ok ? (int64_t)d : 1;
+  }
+  if (!ok) {
+    diag_error(a->ast[0]->loc, "'%s' takes a shape: a list of positive integers, like [4, 8]",
+               bi->name);
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  return tensor(ir_expand(&s->b, ir_const(&s->b, 0), to));
 }
 
 /* ---- convolution and pooling builtins: conv2d_op, conv2d_transpose_op, maxpool, avgpool,
@@ -1098,6 +1117,23 @@ BUILTIN(call_rank) {
   return x ? number(sample_rank(x)) : ERR;
 }
 
+/* gradient(y, x): d y / d x, built into the graph by reverse mode (autodiff.c), for
+ * gradients with respect to inputs: saliency, adversarial examples (x + eps * sign(g)).
+ * y is one number per sample, and each sample's y is differentiated on its own; x is any
+ * tensor the graph has built (the input x, a hidden value, a parameter). */
+BUILTIN(call_gradient) {
+  Node *y = tensor_arg(bi, call, a, 0), *x = y ? tensor_arg(bi, call, a, 1) : NULL;
+  if (!x) return ERR;
+  if (sample_rank(y) != 0) {
+    diag_error(a->ast[0]->loc, "'gradient' differentiates one number per sample, got %s; "
+               "wrap it in sum() or mean()", shape_str(y->shape, true));
+    return ERR;
+  }
+  s->b.loc = call->loc;
+  Node *g = ad_grad(&s->b, y, x);
+  return g ? tensor(g) : ERR;
+}
+
 static const Builtin builtins[] = {
     {"exp", 1, 1, {0}, OP_EXP, call_unary},
     {"log", 1, 1, {0}, OP_LOG, call_unary},
@@ -1129,6 +1165,8 @@ static const Builtin builtins[] = {
     {"one_hot", 2, 2, {"like"}, OP_IOTA, call_one_hot},
     {"iota", 1, 1, {"axis"}, OP_IOTA, call_iota},
     {"rank", 1, 1, {0}, OP_RESHAPE, call_rank},
+    {"zeros", 1, 1, {0}, OP_EXPAND, call_zeros},
+    {"gradient", 2, 2, {0}, OP_COUNT, call_gradient},
     /* convolution and pooling */
     {"conv2d_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D, call_conv2d},
     {"conv2d_transpose_op", 2, 2, {"stride", "padding", "dilation"}, OP_CONV2D_BWD_DATA,
@@ -1147,7 +1185,10 @@ static const Builtin builtins[] = {
 };
 enum { N_BUILTINS = sizeof builtins / sizeof *builtins };
 
-static const char *builtin_name(int i) { return i < N_BUILTINS ? builtins[i].name : NULL; }
+/* scan is handled apart (call_scan): its first argument names a definition, not a value */
+static const char *builtin_name(int i) {
+  return i < N_BUILTINS ? builtins[i].name : i == N_BUILTINS ? "scan" : NULL;
+}
 
 /* Calls a built-in function; false if `call` does not name one. */
 static bool call_builtin(Sema *s, Frame *f, const Ast *call, Value *out) {
@@ -1530,10 +1571,14 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
         diag_error(st->a->loc, "'repeat' needs a count: an integer from 0 to 10000");
         break;
       }
+      uint32_t site = f->site;
       for (int k = 0; k < (int)n.num; k++) {
         int errors = diag_error_count();
         bool inner = false;
+        /* random ops draw anew in every repetition (the first keeps the enclosing salts) */
+        f->site = k ? (site ^ (uint32_t)k) * 16777619u : site;
         run_body(s, f, &st->body, &inner);
+        f->site = site;
         if (inner) {
           diag_error(st->loc, "'return' inside 'repeat' is not supported");
           break;
@@ -1647,6 +1692,157 @@ static Value model_params(Sema *s, const Ast *call) {
   return tensor(all);
 }
 
+/* ---- scan: recurrences ---- */
+
+/* A copy of a counter list, so every step of a scan names its layers as the first did. */
+static Counter *copy_counters(const Counter *c) {
+  if (!c) return NULL;
+  Counter *r = xalloc(sizeof *r);
+  *r = *c;
+  r->next = copy_counters(c->next);
+  return r;
+}
+
+/* Joins pieces[lo..hi) along `axis` as a balanced tree of concats, so T pieces cost
+ * O(T log T) copies rather than the O(T^2) of a chain. */
+static Node *stack_tree(Sema *s, Node **pieces, int lo, int hi, int axis) {
+  if (hi - lo == 1) return pieces[lo];
+  int mid = lo + (hi - lo) / 2;
+  Node *x = stack_tree(s, pieces, lo, mid, axis), *y = stack_tree(s, pieces, mid, hi, axis);
+  return x && y ? ir_concat(&s->b, x, y, axis) : NULL;
+}
+
+/* scan(cell, xs, init, extra..., last = 0, reverse = 0, key = v...): a recurrence over the
+ * first per-sample axis of xs. Step i calls cell(xs[i], state, extra..., key = v...) and its
+ * result is the next state; init is the first. The result is every step's state stacked
+ * along a new first axis ([t, ...state]), in the order of xs, or with last = 1 the final
+ * state. reverse = 1 runs from the end of xs to its start. cell is a fn or a layer; a layer
+ * owns one set of parameters that every step shares.
+ *
+ * The recurrence is unrolled here, over the sequence length known at compile time, so the
+ * graph stays a DAG of primitives and autodiff differentiates it as backpropagation through
+ * time with no special case. */
+static Value call_scan(Sema *s, Frame *f, const Ast *call) {
+  const Ast *cell_ast = call->kids.len ? call->kids.items[0] : NULL;
+  const Ast *cell = cell_ast && cell_ast->kind == AST_NAME ? lookup_def(s, cell_ast->name) : NULL;
+  if (!cell || (cell->kind != AST_FN && cell->kind != AST_LAYER)) {
+    diag_error(cell_ast ? cell_ast->loc : call->loc,
+               "scan's first argument is the step: the name of a fn or layer, like "
+               "scan(rnn_cell, xs, h0)");
+    return ERR;
+  }
+  Ast rest = *call; /* the arguments after the cell, evaluated once */
+  rest.kids.items++, rest.kids.len--;
+  Args a;
+  if (!eval_args(s, f, &rest, &a, false)) return ERR;
+  int positional = 0;
+  const Value *last = NULL, *reverse = NULL;
+  for (int i = 0; i < a.n; i++) {
+    if (a.v[i].kind == V_ERROR) return ERR;
+    positional += !a.kw[i];
+    if (a.kw[i] && !strcmp(a.kw[i], "last")) last = &a.v[i];
+    if (a.kw[i] && !strcmp(a.kw[i], "reverse")) reverse = &a.v[i];
+  }
+  if (positional < 2) {
+    diag_error(call->loc, "scan needs a sequence and an initial state after the step, like "
+               "scan(%s, xs, h0)", cell->name);
+    return ERR;
+  }
+  for (const Value *o = last; o; o = o == last ? reverse : NULL)
+    if (o && (!is_int(*o) || o->num < 0 || o->num > 1)) {
+      diag_error(kwarg_loc(&a, o == last ? "last" : "reverse", call->loc),
+                 "scan: '%s' must be 0 or 1", o == last ? "last" : "reverse");
+      return ERR;
+    }
+  Node *xs = a.v[0].kind == V_TENSOR ? a.v[0].node : NULL;
+  if (!xs || sample_rank(xs) < 1) {
+    diag_error(a.ast[0]->loc, "scan runs over a sequence: a tensor with a first axis of steps, "
+               "got %s", xs ? shape_str(xs->shape, true) : "a number");
+    return ERR;
+  }
+  if (a.v[1].kind != V_TENSOR) {
+    diag_error(a.ast[1]->loc, "scan's initial state must be a tensor, like zeros([units])");
+    return ERR;
+  }
+  Builder *b = &s->b;
+  int axis = batched(xs);
+  int64_t steps = xs->shape.dim[axis];
+  if (steps > 10000) {
+    diag_error(a.ast[0]->loc, "scan over %lld steps: at most 10000 are unrolled",
+               (long long)steps);
+    return ERR;
+  }
+  /* the call made at each step: cell(__x, __s, __a2, ..., key = __a5, ...), its names bound
+   * in a frame of the caller's prefix */
+  Ast *step_call = ast_new(AST_CALL, call->loc);
+  step_call->name = cell->name;
+  const char **names = xalloc((a.n + 2) * sizeof *names);
+  for (int i = 0; i < a.n; i++) {
+    if (a.kw[i] && (!strcmp(a.kw[i], "last") || !strcmp(a.kw[i], "reverse"))) continue;
+    names[i] = xprintf("scan arg %d", i);
+    Ast *ref = ast_new(AST_NAME, a.ast[i]->loc);
+    ref->name = names[i];
+    if (a.kw[i]) {
+      Ast *kw = ast_new(AST_KWARG, a.ast[i]->loc);
+      kw->name = a.kw[i], kw->a = ref;
+      ref = kw;
+    }
+    ast_push(&step_call->kids, ref);
+  }
+  Node **outs = xalloc(steps * sizeof *outs);
+  Node *state = a.v[1].node;
+  Shape state_shape = sample_shape(state);
+  Counter *counters = f->counters;
+  bool rev = reverse && reverse->num;
+  int errors = diag_error_count();
+  for (int64_t k = 0; k < steps; k++) {
+    int64_t t = rev ? steps - 1 - k : k;
+    b->loc = call->loc;
+    int64_t lo[MAX_RANK], hi[MAX_RANK], st[MAX_RANK];
+    for (int i = 0; i < xs->shape.rank; i++) lo[i] = 0, hi[i] = xs->shape.dim[i], st[i] = 1;
+    lo[axis] = t, hi[axis] = t + 1;
+    Shape one = xs->shape; /* xs[t]: the step axis dropped */
+    memmove(one.dim + axis, one.dim + axis + 1, (one.rank - axis - 1) * sizeof *one.dim);
+    one.rank--;
+    Node *x_t = ir_reshape(b, ir_slice(b, xs, lo, hi, st), one);
+    /* .site: random ops in the cell draw anew at every step (each step is its own call) */
+    Frame step = {.prefix = f->prefix, .counters = copy_counters(f->counters), .parent = f,
+                  .where = f->where, .site = (f->site ^ (uint32_t)t) * 16777619u};
+    for (int i = 0; i < a.n; i++)
+      if (names[i]) bind(&step, names[i], i == 0 ? tensor(x_t) : i == 1 ? tensor(state) : a.v[i]);
+    Value r = call_def(s, &step, cell, step_call);
+    if (diag_error_count() > errors || r.kind == V_ERROR) return ERR;
+    counters = step.counters;
+    if (r.kind != V_TENSOR || !shape_eq(sample_shape(r.node), state_shape)) {
+      diag_error(call->loc, "scan: the step '%s' must return the state's shape %s, got %s",
+                 cell->name, shape_str(state_shape, true),
+                 r.kind == V_TENSOR ? shape_str(r.node->shape, true) : "a number");
+      return ERR;
+    }
+    state = outs[t] = r.node;
+  }
+  f->counters = counters;
+  if (last && last->num) return tensor(state);
+  /* every step's state gets an axis of 1 where the steps go, then they are joined along it */
+  b->loc = call->loc;
+  bool any_batched = false;
+  for (int64_t t = 0; t < steps; t++) any_batched |= batched(outs[t]);
+  for (int64_t t = 0; t < steps; t++) {
+    Node *o = any_batched ? to_batched(s, outs[t]) : outs[t];
+    if (!o) return ERR;
+    Shape with = o->shape;
+    memmove(with.dim + any_batched + 1, with.dim + any_batched,
+            (with.rank - any_batched) * sizeof *with.dim);
+    with.dim[any_batched] = 1, with.rank++;
+    if (with.rank > MAX_RANK) {
+      diag_error(call->loc, "scan: %s has too many axes to stack", shape_str(o->shape, true));
+      return ERR;
+    }
+    outs[t] = ir_reshape(b, o, with);
+  }
+  return tensor(stack_tree(s, outs, 0, (int)steps, any_batched));
+}
+
 static Value eval(Sema *s, Frame *f, const Ast *e) {
   if (++s->depth > 200) {
     diag_error(e->loc, "expression nested too deeply");
@@ -1731,6 +1927,8 @@ static Value eval(Sema *s, Frame *f, const Ast *e) {
       r = call_def(s, f, d, e);
     } else if (!strcmp(e->name, "params")) {
       r = model_params(s, e);
+    } else if (!strcmp(e->name, "scan")) {
+      r = call_scan(s, f, e);
     } else if (!call_builtin(s, f, e, &r)) {
       unknown_name(s, f, e->loc, "function", e->name);
     }

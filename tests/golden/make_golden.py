@@ -360,3 +360,59 @@ for step in range(5):
 steps.append(gpt_loss().item())  # after the last step
 with open(os.path.join(HERE, "gpt-steps.golden"), "w") as f:
     f.write("".join(f"{v:.9f}\n" for v in steps))
+
+# ---- recurrent layers: nn.RNN / nn.LSTM / nn.GRU (one layer, batch_first) from fixed random
+# weights, written as rnn-NAME.safetensors under nnc's parameter names (W = weight_ih.T,
+# U = weight_hh.T; b = b_ih + b_hh with b_hh not trained, except gru which keeps bh = b_hh
+# apart). The golden file
+# holds the loss before each of 5 SGD steps (lr 0.5) and after the last: the first checks the
+# forward values, the others the gradients (backpropagation through time). The inputs are
+# RX, 4 sequences of 5 steps of 3 numbers, and the targets RY (also in tests/lit/golden/rnn-*.nn).
+
+RX = torch.tensor([[[round(math.sin(1 + 15 * b + 3 * t + i), 2) for i in range(3)]
+                    for t in range(5)] for b in range(4)])
+RY = torch.tensor([[round(0.8 * math.cos(2 + 4 * b + j), 2) for j in range(4)] for b in range(4)])
+
+
+def write_safetensors(path, tensors):
+    header, data = {}, b""
+    for name, t in tensors.items():
+        flat = t.detach().contiguous().reshape(-1).tolist()
+        begin = len(data)
+        data += struct.pack("<%dd" % len(flat), *flat)
+        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [begin, len(data)]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+recurrent = {  # name: (module, how the model reads its output)
+    "simple_rnn": (torch.nn.RNN, "mean"),  # mean over the whole sequence of outputs
+    "lstm": (torch.nn.LSTM, "last"),
+    "gru": (torch.nn.GRU, "last"),
+}
+for i, (name, (cls, use)) in enumerate(recurrent.items()):
+    torch.manual_seed(10 + i)
+    net = cls(3, 4, batch_first=True)
+    p = dict(net.named_parameters())
+    weights = {f"{name}0.W": p["weight_ih_l0"].T, f"{name}0.U": p["weight_hh_l0"].T}
+    if name == "gru":
+        weights.update({f"{name}0.b": p["bias_ih_l0"], f"{name}0.bh": p["bias_hh_l0"]})
+    else:
+        weights[f"{name}0.b"] = p["bias_ih_l0"] + p["bias_hh_l0"]
+    write_safetensors(os.path.join(HERE, f"rnn-{name}.safetensors"), weights)
+    # nnc's one bias b moves as b_ih alone does: b_hh is held fixed (except in gru)
+    trained = [v for k, v in p.items() if name == "gru" or k != "bias_hh_l0"]
+    opt = torch.optim.SGD(trained, lr=0.5)
+    out = []
+    for step in range(6):
+        opt.zero_grad()
+        seq, _ = net(RX)
+        pred = seq.mean(1) if use == "mean" else seq[:, -1]
+        loss = F.mse_loss(pred, RY)
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    with open(os.path.join(HERE, f"rnn-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
