@@ -86,6 +86,7 @@ bool ad_gradients(Unit *u) {
   /* a parameter read in several places (a model called twice) sums its leaves' gradients */
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
+    if (pd->buffer) continue; /* not trained: sema put its next value in its GRAD slot */
     if (pd->frozen) continue; /* its gradient region stays zero */
     Node *grad = NULL;
     for (int i = 0; i < n; i++) {

@@ -182,7 +182,7 @@ Embed *embed_prepare(const Unit *u, const Options *o, const char *header_path) {
   int64_t out_bytes = u->batch * shape_elems(u->out_shape, 1) * e->elem_size;
   e->params_bytes = round64(u->param_size * e->elem_size);
   e->state_bytes = round64(u->state_size * e->elem_size);
-  e->infer_arena_bytes = round64(forward_arena_bytes(u->train, u->batch, e->elem_size));
+  e->infer_arena_bytes = round64(forward_arena_bytes(u->infer ? u->infer : u->train, u->batch, e->elem_size));
   e->train_arena_bytes = round64(arena * e->elem_size) + round64(out_bytes);
   e->ctx_bytes = (int64_t)NNE_CTX_BYTES(u->n_hyper);
   if (o->weights && !read_weights(u, o->weights, e)) return NULL;

@@ -259,6 +259,10 @@ Node *ir_iota(Builder *b, Shape shape, int axis) {
   return make_n(b, OP_IOTA, NULL, NULL, NULL, (Attr){.move.axis = axis}, shape);
 }
 
+Node *ir_random(Builder *b, OpKind op, Shape shape, int salt) {
+  return make_n(b, op, NULL, NULL, NULL, (Attr){.index = salt}, shape);
+}
+
 /* The gradient of a broadcast: sum g over the axes where `shape` had 1 or nothing. */
 Node *ir_unbroadcast(Builder *b, Node *g, Shape shape) {
   if (!g || shape_eq(g->shape, shape)) return g;
@@ -305,6 +309,7 @@ static void print_move(FILE *out, const Node *n) {
     break;
   }
   case OP_CONCAT: case OP_IOTA: fprintf(out, " axis=%lld", (long long)m->axis); break;
+  case OP_RAND_UNIFORM: case OP_RAND_NORMAL: fprintf(out, " salt=%d", n->attr.index); break;
   case OP_GATHER: case OP_SCATTER_ADD:
     fprintf(out, " axis=%lld lead=%lld", (long long)m->axis, (long long)m->lead);
     break;

@@ -288,6 +288,9 @@ static LLVMValueRef scalar_op(Lower *L, OpKind op, LLVMValueRef a, LLVMValueRef 
     return LLVMBuildFDiv(b, elemc(L, 1), LLVMBuildFAdd(b, elemc(L, 1), e, ""), "");
   }
   case OP_ABS: return intrinsic(L, "llvm.fabs", args, 1);
+  case OP_FLOOR: return intrinsic(L, "llvm.floor", args, 1);
+  case OP_SIN: return intrinsic(L, "llvm.sin", args, 1);
+  case OP_COS: return intrinsic(L, "llvm.cos", args, 1);
   case OP_SIGN: {
     LLVMValueRef pos = bool_to_elem(L, LLVMBuildFCmp(b, LLVMRealOGT, a, elemc(L, 0), ""));
     LLVMValueRef neg = bool_to_elem(L, LLVMBuildFCmp(b, LLVMRealOLT, a, elemc(L, 0), ""));
@@ -414,6 +417,76 @@ static void iota_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
   LLVMBuildStore(L->b, LLVMBuildSIToFP(L->b, L->ivar[n->attr.move.axis], L->elem, ""), ptr[0]);
 }
 
+/* ---- counter-based random numbers (RAND_UNIFORM, RAND_NORMAL): element i of a call site is
+ * a function of (seed, step, salt, i) alone, splitmix64-style: a key per call site and step,
+ * then one mixing per element, so no state is carried from call to call ---- */
+
+#define GOLDEN 0x9E3779B97F4A7C15ull /* 2^64 / golden ratio: splitmix64's increment */
+
+/* splitmix64's finaliser: a bijection on 64-bit words that spreads every bit over all. */
+static LLVMValueRef mix64(Lower *L, LLVMValueRef z) {
+  LLVMBuilderRef b = L->b;
+  z = LLVMBuildXor(b, z, LLVMBuildLShr(b, z, i64c(L, 30), ""), "");
+  z = LLVMBuildMul(b, z, i64c(L, (int64_t)0xbf58476d1ce4e5b9ull), "");
+  z = LLVMBuildXor(b, z, LLVMBuildLShr(b, z, i64c(L, 27), ""), "");
+  z = LLVMBuildMul(b, z, i64c(L, (int64_t)0x94d049bb133111ebull), "");
+  return LLVMBuildXor(b, z, LLVMBuildLShr(b, z, i64c(L, 31), ""), "");
+}
+
+/* mix64(a + k * GOLDEN) */
+static LLVMValueRef mix_in(Lower *L, LLVMValueRef a, LLVMValueRef k) {
+  LLVMValueRef t = LLVMBuildMul(L->b, k, i64c(L, (int64_t)GOLDEN), "");
+  return mix64(L, LLVMBuildAdd(L->b, a, t, ""));
+}
+
+/* The random bits h as a number in [0, 1): the top 24 bits for f32 (so it cannot round up
+ * to 1), the top 53 for f64. */
+static LLVMValueRef unit_interval(Lower *L, LLVMValueRef h) {
+  int bits = L->elem_size == 4 ? 24 : 53;
+  LLVMValueRef top = LLVMBuildLShr(L->b, h, i64c(L, 64 - bits), "");
+  return LLVMBuildFMul(L->b, LLVMBuildUIToFP(L->b, top, L->elem, ""), elemc(L, ldexp(1, -bits)),
+                       "");
+}
+
+typedef struct RandomCtx {
+  const Node *n;
+  LLVMValueRef key; /* i64: this call site's key for this seed and step */
+} RandomCtx;
+
+/* ptr[0] = element ivar[0] (the flat index) of the call site's stream */
+static void random_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
+  const RandomCtx *c = ctx;
+  LLVMBuilderRef b = L->b;
+  LLVMValueRef i1 = LLVMBuildAdd(b, L->ivar[0], i64c(L, 1), "");
+  LLVMValueRef h = mix_in(L, c->key, i1), u = unit_interval(L, h);
+  if (c->n->op == OP_RAND_NORMAL) { /* Box-Muller: sqrt(-2 ln(1 - u)) cos(2 pi u2), 1 - u > 0 */
+    LLVMValueRef u2 = unit_interval(L, mix_in(L, h, i64c(L, 1)));
+    LLVMValueRef arg[1] = {LLVMBuildFSub(b, elemc(L, 1), u, "")};
+    LLVMValueRef r = LLVMBuildFMul(b, elemc(L, -2), intrinsic(L, "llvm.log", arg, 1), "");
+    arg[0] = r;
+    r = intrinsic(L, "llvm.sqrt", arg, 1);
+    arg[0] = LLVMBuildFMul(b, elemc(L, 6.283185307179586), u2, "");
+    u = LLVMBuildFMul(b, r, intrinsic(L, "llvm.cos", arg, 1), "");
+  }
+  LLVMBuildStore(b, u, ptr[0]);
+}
+
+static void lower_random(Lower *L, const Node *n) {
+  int64_t at = L->u->n_hyper;
+  LLVMValueRef sp = region_ptr(L, NN_IO_HYPER, at + NN_HYPER_SEED, L->i64, "seed.slot");
+  LLVMValueRef seed = LLVMBuildLoad2(L->b, L->i64, sp, "seed");
+  LLVMValueRef tp = region_ptr(L, NN_IO_HYPER, at + NN_HYPER_STEP, L->f64, "step.slot");
+  LLVMValueRef step = LLVMBuildFPToUI(L->b, LLVMBuildLoad2(L->b, L->f64, tp, ""), L->i64, "step");
+  LLVMValueRef key = mix_in(L, mix64(L, LLVMBuildAdd(L->b, seed, i64c(L, (int64_t)GOLDEN), "")),
+                            step);
+  key = mix_in(L, key, i64c(L, n->attr.index));
+  RandomCtx c = {n, key};
+  Nest t = {.depth = 1, .ext = {elems_extent(n->shape)}};
+  t.stride[nest_operand(&t, node_ptr(L, n))][0] = 1;
+  LLVMValueRef off[MAX_OPERANDS] = {0};
+  nest_level(L, &t, 0, off, random_body, &c); /* unsimplified: loop 0 counts the elements */
+}
+
 /* For each dim of gather's result (x[:axis] + idx[lead:] + x[axis+1:]): the stride of x
  * (0 along idx's dims; the indexed axis is added in the body) and of idx (0 along x's). */
 static void gather_strides(Shape x, Shape idx, int axis, int lead, int64_t xs[], int64_t is[]) {
@@ -499,6 +572,10 @@ static void lower_indexing(Lower *L, const Node *n) {
 }
 
 static void lower_move(Lower *L, const Node *n) {
+  if (n->op == OP_RAND_UNIFORM || n->op == OP_RAND_NORMAL) {
+    lower_random(L, n);
+    return;
+  }
   if (n->op != OP_EXPAND && n->op != OP_RESHAPE) {
     lower_indexing(L, n);
     return;
@@ -1036,6 +1113,8 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
     if (!need[i]) continue;
     if (n->id != i) diag_internal(__FILE__, __LINE__, "node %d has id %d", i, n->id);
     for (int k = 0; k < op_info[n->op].arity; k++) need[n->src[k]->id] = true;
+    if (n->op == OP_RAND_UNIFORM || n->op == OP_RAND_NORMAL) /* they read seed and step */
+      regions |= 1u << NN_IO_HYPER;
     if (class_of(n) == CLASS_CONTRACT || n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA ||
         n->op == OP_CONV2D_BWD_FILTER) /* GEMMs take threads and scratch */
       regions |= (1u << NN_IO_THREADS) | (1u << NN_IO_SCRATCH);
@@ -1218,6 +1297,7 @@ static LLVMValueRef param_table(Lower *L) {
     PUT_I64(&f, NnParamInfo, init, p->init);
     PUT_F64(&f, NnParamInfo, init_a, p->init_a);
     PUT_F64(&f, NnParamInfo, init_b, p->init_b);
+    PUT_I64(&f, NnParamInfo, buffer, p->buffer);
     PUT_I64(&f, NnParamInfo, frozen, p->frozen);
     rows[i] = struct_of(L, &f, &info, "NnParamInfo", sizeof(NnParamInfo));
   }
@@ -1236,8 +1316,8 @@ static LLVMValueRef hyper_name_table(Lower *L) {
  * `unplanned`: what one slot per node of the unfused graphs would need instead. */
 static int64_t arena_bytes(Lower *L, bool unplanned) {
   int64_t elems = 0;
-  const Graph *gs[2] = {L->u->train, L->u->update};
-  for (int i = 0; i < 2; i++) {
+  const Graph *gs[3] = {L->u->train, L->u->update, L->u->infer};
+  for (int i = 0; i < 3; i++) {
     int64_t e = !gs[i] ? 0 : unplanned ? gs[i]->unplanned_elems : gs[i]->arena_elems;
     if (e > elems) elems = e;
   }
@@ -1297,6 +1377,11 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
           u->val.kind == NN_DATA_NONE ? LLVMConstNull(L->ptr)
                                       : data_source(L, &u->val, x_size + y_size));
   PUT_F64(&f, NnModelDesc, val_split, u->val_split);
+  PUT_F64(&f, NnModelDesc, plateau_factor, u->plateau[0]);
+  PUT_I64(&f, NnModelDesc, plateau_patience, (int64_t)u->plateau[1]);
+  PUT_F64(&f, NnModelDesc, plateau_threshold, u->plateau[2]);
+  PUT_F64(&f, NnModelDesc, plateau_min_lr, u->plateau[3]);
+  PUT_I64(&f, NnModelDesc, modes, u->infer != NULL);
   PUT_PTR(&f, NnModelDesc, forward, kernel[0]);
   PUT_PTR(&f, NnModelDesc, eval, kernel[1]);
   PUT_PTR(&f, NnModelDesc, grad, kernel[2]);
@@ -1468,9 +1553,12 @@ static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
   lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
-  for (int k = 0; k < N_KERNELS; k++) /* ORDER DESC: forward, eval, grad, update */
-    kernel[k] = emit_kernel(L, kernel_specs[k].name, kernel_specs[k].update ? u->update : u->train,
-                            kernel_specs[k].outs);
+  const Graph *infer = u->infer ? u->infer : u->train; /* eval and predict: inference mode */
+  for (int k = 0; k < N_KERNELS; k++) { /* ORDER DESC: forward, eval, grad, update */
+    bool grad = !kernel_specs[k].update && kernel_specs[k].outs == ~0u;
+    const Graph *g = kernel_specs[k].update ? u->update : grad ? u->train : infer;
+    kernel[k] = emit_kernel(L, kernel_specs[k].name, g, kernel_specs[k].outs);
+  }
   LLVMValueRef model = emit_model_desc(L, kernel);
   if (L->embed) emit_embed_desc(L, L->embed, model);
 }

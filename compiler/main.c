@@ -218,6 +218,7 @@ static int compile(const Options *o) {
     FILE *f = open_dump(o);
     if (!f) return 1;
     ir_print(f, u->train);
+    if (u->infer) ir_print(f, u->infer);
     close_dump(f);
     return 0;
   }
@@ -226,6 +227,7 @@ static int compile(const Options *o) {
     FILE *f = open_dump(o);
     if (!f) return 1;
     ir_print(f, u->train);
+    if (u->infer) ir_print(f, u->infer);
     if (u->update) ir_print(f, u->update);
     close_dump(f);
     return 0;
@@ -233,6 +235,10 @@ static int compile(const Options *o) {
   if (o->max_batch) u->batch = o->max_batch;
   fuse_graph(u->train, !o->no_fuse);
   plan_memory(u->train, u->batch, false);
+  if (u->infer) { /* the forward and eval kernels' graph, in inference mode */
+    fuse_graph(u->infer, !o->no_fuse);
+    plan_memory(u->infer, u->batch, false);
+  }
   if (u->update) {
     fuse_graph(u->update, !o->no_fuse);
     plan_memory(u->update, u->batch, true);
@@ -241,6 +247,7 @@ static int compile(const Options *o) {
     FILE *f = open_dump(o);
     if (!f) return 1;
     fuse_print(f, u->train);
+    if (u->infer) fuse_print(f, u->infer);
     if (u->update) fuse_print(f, u->update);
     close_dump(f);
     return 0;

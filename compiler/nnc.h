@@ -64,7 +64,8 @@ typedef enum AstKind {
   /* statements */
   AST_ASSIGN,    /* name = a */
   AST_AUGASSIGN, /* name op= a, op is + - * / */
-  AST_PARAM,     /* param name: type (a) = init (b, may be NULL) */
+  AST_PARAM,     /* param name: type (a) = init (b, may be NULL); op 's' for a layer's
+                    `state name: type = init`, a buffer (not trained) */
   AST_STATE,     /* state name = a (initial value) */
   AST_RETURN,    /* return a */
   AST_REPEAT,    /* repeat a { body }: the body a times */
@@ -171,7 +172,7 @@ typedef struct MoveAttr {
 typedef struct Attr {
   double value;    /* CONST: the number */
   int index;       /* INPUT: NN_IO_X or NN_IO_Y; PARAM/GRAD/STATE: parameter/state index;
-                      HYPER: hyperparameter index */
+                      HYPER: hyperparameter index; RAND_*: the call site's salt */
   unsigned axes;   /* SUM, RMAX: bit i set = reduce axis i */
   bool ta, tb;     /* MATMUL: transpose the last two dims of a / b */
   ConvAttr conv;   /* CLASS_WINDOW ops: window, stride, dilation, padding */
@@ -281,6 +282,9 @@ Node *ir_gather(Builder *b, Node *x, Node *idx, int axis, int lead);
 Node *ir_scatter_add(Builder *b, Node *g, Node *idx, int axis, int lead, Shape to);
 /* Constant: every element is its index along `axis`. */
 Node *ir_iota(Builder *b, Shape shape, int axis);
+/* RAND_UNIFORM / RAND_NORMAL of `shape`; `salt` tells call sites apart (and keeps two of
+ * them from being merged as equal nodes). */
+Node *ir_random(Builder *b, OpKind op, Shape shape, int salt);
 /* Sums `g` down to `shape` over the axes that broadcasting expanded (gradient helper). */
 Node *ir_unbroadcast(Builder *b, Node *g, Shape shape);
 #define ir_add(b, x, y) ir_binary(b, OP_ADD, x, y)
@@ -308,6 +312,7 @@ typedef struct ParamDecl {
   int64_t offset;     /* elements into NN_IO_PARAM */
   NnInit init;
   double init_a, init_b;
+  bool buffer;        /* a layer's `state`: not trained; its GRAD slot holds its next value */
   bool frozen;        /* named in the train block's `freeze`: no gradient, no update */
 } ParamDecl;
 
@@ -343,7 +348,12 @@ typedef struct Unit {
   NnTask task;
   double threshold;
   bool has_train;         /* the file had a train block */
-  Graph *train;           /* x, y -> out, loss (autodiff adds gradients) */
+  double plateau[4];      /* schedule = plateau(...): factor (0: none), patience, threshold,
+                             min_lr (NnModelDesc.plateau_*) */
+  Graph *train;           /* x, y -> out, loss in training mode (autodiff adds gradients),
+                             and each buffer's next value */
+  Graph *infer;           /* x, y -> out, loss in inference mode (`training` is 0), for the
+                             forward and eval kernels; NULL when no code reads `training` */
   Graph *update;          /* params, grads, hypers -> params (optimizer step); NULL if none */
 } Unit;
 

@@ -118,6 +118,10 @@ GRAD(grad_sqrt) { d[0] = ir_div(b, g, ir_mul(b, ir_const(b, 2), n)); }
 GRAD(grad_tanh) { d[0] = ir_mul(b, g, ir_sub(b, ONE, ir_mul(b, n, n))); }
 /* c = sigmoid a: da = g*c*(1 - c) */
 GRAD(grad_sigmoid) { d[0] = ir_mul(b, g, ir_mul(b, n, ir_sub(b, ONE, n))); }
+/* c = sin a: da = g*cos(a) */
+GRAD(grad_sin) { d[0] = ir_mul(b, g, ir_unary(b, OP_COS, A)); }
+/* c = cos a: da = -g*sin(a) */
+GRAD(grad_cos) { d[0] = ir_unary(b, OP_NEG, ir_mul(b, g, ir_unary(b, OP_SIN, A))); }
 /* c = |a|: da = g*sign(a) */
 GRAD(grad_abs) { d[0] = ir_mul(b, g, ir_unary(b, OP_SIGN, A)); }
 
@@ -500,6 +504,15 @@ static bool shape_iota(Builder *b, Node *n, Shape *out) {
   (void)b;
   if (n->attr.move.axis < 0 || n->attr.move.axis >= n->shape.rank) MOVE_BUG(n);
   for (int i = 0; i < n->shape.rank; i++)
+    if (n->shape.dim[i] < 1) MOVE_BUG(n);
+  *out = n->shape;
+  return true;
+}
+
+/* RAND_*: the shape is given, and may be batched (noise per sample) */
+static bool shape_random(Builder *b, Node *n, Shape *out) {
+  (void)b;
+  for (int i = 1; i < n->shape.rank; i++)
     if (n->shape.dim[i] < 1) MOVE_BUG(n);
   *out = n->shape;
   return true;

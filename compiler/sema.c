@@ -58,9 +58,18 @@ typedef struct Frame {
   const char *prefix;   /* "" at model level, "block0." inside a layer called from a model */
   Counter *counters;
   const Ast *def;       /* the definition being inlined (for recursion checks), or NULL */
+  uint32_t site;        /* hash of the call sites from the model down to here (random salts) */
+  struct Buffer *buffers; /* the layer's `state` declarations, whose last value is kept */
   struct Frame *parent; /* the caller, for recursion checks only: names are not inherited */
   enum { IN_MODEL, IN_LAYER, IN_FN, IN_OPTIMIZER, IN_TRAIN } where;
 } Frame;
+
+typedef struct Buffer { /* a layer's `state name: [dims]`: a parameter the optimizer skips */
+  const char *name;     /* its local name */
+  int index;            /* in Unit.params */
+  Loc loc;              /* its declaration */
+  struct Buffer *next;
+} Buffer;
 
 typedef struct Def { /* a top-level definition */
   const char *name;
@@ -77,7 +86,25 @@ typedef struct Sema {
   int param_index;       /* the parameter it updates */
   Node *param_new;       /* the parameter's new value, when `param -= ...` has run */
   int n_states;
+  uint32_t site;         /* the frame's `site` while a built-in function runs */
+  /* training and inference mode: the model is built once in each */
+  bool training;         /* the value of `training` in the graph being built */
+  bool reads_mode;       /* some code read `training`: the two modes differ */
+  Node **buffer_next;    /* by parameter index: a buffer's value after the training step */
+  const Ast **param_model; /* by parameter index: the model whose call made it */
+  const Ast *model;      /* the model being inlined, or NULL */
 } Sema;
+
+/* FNV-1a over a call site's position, continuing the hash h of its caller's path. Not the
+ * file's path, which would make the numbers depend on where the file is; only whether it is
+ * the prelude. */
+static uint32_t site_hash(uint32_t h, Loc loc) {
+  bool prelude = loc.file && !strcmp(loc.file->path, "std.nn");
+  int64_t v[3] = {loc.line, loc.col, prelude};
+  const unsigned char *p = (const unsigned char *)v;
+  for (size_t i = 0; i < sizeof v; i++) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
 
 static Value eval(Sema *s, Frame *f, const Ast *e);
 static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call);
@@ -330,6 +357,9 @@ static double fold_unary(OpKind op, double v) {
   case OP_SIGMOID: return 1 / (1 + exp(-v));
   case OP_ABS: return fabs(v);
   case OP_SIGN: return (v > 0) - (v < 0);
+  case OP_FLOOR: return floor(v);
+  case OP_SIN: return sin(v);
+  case OP_COS: return cos(v);
   default: unreachable();
   }
 }
@@ -496,8 +526,51 @@ BUILTIN(call_flatten) {
 
 /* The built-ins whose positional argument i may be a list [..]. */
 static bool takes_list(const Builtin *bi, int i) {
-  return (i == 1 && (!strcmp(bi->name, "reshape") || !strcmp(bi->name, "permute"))) ||
-         (i == 0 && (!strcmp(bi->name, "iota") || !strcmp(bi->name, "zeros")));
+  if (i == 0)
+    return bi->op == OP_RAND_UNIFORM || bi->op == OP_RAND_NORMAL || !strcmp(bi->name, "iota") ||
+           !strcmp(bi->name, "zeros");
+  return i == 1 && (!strcmp(bi->name, "reshape") || !strcmp(bi->name, "permute"));
+}
+
+/* ---- random numbers: uniform(shape, lo = 0, hi = 1), normal(shape, mean = 0, std = 1),
+ * bernoulli(shape, p = 0.5). `shape` is a per-sample list [dims] (so every sample of a batch
+ * draws its own) or a tensor whose shape, batched or not, the result takes. Each call site
+ * draws new numbers at every training step, reproducibly from the seed (RAND_* in ops.def);
+ * nothing is differentiated through them. ---- */
+BUILTIN(call_random) {
+  Value v = a->v[0];
+  Shape shape = {0};
+  bool ok = v.kind == V_TENSOR || (v.kind == V_LIST && v.len < MAX_RANK);
+  if (v.kind == V_TENSOR) shape = v.node->shape;
+  for (int i = 0; ok && v.kind == V_LIST && i < v.len; i++) {
+    ok = v.nums[i] >= 1 && v.nums[i] == floor(v.nums[i]) && v.nums[i] <= 1e9;
+    shape.dim[shape.rank++] = (int64_t)v.nums[i];
+  }
+  if (!ok) {
+    diag_error(a->ast[0]->loc, "'%s' takes a per-sample shape, like [4, 2] (at most %d "
+               "positive integers), or a tensor to take the shape of", bi->name, MAX_RANK - 1);
+    return ERR;
+  }
+  if (v.kind == V_LIST) shape = batch_of(shape);
+  bool normal = !strcmp(bi->name, "normal"), bern = !strcmp(bi->name, "bernoulli");
+  const Value *lo = kwarg(a, bern ? "p" : normal ? "mean" : "lo"),
+              *hi = kwarg(a, normal ? "std" : "hi");
+  Value zero = number(0), one = number(1), half = number(0.5);
+  s->b.loc = call->loc;
+  /* the salt names the call site by its path from the model, so a model evaluated twice on
+   * the same input draws the same numbers (and the two evaluations are one, hash-consed),
+   * while each layer or fn call inside it draws its own */
+  int salt = (int)(site_hash(s->site, call->loc) & 0x7fffffff);
+  Value r = tensor(ir_random(&s->b, bi->op, shape, salt));
+  if (bern) /* 1 with probability p: u < p */
+    return binary(s, OP_CMPGT, lo ? *lo : half, r);
+  Value base = lo ? *lo : zero, width = hi ? *hi : one;
+  if (!normal) /* lo + (hi - lo) * u */
+    width = width.kind == V_NUM && base.kind == V_NUM ? number(width.num - base.num)
+                                                      : binary(s, OP_SUB, width, base);
+  if (width.kind != V_NUM || width.num != 1) r = binary(s, OP_MUL, r, width);
+  if (base.kind != V_NUM || base.num != 0) r = binary(s, OP_ADD, r, base);
+  return r;
 }
 
 /* zeros([dims]): a constant tensor of zeros, the same for every sample (an initial state). */
@@ -975,6 +1048,44 @@ BUILTIN(call_one_hot) {
   return binary(s, OP_CMPEQ, t, tensor(ir_iota(&s->b, shape_of(1, (int)k), 0)));
 }
 
+/* ---- the batch, for batch statistics (batchnorm): batch_mean(x) is the mean over the batch
+ * of a per-sample x (one value of x's per-sample shape, not per sample); batch_size() is the
+ * number of samples in this batch (a run-time value); dim(x, k) is the length of x's
+ * per-sample axis k (a number known at compile time). ---- */
+BUILTIN(call_batch_mean) {
+  Node *x = tensor_arg(bi, call, a, 0);
+  if (!x) return ERR;
+  if (!batched(x) || x->shape.dim[0] != DIM_BATCH) {
+    diag_error(a->ast[0]->loc, "'batch_mean' takes a per-sample value, got %s (not per sample)",
+               shape_str(x->shape, true));
+    return ERR;
+  }
+  Builder *b = &s->b;
+  b->loc = call->loc;
+  Node *sum = ir_reshape(b, ir_reduce(b, OP_SUM, x, 1), sample_shape(x));
+  return tensor(ir_div(b, sum, ir_scalar(b, OP_BATCH, 0, "batch")));
+}
+
+BUILTIN(call_batch_size) {
+  (void)bi, (void)a;
+  s->b.loc = call->loc;
+  return tensor(ir_scalar(&s->b, OP_BATCH, 0, "batch"));
+}
+
+BUILTIN(call_dim) {
+  (void)s;
+  Node *x = tensor_arg(bi, call, a, 0);
+  int rank = x ? sample_rank(x) : 0;
+  if (!x) return ERR;
+  if (!is_int(a->v[1]) || a->v[1].num < -rank || a->v[1].num >= rank) {
+    diag_error(a->ast[1]->loc, "'dim': the axis must be an integer in [%d, %d) for %s", -rank,
+               rank, shape_str(x->shape, true));
+    return ERR;
+  }
+  int k = (int)a->v[1].num;
+  return number((double)x->shape.dim[batched(x) + (k < 0 ? k + rank : k)]);
+}
+
 /* iota([dims], axis = k): a constant of shape dims whose entries are their index along
  * axis k (causal masks compare two of them) */
 BUILTIN(call_iota) {
@@ -1031,6 +1142,9 @@ static const Builtin builtins[] = {
     {"sigmoid", 1, 1, {0}, OP_SIGMOID, call_unary},
     {"abs", 1, 1, {0}, OP_ABS, call_unary},
     {"sign", 1, 1, {0}, OP_SIGN, call_unary},
+    {"floor", 1, 1, {0}, OP_FLOOR, call_unary},
+    {"sin", 1, 1, {0}, OP_SIN, call_unary},
+    {"cos", 1, 1, {0}, OP_COS, call_unary},
     {"max", 1, 2, {"axis", "keepdims"}, OP_MAX, call_binary},
     {"min", 1, 2, {"axis", "keepdims"}, OP_MIN, call_binary},
     {"pow", 2, 2, {0}, OP_POW, call_binary},
@@ -1060,6 +1174,14 @@ static const Builtin builtins[] = {
     {"maxpool", 2, 2, {"stride", "padding"}, OP_MAXPOOL, call_pool},
     {"avgpool", 2, 2, {"stride", "padding"}, OP_AVGPOOL, call_pool},
     {"upsample", 2, 2, {0}, OP_EXPAND, call_upsample},
+    /* random numbers */
+    {"uniform", 1, 1, {"lo", "hi"}, OP_RAND_UNIFORM, call_random},
+    {"normal", 1, 1, {"mean", "std"}, OP_RAND_NORMAL, call_random},
+    {"bernoulli", 1, 1, {"p"}, OP_RAND_UNIFORM, call_random},
+    /* the batch */
+    {"batch_mean", 1, 1, {0}, OP_SUM, call_batch_mean},
+    {"batch_size", 0, 0, {0}, OP_BATCH, call_batch_size},
+    {"dim", 2, 2, {0}, OP_COUNT, call_dim},
 };
 enum { N_BUILTINS = sizeof builtins / sizeof *builtins };
 
@@ -1105,6 +1227,7 @@ static bool call_builtin(Sema *s, Frame *f, const Ast *call, Value *out) {
                  bi->max_args, positional);
     ok = false;
   }
+  s->site = f->site;
   if (ok) *out = bi->call(s, bi, call, &a);
   return true;
 }
@@ -1273,8 +1396,17 @@ static Node *param_node(Sema *s, const char *name, Shape shape, NnInit init, dou
       if (u->n_params) memcpy(p, u->params, u->n_params * sizeof *p);
       u->params = p;
     }
+    if (u->n_params % 16 == 0) {
+      Node **next = xalloc((u->n_params + 16) * sizeof *next);
+      if (u->n_params) memcpy(next, s->buffer_next, u->n_params * sizeof *next);
+      s->buffer_next = next;
+      const Ast **owner = xalloc((u->n_params + 16) * sizeof *owner);
+      if (u->n_params) memcpy(owner, s->param_model, u->n_params * sizeof *owner);
+      s->param_model = owner;
+    }
+    s->param_model[u->n_params] = s->model;
     idx = u->n_params++;
-    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false};
+    u->params[idx] = (ParamDecl){name, shape, u->param_size, init, ia, ib, false, false};
     u->param_size += padded_elems(shape_elems(shape, 1));
   }
   Node *n = ir_leaf(&s->b, OP_PARAM, shape, idx, u->params[idx].name);
@@ -1300,7 +1432,8 @@ static void declare_param(Sema *s, Frame *f, const Ast *st) {
   };
   enum { N_INITS = sizeof inits / sizeof *inits };
   if (f->where != IN_LAYER && f->where != IN_MODEL) {
-    diag_error(st->loc, "'param' is only allowed in a layer or model");
+    diag_error(st->loc, "'%s' with a shape is only allowed in a layer or model",
+               st->op == 's' ? "state" : "param");
     return;
   }
   Shape shape;
@@ -1345,7 +1478,23 @@ static void declare_param(Sema *s, Frame *f, const Ast *st) {
     }
   }
   const char *full = xprintf("%s%s", f->prefix, st->name);
-  bind(f, st->name, tensor(param_node(s, full, shape, init, ia, ib, st->loc)));
+  int before = s->u->n_params;
+  Node *n = param_node(s, full, shape, init, ia, ib, st->loc);
+  bind(f, st->name, tensor(n));
+  if (!n) return;
+  ParamDecl *pd = &s->u->params[n->attr.index];
+  bool buffer = st->op == 's';
+  if (s->u->n_params == before && pd->buffer != buffer) {
+    diag_error(st->loc, "'%s' is a %s here but a %s elsewhere", full, buffer ? "state" : "param",
+               buffer ? "param" : "state");
+    return;
+  }
+  pd->buffer = buffer;
+  if (buffer) { /* its value at the end of the layer is its next value (see call_def) */
+    Buffer *bf = xalloc(sizeof *bf);
+    bf->name = st->name, bf->index = n->attr.index, bf->loc = st->loc, bf->next = f->buffers;
+    f->buffers = bf;
+  }
 }
 
 /* Runs a body's statements; returns the value of its `return`, or V_ERROR with *returned
@@ -1396,7 +1545,8 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
     case AST_PARAM: declare_param(s, f, st); break;
     case AST_STATE: {
       if (f->where != IN_OPTIMIZER) {
-        diag_error(st->loc, "'state' is only allowed in an optimizer");
+        diag_error(st->loc, "'state' without a shape is only allowed in an optimizer; a layer's "
+                 "state needs one, like state mean: [n] = zeros");
         break;
       }
       Value init = eval(s, f, st->a);
@@ -1421,10 +1571,14 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
         diag_error(st->a->loc, "'repeat' needs a count: an integer from 0 to 10000");
         break;
       }
+      uint32_t site = f->site;
       for (int k = 0; k < (int)n.num; k++) {
         int errors = diag_error_count();
         bool inner = false;
+        /* random ops draw anew in every repetition (the first keeps the enclosing salts) */
+        f->site = k ? (site ^ (uint32_t)k) * 16777619u : site;
         run_body(s, f, &st->body, &inner);
+        f->site = site;
         if (inner) {
           diag_error(st->loc, "'return' inside 'repeat' is not supported");
           break;
@@ -1451,6 +1605,8 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
       return ERR;
     }
   Frame *callee = frame_for(f, def, f->prefix);
+  /* models start a path: the same model on the same input is the same computation */
+  callee->site = def->kind == AST_MODEL ? 2166136261u : site_hash(f->site, call->loc);
   if (!bind_args(s, f, callee, def, call)) return ERR;
   if (def->kind == AST_LAYER) { /* dense0, dense1, ... per enclosing scope, in call order */
     Counter *c = f->counters;
@@ -1467,10 +1623,27 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
   }
   bool returned;
   int errors = diag_error_count();
+  const Ast *outer = s->model;
+  if (def->kind == AST_MODEL) s->model = def;
   Value r = run_body(s, callee, &def->body, &returned);
+  s->model = outer;
   if (diag_error_count() > errors && def->loc.file != call->loc.file) /* e.g. in the prelude */
     diag_note(call->loc, "in this call to '%s'", def->name);
   if (def->kind == AST_FN) f->counters = callee->counters;
+  for (Buffer *bf = callee->buffers; bf; bf = bf->next) { /* `running_mean = ...` */
+    Binding *b = lookup_local(callee, bf->name);
+    if (!b || b->value.kind != V_TENSOR) continue;
+    const ParamDecl *pd = &s->u->params[bf->index];
+    Node *v = b->value.node;
+    if (batched(v) || !shape_broadcast(v->shape, pd->shape, &(Shape){0}) ||
+        v->shape.rank > pd->shape.rank) {
+      diag_error(bf->loc, "state '%s' is %s, but its new value is %s: it must be one value for "
+                 "the whole batch (batch_mean() averages over it)", bf->name,
+                 shape_str(pd->shape, true), shape_str(v->shape, false));
+      continue;
+    }
+    s->buffer_next[bf->index] = v;
+  }
   if (!returned) {
     diag_error(def->loc, "'%s' has no 'return'", def->name);
     return ERR;
@@ -1486,6 +1659,37 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
     }
   }
   return r;
+}
+
+static const Ast *find_def(Sema *s, Loc loc, const char *name, AstKind kind, const char *what);
+
+/* params(m): every trained parameter of model m (not its state), flattened and joined into
+ * one vector, for regularisers such as l2(params(m)). The model must have been called. */
+static Value model_params(Sema *s, const Ast *call) {
+  const Ast *arg = call->kids.len == 1 ? call->kids.items[0] : NULL;
+  if (!arg || arg->kind != AST_NAME) {
+    diag_error(call->loc, "params takes the name of a model, like params(net)");
+    return ERR;
+  }
+  const Ast *m = find_def(s, arg->loc, arg->name, AST_MODEL, "model");
+  if (!m) return ERR;
+  Builder *b = &s->b;
+  b->loc = call->loc;
+  Node *all = NULL;
+  for (int p = 0; p < s->u->n_params; p++) {
+    const ParamDecl *pd = &s->u->params[p];
+    if (s->param_model[p] != m || pd->buffer) continue;
+    Node *leaf = ir_leaf(b, OP_PARAM, pd->shape, p, pd->name);
+    leaf->io = NN_IO_PARAM, leaf->offset = pd->offset;
+    Node *flat = ir_reshape(b, leaf, shape_of(1, (int)shape_elems(pd->shape, 1)));
+    all = all ? ir_concat(b, all, flat, 0) : flat;
+  }
+  if (!all) {
+    diag_error(arg->loc, "model '%s' has no parameters here (is it called in this train "
+               "block?)", m->name);
+    return ERR;
+  }
+  return tensor(all);
 }
 
 /* ---- scan: recurrences ---- */
@@ -1601,8 +1805,9 @@ static Value call_scan(Sema *s, Frame *f, const Ast *call) {
     memmove(one.dim + axis, one.dim + axis + 1, (one.rank - axis - 1) * sizeof *one.dim);
     one.rank--;
     Node *x_t = ir_reshape(b, ir_slice(b, xs, lo, hi, st), one);
+    /* .site: random ops in the cell draw anew at every step (each step is its own call) */
     Frame step = {.prefix = f->prefix, .counters = copy_counters(f->counters), .parent = f,
-                  .where = f->where};
+                  .where = f->where, .site = (f->site ^ (uint32_t)t) * 16777619u};
     for (int i = 0; i < a.n; i++)
       if (names[i]) bind(&step, names[i], i == 0 ? tensor(x_t) : i == 1 ? tensor(state) : a.v[i]);
     Value r = call_def(s, &step, cell, step_call);
@@ -1655,6 +1860,11 @@ static Value eval(Sema *s, Frame *f, const Ast *e) {
       break;
     }
     const Ast *d = lookup_def(s, e->name);
+    if (!d && !strcmp(e->name, "training")) { /* 1 in the train step, 0 in eval and predict */
+      s->reads_mode = true;
+      r = number(s->training);
+      break;
+    }
     if (d)
       diag_error(e->loc, "'%s' is a %s, not a value", e->name, def_kind(d));
     else
@@ -1715,6 +1925,8 @@ static Value eval(Sema *s, Frame *f, const Ast *e) {
       diag_error(e->loc, "'%s' is a value, not a function", e->name);
     } else if (d) {
       r = call_def(s, f, d, e);
+    } else if (!strcmp(e->name, "params")) {
+      r = model_params(s, e);
     } else if (!strcmp(e->name, "scan")) {
       r = call_scan(s, f, e);
     } else if (!call_builtin(s, f, e, &r)) {
@@ -1942,6 +2154,7 @@ static Node *clip_scale(Sema *s, Node *max_norm) {
   Node *total = NULL;
   for (int p = 0; p < s->u->n_params; p++) {
     const ParamDecl *pd = &s->u->params[p];
+    if (pd->buffer) continue; /* not a gradient */
     if (pd->frozen) continue; /* it has no gradient, as if it were not a parameter */
     Node *g = ir_leaf(b, OP_GRAD, pd->shape, p, pd->name);
     g->io = NN_IO_GRAD, g->offset = pd->offset;
@@ -1954,15 +2167,37 @@ static Node *clip_scale(Sema *s, Node *max_norm) {
   return ir_binary(b, OP_MIN, ir_div(b, max_norm, norm), ir_const(b, 1));
 }
 
+/* A learning-rate schedule: a fn of (lr, t, total, hyperparameters...) whose result replaces
+ * the optimizer's lr. Its hyperparameters (defaults overridden by the call) join the
+ * optimizer's; t is the updates before this one, total those of the whole run. Returns the
+ * schedule's hyperparameters' frame, or NULL after an error. */
+static Frame *schedule_hypers(Sema *s, const Ast *call, const Ast *def) {
+  if (def->formals.len < 3) {
+    diag_error(call->loc, "a schedule is a fn of (lr, t, total, ...); '%s' takes %d arguments",
+               def->name, def->formals.len);
+    return NULL;
+  }
+  Ast call2 = *call, zero = {.kind = AST_NUM, .loc = call->loc};
+  call2.kids = (AstList){0};
+  for (int i = 0; i < 3; i++) ast_push(&call2.kids, &zero); /* lr, t, total: bound later */
+  for (int i = 0; i < call->kids.len; i++) ast_push(&call2.kids, call->kids.items[i]);
+  Frame *f = xalloc(sizeof *f);
+  f->prefix = "", f->where = IN_FN, f->def = def;
+  return bind_args(s, f, f, def, &call2) ? f : NULL;
+}
+
 static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_norm,
-                         double clip_value) {
+                         double clip_value, const Ast *sched_call, const Ast *sched) {
   Unit *u = s->u;
+  Frame *sh = sched ? schedule_hypers(s, sched_call, sched) : NULL;
+  if (sched && !sh) return false;
+  int n_sched = sched ? sched->formals.len - 3 : 0;
   /* hyperparameters: the optimizer's formals, defaults overridden by the call, then the
    * clipping limits */
   Frame hyper = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
   if (!bind_args(s, &hyper, &hyper, opt, call)) return false;
   int n_opt = opt->formals.len;
-  u->n_hyper = n_opt + (clip_norm > 0) + (clip_value > 0);
+  u->n_hyper = n_opt + (clip_norm > 0) + (clip_value > 0) + n_sched;
   u->hyper_names = xalloc((u->n_hyper + 1) * sizeof *u->hyper_names);
   u->hyper_defaults = xalloc((u->n_hyper + 1) * sizeof *u->hyper_defaults);
   for (int i = 0; i < n_opt; i++) {
@@ -1978,6 +2213,22 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
   int k = n_opt, clip_norm_at = -1, clip_value_at = -1;
   if (clip_norm > 0) clip_norm_at = k, u->hyper_names[k] = "clip_norm", u->hyper_defaults[k++] = clip_norm;
   if (clip_value > 0) clip_value_at = k, u->hyper_names[k] = "clip_value", u->hyper_defaults[k++] = clip_value;
+  int sched_at = k;
+  for (int i = 0; i < n_sched; i++, k++) {
+    const Ast *fm = sched->formals.items[3 + i];
+    Binding *b = lookup_local(sh, fm->name);
+    for (int j = 0; j < k; j++)
+      if (!strcmp(u->hyper_names[j], fm->name)) {
+        diag_error(sched_call->loc, "schedule '%s' and optimizer '%s' both have a "
+                   "hyperparameter '%s'", sched->name, opt->name, fm->name);
+        return false;
+      }
+    if (b->value.kind != V_NUM) {
+      diag_error(fm->loc, "hyperparameter '%s' must be a number", fm->name);
+      return false;
+    }
+    u->hyper_names[k] = fm->name, u->hyper_defaults[k] = b->value.num;
+  }
   u->update = ir_graph("update");
   s->b = (Builder){u->update, opt->loc, true};
   Node **hypers = xalloc((u->n_hyper + 1) * sizeof *hypers);
@@ -1985,17 +2236,51 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     hypers[i] = ir_scalar(&s->b, OP_HYPER, i, u->hyper_names[i]);
   hypers[u->n_hyper] = ir_scalar(&s->b, OP_HYPER, u->n_hyper, "step");
   Node *scale = clip_norm_at >= 0 ? clip_scale(s, hypers[clip_norm_at]) : NULL;
+  Node *lr = NULL; /* the scheduled learning rate */
+  if (sched) {
+    Frame sf = {.prefix = "", .where = IN_FN, .def = sched};
+    int lr_at = -1;
+    for (int i = 0; i < n_opt; i++)
+      if (!strcmp(u->hyper_names[i], "lr")) lr_at = i;
+    if (lr_at < 0) {
+      diag_error(sched_call->loc, "a schedule sets the learning rate, but optimizer '%s' has "
+                 "no 'lr'", opt->name);
+      return false;
+    }
+    s->b.loc = sched_call->loc;
+    bind(&sf, sched->formals.items[0]->name, tensor(hypers[lr_at]));
+    bind(&sf, sched->formals.items[1]->name,
+         tensor(ir_sub(&s->b, hypers[u->n_hyper], ir_const(&s->b, 1))));
+    bind(&sf, sched->formals.items[2]->name,
+         tensor(ir_scalar(&s->b, OP_HYPER, u->n_hyper + NN_HYPER_TOTAL, "total")));
+    for (int i = 0; i < n_sched; i++)
+      bind(&sf, u->hyper_names[sched_at + i], tensor(hypers[sched_at + i]));
+    bool returned;
+    Value v = run_body(s, &sf, &sched->body, &returned);
+    if (!returned) diag_error(sched->loc, "'%s' has no 'return'", sched->name);
+    lr = v.kind == V_TENSOR && v.node->shape.rank == 0 ? v.node : as_node(s, v);
+    if (!lr || lr->shape.rank != 0) {
+      if (diag_error_count() == 0)
+        diag_error(sched_call->loc, "schedule '%s' must give one number", sched->name);
+      return false;
+    }
+  }
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
     if (pd->frozen) continue; /* no update and no optimizer state */
     Frame f = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
     for (int i = 0; i < u->n_hyper; i++) bind(&f, u->hyper_names[i], tensor(hypers[i]));
     bind(&f, "step", tensor(hypers[u->n_hyper]));
+    if (lr) bind(&f, "lr", tensor(lr));
     s->b.loc = opt->loc;
     Node *pn = ir_leaf(&s->b, OP_PARAM, pd->shape, p, pd->name);
     pn->io = NN_IO_PARAM, pn->offset = pd->offset;
     Node *gn = ir_leaf(&s->b, OP_GRAD, pd->shape, p, pd->name);
     gn->io = NN_IO_GRAD, gn->offset = pd->offset;
+    if (pd->buffer) { /* the grad kernel left its next value in its GRAD slot */
+      ir_output(u->update, gn, NN_IO_PARAM, pd->offset, xprintf("param %s", pd->name));
+      continue;
+    }
     if (scale) gn = ir_mul(&s->b, gn, scale);
     if (clip_value_at >= 0) {
       Node *c = hypers[clip_value_at];
@@ -2035,6 +2320,10 @@ static NnTask task_of(const Ast *loss, double *threshold) {
   while (loss && loss->kind == AST_BINOP) loss = loss->a; /* the first term of a sum */
   *threshold = 0.5;
   if (!loss || loss->kind != AST_CALL) return NN_TASK_REGRESSION;
+  /* a loss against something other than the targets (an autoencoder's bce(ae(x), x)) is not
+   * a classification of y */
+  const Ast *target = loss->kids.len >= 2 ? loss->kids.items[1] : NULL;
+  if (target && target->kind == AST_NAME && strcmp(target->name, "y")) return NN_TASK_REGRESSION;
   if (!strcmp(loss->name, "bce")) return NN_TASK_BINARY;
   if (!strcmp(loss->name, "bce_logits")) return *threshold = 0, NN_TASK_BINARY;
   if (!strcmp(loss->name, "cross_entropy") || !strcmp(loss->name, "nll"))
@@ -2144,13 +2433,13 @@ static void early_stopping(Sema *s, const Ast *patience, const Ast *monitor) {
   }
 }
 
-/* Starts u->train: binds x in f to the input and stores the model's output on it as "out".
+/* Starts *g: binds x in f to the input and stores the model's output on it as "out".
  * (The loss's own call of the model on x is the same node: ir.c hash-conses equal nodes.) */
-static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model) {
+static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model, Graph **g) {
   Unit *u = s->u;
   u->model = model->name;
-  u->train = ir_graph(name);
-  s->b = (Builder){u->train, model->loc, true};
+  *g = ir_graph(name);
+  s->b = (Builder){*g, model->loc, true};
   Node *x = ir_leaf(&s->b, OP_INPUT, batch_of(u->x_shape), NN_IO_X, "x");
   x->io = NN_IO_X;
   bind(f, "x", tensor(x));
@@ -2161,8 +2450,81 @@ static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model) 
   if (out.kind != V_TENSOR) return out;
   u->out_shape = out.node->shape; /* per sample: drop the batch dim */
   memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
-  ir_output(u->train, out.node, NN_IO_OUT, 0, "out");
+  ir_output(*g, out.node, NN_IO_OUT, 0, "out");
+  if (!u->has_train) return out;
+  Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
+  y->io = NN_IO_Y;
+  bind(f, "y", tensor(y));
   return out;
+}
+
+/* The loss of a train block into s->b's graph: a scalar per sample, averaged over the
+ * batch. False after an error. */
+static bool loss_output(Sema *s, Frame *f, const Ast *st) {
+  s->b.loc = st->a->loc;
+  Value loss = eval(s, f, st->a);
+  if (loss.kind == V_NUM) {
+    diag_error(st->loc, "the loss is a constant; it must depend on the model");
+    return false;
+  }
+  if (loss.kind != V_TENSOR) return false;
+  Node *l = loss.node;
+  if (sample_rank(l) != 0) {
+    diag_error(st->loc, "the loss must be one number per sample, got %s; wrap it in mean()",
+               shape_str(l->shape, true));
+    return false;
+  }
+  Builder *b = &s->b;
+  if (batched(l)) l = ir_div(b, ir_reshape(b, ir_reduce(b, OP_SUM, l, 1), (Shape){0}),
+                             ir_scalar(b, OP_BATCH, 0, "batch"));
+  ir_output(b->g, l, NN_IO_LOSS, 0, "loss");
+  return true;
+}
+
+/* A layer's `state` (a buffer, e.g. batchnorm's running mean) gets the value it had at the
+ * end of the layer in the training step as its next value, into its GRAD slot; the update
+ * kernel copies it over (so a skipped step changes nothing). Unassigned, it keeps its value. */
+static void buffer_outputs(Sema *s) {
+  Unit *u = s->u;
+  for (int p = 0; p < u->n_params; p++) {
+    const ParamDecl *pd = &u->params[p];
+    if (!pd->buffer) continue;
+    Node *next = s->buffer_next[p];
+    if (!next) {
+      next = ir_leaf(&s->b, OP_PARAM, pd->shape, p, pd->name);
+      next->io = NN_IO_PARAM, next->offset = pd->offset;
+    }
+    ir_output(u->train, ir_expand(&s->b, next, pd->shape), NN_IO_GRAD, pd->offset,
+              xprintf("next %s", pd->name));
+  }
+}
+
+/* schedule = plateau(factor = 0.1, patience = 10, threshold = 1e-4, min_lr = 0): reduce on
+ * plateau needs each epoch's validation loss, so the runtime does it (NnModelDesc). */
+static bool plateau(Sema *s, const Ast *call) {
+  static const char *const keys[] = {"factor", "patience", "threshold", "min_lr"};
+  double *v = s->u->plateau;
+  v[0] = 0.1, v[1] = 10, v[2] = 1e-4, v[3] = 0;
+  for (int i = 0; call->kind == AST_CALL && i < call->kids.len; i++) {
+    const Ast *a = call->kids.items[i];
+    int k = -1;
+    for (int j = 0; a->kind == AST_KWARG && j < 4; j++)
+      if (!strcmp(keys[j], a->name)) k = j;
+    if (k < 0) {
+      const char *close = a->kind == AST_KWARG ? diag_did_you_mean(a->name, keys, 4) : NULL;
+      diag_error(a->loc, "plateau takes factor, patience, threshold and min_lr by name%s",
+                 close ? xprintf("; did you mean '%s'?", close) : "");
+      return false;
+    }
+    if (!const_number(s, a->a, &v[k])) return false;
+  }
+  if (!(v[0] > 0 && v[0] < 1) || v[1] < 0 || v[1] != floor(v[1]) || v[1] > 1e9 || v[2] < 0 ||
+      v[3] < 0) {
+    diag_error(call->loc, "plateau needs 0 < factor < 1, an integer patience >= 0, and "
+               "threshold, min_lr >= 0");
+    return false;
+  }
+  return true;
 }
 
 static void build_train(Sema *s, const Ast *tr, const char *source) {
@@ -2174,15 +2536,13 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   if (!load_data(s, data, &u->data, &u->y_shape, source)) return;
   u->labels = u->y_shape.rank == 0;
   Frame f = {.prefix = "", .where = IN_TRAIN};
-  Value out = start_graph(s, &f, "train", model);
+  s->training = true;
+  Value out = start_graph(s, &f, "train", model, &u->train);
   if (out.kind != V_TENSOR) return;
-  Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
-  y->io = NN_IO_Y;
-  bind(&f, "y", tensor(y));
 
   static const char *const keys[] = {"loss",     "optimizer", "batch",      "epochs",
                                      "seed",     "validate",  "clip_norm",  "clip_value",
-                                     "early_stop", "monitor",    "freeze"};
+                                     "early_stop", "monitor",   "freeze",     "schedule"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
   const Ast *seen[N_KEYS] = {0};
   u->batch = 32, u->epochs = 10, u->seed = 1;
@@ -2224,24 +2584,16 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
     diag_error(tr->loc, "train block needs %s", !seen[0] ? "a 'loss'" : "an 'optimizer'");
     return;
   }
-  /* loss: a scalar per sample, averaged over the batch */
-  s->b.loc = seen[0]->a->loc;
-  Value loss = eval(s, &f, seen[0]->a);
-  if (loss.kind == V_NUM) {
-    diag_error(seen[0]->loc, "the loss is a constant; it must depend on the model");
-    return;
+  if (!loss_output(s, &f, seen[0])) return;
+  buffer_outputs(s);
+  if (s->reads_mode) { /* the same model and loss again, with `training` 0 */
+    Frame fi = {.prefix = "", .where = IN_TRAIN};
+    s->training = false;
+    if (start_graph(s, &fi, "infer", model, &u->infer).kind != V_TENSOR ||
+        !loss_output(s, &fi, seen[0]))
+      return;
+    ir_prune(u->infer);
   }
-  if (loss.kind != V_TENSOR) return;
-  Node *l = loss.node;
-  if (sample_rank(l) != 0) {
-    diag_error(seen[0]->loc, "the loss must be one number per sample, got %s; wrap it in mean()",
-               shape_str(l->shape, true));
-    return;
-  }
-  Builder *b = &s->b;
-  if (batched(l)) l = ir_div(b, ir_reshape(b, ir_reduce(b, OP_SUM, l, 1), (Shape){0}),
-                             ir_scalar(b, OP_BATCH, 0, "batch"));
-  ir_output(u->train, l, NN_IO_LOSS, 0, "loss");
   u->task = task_of(seen[0]->a, &u->threshold);
   /* optimizer = sgd(lr = 0.5) */
   const Ast *oc = seen[1]->a;
@@ -2257,8 +2609,24 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   for (int i = 0; i < 2; i++)
     if (seen[6 + i] && const_number(s, seen[6 + i]->a, &clip[i]) && !(clip[i] > 0))
       diag_error(seen[6 + i]->a->loc, "'%s' must be a positive number", keys[6 + i]);
+  /* schedule = cosine(warmup = 100): a fn of (lr, t, total, ...) */
+  const Ast *sc = seen[11] ? seen[11]->a : NULL, *sched = NULL;
+  Ast sc_none = {.kind = AST_CALL, .loc = sc ? sc->loc : tr->loc, .name = sc ? sc->name : ""};
+  if (sc && sc->kind != AST_CALL && sc->kind != AST_NAME)
+    diag_error(sc->loc, "expected a schedule, like cosine(warmup = 100)");
+  else if (sc && !strcmp(sc->name, "plateau") && !lookup_def(s, "plateau")) {
+    if (!plateau(s, sc)) return;
+    sc = NULL;
+  } else if (sc && !(sched = find_def(s, sc->loc, sc->name, AST_FN, "schedule")))
+    return;
   if (diag_error_count() == 0)
-    build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1]);
+    build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1],
+                 sc && sc->kind == AST_CALL ? sc : &sc_none, sched);
+  bool has_lr = false;
+  for (int i = 0; i < u->n_hyper; i++) has_lr |= !strcmp(u->hyper_names[i], "lr");
+  if (u->plateau[0] > 0 && !has_lr && diag_error_count() == 0)
+    diag_error(seen[11]->loc, "plateau lowers the learning rate, but optimizer '%s' has no "
+               "'lr'", opt->name);
 }
 
 /* Without a train block (e.g. --emit=ir of a model alone): the first model, x -> out. */
@@ -2269,7 +2637,7 @@ static void build_forward_only(Sema *s, Ast *program) {
   if (!model || !model_input(s, model, &s->u->x_shape)) return;
   Frame f = {.prefix = "", .where = IN_TRAIN};
   s->u->batch = 32, s->u->epochs = 10, s->u->seed = 1;
-  start_graph(s, &f, "forward", model);
+  start_graph(s, &f, "forward", model, &s->u->train);
 }
 
 Unit *sema(Ast *program, Ast *prelude) {
@@ -2309,6 +2677,7 @@ Unit *sema(Ast *program, Ast *prelude) {
     return NULL;
   }
   ir_verify(u->train);
+  if (u->infer) ir_verify(u->infer);
   if (u->update) ir_verify(u->update);
   return u;
 }

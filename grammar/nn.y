@@ -369,6 +369,15 @@ stmts
       for (int i = 0; i < $3.len; i++)
         ast_push(&$$, $3.items[i]);
     }
+  | stmts kw_state IDENT ':' type param_init { /* a layer's buffer, e.g. running statistics */
+      $$ = $1;
+      Ast *s = node(ctx, AST_PARAM, @2);
+      s->name = $3;
+      s->a = $5;
+      s->b = $6;
+      s->op = 's';
+      ast_push(&$$, s);
+    }
   ;
 
 state_inits

@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -170,6 +171,11 @@ static void write_metadata(Text *t, const NnModelDesc *d, const NnCkptState *st)
   meta(t, "seed", buf);
   meta_i64(t, "batch", st->batch);
   meta(t, "rng", rng_text(st->rng, buf));
+  if (d->plateau_factor > 0) { /* reduce-on-plateau's state, so a resume continues it */
+    snprintf(buf, sizeof buf, "%.17g", isfinite(st->plateau_best) ? st->plateau_best : DBL_MAX);
+    meta(t, "plateau.best", buf);
+    meta_i64(t, "plateau.bad", st->plateau_bad);
+  }
   if (st->best_epoch > 0) { /* early stopping's memory, so a resumed run stops where it would */
     meta_i64(t, "best_epoch", st->best_epoch);
     snprintf(buf, sizeof buf, "%.17g", st->best_value);
@@ -617,6 +623,11 @@ static void read_state(const Ckpt *c, const NnModelDesc *d, NnCkptState *st) {
   for (int64_t i = 0; i < d->n_hyper && st->hyper; i++) {
     snprintf(key, sizeof key, "hyper.%s", d->hyper_names[i]);
     st->hyper[i] = meta_real(c, key);
+  }
+  st->plateau_best = INFINITY, st->plateau_bad = 0;
+  if (d->plateau_factor > 0 && nnrt_json_get(c->meta, "plateau.best")) { /* else starts anew */
+    st->plateau_best = meta_real(c, "plateau.best");
+    st->plateau_bad = meta_int(c, "plateau.bad", 0);
   }
 }
 

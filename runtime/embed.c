@@ -83,7 +83,8 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
   for (int64_t i = 0; i < d->n_hyper; i++)
     c->hyper[i] = d->hyper_defaults[i];
   c->step = 0;
-  c->hyper[d->n_hyper] = 0;
+  for (int64_t i = 0; i < NN_HYPER_SLOTS; i++) /* step 0, seed 0, no schedule's total */
+    c->hyper[d->n_hyper + i] = 0;
   c->loss = 0;
   c->magic = nn_embed.hash;
   return NNE_OK;

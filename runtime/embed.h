@@ -39,11 +39,12 @@ typedef struct NneCtx {
   int64_t can_train;         /* 1: grads, state and a training-sized arena were given */
   int64_t step;              /* optimizer steps taken */
   double loss;               /* NN_IO_LOSS */
-  double hyper[];            /* n_hyper hyperparameters, then the step count (NN_IO_HYPER) */
+  double hyper[];            /* n_hyper hyperparameters, then NnHyperSlot (NN_IO_HYPER) */
 } NneCtx;
 
 /* Bytes of the context for a model with n_hyper hyperparameters. */
-#define NNE_CTX_BYTES(n_hyper) (sizeof(NneCtx) + ((size_t)(n_hyper) + 1) * sizeof(double))
+#define NNE_CTX_BYTES(n_hyper) \
+  (sizeof(NneCtx) + ((size_t)(n_hyper) + NN_HYPER_SLOTS) * sizeof(double))
 
 /* Error codes, returned as negative ints; the header names them NAME_ERR_*. ORDER ERR */
 #define NNE_ERRORS(X)                                                                  \

@@ -1,7 +1,8 @@
 /* gradcheck.c — the `gradcheck` command: takes the model and its data, gives a comparison of
  * the compiled gradient (the grad kernel) with central finite differences of the eval kernel's
- * loss, for up to 64 evenly spaced elements of every parameter, on the first batch of the
- * data. Prints one line per parameter and `GRAD OK maxdiff=…` or `GRAD FAIL …` (exit 1). */
+ * loss (of the grad kernel's own loss when the model has a training mode: dropout and batch
+ * statistics are what the gradient is of), for up to 64 evenly spaced elements of every
+ * trained parameter, on the first batch of the data. Prints one line per parameter and `GRAD OK maxdiff=…` or `GRAD FAIL …` (exit 1). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ static double rel_diff(double a, double n) {
 }
 
 static double eval_loss(const NnModelDesc *d, void **io, int64_t n) {
-  d->eval(io, n);
+  (d->modes ? d->grad : d->eval)(io, n);
   return nnrt_loss(io);
 }
 
@@ -81,7 +82,8 @@ static double *analytic_grad(const NnModelDesc *d, void **io, int64_t n, double 
     nnrt_fatal("out of memory at %s:%d", __FILE__, __LINE__);
   for (int64_t j = 0; j < d->param_size; j++)
     g[j] = nnrt_get(io[NN_IO_GRAD], j, d->elem_size);
-  /* grad and eval must compute the same loss, or the comparison below means nothing. */
+  /* grad and eval must compute the same loss, or the comparison below means nothing (in a
+   * model with a training mode they differ: there the finite differences use grad's loss) */
   double le = eval_loss(d, io, n);
   if (rel_diff(l0, le) > tol) {
     printf("GRAD FAIL grad and eval disagree on the loss: grad %.9g, eval %.9g\n", l0, le);
@@ -100,7 +102,7 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     nnrt_data_declared(d, d->data, &data);
   nnrt_buffers_new(d, io, o->threads);
   nnrt_init_params(d, io[NN_IO_PARAM], o->seed);
-  nnrt_set_hyper(d, io, o->hyper, 1);
+  nnrt_set_hyper(d, io, o->hyper, 1, o->seed);
   int64_t n = data.rows < d->max_batch ? data.rows : d->max_batch;
   int64_t *order = malloc((size_t)n * sizeof *order);
   if (!order)
@@ -119,6 +121,10 @@ int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
     int nonzero = 0;
     for (int64_t k = 0; k < d->n_params; k++) {
       int64_t checked;
+      if (d->params[k].buffer) {
+        printf("%s: state, not trained\n", d->params[k].name);
+        continue;
+      }
       if (d->params[k].frozen) { /* no gradient is computed for it */
         printf("%s: frozen, not checked\n", d->params[k].name);
         continue;

@@ -26,7 +26,7 @@ static void load_model(const NnModelDesc *d, const NnOptions *o, void **io, NnCk
     if (!st->has_meta || o->seed_set)
       st->seed = o->seed;
   }
-  nnrt_set_hyper(d, io, o->hyper, st->step);
+  nnrt_set_hyper(d, io, o->hyper, st->step, st->seed);
 }
 
 static void describe_model(const NnModelDesc *d, const NnOptions *o, const NnCkptState *st) {

@@ -52,7 +52,7 @@ void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threa
   io[NN_IO_Y] = alloc_region(b * d->y_size * es);     /* (max_batch, y_size) */
   io[NN_IO_OUT] = alloc_region(b * d->out_size * es); /* (max_batch, out_size) */
   io[NN_IO_LOSS] = alloc_region((int64_t)sizeof(double));
-  io[NN_IO_HYPER] = alloc_region((d->n_hyper + 1) * (int64_t)sizeof(double));
+  io[NN_IO_HYPER] = alloc_region((d->n_hyper + NN_HYPER_SLOTS) * (int64_t)sizeof(double));
 }
 
 void nnrt_buffers_free(void *io[NN_IO_COUNT]) {
@@ -64,11 +64,13 @@ void nnrt_buffers_free(void *io[NN_IO_COUNT]) {
       free(io[i]);
 }
 
-void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step) {
+void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step,
+                    uint64_t seed) {
   double *h = io[NN_IO_HYPER];
   for (int64_t i = 0; i < d->n_hyper; i++)
     h[i] = hyper[i];
-  h[d->n_hyper] = (double)step;
+  h[d->n_hyper + NN_HYPER_STEP] = (double)step;
+  memcpy(&h[d->n_hyper + NN_HYPER_SEED], &seed, sizeof seed); /* the bits, not a value */
 }
 
 double nnrt_loss(void **io) { return *(const double *)io[NN_IO_LOSS]; }
@@ -187,6 +189,8 @@ static void print_params(const NnModelDesc *d) {
            nnrt_shape_str(d->elem_size, p->rank, p->dims, shape, sizeof shape), wz,
            (long long)p->size);
     print_init(p);
+    if (p->buffer)
+      printf(" (state, not trained)");
     if (p->frozen)
       printf("  frozen");
     putchar('\n');

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 5
+#define NN_ABI_VERSION 6
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -24,11 +24,20 @@ typedef enum NnIo {
   NN_IO_Y,      /* targets, (batch, y_size) */
   NN_IO_OUT,    /* model outputs, (batch, out_size) */
   NN_IO_LOSS,   /* one double: the mean loss over the batch */
-  NN_IO_HYPER,  /* doubles: hyperparameters by index (hyper_names), then the step count */
+  NN_IO_HYPER,  /* doubles: hyperparameters by index (hyper_names), then NnHyperSlot */
   NN_IO_THREADS, /* an NnThreads (below) the kernels may split work with, or NULL: serial */
   NN_IO_SCRATCH, /* per-worker scratch: workers * scratch_bytes bytes, 64-byte aligned */
   NN_IO_COUNT
 } NnIo;
+
+/* The slots of NN_IO_HYPER after the n_hyper hyperparameters: slot n_hyper + NN_HYPER_STEP
+ * and so on. ORDER HYPER */
+typedef enum NnHyperSlot {
+  NN_HYPER_STEP,  /* optimizer steps taken (the update kernel sees 1 for the first) */
+  NN_HYPER_SEED,  /* the run's seed: its 64 bits stored in the double, for the random ops */
+  NN_HYPER_TOTAL, /* the updates of the whole training run (LR schedules); 0 outside train */
+  NN_HYPER_SLOTS  /* count */
+} NnHyperSlot;
 
 /* Parameter initialisers (fan-in/fan-out from the shape, Keras convention). */
 typedef enum NnInit {
@@ -94,6 +103,9 @@ typedef struct NnParamInfo {
   int64_t size;                /* elements */
   int64_t init;                /* NnInit */
   double init_a, init_b;       /* initialiser arguments */
+  int64_t buffer;              /* 1: a layer's state (running statistics), not trained: the
+                                  grad kernel writes its next value into its GRAD slot and the
+                                  update kernel copies it over; 0: a trained parameter */
   int64_t frozen;              /* 1: `freeze`d in the train block; never updated, no gradient */
 } NnParamInfo;
 
@@ -142,12 +154,22 @@ typedef struct NnModelDesc {
   int64_t task;                /* NnTask */
   double threshold;            /* decision threshold for NN_TASK_BINARY */
   int64_t n_hyper;             /* entries of hyper_names/hyper_defaults */
-  const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper] is the step count */
+  const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper + NnHyperSlot] follow */
   const double *hyper_defaults;
   int64_t labels;              /* 1: y is one class index per sample (y_size 1), < out_size */
   const NnDataSource *data;    /* the training set (kind NN_DATA_NONE if none) */
   const NnDataSource *val;     /* the validation set, or NULL */
   double val_split;            /* if no val set: hold out this fraction of data (0 = none) */
+  /* reduce-on-plateau (PyTorch's ReduceLROnPlateau, mode min, relative threshold): after an
+   * epoch whose validation loss (training loss without a validation set) is not below
+   * best * (1 - threshold) for more than `patience` epochs in a row, lr *= factor (not below
+   * min_lr). factor 0: off. */
+  double plateau_factor;
+  int64_t plateau_patience;
+  double plateau_threshold;
+  double plateau_min_lr;
+  int64_t modes;               /* 1: grad runs in training mode and forward/eval in inference
+                                  mode, and they differ (dropout, batchnorm); 0: the same */
   NnKernel forward;            /* X -> OUT */
   NnKernel eval;               /* X, Y -> LOSS, OUT */
   NnKernel grad;               /* X, Y -> LOSS, OUT, GRAD (overwritten, not accumulated) */

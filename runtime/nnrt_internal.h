@@ -208,8 +208,9 @@ void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threa
 void nnrt_buffers_free(void *io[NN_IO_COUNT]);
 /* nnrt_params_init, exiting on an unknown initialiser. */
 void nnrt_init_params(const NnModelDesc *d, void *param, uint64_t seed);
-/* Hyperparameters, then the step count at index n_hyper. */
-void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step);
+/* Hyperparameters, then the step count and the seed (NnHyperSlot). */
+void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_t step,
+                    uint64_t seed);
 /* Copies rows[0..n) of data into X (scaling stored bytes) and Y when data has targets. */
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io);
 double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */
@@ -298,6 +299,8 @@ typedef struct NnCkptState {
   double best_value;  /* that value */
   int64_t wait;       /* epochs since then without improvement */
   int has_meta;     /* load: 1 when the file carries nnc metadata */
+  double plateau_best;  /* reduce-on-plateau: the best epoch loss so far (inf: none) */
+  int64_t plateau_bad;  /* epochs since it improved */
 } NnCkptState;
 
 /* How much of a checkpoint must match the model. */

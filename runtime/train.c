@@ -41,6 +41,8 @@ typedef struct Run {
   NnRng shuffle;             /* the epoch shuffles' stream */
   uint64_t resumed_rng[4];   /* --resume: the stream's state the checkpoint recorded */
   int progress;              /* 1: draw a progress bar (stdout is a terminal, not --quiet) */
+  double plateau_best;       /* reduce-on-plateau: the best loss so far */
+  int64_t plateau_bad;       /* epochs since it improved */
   FILE *log;                 /* --log: the CSV being written, or NULL */
   int64_t lr_at;             /* index of 'lr' among the hyperparameters; -1: none */
   int64_t patience;          /* early stopping: epochs without improvement; 0 = off */
@@ -89,6 +91,8 @@ static void resume(Run *r) {
   free(saved);
   memcpy(r->resumed_rng, st.rng, sizeof st.rng);
   r->epoch = r->saved_epoch = st.epoch;
+  r->plateau_best = st.plateau_best;
+  r->plateau_bad = st.plateau_bad;
   r->step = st.step;
   r->skipped = st.skipped;
   r->best_epoch = st.best_epoch;
@@ -104,6 +108,7 @@ static void init_state(Run *r) {
   r->batch = o->batch;
   r->seed = o->seed;
   r->saved_epoch = -1;
+  r->plateau_best = INFINITY;
   nnrt_buffers_new(d, r->io, o->threads);
   if (o->resume_path) {
     resume(r);
@@ -258,7 +263,9 @@ static void log_close(Run *r) {
     nnrt_fatal("cannot write '%s': %s", name, strerror(errno));
 }
 
-/* ",lr" (empty when the model has no 'lr'). */
+/* ",lr" (empty when the model has no 'lr'): the hyperparameter, as reduce-on-plateau has
+ * lowered it; a compiled `schedule = f(...)` is applied inside the update kernel, so its
+ * per-step value is not logged. */
 static void log_lr(const Run *r, char *buf, size_t cap) {
   if (r->lr_at >= 0)
     snprintf(buf, cap, ",%.9g", r->hyper[r->lr_at]);
@@ -475,7 +482,8 @@ static void save_to(Run *r, const char *path) {
                path, kept);
   }
   NnCkptState st = {.epoch = r->epoch, .step = r->step, .skipped = r->skipped, .seed = r->seed,
-                    .batch = r->batch, .hyper = r->hyper, .has_meta = 1};
+                    .batch = r->batch, .hyper = r->hyper, .has_meta = 1,
+                    .plateau_best = r->plateau_best, .plateau_bad = r->plateau_bad};
   memcpy(st.rng, r->shuffle.s, sizeof st.rng);
   if (r->patience) {
     st.best_epoch = r->best_epoch;
@@ -493,6 +501,31 @@ static void save(Run *r) {
 static int save_due(const Run *r) {
   const NnOptions *o = r->o;
   return o->save_path && (r->epoch % o->save_every == 0 || r->epoch == o->epochs);
+}
+
+/* Reduce-on-plateau after an epoch whose loss (validation, else training) was `loss`, as
+ * PyTorch's ReduceLROnPlateau (mode min, relative threshold, no cooldown). */
+static void plateau_step(Run *r, double loss) {
+  const NnModelDesc *d = r->d;
+  int64_t lr = nnrt_hyper_index(d, "lr");
+  if (d->plateau_factor <= 0 || lr < 0)
+    return;
+  if (loss < r->plateau_best * (1 - d->plateau_threshold)) {
+    r->plateau_best = loss;
+    r->plateau_bad = 0;
+    return;
+  }
+  if (++r->plateau_bad <= d->plateau_patience)
+    return;
+  double old = r->hyper[lr], lower = fmax(old * d->plateau_factor, d->plateau_min_lr);
+  r->plateau_bad = 0;
+  if (old - lower <= 1e-8) /* PyTorch's eps: too small a change is not made */
+    return;
+  r->hyper[lr] = lower;
+  ((double *)r->io[NN_IO_HYPER])[lr] = lower;
+  if (!r->o->quiet)
+    printf("plateau: no improvement for %lld epochs after epoch %lld; lr %g -> %g\n",
+           (long long)d->plateau_patience + 1, (long long)r->epoch, old, lower);
 }
 
 /* ---- the command ---- */
@@ -532,11 +565,12 @@ static void train_epochs(Run *r) {
     if (!o->quiet && epoch_due(r->epoch, o->epochs, o->verbose))
       print_epoch(r, &t, r->val.n ? &v : NULL, skipped);
     char row[sizeof r->best_row];
-    epoch_row(r, &t, r->val.n ? &v : NULL, row, sizeof row);
+    epoch_row(r, &t, r->val.n ? &v : NULL, row, sizeof row); /* the lr this epoch ran with */
     if (r->log) {
       fprintf(r->log, "epoch,%s\n", row);
       fflush(r->log); /* a run that dies later still leaves whole epochs behind */
     }
+    plateau_step(r, nnrt_metrics_loss(r->val.n ? &v : &t)); /* may lower lr for the next */
     int stop = 0;
     if (r->patience) {
       if (note_epoch(r, monitored(r, &t, &v))) {
@@ -566,7 +600,9 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
   t_load = now_seconds() - t_load;
   if (o->resume_path)
     replay_shuffles(&r);
-  nnrt_set_hyper(d, r.io, r.hyper, r.step);
+  nnrt_set_hyper(d, r.io, r.hyper, r.step, r.seed);
+  int64_t per_epoch = (r.train.n + r.batch - 1) / r.batch;
+  ((double *)r.io[NN_IO_HYPER])[d->n_hyper + NN_HYPER_TOTAL] = (double)(o->epochs * per_epoch);
   r.lr_at = nnrt_hyper_index(d, "lr");
   early_stop_setup(&r);
   if (o->log_path || o->plot_path)

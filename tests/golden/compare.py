@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """compare.py — compares an nnc training program's printed losses with a golden file.
 
-usage: compare.py GOLDEN OUTPUT [--name NAME] [--tol T]
+usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--tol T]
   GOLDEN  a file of numbers, one per line (optionally "NAME VALUE" lines, with --name NAME)
   OUTPUT  the program's stdout: the loss of every `epoch` line, then the `final:` loss
+  --final compare the `final:` loss alone (eval mode, e.g. with dropout off)
 Prints `TENSOR OK maxdiff=...` or `TENSOR MISMATCH ...` (exit 1). The tolerance is absolute,
 because the program prints losses with 6 decimals.
 """
@@ -13,7 +14,10 @@ import sys
 
 def main():
     args = sys.argv[1:]
-    name, tol = None, 2e-6
+    name, tol, final = None, 2e-6, False
+    if "--final" in args:
+        args.remove("--final")
+        final = True
     if "--name" in args:
         i = args.index("--name")
         name = args[i + 1]
@@ -37,6 +41,8 @@ def main():
     got = [float(v) for v in re.findall(r"^(?:epoch\s+\S+|final:)\s+loss\s+(\S+)", text, re.M)]
     if name is not None:  # a loss value: the first printed loss is the loss at the start
         got = got[:1]
+    if final:
+        got = got[-1:]
     if len(got) != len(golden):
         print(f"TENSOR MISMATCH: {len(got)} values printed, {len(golden)} expected")
         return 1

@@ -71,6 +71,162 @@ for name, make in optimizers.items():
     with open(os.path.join(HERE, f"optim-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
 
+# ---- batchnorm: 10 SGD steps (lr 0.1) on mse(batchnorm(w * x), y), w = 0.5, in training
+# mode (batch statistics; the trajectory checks the gradients through them), then the loss in
+# eval mode, with the running statistics the 10 steps left. Dense: BatchNorm1d on X, Y above.
+# Images: BatchNorm2d on 3 samples of [h, w, c] = [2, 2, 2] (nnc is channels last).
+def batchnorm_run(x, y, bn, to_torch):
+    w = torch.full(x.shape[1:], 0.5, requires_grad=True)
+    opt = torch.optim.SGD([w] + list(bn.parameters()), lr=0.1)
+    out = []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(to_torch(bn, x * w), y)
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    bn.eval()
+    with torch.no_grad():
+        out.append(F.mse_loss(to_torch(bn, x * w), y).item())
+    return out
+
+
+def nhwc(bn, v):  # BatchNorm2d is channels first
+    return bn(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+IMG = torch.tensor([[0.5, -0.3, 0.8, 0.1, 0.2, -0.4, 0.7, 0.3],
+                    [0.1, 0.2, -0.4, -0.7, 0.9, 0.3, 0.2, 0.5],
+                    [-0.7, 0.9, 0.3, 0.3, -0.6, 0.2, -0.1, 0.4]]).reshape(3, 2, 2, 2)
+IMG_Y = torch.tensor([[1.0, 0.0, 0.5, -1.0, 0.2, 0.3, -0.5, 1.0],
+                      [0.0, 1.0, -0.5, 0.5, 1.0, -1.0, 0.0, 0.5],
+                      [-1.0, 0.5, 1.0, 0.0, -0.2, 0.8, 0.4, -0.3]]).reshape(3, 2, 2, 2)
+runs = {
+    "batchnorm-dense": batchnorm_run(X, Y, torch.nn.BatchNorm1d(3), lambda bn, v: bn(v)),
+    "batchnorm-conv": batchnorm_run(IMG, IMG_Y, torch.nn.BatchNorm2d(2, momentum=0.2), nhwc),
+}
+for name, out in runs.items():
+    with open(os.path.join(HERE, f"{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- dropout is off outside training: the eval-mode loss of mse(dropout(P), T) is mse(P, T)
+drop = torch.nn.Dropout(0.5)
+drop.eval()
+with open(os.path.join(HERE, "dropout-eval.golden"), "w") as f:
+    f.write(f"{F.mse_loss(drop(P), T).item():.9f}\n")
+
+# ---- learning-rate schedules: 10 SGD steps (lr 0.1) on mse(w * x, y) as for the optimizers,
+# the scheduler stepped after every update, so the trajectory follows its lr sequence.
+# cosine: LinearLR warmup for 3 updates, then CosineAnnealingLR to 0.01 over the other 7.
+def cosine_warmup(opt):
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 3, end_factor=1,
+                                             total_iters=2)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=7, eta_min=0.01)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[3])
+
+
+schedules = {
+    "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    "exponential": lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8),
+    "cosine": cosine_warmup,
+}
+for name, make in schedules.items():
+    w = torch.full((3,), 0.5, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = make(opt)
+    out, lrs = [], []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(X * w, Y)
+        out.append(loss.item())
+        lrs.append(opt.param_groups[0]["lr"])
+        loss.backward()
+        opt.step()
+        sched.step()
+    out.append(F.mse_loss(X * w, Y).item())
+    with open(os.path.join(HERE, f"schedule-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
+    print(name, " ".join(f"{v:.6g}" for v in lrs))
+
+# ---- reduce-on-plateau: SGD with lr 3 on the same problem diverges, so the loss stops
+# improving; ReduceLROnPlateau(factor 0.5, patience 1) is stepped after every epoch (one
+# update each) with the epoch's loss, the loss before its update.
+w = torch.full((3,), 0.5, requires_grad=True)
+opt = torch.optim.SGD([w], lr=3.0)
+sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+out, lrs = [], []
+for step in range(12):
+    opt.zero_grad()
+    loss = F.mse_loss(X * w, Y)
+    out.append(loss.item())
+    lrs.append(opt.param_groups[0]["lr"])
+    loss.backward()
+    opt.step()
+    sched.step(loss.item())
+out.append(F.mse_loss(X * w, Y).item())
+with open(os.path.join(HERE, "schedule-plateau.golden"), "w") as f:
+    f.write("".join(f"{v:.9f}\n" for v in out))
+print("plateau", " ".join(f"{v:.6g}" for v in lrs), out)
+
+# ---- kl_div of log_softmax(Z) against the probabilities T / T.sum (batchmean), and a
+# weighted sum of two losses (multi-task)
+with open(os.path.join(HERE, "losses.golden"), "a") as f:
+    kl = F.kl_div(F.log_softmax(Z, 1), T / T.sum(1, keepdim=True), reduction="batchmean")
+    f.write(f"kl_div {kl.item():.9f}\n")
+    f.write(f"weighted {(0.7 * F.mse_loss(P, T) + 0.3 * F.l1_loss(P, T)).item():.9f}\n")
+
+# ---- regularisers: 10 SGD steps (lr 0.1) on mse(w * x, y) + 0.05 * l2 or l1 of w
+for name, reg in {"l2": lambda w: (w ** 2).sum(), "l1": lambda w: w.abs().sum()}.items():
+    w = torch.full((3,), 0.5, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    out = []
+    for step in range(10):
+        opt.zero_grad()
+        loss = F.mse_loss(X * w, Y) + 0.05 * reg(w)
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    out.append((F.mse_loss(X * w, Y) + 0.05 * reg(w)).item())
+    with open(os.path.join(HERE, f"reg-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
+
+# ---- conv2d and pooling: 10 SGD steps (lr 0.5) on mse(flatten(pool(conv2d(x, W))), y) with
+# every filter weight starting at 0.1, x 2 images [5, 5, 2] (channels last, as nnc), W
+# [3, 3, 2, 2] (nnc's [kh, kw, c, filters]), "same" padding (1 on each side), then 2x2 max or
+# average pooling ("valid"). The targets differ per channel, so the two filters part ways and
+# the trajectory checks the forward values and both gradients. Inputs and targets are in
+# tests/lit/golden/window-*.nn (printed by --print-window-table).
+import math
+import sys
+
+WX = torch.tensor([[math.sin(0.37 * i + 1.3 * s) for i in range(50)] for s in range(2)])
+WY = torch.tensor([[math.cos(0.91 * i + 0.5 * s) for i in range(8)] for s in range(2)])
+if "--print-window-table" in sys.argv:
+    for s in range(2):
+        print("    [" + ", ".join(f"{v:.6f}" for v in WX[s]) + "] ->")
+        print("        [" + ", ".join(f"{v:.6f}" for v in WY[s]) + "]")
+WX = torch.tensor([[round(v, 6) for v in r] for r in WX.tolist()])
+WY = torch.tensor([[round(v, 6) for v in r] for r in WY.tolist()])
+for name, pool in {"maxpool": F.max_pool2d, "avgpool": F.avg_pool2d}.items():
+    w = torch.full((2, 2, 3, 3), 0.1, requires_grad=True)  # torch: [filters, c, kh, kw]
+    opt = torch.optim.SGD([w], lr=0.5)
+    x = WX.reshape(2, 5, 5, 2).permute(0, 3, 1, 2)
+    out = []
+
+    def loss_of():
+        h = pool(F.conv2d(x, w, padding=1), 2)  # [2, 2, 2, 2] NCHW
+        return F.mse_loss(h.permute(0, 2, 3, 1).reshape(2, 8), WY)
+
+    for step in range(10):
+        opt.zero_grad()
+        loss = loss_of()
+        out.append(loss.item())
+        loss.backward()
+        opt.step()
+    out.append(loss_of().item())
+    with open(os.path.join(HERE, f"window-{name}.golden"), "w") as f:
+        f.write("".join(f"{v:.9f}\n" for v in out))
+
 # ---- one Transformer block (std.nn's transformer_block: pre-norm, causal multi-head
 # attention, GELU MLP) on a batch of 2 sequences [4, 8], 2 heads, under mse against fixed
 # targets. Random weights (seed 0) are written as a safetensors file under nnc's parameter

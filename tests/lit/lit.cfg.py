@@ -24,3 +24,6 @@ config.environment["PATH"] = os.pathsep.join([config.llvm_tools_dir, config.envi
 for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "HOME", "TMPDIR"):
     if var in os.environ:
         config.environment[var] = os.environ[var]
+# Debian's dataset-fashion-mnist: tests on real images need it (tests/lit/Inputs/fashion_slice.py)
+if os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+    config.available_features.add("fashion-mnist")
