@@ -235,6 +235,21 @@ import json
 import math
 import struct
 
+
+# Tensors as an F64 safetensors file under the given names (nnc --init-from reads it).
+def write_safetensors(path, tensors):
+    header, data = {}, b""
+    for name, t in tensors.items():
+        flat = t.detach().contiguous().reshape(-1).tolist()
+        begin = len(data)
+        data += struct.pack("<%dd" % len(flat), *flat)
+        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [begin, len(data)]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
 torch.manual_seed(0)
 B, T_, C, H = 2, 4, 8, 2
 pre = "transformer_block0."
@@ -272,15 +287,7 @@ loss.backward()
 with open(os.path.join(HERE, "transformer-block.csv"), "w") as f:
     for b in range(B):
         f.write(",".join(f"{v:.17g}" for v in torch.cat([XB[b].flatten(), YB[b].flatten()]).tolist()) + "\n")
-header, blob = {}, b""
-for k, t in W.items():
-    data = struct.pack(f"<{t.numel()}d", *t.detach().flatten().tolist())
-    header[k] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [len(blob), len(blob) + len(data)]}
-    blob += data
-hj = json.dumps(header).encode()
-hj += b" " * (-len(hj) % 8)
-with open(os.path.join(HERE, "transformer-block.safetensors"), "wb") as f:
-    f.write(struct.pack("<Q", len(hj)) + hj + blob)
+write_safetensors(os.path.join(HERE, "transformer-block.safetensors"), W)
 with open(os.path.join(HERE, "transformer-block.golden"), "w") as f:
     f.write(f"loss {loss.item():.17g}\n")
     f.write("out " + " ".join(f"{v:.17g}" for v in out.detach().flatten().tolist()) + "\n")
@@ -327,15 +334,7 @@ text = open(os.path.join(HERE, "..", "lit", "Inputs", "tiny.txt"), "rb").read()
 rows = (len(text) - 1) // T_
 ids = torch.tensor(list(text[: rows * T_ + 1]))
 GX, GY = ids[:-1].view(rows, T_), ids[1:].view(rows, T_)
-header, blob = {}, b""
-for k, t in G.items():
-    data = struct.pack(f"<{t.numel()}d", *t.detach().flatten().tolist())
-    header[k] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [len(blob), len(blob) + len(data)]}
-    blob += data
-hj = json.dumps(header).encode()
-hj += b" " * (-len(hj) % 8)
-with open(os.path.join(HERE, "gpt-steps.safetensors"), "wb") as f:
-    f.write(struct.pack("<Q", len(hj)) + hj + blob)
+write_safetensors(os.path.join(HERE, "gpt-steps.safetensors"), G)
 decay = [t for t in G.values() if t.dim() >= 2]
 no_decay = [t for t in G.values() if t.dim() < 2]
 opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -373,18 +372,6 @@ RX = torch.tensor([[[round(math.sin(1 + 15 * b + 3 * t + i), 2) for i in range(3
                     for t in range(5)] for b in range(4)])
 RY = torch.tensor([[round(0.8 * math.cos(2 + 4 * b + j), 2) for j in range(4)] for b in range(4)])
 
-
-def write_safetensors(path, tensors):
-    header, data = {}, b""
-    for name, t in tensors.items():
-        flat = t.detach().contiguous().reshape(-1).tolist()
-        begin = len(data)
-        data += struct.pack("<%dd" % len(flat), *flat)
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [begin, len(data)]}
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
 
 
 recurrent = {  # name: (module, how the model reads its output)
