@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "nnrt_internal.h"
+#include "safetensors.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #error "ckpt.c copies tensors as they lie in memory; safetensors data is little-endian"
@@ -328,16 +329,6 @@ typedef struct Ckpt {
   int64_t n;                   /* entries of tensors */
 } Ckpt;
 
-static int dtype_width(const char *t) {
-  static const struct { const char *name; int width; } types[] = {
-      {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4}, {"I16", 2},
-      {"I8", 1},  {"U64", 8}, {"U32", 4}, {"U16", 2},  {"U8", 1},  {"BOOL", 1},
-      {"F8_E4M3", 1}, {"F8_E5M2", 1}};
-  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-    if (strcmp(t, types[i].name) == 0)
-      return types[i].width;
-  return 0;
-}
 
 static unsigned char *read_whole(const char *path, int64_t *size) {
   FILE *f = fopen(path, "rb");
@@ -380,7 +371,7 @@ static void read_entry(Ckpt *c, const char *name, const NnJson *e, const unsigne
   if (!dtype || dtype->type != NNRT_JSON_STRING)
     nnrt_file_error(c->path, "tensor '%s' has no \"dtype\" string", name);
   t->dtype = dtype->str;
-  t->width = dtype_width(dtype->str);
+  t->width = nnrt_st_dtype_width(dtype->str);
   if (!t->width)
     nnrt_file_error(c->path, "tensor '%s' has unknown dtype '%s'", name, dtype->str);
   t->rank = int_array(nnrt_json_get(e, "shape"), t->dims, MAX_DIMS);
@@ -494,21 +485,7 @@ static int fits(const Tensor *t, int64_t es, int64_t rank, const int64_t *dims, 
 
 /* Copies t into n elements at dst, converting F32 <-> F64 when the types differ. */
 static void copy_tensor(const Tensor *t, void *dst, int64_t n, int64_t es) {
-  if (t->width == es) {
-    memcpy(dst, t->bytes, (size_t)(n * es));
-    return;
-  }
-  for (int64_t i = 0; i < n; i++) {
-    double v;
-    if (t->width == 4) {
-      float f;
-      memcpy(&f, t->bytes + 4 * i, 4);
-      v = f;
-    } else {
-      memcpy(&v, t->bytes + 8 * i, 8);
-    }
-    nnrt_set(dst, i, es, v);
-  }
+  nnrt_st_copy_floats(dst, es, t->bytes, t->width, n);
 }
 
 /* The model tensor `name` with this shape must be in the checkpoint and fit. */

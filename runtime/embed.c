@@ -218,22 +218,7 @@ static const void *param_bytes(const NneCtx *c, int64_t k) {
 
 /* Copies t into n elements of es bytes at dst, converting F32 <-> F64 when needed. */
 static void copy_tensor(const NnStTensor *t, void *dst, int64_t n, int64_t es) {
-  int width = strcmp(t->dtype, "F32") == 0 ? 4 : 8;
-  if (width == es) {
-    memcpy(dst, t->bytes, (size_t)(n * es));
-    return;
-  }
-  for (int64_t i = 0; i < n; i++) {
-    double v;
-    if (width == 4) {
-      float f;
-      memcpy(&f, t->bytes + 4 * i, 4);
-      v = f;
-    } else {
-      memcpy(&v, t->bytes + 8 * i, 8);
-    }
-    nnrt_set(dst, i, es, v);
-  }
+  nnrt_st_copy_floats(dst, es, t->bytes, strcmp(t->dtype, "F32") == 0 ? 4 : 8, n);
 }
 
 static int fits(const NnStTensor *t, const NnParamInfo *p) {

@@ -135,7 +135,7 @@ static int64_t int_list(Scan *s, int64_t *out, int64_t max) {
   return eat(s, ']') ? n : -1;
 }
 
-static int dtype_width(const char *t) {
+int nnrt_st_dtype_width(const char *t) {
   static const struct { const char *name; int width; } types[] = {
       {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4}, {"I16", 2},
       {"I8", 1},  {"U64", 8}, {"U32", 4}, {"U16", 2},  {"U8", 1},  {"BOOL", 1},
@@ -144,6 +144,28 @@ static int dtype_width(const char *t) {
     if (strcmp(t, types[i].name) == 0)
       return types[i].width;
   return 0;
+}
+
+void nnrt_st_copy_floats(void *dst, int64_t elem_size, const unsigned char *src, int width,
+                         int64_t n) {
+  if (width == elem_size) {
+    memcpy(dst, src, (size_t)(n * elem_size));
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    double v;
+    if (width == 4) {
+      float f;
+      memcpy(&f, src + 4 * i, 4);
+      v = f;
+    } else {
+      memcpy(&v, src + 8 * i, 8);
+    }
+    if (elem_size == 4)
+      ((float *)dst)[i] = (float)v;
+    else
+      ((double *)dst)[i] = v;
+  }
 }
 
 int nnrt_st_open(const void *file, size_t size, NnStFile *st) {
@@ -192,7 +214,7 @@ static int entry(Scan *s, const NnStFile *st, NnStTensor *t) {
     if (!eat(s, '}'))
       return 0;
   }
-  int width = has_dtype ? dtype_width(t->dtype) : 0;
+  int width = has_dtype ? nnrt_st_dtype_width(t->dtype) : 0;
   if (!width || t->rank < 0 || off[0] < 0 || off[0] > off[1] || (uint64_t)off[1] > st->data_len)
     return 0;
   int64_t elems = 1;

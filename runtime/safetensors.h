@@ -2,7 +2,8 @@
  *
  * Used where nothing may allocate or exit: the embedding support code (embed.c, linked into
  * user programs) and nnc's --weights. The training binary's checkpoints (ckpt.c) keep their
- * own reader, which parses the whole header into a tree to report every mismatch by name. */
+ * own reader, which parses the whole header into a tree to report every mismatch by name, and
+ * share the dtype table and the float copy below. */
 #ifndef NNRT_SAFETENSORS_H
 #define NNRT_SAFETENSORS_H
 
@@ -30,6 +31,12 @@ typedef struct NnStTensor {
   int64_t nbytes;
 } NnStTensor;
 
+/* Bytes per element of a safetensors dtype ("F32": 4, "BF16": 2, ...); 0 for an unknown one. */
+int nnrt_st_dtype_width(const char *dtype);
+/* n little-endian F32 (width 4) or F64 (width 8) values at src into n elements of elem_size
+ * bytes at dst, converting between the two float types when they differ. */
+void nnrt_st_copy_floats(void *dst, int64_t elem_size, const unsigned char *src, int width,
+                         int64_t n);
 /* 0, or -1 when `file` is not a safetensors file (too short, header out of bounds). */
 int nnrt_st_open(const void *file, size_t size, NnStFile *st);
 /* 1 with *t filled when the header has an entry `name` whose shape and offsets are valid and
