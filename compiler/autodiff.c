@@ -67,8 +67,8 @@ Node *ad_grad(Builder *b, Node *y, Node *wrt) {
   return ok ? adj[wrt->id] : NULL;
 }
 
-bool ad_gradients(Unit *u) {
-  Graph *g = u->train;
+/* The gradient of g's loss with respect to every parameter that is not frozen. */
+static bool gradients_of(Unit *u, Graph *g) {
   Node *loss = loss_of(g);
   if (!loss) diag_internal(__FILE__, __LINE__, "train graph has no loss");
   int n = g->n_nodes;
@@ -101,4 +101,18 @@ bool ad_gradients(Unit *u) {
   ir_prune(g);
   ir_verify(g);
   return true;
+}
+
+bool ad_gradients(Unit *u) {
+  if (!u->n_steps) return gradients_of(u, u->train);
+  /* each step differentiates its loss with respect to the parameters it updates; the rest
+   * are constants it differentiates through (the discriminator, for the generator's step) */
+  bool ok = true;
+  for (int k = 0; k < u->n_steps && ok; k++) {
+    const Step *sp = &u->steps[k];
+    for (int p = 0; p < u->n_params; p++) u->params[p].frozen = p >= sp->n_known || !sp->updates[p];
+    ok = gradients_of(u, sp->train);
+  }
+  for (int p = 0; p < u->n_params; p++) u->params[p].frozen = false;
+  return ok;
 }

@@ -1316,8 +1316,12 @@ static LLVMValueRef hyper_name_table(Lower *L) {
  * `unplanned`: what one slot per node of the unfused graphs would need instead. */
 static int64_t arena_bytes(Lower *L, bool unplanned) {
   int64_t elems = 0;
-  const Graph *gs[3] = {L->u->train, L->u->update, L->u->infer};
-  for (int i = 0; i < 3; i++) {
+  const Unit *u = L->u;
+  int n = 3 + 2 * u->n_steps;
+  const Graph **gs = xalloc((size_t)n * sizeof *gs);
+  gs[0] = u->train, gs[1] = u->update, gs[2] = u->infer;
+  for (int k = 0; k < u->n_steps; k++) gs[3 + 2 * k] = u->steps[k].train, gs[4 + 2 * k] = u->steps[k].update;
+  for (int i = 0; i < n; i++) {
     int64_t e = !gs[i] ? 0 : unplanned ? gs[i]->unplanned_elems : gs[i]->arena_elems;
     if (e > elems) elems = e;
   }
@@ -1340,7 +1344,24 @@ static LLVMValueRef data_source(Lower *L, const DataSpec *d, int64_t row_width) 
                        "data_source");
 }
 
-static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
+/* The steps' table (NnStep); step_kernel holds each one's grad and update. */
+static LLVMValueRef step_table(Lower *L, LLVMValueRef *step_kernel) {
+  const Unit *u = L->u;
+  if (u->n_steps == 0) return LLVMConstNull(L->ptr);
+  LLVMTypeRef info = NULL;
+  LLVMValueRef *rows = xalloc(sizeof *rows * (size_t)u->n_steps);
+  for (int k = 0; k < u->n_steps; k++) {
+    Fields f = {0};
+    PUT_PTR(&f, NnStep, name, cstring(L, u->steps[k].name));
+    PUT_PTR(&f, NnStep, grad, step_kernel[2 * k]);
+    PUT_PTR(&f, NnStep, update, step_kernel[2 * k + 1]);
+    PUT_I64(&f, NnStep, updated, u->steps[k].updated);
+    rows[k] = struct_of(L, &f, &info, "NnStep", sizeof(NnStep));
+  }
+  return private_const(L, LLVMConstArray2(info, rows, (uint64_t)u->n_steps), "steps");
+}
+
+static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4], LLVMValueRef *step_kernel) {
   const Unit *u = L->u;
   int64_t x_size = shape_elems(u->x_shape, 1), y_size = shape_elems(u->y_shape, 1);
   Fields f = {0};
@@ -1389,6 +1410,11 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_I64(&f, NnModelDesc, arena_unplanned_bytes, arena_bytes(L, true));
   PUT_I64(&f, NnModelDesc, patience, u->patience);
   PUT_I64(&f, NnModelDesc, monitor, u->monitor);
+  PUT_I64(&f, NnModelDesc, n_steps, u->n_steps);
+  PUT_PTR(&f, NnModelDesc, steps, step_table(L, step_kernel));
+  PUT_I64(&f, NnModelDesc, out_rank, u->out_shape.rank);
+  put(&f, offsetof(NnModelDesc, out_dims), LLVMArrayType2(L->i64, NN_MAX_RANK),
+      dims_array(L, u->out_shape), 8 * NN_MAX_RANK);
   LLVMTypeRef desc = NULL;
   LLVMValueRef init = struct_of(L, &f, &desc, "NnModelDesc", sizeof(NnModelDesc));
   LLVMValueRef g = LLVMAddGlobal(L->mod, desc, "nn_model");
@@ -1554,12 +1580,20 @@ static void build_module(Lower *L) {
   LLVMValueRef kernel[4];
   lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
   const Graph *infer = u->infer ? u->infer : u->train; /* eval and predict: inference mode */
+  LLVMValueRef *step_kernel = xalloc(sizeof *step_kernel * (size_t)(2 * u->n_steps + 1));
+  for (int k = 0; k < u->n_steps; k++) { /* grad and update of each step: nn_grad_d, ... */
+    const Step *sp = &u->steps[k];
+    step_kernel[2 * k] = emit_kernel(L, xprintf("nn_grad_%s", sp->name), sp->train, ~0u);
+    step_kernel[2 * k + 1] = emit_kernel(L, xprintf("nn_update_%s", sp->name), sp->update, ~0u);
+  }
   for (int k = 0; k < N_KERNELS; k++) { /* ORDER DESC: forward, eval, grad, update */
     bool grad = !kernel_specs[k].update && kernel_specs[k].outs == ~0u;
     const Graph *g = kernel_specs[k].update ? u->update : grad ? u->train : infer;
-    kernel[k] = emit_kernel(L, kernel_specs[k].name, g, kernel_specs[k].outs);
+    kernel[k] = u->n_steps && (grad || kernel_specs[k].update) /* the first step's */
+                    ? step_kernel[kernel_specs[k].update]
+                    : emit_kernel(L, kernel_specs[k].name, g, kernel_specs[k].outs);
   }
-  LLVMValueRef model = emit_model_desc(L, kernel);
+  LLVMValueRef model = emit_model_desc(L, kernel, step_kernel);
   if (L->embed) emit_embed_desc(L, L->embed, model);
 }
 

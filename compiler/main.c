@@ -191,6 +191,20 @@ static int emit_header(const Unit *u, const Options *o) {
   return ok ? 0 : 1;
 }
 
+/* The unit's graphs in the order they are printed: train, infer, update, then each step's
+ * train and update; update[i] tells the optimizer's graphs apart. Returns how many. */
+static int unit_graphs(Unit *u, Graph **gs, bool *update) {
+  int n = 0;
+  Graph *one[3] = {u->train, u->infer, u->update};
+  for (int i = 0; i < 3; i++)
+    if (one[i]) gs[n] = one[i], update[n++] = i == 2;
+  for (int k = 0; k < u->n_steps; k++) {
+    gs[n] = u->steps[k].train, update[n++] = false;
+    gs[n] = u->steps[k].update, update[n++] = true;
+  }
+  return n;
+}
+
 static int compile(const Options *o) {
   SourceFile *src = diag_load(o->input);
   if (!src) return 1;
@@ -214,11 +228,14 @@ static int compile(const Options *o) {
   }
   Unit *u = sema(program, prelude);
   if (!u) return 1;
+  Graph *gs[3 + 2 * NN_MAX_STEPS];
+  bool update[3 + 2 * NN_MAX_STEPS];
+  int n = unit_graphs(u, gs, update);
   if (o->emit == EMIT_IR) {
     FILE *f = open_dump(o);
     if (!f) return 1;
-    ir_print(f, u->train);
-    if (u->infer) ir_print(f, u->infer);
+    for (int i = 0; i < n; i++)
+      if (!update[i]) ir_print(f, gs[i]);
     close_dump(f);
     return 0;
   }
@@ -226,29 +243,19 @@ static int compile(const Options *o) {
   if (o->emit == EMIT_GRAD_IR) {
     FILE *f = open_dump(o);
     if (!f) return 1;
-    ir_print(f, u->train);
-    if (u->infer) ir_print(f, u->infer);
-    if (u->update) ir_print(f, u->update);
+    for (int i = 0; i < n; i++) ir_print(f, gs[i]);
     close_dump(f);
     return 0;
   }
   if (o->max_batch) u->batch = o->max_batch;
-  fuse_graph(u->train, !o->no_fuse);
-  plan_memory(u->train, u->batch, false);
-  if (u->infer) { /* the forward and eval kernels' graph, in inference mode */
-    fuse_graph(u->infer, !o->no_fuse);
-    plan_memory(u->infer, u->batch, false);
-  }
-  if (u->update) {
-    fuse_graph(u->update, !o->no_fuse);
-    plan_memory(u->update, u->batch, true);
+  for (int i = 0; i < n; i++) { /* infer: the forward and eval kernels', in inference mode */
+    fuse_graph(gs[i], !o->no_fuse);
+    plan_memory(gs[i], u->batch, update[i]);
   }
   if (o->emit == EMIT_FUSED_IR) {
     FILE *f = open_dump(o);
     if (!f) return 1;
-    fuse_print(f, u->train);
-    if (u->infer) fuse_print(f, u->infer);
-    if (u->update) fuse_print(f, u->update);
+    for (int i = 0; i < n; i++) fuse_print(f, gs[i]);
     close_dump(f);
     return 0;
   }
@@ -258,6 +265,11 @@ static int compile(const Options *o) {
                                              : "/dev/stdout";
     fflush(stdout);
     return lower_llvm(u, o, o->emit, path) ? 0 : 1;
+  }
+  if (o->emit == EMIT_HEADER && u->n_steps) {
+    diag_file_error(o->input, "--emit=header embeds a train block with one loss; this one has "
+                    "steps");
+    return 1;
   }
   if (o->emit == EMIT_HEADER) return emit_header(u, o);
   /* an executable: object to a temporary file, then link */

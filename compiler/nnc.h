@@ -69,6 +69,7 @@ typedef enum AstKind {
   AST_STATE,     /* state name = a (initial value) */
   AST_RETURN,    /* return a */
   AST_REPEAT,    /* repeat a { body }: the body a times */
+  AST_STEP,      /* step name { body }: one step of a train block (its own loss, optimizer) */
   /* types and formals */
   AST_TYPE,      /* name = "f32" / "int" / "float" / NULL (any tensor); kids = dims, has_dims */
   AST_FORMAL,    /* name: a (type, may be NULL) = b (default, may be NULL) */
@@ -328,6 +329,19 @@ typedef struct DataSpec {
   int64_t rows;
 } DataSpec;
 
+/* One step of a train block with steps (a GAN's discriminator or generator step). */
+typedef struct Step {
+  const char *name;       /* "d" */
+  Loc loc;                /* its `step` */
+  Graph *train;           /* x, y -> its loss (LOSS slot k), the gradients of the parameters it
+                             updates (autodiff adds them), its updated buffers' next values */
+  Graph *update;          /* its optimizer on the parameters it updates */
+  bool *updates;          /* by parameter index < n_known: named in its `update` */
+  int n_known;            /* parameters that existed when it was built */
+  int64_t updated;        /* elements of the trained parameters it updates */
+  int hyper_end;          /* u->n_hyper after its hyperparameters were appended */
+} Step;
+
 /* Everything the later stages need, as one value. */
 typedef struct Unit {
   const char *source;     /* .nn path */
@@ -355,6 +369,10 @@ typedef struct Unit {
   Graph *infer;           /* x, y -> out, loss in inference mode (`training` is 0), for the
                              forward and eval kernels; NULL when no code reads `training` */
   Graph *update;          /* params, grads, hypers -> params (optimizer step); NULL if none */
+  Step *steps;            /* a train block with steps: n_steps of them, run in order on every
+                             batch; train and update are then NULL and infer is the graph of
+                             eval, predict and sample */
+  int n_steps;
 } Unit;
 
 /* Resolves names, checks types and shapes, inlines layers and functions, builds the graphs.

@@ -93,6 +93,8 @@ typedef struct Sema {
   Node **buffer_next;    /* by parameter index: a buffer's value after the training step */
   const Ast **param_model; /* by parameter index: the model whose call made it */
   const Ast *model;      /* the model being inlined, or NULL */
+  bool several_models;   /* a train block with steps: a model's parameters are named
+                            "model.dense0.W", so that two models' layers do not collide */
 } Sema;
 
 /* FNV-1a over a call site's position, continuing the hash h of its caller's path. Not the
@@ -1587,6 +1589,9 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
       }
       break;
     }
+    case AST_STEP:
+      diag_error(st->loc, "a 'step' belongs directly in a train block");
+      break;
     default: unreachable();
     }
   }
@@ -1617,7 +1622,7 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
     }
     callee->prefix = xprintf("%s%s%d.", f->prefix, def->name, c->count++);
   } else if (def->kind == AST_MODEL) {
-    callee->prefix = "";
+    callee->prefix = s->several_models ? xprintf("%s.", def->name) : "";
   } else { /* a fn's layers are named as if called from its caller */
     callee->counters = f->counters;
   }
@@ -2068,7 +2073,7 @@ static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const cha
     targets_set |= opt_at[k] == 1;
     if (!const_number(s, a->a, &opt[opt_at[k]])) return false;
   }
-  if (files < n_files) {
+  if (files < n_files && !(is_idx && files == 1)) { /* images alone: no targets (a GAN) */
     diag_error(src->loc, "%s() needs %s", src->name,
                is_idx ? "an images file and a labels file"
                : is_npy ? "an inputs file and a targets file" : "a file name");
@@ -2186,8 +2191,13 @@ static Frame *schedule_hypers(Sema *s, const Ast *call, const Ast *def) {
   return bind_args(s, f, f, def, &call2) ? f : NULL;
 }
 
+/* The update graph (u->update) of optimizer `opt` called as `call`, with clipping and a
+ * schedule. Its hyperparameters are appended to u's, named with `prefix` (a step's "d.", or
+ * ""); its slots after them (the step count, the total) are numbered as if no more followed,
+ * which renumber_slots corrects when a later step adds some. */
 static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_norm,
-                         double clip_value, const Ast *sched_call, const Ast *sched) {
+                         double clip_value, const Ast *sched_call, const Ast *sched,
+                         const char *prefix) {
   Unit *u = s->u;
   Frame *sh = sched ? schedule_hypers(s, sched_call, sched) : NULL;
   if (sched && !sh) return false;
@@ -2196,10 +2206,10 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
    * clipping limits */
   Frame hyper = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
   if (!bind_args(s, &hyper, &hyper, opt, call)) return false;
-  int n_opt = opt->formals.len;
-  u->n_hyper = n_opt + (clip_norm > 0) + (clip_value > 0) + n_sched;
-  u->hyper_names = xalloc((u->n_hyper + 1) * sizeof *u->hyper_names);
-  u->hyper_defaults = xalloc((u->n_hyper + 1) * sizeof *u->hyper_defaults);
+  int n_opt = opt->formals.len, base = u->n_hyper;
+  int n_new = n_opt + (clip_norm > 0) + (clip_value > 0) + n_sched;
+  const char **names = xalloc((n_new + 1) * sizeof *names); /* as the optimizer sees them */
+  double *defaults = xalloc((n_new + 1) * sizeof *defaults);
   for (int i = 0; i < n_opt; i++) {
     const Ast *fm = opt->formals.items[i];
     Binding *b = lookup_local(&hyper, fm->name);
@@ -2207,18 +2217,18 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
       diag_error(fm->loc, "hyperparameter '%s' must be a number", fm->name);
       return false;
     }
-    u->hyper_names[i] = fm->name;
-    u->hyper_defaults[i] = b->value.num;
+    names[i] = fm->name;
+    defaults[i] = b->value.num;
   }
   int k = n_opt, clip_norm_at = -1, clip_value_at = -1;
-  if (clip_norm > 0) clip_norm_at = k, u->hyper_names[k] = "clip_norm", u->hyper_defaults[k++] = clip_norm;
-  if (clip_value > 0) clip_value_at = k, u->hyper_names[k] = "clip_value", u->hyper_defaults[k++] = clip_value;
+  if (clip_norm > 0) clip_norm_at = k, names[k] = "clip_norm", defaults[k++] = clip_norm;
+  if (clip_value > 0) clip_value_at = k, names[k] = "clip_value", defaults[k++] = clip_value;
   int sched_at = k;
   for (int i = 0; i < n_sched; i++, k++) {
     const Ast *fm = sched->formals.items[3 + i];
     Binding *b = lookup_local(sh, fm->name);
     for (int j = 0; j < k; j++)
-      if (!strcmp(u->hyper_names[j], fm->name)) {
+      if (!strcmp(names[j], fm->name)) {
         diag_error(sched_call->loc, "schedule '%s' and optimizer '%s' both have a "
                    "hyperparameter '%s'", sched->name, opt->name, fm->name);
         return false;
@@ -2227,21 +2237,28 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
       diag_error(fm->loc, "hyperparameter '%s' must be a number", fm->name);
       return false;
     }
-    u->hyper_names[k] = fm->name, u->hyper_defaults[k] = b->value.num;
+    names[k] = fm->name, defaults[k] = b->value.num;
   }
+  const char **all_names = xalloc((base + n_new + 1) * sizeof *all_names);
+  double *all_defaults = xalloc((base + n_new + 1) * sizeof *all_defaults);
+  for (int i = 0; i < base; i++)
+    all_names[i] = u->hyper_names[i], all_defaults[i] = u->hyper_defaults[i];
+  for (int i = 0; i < n_new; i++)
+    all_names[base + i] = xprintf("%s%s", prefix, names[i]), all_defaults[base + i] = defaults[i];
+  u->hyper_names = all_names, u->hyper_defaults = all_defaults, u->n_hyper = base + n_new;
   u->update = ir_graph("update");
   s->b = (Builder){u->update, opt->loc, true};
-  Node **hypers = xalloc((u->n_hyper + 1) * sizeof *hypers);
-  for (int i = 0; i < u->n_hyper; i++)
-    hypers[i] = ir_scalar(&s->b, OP_HYPER, i, u->hyper_names[i]);
-  hypers[u->n_hyper] = ir_scalar(&s->b, OP_HYPER, u->n_hyper, "step");
+  Node **hypers = xalloc((n_new + 1) * sizeof *hypers); /* by local index; then `step` */
+  for (int i = 0; i < n_new; i++)
+    hypers[i] = ir_scalar(&s->b, OP_HYPER, base + i, u->hyper_names[base + i]);
+  hypers[n_new] = ir_scalar(&s->b, OP_HYPER, u->n_hyper, "step");
   Node *scale = clip_norm_at >= 0 ? clip_scale(s, hypers[clip_norm_at]) : NULL;
   Node *lr = NULL; /* the scheduled learning rate */
   if (sched) {
     Frame sf = {.prefix = "", .where = IN_FN, .def = sched};
     int lr_at = -1;
     for (int i = 0; i < n_opt; i++)
-      if (!strcmp(u->hyper_names[i], "lr")) lr_at = i;
+      if (!strcmp(names[i], "lr")) lr_at = i;
     if (lr_at < 0) {
       diag_error(sched_call->loc, "a schedule sets the learning rate, but optimizer '%s' has "
                  "no 'lr'", opt->name);
@@ -2250,11 +2267,11 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     s->b.loc = sched_call->loc;
     bind(&sf, sched->formals.items[0]->name, tensor(hypers[lr_at]));
     bind(&sf, sched->formals.items[1]->name,
-         tensor(ir_sub(&s->b, hypers[u->n_hyper], ir_const(&s->b, 1))));
+         tensor(ir_sub(&s->b, hypers[n_new], ir_const(&s->b, 1))));
     bind(&sf, sched->formals.items[2]->name,
          tensor(ir_scalar(&s->b, OP_HYPER, u->n_hyper + NN_HYPER_TOTAL, "total")));
     for (int i = 0; i < n_sched; i++)
-      bind(&sf, u->hyper_names[sched_at + i], tensor(hypers[sched_at + i]));
+      bind(&sf, names[sched_at + i], tensor(hypers[sched_at + i]));
     bool returned;
     Value v = run_body(s, &sf, &sched->body, &returned);
     if (!returned) diag_error(sched->loc, "'%s' has no 'return'", sched->name);
@@ -2269,8 +2286,8 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     const ParamDecl *pd = &u->params[p];
     if (pd->frozen) continue; /* no update and no optimizer state */
     Frame f = {.prefix = "", .where = IN_OPTIMIZER, .def = opt};
-    for (int i = 0; i < u->n_hyper; i++) bind(&f, u->hyper_names[i], tensor(hypers[i]));
-    bind(&f, "step", tensor(hypers[u->n_hyper]));
+    for (int i = 0; i < n_new; i++) bind(&f, names[i], tensor(hypers[i]));
+    bind(&f, "step", tensor(hypers[n_new]));
     if (lr) bind(&f, "lr", tensor(lr));
     s->b.loc = opt->loc;
     Node *pn = ir_leaf(&s->b, OP_PARAM, pd->shape, p, pd->name);
@@ -2376,10 +2393,11 @@ static bool positive_int(Sema *s, const Ast *st, int64_t *out) {
   return true;
 }
 
-/* freeze = [dense0, "conv2d1.W"]: each entry a layer instance (freezing every parameter under
- * it) or one parameter, as a name or a string. Frozen parameters keep their initial or
- * --init-from values: autodiff computes no gradient for them and the optimizer skips them. */
-static void freeze(Sema *s, const Ast *list) {
+/* freeze = [dense0, "conv2d1.W"] or a step's update = [disc]: each entry a model (in a
+ * block with steps), a layer instance or one parameter, as a name or a string; sets mark[p]
+ * for every parameter p under it. Frozen parameters keep their initial or --init-from values:
+ * autodiff computes no gradient for them and the optimizer skips them. */
+static void mark_params(Sema *s, const Ast *list, const char *key, bool *mark) {
   Unit *u = s->u;
   const Ast *one[1] = {list};
   const Ast *const *items = list->kind == AST_LIST ? (const Ast *const *)list->kids.items : one;
@@ -2389,7 +2407,8 @@ static void freeze(Sema *s, const Ast *list) {
   for (int i = 0; i < n; i++) {
     const Ast *it = items[i];
     if (it->kind != AST_NAME && it->kind != AST_STR) {
-      diag_error(it->loc, "freeze lists layers or parameters, like [dense0, \"dense1.W\"]");
+      diag_error(it->loc, "%s lists %slayers or parameters, like [%s\"dense1.W\"]", key,
+                 s->several_models ? "models, " : "", s->several_models ? "disc, " : "dense0, ");
       continue;
     }
     size_t len = strlen(it->name);
@@ -2397,14 +2416,22 @@ static void freeze(Sema *s, const Ast *list) {
     for (int p = 0; p < u->n_params; p++) {
       const char *pn = u->params[p].name;
       if (!strncmp(pn, it->name, len) && (pn[len] == '\0' || pn[len] == '.'))
-        u->params[p].frozen = true, hits++;
+        mark[p] = true, hits++;
     }
     if (!hits) {
       const char *close = diag_did_you_mean(it->name, names, u->n_params);
-      diag_error(it->loc, "freeze: the model has no layer or parameter '%s'%s", it->name,
+      diag_error(it->loc, "%s: %s no %slayer or parameter '%s'%s", key,
+                 s->several_models ? "this block has" : "the model has",
+                 s->several_models ? "model, " : "", it->name,
                  close ? xprintf("; did you mean '%s'?", close) : "");
     }
   }
+}
+
+static void freeze(Sema *s, const Ast *list) {
+  bool *mark = xalloc((size_t)(s->u->n_params + 1) * sizeof *mark);
+  mark_params(s, list, "freeze", mark);
+  for (int p = 0; p < s->u->n_params; p++) s->u->params[p].frozen |= mark[p];
 }
 
 /* early_stop = 3: stop after 3 epochs without improvement of `monitor = "val_loss"` (the
@@ -2435,6 +2462,7 @@ static void early_stopping(Sema *s, const Ast *patience, const Ast *monitor) {
 
 /* Starts *g: binds x in f to the input and stores the model's output on it as "out".
  * (The loss's own call of the model on x is the same node: ir.c hash-conses equal nodes.) */
+static void bind_y(Sema *s, Frame *f);
 static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model, Graph **g) {
   Unit *u = s->u;
   u->model = model->name;
@@ -2443,6 +2471,7 @@ static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model, 
   Node *x = ir_leaf(&s->b, OP_INPUT, batch_of(u->x_shape), NN_IO_X, "x");
   x->io = NN_IO_X;
   bind(f, "x", tensor(x));
+  if (u->n_steps) return tensor(x); /* a block with steps: its caller decides what is out */
   Ast call = {.kind = AST_CALL, .loc = model->loc, .name = model->name};
   Ast arg = {.kind = AST_NAME, .loc = model->loc, .name = "x"};
   ast_push(&call.kids, &arg);
@@ -2451,16 +2480,22 @@ static Value start_graph(Sema *s, Frame *f, const char *name, const Ast *model, 
   u->out_shape = out.node->shape; /* per sample: drop the batch dim */
   memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
   ir_output(*g, out.node, NN_IO_OUT, 0, "out");
-  if (!u->has_train) return out;
+  if (u->has_train) bind_y(s, f);
+  return out;
+}
+
+/* y: the batch's targets (none for data without labels, e.g. idx() of images alone). */
+static void bind_y(Sema *s, Frame *f) {
+  Unit *u = s->u;
+  if (u->data.kind == NN_DATA_IDX && !u->data.labels) return;
   Node *y = ir_leaf(&s->b, OP_INPUT, batch_of(u->y_shape), NN_IO_Y, "y");
   y->io = NN_IO_Y;
   bind(f, "y", tensor(y));
-  return out;
 }
 
 /* The loss of a train block into s->b's graph: a scalar per sample, averaged over the
  * batch. False after an error. */
-static bool loss_output(Sema *s, Frame *f, const Ast *st) {
+static bool loss_output(Sema *s, Frame *f, const Ast *st, int slot) {
   s->b.loc = st->a->loc;
   Value loss = eval(s, f, st->a);
   if (loss.kind == V_NUM) {
@@ -2477,7 +2512,7 @@ static bool loss_output(Sema *s, Frame *f, const Ast *st) {
   Builder *b = &s->b;
   if (batched(l)) l = ir_div(b, ir_reshape(b, ir_reduce(b, OP_SUM, l, 1), (Shape){0}),
                              ir_scalar(b, OP_BATCH, 0, "batch"));
-  ir_output(b->g, l, NN_IO_LOSS, 0, "loss");
+  ir_output(b->g, l, NN_IO_LOSS, slot, slot ? xprintf("loss %d", slot) : "loss");
   return true;
 }
 
@@ -2488,13 +2523,13 @@ static void buffer_outputs(Sema *s) {
   Unit *u = s->u;
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
-    if (!pd->buffer) continue;
+    if (!pd->buffer || pd->frozen) continue; /* frozen: a step that does not update it */
     Node *next = s->buffer_next[p];
     if (!next) {
       next = ir_leaf(&s->b, OP_PARAM, pd->shape, p, pd->name);
       next->io = NN_IO_PARAM, next->offset = pd->offset;
     }
-    ir_output(u->train, ir_expand(&s->b, next, pd->shape), NN_IO_GRAD, pd->offset,
+    ir_output(s->b.g, ir_expand(&s->b, next, pd->shape), NN_IO_GRAD, pd->offset,
               xprintf("next %s", pd->name));
   }
 }
@@ -2527,6 +2562,210 @@ static bool plateau(Sema *s, const Ast *call) {
   return true;
 }
 
+/* ---- a train block with steps (a GAN): several models, each step its own loss, optimizer
+ * and the parameters it updates ---- */
+
+enum { STEP_LOSS, STEP_OPTIMIZER, STEP_UPDATE, STEP_CLIP_NORM, STEP_CLIP_VALUE, STEP_SCHEDULE,
+       N_STEP_KEYS }; /* ORDER STEP KEYS */
+static const char *const step_keys[N_STEP_KEYS] = {"loss", "optimizer", "update", "clip_norm",
+                                                   "clip_value", "schedule"};
+
+/* A step's keys into seen[]; any other assignment names a value (z = normal([100])). */
+static void step_keys_of(const Ast *step, const Ast *seen[N_STEP_KEYS]) {
+  for (int i = 0; i < step->body.len; i++) {
+    const Ast *st = step->body.items[i];
+    if (st->kind != AST_ASSIGN) {
+      diag_error(st->loc, "a step holds its keys (loss, optimizer, update, ...) and named "
+                 "values like z = normal([100])");
+      continue;
+    }
+    for (int k = 0; k < N_STEP_KEYS; k++)
+      if (!strcmp(st->name, step_keys[k])) {
+        if (seen[k]) diag_error(st->loc, "'%s' is set twice in step '%s'", st->name, step->name);
+        seen[k] = st;
+      }
+  }
+}
+
+/* Evaluates a step's named values in order, then its loss into LOSS slot `slot` of s->b's
+ * graph. False after an error. */
+static bool step_loss(Sema *s, Frame *f, const Ast *step, const Ast *loss, int slot) {
+  for (int i = 0; i < step->body.len; i++) {
+    const Ast *st = step->body.items[i];
+    if (st->kind != AST_ASSIGN) continue; /* reported by step_keys_of */
+    bool key = false;
+    for (int k = 0; k < N_STEP_KEYS; k++) key |= !strcmp(st->name, step_keys[k]);
+    if (key) continue;
+    s->b.loc = st->loc;
+    Value v = eval(s, f, st->a);
+    if (v.kind == V_ERROR) return false;
+    bind(f, st->name, v);
+  }
+  return loss_output(s, f, loss, slot);
+}
+
+/* Step k: its graph (loss, and the next values of the updated models' buffers; autodiff adds
+ * the gradients) and its update graph. The parameters it does not update are frozen while
+ * it is built and differentiated. */
+static bool build_step(Sema *s, const Ast *model, const Ast *step, int k) {
+  Unit *u = s->u;
+  Step *sp = &u->steps[k];
+  const Ast *seen[N_STEP_KEYS] = {0};
+  step_keys_of(step, seen);
+  if (!seen[STEP_LOSS] || !seen[STEP_OPTIMIZER] || !seen[STEP_UPDATE]) {
+    diag_error(step->loc, "step '%s' needs %s", step->name,
+               !seen[STEP_LOSS] ? "a 'loss'" : !seen[STEP_OPTIMIZER] ? "an 'optimizer'"
+               : "'update = [...]', the models it trains");
+    return false;
+  }
+  Frame f = {.prefix = "", .where = IN_TRAIN};
+  s->training = true;
+  Graph *g = NULL;
+  start_graph(s, &f, xprintf("step %s", step->name), model, &g);
+  bind_y(s, &f);
+  if (u->n_params) memset(s->buffer_next, 0, (size_t)u->n_params * sizeof *s->buffer_next);
+  if (!step_loss(s, &f, step, seen[STEP_LOSS], k)) return false;
+  sp->name = step->name, sp->loc = step->loc, sp->train = g, sp->n_known = u->n_params;
+  sp->updates = xalloc((size_t)(u->n_params + 1) * sizeof *sp->updates);
+  mark_params(s, seen[STEP_UPDATE]->a, "update", sp->updates);
+  for (int p = 0; p < u->n_params; p++) {
+    u->params[p].frozen = !sp->updates[p];
+    if (sp->updates[p] && !u->params[p].buffer) sp->updated += shape_elems(u->params[p].shape, 1);
+  }
+  buffer_outputs(s);
+  const Ast *oc = seen[STEP_OPTIMIZER]->a, *sc = seen[STEP_SCHEDULE] ? seen[STEP_SCHEDULE]->a : NULL;
+  if (oc->kind != AST_CALL && oc->kind != AST_NAME) {
+    diag_error(oc->loc, "expected an optimizer, like adam(lr = 1e-4)");
+    return false;
+  }
+  const Ast *opt = find_def(s, oc->loc, oc->name, AST_OPTIMIZER, "optimizer"), *sched = NULL;
+  if (!opt) return false;
+  if (sc && (sc->kind != AST_CALL && sc->kind != AST_NAME)) {
+    diag_error(sc->loc, "expected a schedule, like cosine(warmup = 100)");
+    return false;
+  }
+  if (sc && !strcmp(sc->name, "plateau") && !lookup_def(s, "plateau")) {
+    diag_error(sc->loc, "plateau watches one loss per epoch; a block with steps has several");
+    return false;
+  }
+  if (sc && !(sched = find_def(s, sc->loc, sc->name, AST_FN, "schedule"))) return false;
+  double clip[2] = {0, 0}; /* clip_norm, clip_value */
+  for (int i = 0; i < 2; i++) {
+    const Ast *c = seen[STEP_CLIP_NORM + i];
+    if (c && const_number(s, c->a, &clip[i]) && !(clip[i] > 0))
+      diag_error(c->a->loc, "'%s' must be a positive number", c->name);
+  }
+  if (diag_error_count()) return false;
+  Ast none = {.kind = AST_CALL, .loc = oc->loc, .name = oc->name};
+  Ast sc_none = {.kind = AST_CALL, .loc = step->loc, .name = ""};
+  bool ok = build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1],
+                         sc && sc->kind == AST_CALL ? sc : &sc_none, sched,
+                         xprintf("%s.", step->name));
+  sp->update = u->update, u->update = NULL;
+  if (sp->update) sp->update->name = xprintf("update %s", step->name);
+  sp->hyper_end = u->n_hyper;
+  for (int p = 0; p < u->n_params; p++) u->params[p].frozen = false;
+  return ok;
+}
+
+/* A step's update graph reads the step count and the run's total in the slots after the
+ * hyperparameters; steps built later added theirs, so those slots move up. */
+static void renumber_slots(Unit *u) {
+  for (int k = 0; k < u->n_steps; k++) {
+    Graph *g = u->steps[k].update;
+    for (int i = 0; g && i < g->n_nodes; i++)
+      if (g->nodes[i]->op == OP_HYPER && g->nodes[i]->attr.index >= u->steps[k].hyper_end)
+        g->nodes[i]->attr.index += u->n_hyper - u->steps[k].hyper_end;
+  }
+}
+
+/* The inference-mode graph of eval, predict and sample: out is `sample` (e.g. a generator on
+ * noise) or else the block's model on x; LOSS slot k is step k's loss. */
+static void build_step_infer(Sema *s, const Ast *tr, const Ast *model, const Ast *sample) {
+  Unit *u = s->u;
+  Frame f = {.prefix = "", .where = IN_TRAIN};
+  s->training = false;
+  Value x = start_graph(s, &f, "infer", model, &u->infer);
+  bind_y(s, &f);
+  s->b.loc = sample ? sample->a->loc : model->loc;
+  Ast call = {.kind = AST_CALL, .loc = model->loc, .name = model->name};
+  Ast arg = {.kind = AST_NAME, .loc = model->loc, .name = "x"};
+  ast_push(&call.kids, &arg);
+  Value out = sample ? eval(s, &f, sample->a) : call_def(s, &f, model, &call);
+  if (out.kind == V_ERROR || x.kind == V_ERROR) return;
+  if (out.kind != V_TENSOR || !batched(out.node)) {
+    diag_error(sample->a->loc, "sample must give one tensor per sample, like gen(normal([100]))");
+    return;
+  }
+  u->out_shape = out.node->shape; /* per sample: drop the batch dim */
+  memmove(u->out_shape.dim, u->out_shape.dim + 1, --u->out_shape.rank * sizeof(int64_t));
+  ir_output(u->infer, out.node, NN_IO_OUT, 0, "out");
+  int k = 0;
+  for (int i = 0; i < tr->body.len; i++) {
+    const Ast *st = tr->body.items[i];
+    if (st->kind != AST_STEP) continue;
+    const Ast *seen[N_STEP_KEYS] = {0};
+    int errors = diag_error_count();
+    step_keys_of(st, seen);
+    Frame sf = f; /* each step's names start from x and y alone */
+    if (diag_error_count() > errors || !step_loss(s, &sf, st, seen[STEP_LOSS], k++)) return;
+  }
+  ir_prune(u->infer);
+}
+
+static void build_steps(Sema *s, const Ast *tr, const Ast *model) {
+  static const char *const keys[] = {"batch", "epochs", "seed", "sample"};
+  enum { N_KEYS = sizeof keys / sizeof *keys };
+  Unit *u = s->u;
+  const Ast *seen[N_KEYS] = {0}, *first[NN_MAX_STEPS] = {0};
+  u->batch = 32, u->epochs = 10, u->seed = 1;
+  for (int i = 0; i < tr->body.len; i++) {
+    const Ast *st = tr->body.items[i];
+    if (st->kind == AST_STEP) {
+      for (int k = 0; k < u->n_steps; k++)
+        if (!strcmp(first[k]->name, st->name)) {
+          diag_error(st->loc, "step '%s' is defined twice", st->name);
+          diag_note(first[k]->loc, "the first one is here");
+        }
+      if (u->n_steps == NN_MAX_STEPS)
+        diag_error(st->loc, "a train block has at most %d steps", NN_MAX_STEPS);
+      else
+        first[u->n_steps++] = st;
+      continue;
+    }
+    int k = -1;
+    if (st->kind == AST_ASSIGN)
+      for (int j = 0; j < N_KEYS; j++)
+        if (!strcmp(keys[j], st->name)) k = j;
+    bool step_key = false;
+    for (int j = 0; st->kind == AST_ASSIGN && j < N_STEP_KEYS; j++)
+      step_key |= !strcmp(st->name, step_keys[j]);
+    if (k < 0) {
+      const char *close = st->name ? diag_did_you_mean(st->name, keys, N_KEYS) : NULL;
+      if (step_key)
+        diag_error(st->loc, "'%s' belongs in a step of a train block with steps", st->name);
+      else
+        diag_error(st->loc, "unknown key '%s' in a train block with steps (batch, epochs, "
+                   "seed, sample, and steps)%s", st->name ? st->name : "?",
+                   close ? xprintf("; did you mean '%s'?", close) : "");
+      continue;
+    }
+    if (seen[k]) diag_error(st->loc, "'%s' is set twice", keys[k]);
+    seen[k] = st;
+  }
+  if (seen[0]) positive_int(s, seen[0], &u->batch);
+  if (seen[1]) positive_int(s, seen[1], &u->epochs);
+  if (seen[2]) positive_int(s, seen[2], &u->seed);
+  if (diag_error_count()) return;
+  u->steps = xalloc((size_t)u->n_steps * sizeof *u->steps);
+  s->several_models = true;
+  for (int k = 0; k < u->n_steps; k++)
+    if (!build_step(s, model, first[k], k)) return;
+  renumber_slots(u);
+  build_step_infer(s, tr, model, seen[3]);
+  u->labels = false, u->task = NN_TASK_REGRESSION;
+}
+
 static void build_train(Sema *s, const Ast *tr, const char *source) {
   Unit *u = s->u;
   const Ast *model = find_def(s, tr->loc, tr->name, AST_MODEL, "model");
@@ -2535,6 +2774,16 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   u->model = model->name;
   if (!load_data(s, data, &u->data, &u->y_shape, source)) return;
   u->labels = u->y_shape.rank == 0;
+  for (int i = 0; i < tr->body.len; i++)
+    if (tr->body.items[i]->kind == AST_STEP) {
+      build_steps(s, tr, model);
+      return;
+    }
+  if (u->data.kind == NN_DATA_IDX && !u->data.labels) {
+    diag_error(data->a->loc, "idx() without a labels file gives no targets, which only a "
+               "train block with steps (a GAN) can train on");
+    return;
+  }
   Frame f = {.prefix = "", .where = IN_TRAIN};
   s->training = true;
   Value out = start_graph(s, &f, "train", model, &u->train);
@@ -2584,13 +2833,13 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
     diag_error(tr->loc, "train block needs %s", !seen[0] ? "a 'loss'" : "an 'optimizer'");
     return;
   }
-  if (!loss_output(s, &f, seen[0])) return;
+  if (!loss_output(s, &f, seen[0], 0)) return;
   buffer_outputs(s);
   if (s->reads_mode) { /* the same model and loss again, with `training` 0 */
     Frame fi = {.prefix = "", .where = IN_TRAIN};
     s->training = false;
     if (start_graph(s, &fi, "infer", model, &u->infer).kind != V_TENSOR ||
-        !loss_output(s, &fi, seen[0]))
+        !loss_output(s, &fi, seen[0], 0))
       return;
     ir_prune(u->infer);
   }
@@ -2621,7 +2870,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
     return;
   if (diag_error_count() == 0)
     build_update(s, oc->kind == AST_CALL ? oc : &none, opt, clip[0], clip[1],
-                 sc && sc->kind == AST_CALL ? sc : &sc_none, sched);
+                 sc && sc->kind == AST_CALL ? sc : &sc_none, sched, "");
   bool has_lr = false;
   for (int i = 0; i < u->n_hyper; i++) has_lr |= !strcmp(u->hyper_names[i], "lr");
   if (u->plateau[0] > 0 && !has_lr && diag_error_count() == 0)
@@ -2672,12 +2921,13 @@ Unit *sema(Ast *program, Ast *prelude) {
     build_forward_only(&s, program);
   }
   if (diag_error_count()) return NULL;
-  if (!u->train) {
+  if (!u->train && !u->n_steps) {
     diag_file_error(u->source, "nothing to compile: the file defines no model");
     return NULL;
   }
-  ir_verify(u->train);
+  if (u->train) ir_verify(u->train);
   if (u->infer) ir_verify(u->infer);
   if (u->update) ir_verify(u->update);
+  for (int k = 0; k < u->n_steps; k++) ir_verify(u->steps[k].train), ir_verify(u->steps[k].update);
   return u;
 }

@@ -398,7 +398,8 @@ state_inits
   ;
 
 /* stmt := target '=' expr | target op= expr | 'param' IDENT ':' type ['=' expr]
- *       | 'return' expr | 'repeat' expr block | ';' */
+ *       | 'return' expr | 'repeat' expr block | 'step' IDENT block | ';'
+ * (`step` is a name elsewhere, an optimizer's step count, so it is no keyword) */
 stmt
   : target '=' expr {
       $$ = node(ctx, AST_ASSIGN, @1);
@@ -421,6 +422,14 @@ stmt
   | kw_repeat expr block {
       $$ = node(ctx, AST_REPEAT, @1);
       $$->a = $2.ast;
+      $$->body = $3;
+    }
+  | IDENT IDENT block {
+      RESUME(@1);
+      if (strcmp($1, "step"))
+        diag_error(loc_of(ctx, @2), "expected '=' after '%s'", $1);
+      $$ = node(ctx, AST_STEP, @1);
+      $$->name = $2;
       $$->body = $3;
     }
   | ';'                   { $$ = NULL; }

@@ -80,8 +80,15 @@ static void add_regression(NnMetrics *m, const NnModelDesc *d, const void *out, 
 
 void nnrt_metrics_add(NnMetrics *m, const NnModelDesc *d, void **io, int64_t n, double loss) {
   const void *out = io[NN_IO_OUT], *y = io[NN_IO_Y];
-  m->loss += loss * (double)n;
   m->samples += n;
+  if (d->n_steps) { /* each step's loss; the outputs (e.g. generated images) have no target */
+    for (int64_t k = 0; k < d->n_steps; k++) {
+      m->step_loss[k] += ((const double *)io[NN_IO_LOSS])[k] * (double)n;
+      m->loss += ((const double *)io[NN_IO_LOSS])[k] * (double)n;
+    }
+    return;
+  }
+  m->loss += loss * (double)n;
   if (d->task == NN_TASK_BINARY)
     add_binary(m, d, out, y, n);
   else if (d->task == NN_TASK_MULTICLASS)
@@ -92,6 +99,17 @@ void nnrt_metrics_add(NnMetrics *m, const NnModelDesc *d, void **io, int64_t n, 
 
 double nnrt_metrics_loss(const NnMetrics *m) {
   return m->samples ? m->loss / (double)m->samples : 0;
+}
+
+const char *nnrt_step_losses(const NnModelDesc *d, const NnMetrics *m, char *buf, size_t cap) {
+  size_t at = 0;
+  buf[0] = '\0';
+  for (int64_t k = 0; k < d->n_steps && at < cap; k++) {
+    char v[32];
+    nnrt_fmt_loss(m->samples ? m->step_loss[k] / (double)m->samples : 0, v);
+    at += (size_t)snprintf(buf + at, cap - at, "%s%s_loss %s", k ? "  " : "", d->steps[k].name, v);
+  }
+  return buf;
 }
 
 double nnrt_metrics_accuracy(const NnMetrics *m) {
@@ -175,6 +193,13 @@ static void print_confusion(const NnMetrics *m) {
 void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *set,
                         const NnMetrics *m, int confusion) {
   char buf[32];
+  if (d->n_steps) {
+    char losses[NN_MAX_STEPS * 64];
+    printf("%s: %s\nmetrics: %s, %lld sample%s (inference mode)\n", label,
+           nnrt_step_losses(d, m, losses, sizeof losses), set->what, (long long)m->samples,
+           nnrt_plural(m->samples));
+    return;
+  }
   printf("%s: loss %s", label, nnrt_fmt_loss(nnrt_metrics_loss(m), buf));
   if (nnrt_has_accuracy(d))
     printf("  accuracy %.2f%% (%lld/%lld)", nnrt_metrics_accuracy(m), (long long)m->hits,

@@ -51,7 +51,7 @@ void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threa
   io[NN_IO_X] = alloc_region(b * d->x_size * es);     /* (max_batch, x_size) */
   io[NN_IO_Y] = alloc_region(b * d->y_size * es);     /* (max_batch, y_size) */
   io[NN_IO_OUT] = alloc_region(b * d->out_size * es); /* (max_batch, out_size) */
-  io[NN_IO_LOSS] = alloc_region((int64_t)sizeof(double));
+  io[NN_IO_LOSS] = alloc_region((d->n_steps ? d->n_steps : 1) * (int64_t)sizeof(double));
   io[NN_IO_HYPER] = alloc_region((d->n_hyper + NN_HYPER_SLOTS) * (int64_t)sizeof(double));
 }
 

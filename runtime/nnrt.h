@@ -11,8 +11,9 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 6
+#define NN_ABI_VERSION 7
 #define NN_MAX_RANK 6
+#define NN_MAX_STEPS 8 /* steps of one train block */
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
 typedef enum NnIo {
@@ -132,6 +133,15 @@ typedef struct NnThreads {
  * in NN_IO_X/NN_IO_Y/NN_IO_OUT. */
 typedef void (*NnKernel)(void **io, int64_t batch);
 
+/* One step of a train block with steps (a GAN): run on every batch, in order, each with its
+ * own loss (LOSS slot k), gradient and optimizer. */
+typedef struct NnStep {
+  const char *name;            /* "d" */
+  NnKernel grad;               /* X, Y -> LOSS[k], GRAD of the parameters it updates */
+  NnKernel update;             /* PARAM, GRAD, STATE, HYPER -> its parameters and their STATE */
+  int64_t updated;             /* elements of the trained parameters it updates */
+} NnStep;
+
 typedef struct NnModelDesc {
   int64_t abi_version;         /* NN_ABI_VERSION */
   const char *name;            /* model name in the .nn file */
@@ -177,6 +187,12 @@ typedef struct NnModelDesc {
   int64_t arena_unplanned_bytes; /* what NN_IO_ARENA would need with one slot per node, unfused */
   int64_t patience;            /* early stopping: epochs without improvement; 0 = off */
   int64_t monitor;             /* NnMonitor: what early stopping watches */
+  int64_t n_steps;             /* 0: one loss and optimizer (grad, update); else the steps, whose
+                                  losses eval writes to LOSS[0..n_steps) (grad and update are
+                                  then the first step's) */
+  const NnStep *steps;
+  int64_t out_rank;            /* per-sample output shape */
+  int64_t out_dims[NN_MAX_RANK];
 } NnModelDesc;
 
 #endif

@@ -237,6 +237,7 @@ typedef struct NnMetrics {
   double sq_err;     /* regression: sum of (out - y)^2 */
   double abs_err;    /* regression: sum of |out - y| */
   int64_t elems;     /* regression: elements compared */
+  double step_loss[NN_MAX_STEPS]; /* a block with steps: sum of each step's batch loss × samples */
 } NnMetrics;
 
 /* full: also track the confusion matrix and regression errors (final metrics). */
@@ -245,6 +246,8 @@ void nnrt_metrics_free(NnMetrics *m);
 /* Adds n samples: OUT and Y from io, and the batch's mean loss. */
 void nnrt_metrics_add(NnMetrics *m, const NnModelDesc *d, void **io, int64_t n, double loss);
 double nnrt_metrics_loss(const NnMetrics *m);     /* mean loss per sample */
+/* A block with steps: "d_loss 0.693147  g_loss 0.701234" (each step's mean loss) into buf. */
+const char *nnrt_step_losses(const NnModelDesc *d, const NnMetrics *m, char *buf, size_t cap);
 double nnrt_metrics_accuracy(const NnMetrics *m); /* percent */
 int nnrt_has_accuracy(const NnModelDesc *d);
 /* The eval kernel over a whole set in order, batches of max_batch. */

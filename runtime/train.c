@@ -211,10 +211,14 @@ static void draw_bar(const Run *r, int64_t done, int64_t steps, const NnMetrics 
   bar[WIDTH] = '\0';
   double rate = secs > 0 ? (double)m->samples / secs : 0;
   double left = done ? secs * (double)(steps - done) / (double)done : 0;
-  printf("\repoch %lld/%lld [%s] %lld/%lld  loss %s  %.0f samples/s  ETA %s\033[K",
+  char losses[NN_MAX_STEPS * 64];
+  if (r->d->n_steps)
+    nnrt_step_losses(r->d, m, losses, sizeof losses);
+  else
+    snprintf(losses, sizeof losses, "loss %s", nnrt_fmt_loss(nnrt_metrics_loss(m), loss));
+  printf("\repoch %lld/%lld [%s] %lld/%lld  %s  %.0f samples/s  ETA %s\033[K",
          (long long)r->epoch + 1, (long long)r->o->epochs, bar, (long long)done,
-         (long long)steps, nnrt_fmt_loss(nnrt_metrics_loss(m), loss), rate,
-         fmt_duration(left, eta));
+         (long long)steps, losses, rate, fmt_duration(left, eta));
   fflush(stdout);
 }
 
@@ -242,6 +246,8 @@ static void log_open(Run *r) {
     return;
   int acc = nnrt_has_accuracy(r->d);
   fprintf(r->log, "kind,epoch,step,loss%s,lr", acc ? ",accuracy" : "");
+  for (int64_t k = 0; k < r->d->n_steps; k++) /* loss is then their sum */
+    fprintf(r->log, ",%s_loss", r->d->steps[k].name);
   if (r->val.n)
     fprintf(r->log, ",val_loss%s", acc ? ",val_accuracy,val_f1" : ",val_mae");
   fputc('\n', r->log);
@@ -273,6 +279,12 @@ static void log_lr(const Run *r, char *buf, size_t cap) {
     snprintf(buf, cap, ",");
 }
 
+/* ",d_loss,g_loss" of a block with steps: this batch's (LOSS[k]). */
+static void log_step_losses(const Run *r) {
+  for (int64_t k = 0; k < r->d->n_steps; k++)
+    fprintf(r->log, ",%.9g", ((const double *)r->io[NN_IO_LOSS])[k]);
+}
+
 /* One step: its loss and the accuracy of its batch (hits and decisions). */
 static void log_step(const Run *r, double loss, int64_t hits, int64_t total) {
   char lr[40];
@@ -283,6 +295,7 @@ static void log_step(const Run *r, double loss, int64_t hits, int64_t total) {
     fprintf(r->log, ",%.9g", total ? 100.0 * (double)hits / (double)total : 0.0);
   log_lr(r, lr, sizeof lr);
   fputs(lr, r->log);
+  log_step_losses(r);
   if (r->val.n)
     fputs(nnrt_has_accuracy(r->d) ? ",,," : ",,", r->log);
   fputc('\n', r->log);
@@ -300,6 +313,9 @@ static void epoch_row(const Run *r, const NnMetrics *t, const NnMetrics *v, char
   log_lr(r, lr, sizeof lr);
   if (n < cap)
     n += (size_t)snprintf(buf + n, cap - n, "%s", lr);
+  for (int64_t k = 0; k < r->d->n_steps && n < cap; k++)
+    n += (size_t)snprintf(buf + n, cap - n, ",%.9g",
+                          t->samples ? t->step_loss[k] / (double)t->samples : 0);
   if (v && acc && n < cap)
     snprintf(buf + n, cap - n, ",%.9g,%.9g,%.9g", nnrt_metrics_loss(v), nnrt_metrics_accuracy(v),
              nnrt_metrics_f1(v));
@@ -352,6 +368,31 @@ static const char *nonfinite(const Run *r, double loss, char *buf, size_t cap) {
   return buf;
 }
 
+/* A block with steps: on one batch (already in X, Y), each step's gradient and update in
+ * order; every step's kernels see the same step count, so its optimizer counts batches. A
+ * step whose loss or gradient is not finite stops the run or, with --skip-nonfinite, skips
+ * that step's update. */
+static void run_steps(Run *r, int64_t k, int64_t b, int64_t steps, int64_t *skipped_now) {
+  const NnModelDesc *d = r->d;
+  double *step_slot = (double *)r->io[NN_IO_HYPER] + d->n_hyper + NN_HYPER_STEP;
+  for (int64_t j = 0; j < d->n_steps; j++) {
+    *step_slot = (double)r->step;
+    d->steps[j].grad(r->io, k);
+    char why[192], named[256];
+    if (nonfinite(r, ((const double *)r->io[NN_IO_LOSS])[j], why, sizeof why)) {
+      snprintf(named, sizeof named, "step '%s': %s", d->steps[j].name, why);
+      if (!r->o->skip_nonfinite)
+        stop_nonfinite(r, named, b + 1, steps);
+      r->skipped++;
+      ++*skipped_now;
+      continue;
+    }
+    *step_slot = (double)r->step + 1;
+    d->steps[j].update(r->io, k);
+  }
+  r->step++;
+}
+
 /* One pass over the training rows in this epoch's order; m collects the loss and accuracy of
  * the steps taken (OUT is grad's, from the parameters before each update). */
 static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
@@ -362,21 +403,29 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
   for (int64_t b = 0; b < steps; b++) {
     int64_t start = b * r->batch, k = n - start < r->batch ? n - start : r->batch;
     nnrt_gather(r->train.data, r->order + start, k, r->io);
-    d->grad(r->io, k);
-    double loss = nnrt_loss(r->io);
-    char why[192];
-    if (nonfinite(r, loss, why, sizeof why)) {
-      if (!r->o->skip_nonfinite)
-        stop_nonfinite(r, why, b + 1, steps);
-      r->skipped++;
-      ++*skipped_now;
-      continue;
+    if (d->n_steps) {
+      run_steps(r, k, b, steps, skipped_now);
+      NnMetrics one = {0};
+      nnrt_metrics_add(&one, d, r->io, k, 0);
+      nnrt_metrics_add(m, d, r->io, k, 0);
+      log_step(r, one.loss / (double)k, 0, 0);
+    } else {
+      d->grad(r->io, k);
+      double loss = nnrt_loss(r->io);
+      char why[192];
+      if (nonfinite(r, loss, why, sizeof why)) {
+        if (!r->o->skip_nonfinite)
+          stop_nonfinite(r, why, b + 1, steps);
+        r->skipped++;
+        ++*skipped_now;
+        continue;
+      }
+      int64_t hits = m->hits, total = m->total;
+      nnrt_metrics_add(m, d, r->io, k, loss);
+      ((double *)r->io[NN_IO_HYPER])[d->n_hyper] = (double)++r->step;
+      log_step(r, loss, m->hits - hits, m->total - total);
+      d->update(r->io, k);
     }
-    int64_t hits = m->hits, total = m->total;
-    nnrt_metrics_add(m, d, r->io, k, loss);
-    ((double *)r->io[NN_IO_HYPER])[d->n_hyper] = (double)++r->step;
-    log_step(r, loss, m->hits - hits, m->total - total);
-    d->update(r->io, k);
     double now = now_seconds();
     if (r->progress && (now - drawn > 0.1 || b + 1 == steps)) {
       draw_bar(r, b + 1, steps, m, now - t0);
@@ -394,9 +443,13 @@ static int epoch_due(int64_t e, int64_t epochs, int verbose) {
 
 static void print_epoch(const Run *r, const NnMetrics *t, const NnMetrics *v, int64_t skipped) {
   const NnModelDesc *d = r->d;
-  char buf[32];
-  printf("epoch %*lld/%lld  loss %s", digits(r->o->epochs), (long long)r->epoch,
-         (long long)r->o->epochs, nnrt_fmt_loss(nnrt_metrics_loss(t), buf));
+  char buf[32], losses[NN_MAX_STEPS * 64];
+  if (d->n_steps)
+    nnrt_step_losses(d, t, losses, sizeof losses);
+  else
+    snprintf(losses, sizeof losses, "loss %s", nnrt_fmt_loss(nnrt_metrics_loss(t), buf));
+  printf("epoch %*lld/%lld  %s", digits(r->o->epochs), (long long)r->epoch,
+         (long long)r->o->epochs, losses);
   if (nnrt_has_accuracy(d))
     printf("  accuracy %.2f%%", nnrt_metrics_accuracy(t));
   if (v) {
