@@ -382,7 +382,8 @@ void nnrt_data_file(const NnModelDesc *d, const char *path, const char *labels, 
     return;
   }
   if (labels || nnrt_idx_sniff(path)) { /* with labels, a bad IDX file is reported as one */
-    if (use == NNRT_USE_TARGETS && !labels)
+    int images_only = s && s->kind == NN_DATA_IDX && !s->labels; /* a GAN's data */
+    if (use == NNRT_USE_TARGETS && !labels && !images_only)
       nnrt_fatal("'%s' is an IDX file of inputs; HINT: name its labels file with --labels "
                  "(or --val-labels for --val)", path);
     nnrt_idx_load(d, path, use == NNRT_USE_TARGETS ? labels : NULL, scale, out);

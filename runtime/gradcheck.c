@@ -94,6 +94,9 @@ static double *analytic_grad(const NnModelDesc *d, void **io, int64_t n, double 
 }
 
 int nnrt_gradcheck(const NnModelDesc *d, const NnOptions *o) {
+  if (d->n_steps)
+    nnrt_fatal("gradcheck checks a train block with one loss; '%s' has %lld steps", d->name,
+               (long long)d->n_steps);
   NnData data;
   void *io[NN_IO_COUNT];
   if (o->data_path)

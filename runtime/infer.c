@@ -211,9 +211,67 @@ static int draw(const double *logits, int64_t v, double temperature, int64_t top
   return (int)best; /* rounding left u past the end */
 }
 
+/* sample of a model whose output is an image ([h, w] or [h, w, 1], e.g. a train block's
+ * `sample = gen(normal([100]))`): one forward call on `count` samples (X is zeros; the noise
+ * is drawn from the seed and the checkpoint's step), written as a binary PGM grid. Values
+ * map from [0, 1] to 0..255 when none is negative, else from [-1, 1] (tanh); beyond, they
+ * are clipped. */
+static int sample_images(const NnModelDesc *d, const NnOptions *o) {
+  int64_t h = d->out_rank >= 2 ? d->out_dims[0] : 0, w = d->out_rank >= 2 ? d->out_dims[1] : 0;
+  if (!(d->out_rank == 2 || (d->out_rank == 3 && d->out_dims[2] == 1)))
+    nnrt_fatal("sample draws images of shape [h, w] or [h, w, 1], but model '%s' gives %lld "
+               "values per sample; HINT: set 'sample = gen(normal([100]))' in the train block",
+               d->name, (long long)d->out_size);
+  if (!o->output_path)
+    nnrt_fatal("sample of images needs --output GRID.pgm");
+  int64_t n = o->count ? o->count : d->max_batch < 64 ? d->max_batch : 64;
+  if (n > d->max_batch)
+    nnrt_fatal("--count %lld is more than the compiled batch %lld; HINT: compile with nnc "
+               "--max-batch N", (long long)n, (long long)d->max_batch);
+  void *io[NN_IO_COUNT];
+  NnCkptState st;
+  load_model(d, o, io, &st);
+  memset(io[NN_IO_X], 0, (size_t)(n * d->x_size * d->elem_size));
+  d->forward(io, n);
+  int64_t cols = 1;
+  while (cols * cols < n)
+    cols++;
+  int64_t rows = (n + cols - 1) / cols, gw = cols * (w + 1) + 1, gh = rows * (h + 1) + 1;
+  int negative = 0;
+  for (int64_t i = 0; i < n * d->out_size; i++)
+    negative |= nnrt_get(io[NN_IO_OUT], i, d->elem_size) < 0;
+  unsigned char *grid = NNRT_ALLOC(gw * gh, unsigned char);
+  memset(grid, 0, (size_t)(gw * gh)); /* a one-pixel black border around every image */
+  for (int64_t k = 0; k < n; k++)
+    for (int64_t y = 0; y < h; y++)
+      for (int64_t x = 0; x < w; x++) {
+        double v = nnrt_get(io[NN_IO_OUT], k * d->out_size + y * w + x, d->elem_size);
+        v = negative ? (v + 1) / 2 : v;
+        v = v < 0 ? 0 : v > 1 ? 1 : v;
+        grid[(k / cols * (h + 1) + 1 + y) * gw + k % cols * (w + 1) + 1 + x] =
+            (unsigned char)lround(v * 255);
+      }
+  FILE *f = fopen(o->output_path, "wb");
+  if (!f)
+    nnrt_fatal("cannot create '%s': %s", o->output_path, strerror(errno));
+  fprintf(f, "P5\n%lld %lld\n255\n", (long long)gw, (long long)gh);
+  int bad = fwrite(grid, 1, (size_t)(gw * gh), f) != (size_t)(gw * gh);
+  bad |= fclose(f) != 0;
+  if (bad)
+    nnrt_fatal("cannot write '%s': %s", o->output_path, strerror(errno));
+  printf("wrote %s: %lld image%s of %lldx%lld in a %lldx%lld grid (seed %llu, step %lld)\n",
+         o->output_path, (long long)n, nnrt_plural(n), (long long)h, (long long)w,
+         (long long)rows, (long long)cols, (unsigned long long)st.seed, (long long)st.step);
+  free(grid);
+  nnrt_buffers_free(io);
+  return NNRT_EXIT_OK;
+}
+
 int nnrt_sample(const NnModelDesc *d, const NnOptions *o) {
   if (!d->forward)
     nnrt_fatal("this model has no forward kernel; HINT: rebuild it with a newer nnc");
+  if (d->data->kind != NN_DATA_TEXT)
+    return sample_images(d, o);
   int64_t t = d->x_size, v = t > 0 && d->out_size % t == 0 ? d->out_size / t : 0;
   if (d->data->kind != NN_DATA_TEXT || v < 2 || v > 256)
     nnrt_fatal("sample needs a byte-level language model: text(...) data and outputs of "

@@ -87,6 +87,12 @@ static void check_model(const NnModelDesc *d) {
     bad_model("a size is negative or a rank is out of range");
   if (!d->name || !d->grad || !d->eval || !d->update)
     bad_model("the name or a kernel is missing");
+  if (d->n_steps < 0 || d->n_steps > NN_MAX_STEPS || (d->n_steps && !d->steps) ||
+      d->out_rank < 0 || d->out_rank > NN_MAX_RANK)
+    bad_model("the step table or the output shape is out of range");
+  for (int64_t k = 0; k < d->n_steps; k++)
+    if (!d->steps[k].name || !d->steps[k].grad || !d->steps[k].update)
+      bad_model("step %lld has no name or kernel", (long long)k);
   if ((d->n_params && !d->params) || (d->n_hyper && (!d->hyper_names || !d->hyper_defaults)))
     bad_model("the parameter or hyperparameter table is missing");
   if (!d->data || (d->val_split < 0 || d->val_split >= 1))
@@ -125,7 +131,8 @@ static const struct Command {
     {"gradcheck", CMD_GRADCHECK, "", "compare the compiled gradients with central finite "
                                      "differences"},
     {"plot", CMD_PLOT, " LOG.csv", "draw a --log file's loss and accuracy curves as an SVG"},
-    {"sample", CMD_SAMPLE, "", "generate text from a language model's checkpoint (text data)"},
+    {"sample", CMD_SAMPLE, "", "generate text from a language model, or a PGM grid of images "
+                               "from a train block's `sample` (a GAN's generator)"},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
 
@@ -208,7 +215,7 @@ typedef enum FlagId {
   F_EPOCHS, F_LR, F_BATCH, F_SEED, F_DATA, F_LABELS, F_VAL, F_VAL_LABELS, F_SET, F_QUIET,
   F_VERBOSE, F_EPS, F_TOL, F_SAVE, F_SAVE_EVERY, F_RESUME, F_INIT_FROM, F_LOAD, F_INPUT,
   F_OUTPUT, F_SKIP_NONFINITE, F_CONFUSION, F_LOG, F_PLOT, F_PATIENCE, F_MONITOR, F_HELP,
-  F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K, F_THREADS
+  F_PROMPT, F_TOKENS, F_TEMPERATURE, F_TOP_K, F_THREADS, F_COUNT
 } FlagId;
 
 typedef struct Flag {
@@ -250,9 +257,9 @@ static const Flag flags[] = {
      "skip (and count) non-finite steps instead of stopping"},
     {"--load", F_LOAD, "CKPT", CMD_EVAL | CMD_PREDICT | CMD_SAMPLE, "parameters from this checkpoint"},
     {"--input", F_INPUT, "FILE", CMD_PREDICT, "inputs: CSV, IDX images or .npy"},
-    {"--output", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT,
+    {"--output", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT | CMD_SAMPLE,
      "predict: CSV or .npy (by extension; default stdout); plot: SVG"},
-    {"-o", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT, "the same as --output"},
+    {"-o", F_OUTPUT, "FILE", CMD_PREDICT | CMD_PLOT | CMD_SAMPLE, "the same as --output"},
     {"--confusion", F_CONFUSION, NULL, CMD_TRAIN | CMD_EVAL,
      "print the confusion matrix of the final evaluation"},
     {"--eps", F_EPS, "E", CMD_GRADCHECK, "finite-difference step"},
@@ -267,6 +274,8 @@ static const Flag flags[] = {
     {"--temperature", F_TEMPERATURE, "T", CMD_SAMPLE,
      "sampling temperature (default 1; 0 takes the likeliest byte)"},
     {"--top-k", F_TOP_K, "K", CMD_SAMPLE, "sample among the K likeliest bytes (default 0: all)"},
+    {"--count", F_COUNT, "N", CMD_SAMPLE,
+     "images to draw into the --output PGM grid (default 64, at most the compiled batch)"},
     {"--threads", F_THREADS, "N", CMD_TRAIN | CMD_EVAL | CMD_PREDICT | CMD_GRADCHECK | CMD_SAMPLE,
      "worker threads of the matmul and convolution kernels (same results for a given N)"},
 };
@@ -418,6 +427,7 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   case F_TOKENS: o->tokens = parse_count(f->name, v); break;
   case F_TEMPERATURE: o->temperature = parse_real(f->name, v, 0, 1, "a non-negative number"); break;
   case F_TOP_K: o->top_k = parse_count(f->name, v); break;
+  case F_COUNT: o->count = parse_count(f->name, v); break;
   case F_THREADS:
     o->threads = parse_count(f->name, v);
     if (o->threads > 1024)

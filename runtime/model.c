@@ -249,7 +249,7 @@ int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
   printf("source:      %s\n", d->source ? d->source : "?");
   printf("elements:    %s\n", nnrt_dtype_name(es));
   printf("input:       %s\n", nnrt_shape_str(es, d->x_rank, d->x_dims, shape, sizeof shape));
-  printf("output:      %lld per sample\n", (long long)d->out_size);
+  printf("output:      %s\n", nnrt_shape_str(es, d->out_rank, d->out_dims, shape, sizeof shape));
   printf("target:      %lld per sample%s\n", (long long)d->y_size,
          d->labels ? " (a class index)" : "");
   printf("task:        %s", task_name(d->task));
@@ -265,6 +265,9 @@ int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
   printf("scratch:     %lld bytes per thread\n", (long long)d->scratch_bytes);
   printf("defaults:    batch %lld, epochs %lld, seed %lld\n", (long long)d->max_batch,
          (long long)d->epochs, (long long)d->seed);
+  for (int64_t k = 0; k < d->n_steps; k++) /* hyperparameters are named "d.lr", ... */
+    printf("step %lld:      %s, updates %lld parameter%s\n", (long long)k + 1, d->steps[k].name,
+           (long long)d->steps[k].updated, nnrt_plural(d->steps[k].updated));
   printf("hyper:      ");
   for (int64_t i = 0; i < d->n_hyper; i++)
     printf(" %s=%g", d->hyper_names[i], d->hyper_defaults[i]);

@@ -69,6 +69,7 @@ typedef struct NnOptions {
   double tol;                /* gradcheck: largest accepted relative difference */
   const char *prompt;        /* sample: --prompt, the text generation continues */
   int64_t tokens;            /* sample: --tokens, bytes to generate */
+  int64_t count;             /* sample: --count, images in the grid (0: the default) */
   double temperature;        /* sample: --temperature, 0 for the most likely byte */
   int64_t top_k;             /* sample: --top-k, draw from the k likeliest (0: all) */
   int64_t threads;           /* --threads, else the CPUs this process may run on */

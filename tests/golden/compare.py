@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """compare.py — compares an nnc training program's printed losses with a golden file.
 
-usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--tol T]
+usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--steps] [--tol T]
   GOLDEN  a file of numbers, one per line (optionally "NAME VALUE" lines, with --name NAME)
   OUTPUT  the program's stdout: the loss of every `epoch` line, then the `final:` loss
   --final compare the `final:` loss alone (eval mode, e.g. with dropout off)
+  --steps a train block with steps: every `NAME_loss X` of the epoch and final lines, in order
 Prints `TENSOR OK maxdiff=...` or `TENSOR MISMATCH ...` (exit 1). The tolerance is absolute,
 because the program prints losses with 6 decimals.
 """
@@ -14,7 +15,10 @@ import sys
 
 def main():
     args = sys.argv[1:]
-    name, tol, final = None, 2e-6, False
+    name, tol, final, steps = None, 2e-6, False, False
+    if "--steps" in args:
+        args.remove("--steps")
+        steps = True
     if "--final" in args:
         args.remove("--final")
         final = True
@@ -39,6 +43,9 @@ def main():
             golden.append(float(parts[-1]))
     text = open(output_path).read()
     got = [float(v) for v in re.findall(r"^(?:epoch\s+\S+|final:)\s+loss\s+(\S+)", text, re.M)]
+    if steps:
+        lines = re.findall(r"^(?:epoch\s+\S+|final:)(.*)$", text, re.M)
+        got = [float(v) for line in lines for v in re.findall(r"\w+_loss\s+(\S+)", line)]
     if name is not None:  # a loss value: the first printed loss is the loss at the start
         got = got[:1]
     if final:

@@ -11,6 +11,8 @@ Writes, next to this script:
   transformer-block.{golden,csv,safetensors}  one transformer_block: weights, inputs and
                      targets, the loss, outputs and every parameter's gradient
   gpt-steps.{golden,safetensors}  a tiny GPT's weights and its loss over 5 AdamW steps
+  gan-steps.{golden,safetensors}  a tiny MLP GAN's weights and both steps' losses over 3
+                     iterations (discriminator step, then generator step), and at the end
 The matching nnc programs are tests/lit/golden/*.nn; compare.py (compare_block.py for the
 block) does the comparison.
 """
@@ -403,3 +405,53 @@ for i, (name, (cls, use)) in enumerate(recurrent.items()):
         opt.step()
     with open(os.path.join(HERE, f"rnn-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+
+
+# ---- a tiny MLP GAN in two steps (tests/lit/golden/gan-steps.nn): each iteration updates
+# the discriminator D on bce(D(real), 1) + bce(D(G(z)), 0), then the generator G on
+# bce(D(G(z)), 1) through the updated D, each with its own Adam. A sample's 5 numbers are a
+# real point (2) and the generator's noise (3), so both sides see the same z. The golden file
+# holds d_loss and g_loss of each iteration (each before its own update), then both at the end.
+GX = torch.tensor([[0.5, -1.0, 0.3, -0.7, 1.2], [1.5, 0.2, -1.1, 0.4, 0.9],
+                   [-0.3, 0.8, 0.6, 1.3, -0.2], [0.9, -0.4, -0.5, -0.9, 0.7]])
+torch.manual_seed(20)
+GAN = {"disc.dense0.W": torch.randn(2, 3) * 0.8, "disc.dense0.b": torch.randn(3) * 0.1,
+       "disc.dense1.W": torch.randn(3, 1) * 0.8, "disc.dense1.b": torch.randn(1) * 0.1,
+       "gen.dense0.W": torch.randn(3, 4) * 0.8, "gen.dense0.b": torch.randn(4) * 0.1,
+       "gen.dense1.W": torch.randn(4, 2) * 0.8, "gen.dense1.b": torch.randn(2) * 0.1}
+write_safetensors(os.path.join(HERE, "gan-steps.safetensors"), GAN)
+GAN = {k: v.clone().requires_grad_() for k, v in GAN.items()}
+
+
+def mlp(x, pre):
+    h = torch.tanh(x @ GAN[pre + "dense0.W"] + GAN[pre + "dense0.b"])
+    return h @ GAN[pre + "dense1.W"] + GAN[pre + "dense1.b"]
+
+
+def gan_losses():
+    real, z = GX[:, :2], GX[:, 2:]
+    disc = lambda v: torch.sigmoid(mlp(v, "disc."))
+    fake = mlp(z, "gen.")
+    d = (F.binary_cross_entropy(disc(real), torch.ones(4, 1))
+         + F.binary_cross_entropy(disc(fake), torch.zeros(4, 1)))
+    return d, F.binary_cross_entropy(disc(fake), torch.ones(4, 1))
+
+
+opt_d = torch.optim.Adam([v for k, v in GAN.items() if k.startswith("disc.")], lr=0.1,
+                         betas=(0.5, 0.999))
+opt_g = torch.optim.Adam([v for k, v in GAN.items() if k.startswith("gen.")], lr=0.1,
+                         betas=(0.5, 0.999))
+out = []
+for it in range(3):
+    opt_d.zero_grad()
+    d, _ = gan_losses()
+    d.backward()
+    opt_d.step()
+    opt_g.zero_grad()
+    _, g = gan_losses()  # through the updated discriminator
+    g.backward()
+    opt_g.step()
+    out += [d.item(), g.item()]
+out += [v.item() for v in gan_losses()]
+with open(os.path.join(HERE, "gan-steps.golden"), "w") as f:
+    f.write("".join(f"{v:.9f}\n" for v in out))
