@@ -2402,8 +2402,13 @@ static void mark_params(Sema *s, const Ast *list, const char *key, bool *mark) {
   const Ast *one[1] = {list};
   const Ast *const *items = list->kind == AST_LIST ? (const Ast *const *)list->kids.items : one;
   int n = list->kind == AST_LIST ? list->kids.len : 1;
-  const char **names = xalloc((size_t)(u->n_params + 1) * sizeof *names);
-  for (int p = 0; p < u->n_params; p++) names[p] = u->params[p].name;
+  /* suggestions: every parameter, and every model's name ("disc" of "disc.dense0.W") */
+  const char **names = xalloc((size_t)(2 * u->n_params + 1) * sizeof *names);
+  for (int p = 0; p < u->n_params; p++) {
+    const char *dot = strchr(u->params[p].name, '.');
+    names[p] = u->params[p].name;
+    names[u->n_params + p] = dot ? xprintf("%.*s", (int)(dot - names[p]), names[p]) : names[p];
+  }
   for (int i = 0; i < n; i++) {
     const Ast *it = items[i];
     if (it->kind != AST_NAME && it->kind != AST_STR) {
@@ -2419,7 +2424,7 @@ static void mark_params(Sema *s, const Ast *list, const char *key, bool *mark) {
         mark[p] = true, hits++;
     }
     if (!hits) {
-      const char *close = diag_did_you_mean(it->name, names, u->n_params);
+      const char *close = diag_did_you_mean(it->name, names, 2 * u->n_params);
       diag_error(it->loc, "%s: %s no %slayer or parameter '%s'%s", key,
                  s->several_models ? "this block has" : "the model has",
                  s->several_models ? "model, " : "", it->name,
@@ -2759,8 +2764,9 @@ static void build_steps(Sema *s, const Ast *tr, const Ast *model) {
   if (diag_error_count()) return;
   u->steps = xalloc((size_t)u->n_steps * sizeof *u->steps);
   s->several_models = true;
-  for (int k = 0; k < u->n_steps; k++)
-    if (!build_step(s, model, first[k], k)) return;
+  bool ok = true;
+  for (int k = 0; k < u->n_steps; k++) ok &= build_step(s, model, first[k], k); /* all errors */
+  if (!ok) return;
   renumber_slots(u);
   build_step_infer(s, tr, model, seen[3]);
   u->labels = false, u->task = NN_TASK_REGRESSION;
