@@ -198,7 +198,24 @@ Node *ir_reshape(Builder *b, Node *a, Shape to) {
   if (a && shape_eq(a->shape, to)) return a;
   return make(b, OP_RESHAPE, a, NULL, (Attr){0}, to);
 }
+/* x's source when x is a PERMUTE that swaps just the last two dims (a transpose), else NULL. */
+static Node *transposed_source(const Node *x) {
+  if (!x || x->op != OP_PERMUTE) return NULL;
+  int r = x->shape.rank;
+  const int64_t *p = x->attr.move.perm;
+  for (int i = 0; i < r - 2; i++)
+    if (p[i] != i) return NULL;
+  return p[r - 2] == r - 1 && p[r - 1] == r - 2 ? x->src[0] : NULL;
+}
+
+/* A transposed operand is read through the GEMM's strides (ta/tb) rather than copied: the
+ * tied head's x @ transpose(wte) and attention's q @ transpose(k) need no transpose pass, and
+ * their gradients none back. (A transposed a with a shared 2-D c has no such form.) */
 Node *ir_matmul(Builder *b, Node *a, Node *c, bool ta, bool tb) {
+  Node *t;
+  if ((t = transposed_source(c))) c = t, tb = !tb;
+  if ((t = transposed_source(a)) && (ta || !c || c->shape.rank > 2 || a->shape.rank == 2))
+    a = t, ta = !ta;
   return make(b, OP_MATMUL, a, c, (Attr){.ta = ta, .tb = tb}, (Shape){0});
 }
 Node *ir_window(Builder *b, OpKind op, Node *x, Node *y, ConvAttr conv, Shape given) {
