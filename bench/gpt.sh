@@ -33,7 +33,7 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
   build/nnc "$nn" -o "$dir/$name"
   t1=$(date +%s.%N)
   local secs1 secs3 out rss
-  secs1=$("$dir/$name" train --epochs 1 --quiet 2>&1 >/dev/null | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
+  secs1=$("$dir/$name" train --epochs 1 2>&1 >/dev/null | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
   out=$(/usr/bin/python3 bench/rss.py "$dir/$name" train --epochs 3 2>&1)
   secs3=$(echo "$out" | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
   rss=$(echo "$out" | sed -n 's/^peak_rss_mb=//p')
