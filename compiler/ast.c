@@ -41,7 +41,7 @@ void ast_push(AstList *list, Ast *item) {
 /* ORDER AstKind */
 static const char *const kind_names[] = {
   "num", "str", "name", "call", "kwarg", "binop", "neg", "list",
-  "assign", "augassign", "param", "state", "return", "repeat", "step",
+  "assign", "augassign", "param", "state", "return", "repeat", "require", "step",
   "type", "formal",
   "use", "data", "table", "row", "model", "layer", "fn", "optimizer", "train", "program",
 };
@@ -166,7 +166,7 @@ static void dump_node(FILE *out, const Ast *n, int depth) {
     break;
   case AST_NAME: case AST_CALL: case AST_KWARG: case AST_ASSIGN: case AST_PARAM:
   case AST_STATE: case AST_FORMAL: case AST_USE: case AST_DATA: case AST_MODEL:
-  case AST_LAYER: case AST_FN: case AST_OPTIMIZER: case AST_STEP:
+  case AST_LAYER: case AST_FN: case AST_OPTIMIZER: case AST_REQUIRE: case AST_STEP:
     fprintf(out, " %s", str_or(n->name));
     break;
   }

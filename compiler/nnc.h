@@ -69,6 +69,8 @@ typedef enum AstKind {
   AST_STATE,     /* state name = a (initial value) */
   AST_RETURN,    /* return a */
   AST_REPEAT,    /* repeat a { body }: the body a times */
+  AST_REQUIRE,   /* require a, "name": a condition known at compile time, and the error
+                    message (name) reported at the caller's call site when it is false */
   AST_STEP,      /* step name { body }: one step of a train block (its own loss, optimizer) */
   /* types and formals */
   AST_TYPE,      /* name = "f32" / "int" / "float" / NULL (any tensor); kids = dims, has_dims */

@@ -58,6 +58,7 @@ typedef struct Frame {
   const char *prefix;   /* "" at model level, "block0." inside a layer called from a model */
   Counter *counters;
   const Ast *def;       /* the definition being inlined (for recursion checks), or NULL */
+  Loc call;             /* where it was called from (file NULL for a model or optimizer) */
   uint32_t site;        /* hash of the call sites from the model down to here (random salts) */
   struct Buffer *buffers; /* the layer's `state` declarations, whose last value is kept */
   struct Frame *parent; /* the caller, for recursion checks only: names are not inherited */
@@ -82,6 +83,7 @@ typedef struct Sema {
   Def *defs;
   Builder b;             /* the graph being built */
   int depth;             /* inlining depth, bounded so runaway recursion is an error */
+  Loc required_at;       /* where a failed `require` was reported: no note repeats it */
   /* the optimizer being inlined for one parameter */
   int param_index;       /* the parameter it updates */
   Node *param_new;       /* the parameter's new value, when `param -= ...` has run */
@@ -1499,6 +1501,32 @@ static void declare_param(Sema *s, Frame *f, const Ast *st) {
   }
 }
 
+/* `require cond, "message"` failed: the message, each {name} in it replaced by the number
+ * that local name holds, is reported at the first call from another file (a prelude layer's
+ * misuse shows at the user's call, not inside std.nn), else at the innermost call. */
+static void require_failed(Sema *s, Frame *f, const Ast *st) {
+  Loc at = f->call;
+  for (Frame *p = f; p && p->call.file; p = p->parent)
+    if (p->call.file != st->loc.file) {
+      at = p->call;
+      break;
+    }
+  const char *msg = st->name, *open, *close;
+  char *text = "";
+  while ((open = strchr(msg, '{')) && (close = strchr(open, '}'))) {
+    char *name = xprintf("%.*s", (int)(close - open - 1), open + 1);
+    Binding *b = lookup_local(f, name);
+    char *value = b && b->value.kind == V_NUM ? xprintf("%g", b->value.num)
+                                               : xprintf("{%s}", name);
+    text = xprintf("%s%.*s%s", text, (int)(open - msg), msg, value);
+    msg = close + 1;
+  }
+  text = xprintf("%s%s", text, msg);
+  const char *who = f->def ? f->def->name : "require";
+  s->required_at = at.file ? at : st->loc;
+  diag_error(s->required_at, "%s: %s", who, text);
+}
+
 /* Runs a body's statements; returns the value of its `return`, or V_ERROR with *returned
  * false if it has none. */
 static bool is_int(Value v);
@@ -1566,6 +1594,19 @@ static Value run_body(Sema *s, Frame *f, const AstList *body, bool *returned) {
       result = eval(s, f, st->a);
       *returned = true;
       break;
+    case AST_REQUIRE: {
+      Value c = eval(s, f, st->a);
+      if (c.kind == V_ERROR) break;
+      if (c.kind != V_NUM)
+        diag_error(st->a->loc, "'require' needs a condition known at compile time (numbers, "
+                   "settings, shapes), not a tensor");
+      else if (!c.num) {
+        require_failed(s, f, st);
+        *returned = true; /* the rest of the body would only pile up errors on this one */
+        return ERR;
+      }
+      break;
+    }
     case AST_REPEAT: { /* the body n times in this scope: layers called in it number on */
       Value n = eval(s, f, st->a);
       if (n.kind == V_ERROR) break;
@@ -1610,6 +1651,7 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
       return ERR;
     }
   Frame *callee = frame_for(f, def, f->prefix);
+  callee->call = call->loc;
   /* models start a path: the same model on the same input is the same computation */
   callee->site = def->kind == AST_MODEL ? 2166136261u : site_hash(f->site, call->loc);
   if (!bind_args(s, f, callee, def, call)) return ERR;
@@ -1632,7 +1674,9 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
   if (def->kind == AST_MODEL) s->model = def;
   Value r = run_body(s, callee, &def->body, &returned);
   s->model = outer;
-  if (diag_error_count() > errors && def->loc.file != call->loc.file) /* e.g. in the prelude */
+  bool told = s->required_at.file == call->loc.file && s->required_at.line == call->loc.line &&
+              s->required_at.col == call->loc.col;
+  if (diag_error_count() > errors && def->loc.file != call->loc.file && !told) /* the prelude */
     diag_note(call->loc, "in this call to '%s'", def->name);
   if (def->kind == AST_FN) f->counters = callee->counters;
   for (Buffer *bf = callee->buffers; bf; bf = bf->next) { /* `running_mean = ...` */

@@ -172,7 +172,8 @@ static Expr with_kids(ParseCtx *ctx, Ast *n, ExprList list) {
 %token <str> STRING "string"
 %token USE "'use'" DATA "'data'" MODEL "'model'" LAYER "'layer'" FN "'fn'"
 %token OPTIMIZER "'optimizer'" TRAIN "'train'" ON "'on'" PARAM "'param'" STATE "'state'"
-%token RETURN "'return'" TABLE "'table'" REPEAT "'repeat'" ELLIPSIS "'...'"
+%token RETURN "'return'" TABLE "'table'" REPEAT "'repeat'" REQUIRE "'require'"
+%token ELLIPSIS "'...'"
 %token '='
 %token ARROW "'->'" ADD_ASSIGN "'+='" SUB_ASSIGN "'-='" MUL_ASSIGN "'*='" DIV_ASSIGN "'/='"
 %token GE "'>='" LE "'<='"
@@ -183,7 +184,7 @@ static Expr with_kids(ParseCtx *ctx, Ast *n, ExprList list) {
 %type <exs> args arg_list expr_list
 %type <str> target dname
 %nterm kw_use kw_data kw_model kw_layer kw_fn kw_optimizer kw_train kw_param kw_state kw_return
-%nterm kw_repeat
+%nterm kw_repeat kw_require
 %type <op> aug_op cmp_op
 
 %%
@@ -398,7 +399,8 @@ state_inits
   ;
 
 /* stmt := target '=' expr | target op= expr | 'param' IDENT ':' type ['=' expr]
- *       | 'return' expr | 'repeat' expr block | 'step' IDENT block | ';'
+ *       | 'return' expr | 'repeat' expr block | 'step' IDENT block
+ *       | 'require' expr ',' STRING | ';'
  * (`step` is a name elsewhere, an optimizer's step count, so it is no keyword) */
 stmt
   : target '=' expr {
@@ -423,6 +425,11 @@ stmt
       $$ = node(ctx, AST_REPEAT, @1);
       $$->a = $2.ast;
       $$->body = $3;
+    }
+  | kw_require expr ',' STRING {
+      $$ = node(ctx, AST_REQUIRE, @1);
+      $$->a = $2.ast;
+      $$->name = $4;
     }
   | IDENT IDENT block {
       RESUME(@1);
@@ -455,6 +462,7 @@ kw_param:     PARAM       { yyerrok; } ;
 kw_state:     STATE       { yyerrok; } ;
 kw_return:    RETURN      { yyerrok; } ;
 kw_repeat:    REPEAT      { yyerrok; } ;
+kw_require:   REQUIRE     { yyerrok; } ;
 
 aug_op
   : ADD_ASSIGN            { $$ = '+'; }
