@@ -1392,6 +1392,7 @@ static LLVMValueRef data_source(Lower *L, const DataSpec *d, int64_t row_width) 
   PUT_PTR(&f, NnDataSource, table, doubles(L, d->table, d->rows * row_width, "data_table"));
   PUT_I64(&f, NnDataSource, header, d->header);
   PUT_F64(&f, NnDataSource, scale, d->scale);
+  PUT_I64(&f, NnDataSource, stride, d->stride);
   return private_const(L, struct_of(L, &f, &L->source_type, "NnDataSource", sizeof(NnDataSource)),
                        "data_source");
 }

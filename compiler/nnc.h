@@ -327,6 +327,7 @@ typedef struct DataSpec {
   const char *labels;     /* IDX labels; absolute */
   bool header;            /* CSV header line */
   double scale;           /* input scale */
+  int64_t stride;         /* TEXT: bytes between windows' starts */
   double *table;          /* TABLE: rows * (x + y) values */
   int64_t rows;
 } DataSpec;

@@ -2141,24 +2141,27 @@ static bool load_files(Sema *s, const Ast *src, DataSpec *d, Shape *y, const cha
   return true;
 }
 
-/* text("file.txt", context = t): byte-level language modelling. The file is cut into
- * windows of t bytes; a sample's x is a window's byte ids (0..255), its y the ids one byte
- * further on (the next byte at every position). The model's input must be [t]. */
+/* text("file.txt", context = t, stride = t): byte-level language modelling. The file is cut
+ * into windows of t bytes starting every `stride` bytes (t: one after the other; 1: every
+ * window); a sample's x is a window's byte ids (0..255), its y the ids one byte further on
+ * (the next byte at every position). The model's input must be [t]. */
 static bool load_text(Sema *s, const Ast *src, DataSpec *d, Shape *y, const char *source) {
   const char *path = NULL;
-  double context = 0;
+  double context = 0, stride = 0;
   for (int i = 0; i < src->kids.len; i++) {
     const Ast *a = src->kids.items[i];
+    bool is_context = a->kind == AST_KWARG && !strcmp(a->name, "context");
     if (a->kind == AST_STR && !path && i == 0) {
       path = a->name;
-    } else if (a->kind == AST_KWARG && !strcmp(a->name, "context")) {
-      if (!const_number(s, a->a, &context)) return false;
-      if (context < 1 || context != floor(context) || context > 1e7) {
-        diag_error(a->a->loc, "text(): context must be a positive integer");
+    } else if (is_context || (a->kind == AST_KWARG && !strcmp(a->name, "stride"))) {
+      double *v = is_context ? &context : &stride;
+      if (!const_number(s, a->a, v)) return false;
+      if (*v < 1 || *v != floor(*v) || *v > 1e7) {
+        diag_error(a->a->loc, "text(): %s must be a positive integer", a->name);
         return false;
       }
     } else {
-      diag_error(a->loc, "text() takes a file name and context = N, like "
+      diag_error(a->loc, "text() takes a file name, context = N and stride = S, like "
                  "text(\"input.txt\", context = 64)");
       return false;
     }
@@ -2175,6 +2178,7 @@ static bool load_text(Sema *s, const Ast *src, DataSpec *d, Shape *y, const char
     return false;
   }
   d->kind = NN_DATA_TEXT, d->path = data_file(path, source), d->scale = 1;
+  d->stride = stride ? (int64_t)stride : x.dim[0];
   *y = x;
   return true;
 }

@@ -306,10 +306,11 @@ static void load_table(const NnModelDesc *d, const NnDataSource *s, NnData *out)
 
 /* ---- raw text ---- */
 
-/* Byte-level language modelling: the file cut into windows of x_size bytes (one after the
- * other, no overlap); a sample's x is a window's byte ids, y the ids one byte further on. */
+/* Byte-level language modelling: the file cut into windows of x_size bytes starting every
+ * `stride` bytes (x_size: one after the other); a sample's x is a window's byte ids, y the ids
+ * one byte further on. */
 static void load_text(const NnModelDesc *d, const char *path, NnData *out) {
-  int64_t t = d->x_size;
+  int64_t t = d->x_size, stride = d->data->stride;
   if (d->y_size != t)
     nnrt_fatal("'%s': a text data set needs targets of the input's size; HINT: declare it in "
                "the .nn file as text(\"file\", context = %lld)", path, (long long)t);
@@ -321,14 +322,15 @@ static void load_text(const NnModelDesc *d, const char *path, NnData *out) {
                path, len, nnrt_plural((int64_t)len), (long long)t);
   }
   data_begin(out, d, t, path);
-  int64_t rows = ((int64_t)len - 1) / t, es = d->elem_size;
+  int64_t rows = ((int64_t)len - 1 - t) / stride + 1, es = d->elem_size;
   out->x = xrealloc(NULL, (size_t)(rows * t * es));
   out->y = xrealloc(NULL, (size_t)(rows * t * es));
   const unsigned char *b = (const unsigned char *)buf;
-  for (int64_t i = 0; i < rows * t; i++) {
-    nnrt_set(out->x, i, es, b[i]);
-    nnrt_set(out->y, i, es, b[i + 1]);
-  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < t; i++) {
+      nnrt_set(out->x, r * t + i, es, b[r * stride + i]);
+      nnrt_set(out->y, r * t + i, es, b[r * stride + i + 1]);
+    }
   out->rows = rows;
   free(buf);
 }

@@ -204,7 +204,7 @@ static const char *task_name(int64_t task) {
 }
 
 /* One declared data source on the rest of a "data:" line. */
-static void print_source(const NnDataSource *s) {
+static void print_source(const NnDataSource *s, int64_t x_size) {
   switch (s ? s->kind : NN_DATA_NONE) {
   case NN_DATA_TABLE:
     printf("inline table '%s', %lld row%s", s->name ? s->name : "?", (long long)s->rows,
@@ -219,7 +219,12 @@ static void print_source(const NnDataSource *s) {
   case NN_DATA_NPY:
     printf("%s + %s (.npy)", s->path ? s->path : "?", s->labels ? s->labels : "no targets");
     break;
-  case NN_DATA_TEXT: printf("%s (text: byte windows)", s->path ? s->path : "?"); break;
+  case NN_DATA_TEXT:
+    printf("%s (text: byte windows", s->path ? s->path : "?");
+    if (s->stride != x_size)
+      printf(" starting every %lld byte%s", (long long)s->stride, nnrt_plural(s->stride));
+    printf(")");
+    break;
   default: printf("none (pass --data FILE)"); return;
   }
   if (s->scale != 1)
@@ -231,10 +236,10 @@ static void print_data(const NnModelDesc *d, const NnOptions *o) {
   if (o->data_path)
     printf("%s (from --data)", o->data_path);
   else
-    print_source(d->data);
+    print_source(d->data, d->x_size);
   printf("\nvalidation:  ");
   if (d->val)
-    print_source(d->val);
+    print_source(d->val, d->x_size);
   else if (d->val_split > 0)
     printf("the last %g of the data, held out after one seeded shuffle", d->val_split);
   else

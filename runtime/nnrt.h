@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 7
+#define NN_ABI_VERSION 8
 #define NN_MAX_RANK 6
 #define NN_MAX_STEPS 8 /* steps of one train block */
 
@@ -94,6 +94,7 @@ typedef struct NnDataSource {
   const double *table;   /* TABLE: rows * (x_size + y_size) values */
   int64_t header;        /* CSV: 1 if the first line is a header */
   double scale;          /* input scale, e.g. 1/255 for bytes; 1 otherwise */
+  int64_t stride;        /* TEXT: bytes from one window's start to the next (x_size: no overlap) */
 } NnDataSource;
 
 typedef struct NnParamInfo {
