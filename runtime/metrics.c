@@ -17,14 +17,19 @@ void nnrt_metrics_init(NnMetrics *m, const NnModelDesc *d, int full) {
   memset(m, 0, sizeof *m);
   m->classes = nnrt_classes(d);
   if (full && m->classes > 0) {
+    m->per_class = NNRT_ALLOC(3 * m->classes, int64_t);
+    memset(m->per_class, 0, (size_t)(3 * m->classes) * sizeof *m->per_class);
+  }
+  if (full && m->classes > 0 && m->classes <= NNRT_CONFUSION_MAX) {
     m->confusion = NNRT_ALLOC(m->classes * m->classes, int64_t);
     memset(m->confusion, 0, (size_t)(m->classes * m->classes) * sizeof *m->confusion);
   }
 }
 
 void nnrt_metrics_free(NnMetrics *m) {
+  free(m->per_class);
   free(m->confusion);
-  m->confusion = NULL;
+  m->per_class = m->confusion = NULL;
 }
 
 static int64_t argmax_row(const void *base, int64_t off, int64_t n, int64_t es) {
@@ -35,11 +40,17 @@ static int64_t argmax_row(const void *base, int64_t off, int64_t n, int64_t es) 
   return best;
 }
 
-/* One decision: counts it, and enters it in the confusion matrix when that is tracked. */
+/* One decision: counts it, and enters it in the per-class counts and the confusion matrix
+ * when those are tracked. */
 static void decide(NnMetrics *m, int64_t want, int64_t got) {
   m->hits += want == got;
   m->total++;
-  if (m->confusion && want >= 0 && want < m->classes && got >= 0 && got < m->classes)
+  if (!m->per_class || want < 0 || want >= m->classes || got < 0 || got >= m->classes)
+    return;
+  m->per_class[3 * want]++;
+  m->per_class[3 * got + 1]++;
+  m->per_class[3 * want + 2] += want == got;
+  if (m->confusion)
     m->confusion[want * m->classes + got]++;
 }
 
@@ -142,11 +153,8 @@ static void macro_prf(const NnMetrics *m, double *p, double *r, double *f1, int6
   *p = *r = *f1 = 0;
   *used = 0;
   for (int64_t c = 0; c < k; c++) {
-    int64_t tp = m->confusion[c * k + c], truth = 0, predicted = 0;
-    for (int64_t j = 0; j < k; j++) {
-      truth += m->confusion[c * k + j];
-      predicted += m->confusion[j * k + c];
-    }
+    int64_t truth = m->per_class[3 * c], predicted = m->per_class[3 * c + 1];
+    int64_t tp = m->per_class[3 * c + 2];
     if (truth == 0 && predicted == 0)
       continue;
     double pc = predicted ? (double)tp / (double)predicted : 0;
@@ -166,7 +174,7 @@ static void macro_prf(const NnMetrics *m, double *p, double *r, double *f1, int6
 double nnrt_metrics_f1(const NnMetrics *m) {
   double p, r, f1;
   int64_t used;
-  if (!m->confusion)
+  if (!m->per_class)
     return 0;
   macro_prf(m, &p, &r, &f1, &used);
   return f1;
@@ -206,14 +214,16 @@ void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *se
            (long long)m->total);
   printf("\nmetrics: %s, %lld sample%s;", set->what, (long long)m->samples,
          nnrt_plural(m->samples));
-  if (m->confusion) {
+  if (m->per_class) {
     double p, r, f1;
     int64_t used;
     macro_prf(m, &p, &r, &f1, &used);
     printf(" macro precision %.4f  recall %.4f  f1 %.4f (%lld class%s)\n", p, r, f1,
            (long long)used, used == 1 ? "" : "es");
-    if (confusion)
+    if (confusion && m->confusion)
       print_confusion(m);
+    else if (confusion)
+      printf("no confusion matrix for more than %d classes\n", NNRT_CONFUSION_MAX);
   } else {
     double n = m->elems ? (double)m->elems : 1;
     printf(" mse %s", nnrt_fmt_loss(m->sq_err / n, buf));

@@ -234,14 +234,19 @@ typedef struct NnMetrics {
   int64_t hits;      /* correct decisions */
   int64_t total;     /* decisions (output elements for binary, samples for multiclass) */
   int64_t classes;   /* nnrt_classes(d): confusion is (classes, classes); 0: regression */
-  int64_t *confusion; /* [true * classes + predicted], NULL when not tracked */
+  int64_t *per_class; /* [3 * class + 0, 1, 2]: its true, predicted and correct decisions;
+                         NULL when not tracked */
+  int64_t *confusion; /* [true * classes + predicted], NULL when not tracked or classes >
+                         NNRT_CONFUSION_MAX (a GPT-2 vocabulary's would be 20 GB) */
   double sq_err;     /* regression: sum of (out - y)^2 */
   double abs_err;    /* regression: sum of |out - y| */
   int64_t elems;     /* regression: elements compared */
   double step_loss[NN_MAX_STEPS]; /* a block with steps: sum of each step's batch loss × samples */
 } NnMetrics;
 
-/* full: also track the confusion matrix and regression errors (final metrics). */
+#define NNRT_CONFUSION_MAX 1024
+/* full: also track per-class counts, the confusion matrix and regression errors (final
+ * metrics). */
 void nnrt_metrics_init(NnMetrics *m, const NnModelDesc *d, int full);
 void nnrt_metrics_free(NnMetrics *m);
 /* Adds n samples: OUT and Y from io, and the batch's mean loss. */
@@ -258,7 +263,7 @@ void nnrt_evaluate(const NnModelDesc *d, void **io, const NnSet *set, NnMetrics 
 void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *set,
                         const NnMetrics *m, int confusion);
 const char *nnrt_fmt_loss(double v, char buf[32]); /* %.6f, or %.3e for tiny/huge values */
-/* Macro F1 over the classes seen (needs a confusion matrix: init with full = 1); 0 if none. */
+/* Macro F1 over the classes seen (needs per-class counts: init with full = 1); 0 if none. */
 double nnrt_metrics_f1(const NnMetrics *m);
 
 /* ---- json.c ---- */
