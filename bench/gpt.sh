@@ -5,7 +5,8 @@
 # GPT-2-small-sized one (12 layers, 12 heads, width 768, batch 4, vocabulary 50257), both with
 # context 64. The data is random token ids as .npy (y: x shifted by one), the same for both.
 # nnc's step time is the difference between a 1-epoch and a 3-epoch run over the same windows
-# (so the first, cold step is not counted); PyTorch's is timed after warm-up steps. Also
+# (so the first, cold step is not counted); PyTorch's is timed after warm-up steps; each at 1
+# and 2 threads, the faster kept. Also
 # prints nnc's compile time. usage: bench/gpt.sh [tiny|small]... (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,26 +33,32 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
   t0=$(date +%s.%N)
   build/nnc "$nn" -o "$dir/$name"
   t1=$(date +%s.%N)
-  local secs1 secs3 out rss
-  secs1=$("$dir/$name" train --epochs 1 2>&1 >/dev/null | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
-  out=$(/usr/bin/python3 bench/rss.py "$dir/$name" train --epochs 3 2>&1)
-  secs3=$(echo "$out" | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
-  rss=$(echo "$out" | sed -n 's/^peak_rss_mb=//p')
-  local nnc_ms
-  nnc_ms=$(awk -v a="$secs1" -v b="$secs3" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / (2 * s) * 1e3 }')
-  local best="" line ms torch_line=""
+  local secs1 secs3 out rss nnc_ms="" ms nnc_t=""
+  for t in 1 2; do # nnc at its best too: on a loaded machine 2 spinning workers can lose
+    secs1=$("$dir/$name" train --epochs 1 --threads $t 2>&1 >/dev/null |
+            sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
+    out=$(/usr/bin/python3 bench/rss.py "$dir/$name" train --epochs 3 --threads $t 2>&1)
+    secs3=$(echo "$out" | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
+    ms=$(awk -v a="$secs1" -v b="$secs3" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / (2 * s) * 1e3 }')
+    echo "$name: nnc threads=$t step_ms=$ms"
+    if [ -z "$nnc_ms" ] || awk -v a="$ms" -v b="$nnc_ms" 'BEGIN { exit !(a < b) }'; then
+      nnc_ms=$ms nnc_t=$t rss=$(echo "$out" | sed -n 's/^peak_rss_mb=//p')
+    fi
+  done
+  local best="" line torch_line=""
   for t in 1 2; do
     line=$(/usr/bin/python3 bench/torch_gpt.py "$t" "$x" "$y" "$vocab" "$width" "$heads" "$layers" \
            "$batch" 3 "$((2 * steps))")
     echo "$name: $line"
     ms=$(echo "$line" | sed -n 's/.*step_ms=\([0-9.]*\).*/\1/p')
+    [ -n "$ms" ] || continue
     if [ -z "$best" ] || awk -v a="$ms" -v b="$best" 'BEGIN { exit !(a < b) }'; then
       best=$ms torch_line=$line
     fi
   done
   awk -v n="$name" -v c="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v a="$nnc_ms" -v b="$best" -v r="$rss" \
       -v s="$(echo "$torch_line" | sed -n 's/.*peak_rss_mb=\([0-9]*\).*/\1/p')" -v tok="$((batch * 64))" \
-      'BEGIN { printf "%s: nnc   step_ms=%.1f tokens/s=%.0f peak_rss_mb=%d compile_s=%.1f (threads: '"$(nproc)"')\n", n, a, tok / a * 1e3, r, c
+      'BEGIN { printf "%s: nnc   step_ms=%.1f tokens/s=%.0f peak_rss_mb=%d compile_s=%.1f (the faster of 1, 2 threads: '"$nnc_t"')\n", n, a, tok / a * 1e3, r, c
                printf "%s: torch step_ms=%.1f tokens/s=%.0f peak_rss_mb=%d (the faster of 1, 2 threads)\n", n, b, tok / b * 1e3, s
                printf "%s: ratio torch/nnc step time = %.2fx, peak RSS nnc/torch = %.2f\n", n, b / a, r / s }'
 }
@@ -60,7 +67,7 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
 for size in "$@"; do
   case $size in
   tiny) bench tiny 256 128 4 4 8 40 ;;
-  small) bench small 50257 768 12 12 4 3 ;;
+  small) bench small 50257 768 12 12 4 2 ;;
   *) echo "usage: bench/gpt.sh [tiny|small]..." >&2; exit 2 ;;
   esac
 done
