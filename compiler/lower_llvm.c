@@ -56,6 +56,11 @@ typedef struct Lower {
   char tag[32];                      /* what the loops being emitted compute: "n7", "out" */
   LLVMValueRef ivar[MAX_LOOPS];      /* the counters of the loops around a nest's body */
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
+  bool apart;                        /* emitting a group function: no node ids in names */
+  struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */
+  int n_group_fns;
+  char *text;                        /* text_cap bytes: the text of the group function made last */
+  size_t text_cap;
   int vector_bits, registers;        /* the target's SIMD registers: width and count */
 } Lower;
 
@@ -100,6 +105,13 @@ static LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, un
   LLVMTypeRef t = L->elem;
   LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, &t, 1);
   return LLVMBuildCall2(L->b, LLVMIntrinsicGetType(L->ctx, id, &t, 1), fn, args, n, "");
+}
+
+/* Names the loops about to be emitted after what they compute ("g7", "n12"); a group
+ * function's names carry no id, so that the same code for another step reads the same. */
+static void set_tag(Lower *L, const char *kind, int id) {
+  if (L->apart) snprintf(L->tag, sizeof L->tag, "%s", kind);
+  else snprintf(L->tag, sizeof L->tag, "%s%d", kind, id);
 }
 
 static LLVMValueRef bool_to_elem(Lower *L, LLVMValueRef c) {
@@ -1075,7 +1087,7 @@ static void lower_loop_group(Lower *L, int gi, const bool *need) {
   c.value = xalloc(sizeof *c.value * (size_t)nm);
   for (int i = 0; i < nm; i++) c.index[G->members[i]->id] = i, c.store[i] = -1;
   for (int i = 0; i < nm * 3; i++) c.read[i] = -1;
-  snprintf(L->tag, sizeof L->tag, "g%d", gi);
+  set_tag(L, "g", gi);
   Nest t = nest_over(G->loop);
   for (int i = 0; i < nm; i++) {
     const Node *m = G->members[i];
@@ -1103,7 +1115,7 @@ static void lower_node(Lower *L, const Node *n) {
   if (class_of(n) != CLASS_SCALAR && (n->io < 0 || n->io >= NN_IO_COUNT))
     diag_internal(__FILE__, __LINE__, "node %%%d (%s) has no planned region", n->id,
                   op_info[n->op].text);
-  snprintf(L->tag, sizeof L->tag, "n%d", n->id);
+  set_tag(L, "n", n->id);
   switch (class_of(n)) {
   case CLASS_LEAF: break; /* the data is already at io/offset */
   case CLASS_SCALAR: L->val[n->id] = lower_scalar(L, n); break;
@@ -1150,6 +1162,16 @@ static void lower_outputs(Lower *L, const Graph *g, unsigned io_mask) {
     }
 }
 
+/* The regions that lowering n reads besides its operands' and its own memory, as a bit set. */
+static unsigned regions_read(const Node *n) {
+  if (n->op == OP_RAND_UNIFORM || n->op == OP_RAND_NORMAL || n->op == OP_HYPER)
+    return 1u << NN_IO_HYPER; /* hyperparameters; random ops read seed and step */
+  if (class_of(n) == CLASS_CONTRACT || n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA ||
+      n->op == OP_CONV2D_BWD_FILTER) /* GEMMs take threads and scratch */
+    return (1u << NN_IO_THREADS) | (1u << NN_IO_SCRATCH);
+  return 0;
+}
+
 /* Marks the nodes the chosen outputs need; returns the regions they touch as a bit set. */
 static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
   unsigned regions = 0;
@@ -1165,13 +1187,8 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
     if (!need[i]) continue;
     if (n->id != i) diag_internal(__FILE__, __LINE__, "node %d has id %d", i, n->id);
     for (int k = 0; k < op_info[n->op].arity; k++) need[n->src[k]->id] = true;
-    if (n->op == OP_RAND_UNIFORM || n->op == OP_RAND_NORMAL) /* they read seed and step */
-      regions |= 1u << NN_IO_HYPER;
-    if (class_of(n) == CLASS_CONTRACT || n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA ||
-        n->op == OP_CONV2D_BWD_FILTER) /* GEMMs take threads and scratch */
-      regions |= (1u << NN_IO_THREADS) | (1u << NN_IO_SCRATCH);
-    if (n->op == OP_HYPER) regions |= 1u << NN_IO_HYPER;
-    else if (class_of(n) != CLASS_SCALAR && n->io >= 0 && n->io < NN_IO_COUNT)
+    regions |= regions_read(n);
+    if (class_of(n) != CLASS_SCALAR && n->io >= 0 && n->io < NN_IO_COUNT)
       regions |= 1u << n->io;
   }
   return regions;
@@ -1179,9 +1196,11 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
 
 /* A large graph (an unrolled recurrence has thousands of nodes) is lowered as a chain of
  * outlined parts of about PART_NODES nodes (whole loop groups) each, called in order by the
- * kernel: LLVM's optimiser
- * is superlinear in the size of one function, and linear over many small ones. Parts talk
- * through memory, as the nodes of one function already do. */
+ * kernel: LLVM's optimiser is superlinear in the size of one function, and linear over many
+ * small ones. Parts talk through memory, as the nodes of one function already do. Within a
+ * part each group is a function of its own (lower_group_apart), shared by every group that
+ * lowers to the same code: the steps of an unrolled recurrence differ only in where their
+ * tensors live, so a T-step scan costs LLVM one step's code plus T steps of calls. */
 enum { PART_NODES = 64, PART_ABOVE = 512 /* needed nodes before a kernel is split */ };
 
 /* Starts emitting into fn (io, batch): its entry block, and the regions' base pointers. */
@@ -1205,6 +1224,129 @@ static void rebind_scalars(Lower *L, const Graph *g, const bool *need) {
   memset(L->at, 0, sizeof *L->at * ((size_t)g->n_nodes + 1));
   for (int i = 0; i < g->n_nodes; i++)
     if (need[i] && class_of(g->nodes[i]) == CLASS_SCALAR) lower_node(L, g->nodes[i]);
+}
+
+static void lower_group(Lower *L, int gi, const bool *need) {
+  const Group *G = &L->g->groups[gi];
+  if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
+  else lower_node(L, G->members[0]);
+}
+
+/* A group function, found again by its text: the number of tensors it takes, then its
+ * blocks. (Printing a block numbers one function's values; printing a function would visit
+ * the whole module each time.) */
+typedef struct GroupFn {
+  uint64_t hash;
+  const char *text;
+  LLVMValueRef fn;
+} GroupFn;
+
+static uint64_t text_hash(const char *s) { /* FNV-1a */
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return h;
+}
+
+/* The function already made with fn's code, after which fn is deleted; else fn, remembered. */
+static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn) {
+  if (!L->text_cap) L->text = xalloc(L->text_cap = 4096);
+  char *text = L->text; /* reused: most texts are of copies; a new one is kept with xstrdup */
+  size_t len = (size_t)snprintf(text, L->text_cap, "%u tensors\n", LLVMCountParams(fn) - 2);
+  for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(fn); bb; bb = LLVMGetNextBasicBlock(bb)) {
+    char *block = LLVMPrintValueToString(LLVMBasicBlockAsValue(bb));
+    size_t n = strlen(block);
+    if (len + n + 1 > L->text_cap) {
+      while (len + n + 1 > L->text_cap) L->text_cap *= 2;
+      L->text = xalloc(L->text_cap);
+      memcpy(L->text, text, len);
+      text = L->text;
+    }
+    memcpy(text + len, block, n + 1);
+    len += n;
+    LLVMDisposeMessage(block);
+  }
+  uint64_t h = text_hash(text);
+  for (int i = 0; i < L->n_group_fns; i++)
+    if (L->group_fns[i].hash == h && !strcmp(L->group_fns[i].text, text)) {
+      LLVMDeleteFunction(fn);
+      return L->group_fns[i].fn;
+    }
+  if ((L->n_group_fns & (L->n_group_fns - 1)) == 0) { /* 0, 1, 2, 4, ...: grow by doubling */
+    GroupFn *more = xalloc(sizeof *more * (size_t)(L->n_group_fns ? 2 * L->n_group_fns : 1));
+    if (L->n_group_fns) memcpy(more, L->group_fns, sizeof *more * (size_t)L->n_group_fns);
+    L->group_fns = more;
+  }
+  L->group_fns[L->n_group_fns++] = (GroupFn){h, xstrdup(text), fn};
+  return fn;
+}
+
+static void add_attrs(Lower *L, LLVMValueRef fn, const char *const *names, int n) {
+  for (int k = 0; k < n; k++)
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateEnumAttribute(L->ctx,
+                                LLVMGetEnumAttributeKindForName(names[k], strlen(names[k])), 0));
+}
+
+/* Lowers group gi as a call of fn(io, batch, tensor...): one pointer per tensor the group
+ * reads or writes, made here, so that the function holds only what the group computes
+ * (shapes, strides, op formulas) and is the same function for every group alike. */
+static void lower_group_apart(Lower *L, int gi, const bool *need) {
+  const Group *G = &L->g->groups[gi];
+  const Node **touch = xalloc(sizeof *touch * (size_t)G->n_members * 4);
+  const Node **scalars = xalloc(sizeof *scalars * (size_t)G->n_members * 4);
+  int nt = 0, ns = 0;
+  unsigned regions = 0;
+  for (int i = 0; i < G->n_members; i++) {
+    const Node *m = G->members[i];
+    if (!need[m->id]) continue;
+    regions |= regions_read(m);
+    for (int k = -1; k < op_info[m->op].arity; k++) { /* m itself, then its operands */
+      const Node *x = k < 0 ? m : m->src[k];
+      if (class_of(x) == CLASS_SCALAR) {
+        regions |= regions_read(x);
+        scalars[ns++] = x;
+      } else if (x->io >= 0 && x->io < NN_IO_COUNT) {
+        bool seen = false;
+        for (int j = 0; j < nt; j++) seen |= touch[j] == x;
+        if (!seen) touch[nt++] = x;
+      }
+    }
+  }
+  LLVMTypeRef *params = xalloc(sizeof *params * (size_t)(nt + 2));
+  params[0] = L->ptr, params[1] = L->i64;
+  for (int j = 0; j < nt; j++) params[j + 2] = L->ptr;
+  LLVMValueRef *args = xalloc(sizeof *args * (size_t)(nt + 2));
+  args[0] = LLVMGetParam(L->fn, 0), args[1] = L->batch;
+  for (int j = 0; j < nt; j++) args[j + 2] = node_ptr(L, touch[j]);
+  LLVMTypeRef fty = LLVMFunctionType(L->vd, params, (unsigned)nt + 2, 0);
+  LLVMValueRef fn = LLVMAddFunction(L->mod, "nn.group", fty);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  static const char *const attrs[] = {"nounwind", "noinline"};
+  add_attrs(L, fn, attrs, 2);
+
+  /* the caller's state, while the builder is in fn */
+  LLVMBasicBlockRef caller_block = LLVMGetInsertBlock(L->b);
+  LLVMValueRef caller_fn = L->fn, caller_batch = L->batch, caller_region[NN_IO_COUNT];
+  memcpy(caller_region, L->region, sizeof caller_region);
+  LLVMValueRef *caller_at = xalloc(sizeof *caller_at * (size_t)nt);
+  LLVMValueRef *caller_val = xalloc(sizeof *caller_val * (size_t)(ns + 1));
+  begin_fn(L, fn, regions);
+  L->apart = true;
+  for (int j = 0; j < nt; j++) caller_at[j] = L->at[touch[j]->id];
+  for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)j + 2);
+  for (int j = 0; j < ns; j++) caller_val[j] = L->val[scalars[j]->id];
+  for (int j = 0; j < ns; j++) L->val[scalars[j]->id] = lower_scalar(L, scalars[j]);
+  lower_group(L, gi, need);
+  LLVMBuildRetVoid(L->b);
+  for (int j = ns - 1; j >= 0; j--) L->val[scalars[j]->id] = caller_val[j];
+  for (int j = nt - 1; j >= 0; j--) L->at[touch[j]->id] = caller_at[j];
+  L->apart = false;
+  L->fn = caller_fn, L->batch = caller_batch;
+  memcpy(L->region, caller_region, sizeof caller_region);
+  LLVMPositionBuilderAtEnd(L->b, caller_block);
+
+  fn = same_group_fn(L, fn);
+  LLVMBuildCall2(L->b, fty, fn, args, (unsigned)nt + 2, "");
 }
 
 static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsigned io_mask) {
@@ -1244,10 +1386,7 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
       LLVMValueRef part = LLVMAddFunction(L->mod, part_name, fty);
       LLVMSetLinkage(part, LLVMInternalLinkage);
       static const char *const attrs[] = {"nounwind", "noinline"};
-      for (int k = 0; k < 2; k++)
-        LLVMAddAttributeAtIndex(part, LLVMAttributeFunctionIndex,
-                                LLVMCreateEnumAttribute(L->ctx,
-                                    LLVMGetEnumAttributeKindForName(attrs[k], strlen(attrs[k])), 0));
+      add_attrs(L, part, attrs, 2);
       LLVMPositionBuilderAtEnd(L->b, kernel_block);
       LLVMValueRef args[2] = {LLVMGetParam(kernel, 0), LLVMGetParam(kernel, 1)};
       LLVMBuildCall2(L->b, fty, part, args, 2, "");
@@ -1255,8 +1394,8 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
       rebind_scalars(L, g, need);
       count = 0;
     }
-    if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
-    else lower_node(L, G->members[0]);
+    if (parts) lower_group_apart(L, gi, need);
+    else lower_group(L, gi, need);
     count += G->n_members;
   }
   if (parts) { /* back in the kernel, for the outputs */

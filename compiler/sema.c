@@ -1761,6 +1761,24 @@ static Node *stack_tree(Sema *s, Node **pieces, int lo, int hi, int axis) {
   return x && y ? ir_concat(&s->b, x, y, axis) : NULL;
 }
 
+/* Cuts xs, which holds steps [lo, hi) along `axis`, into one piece per step (pieces[t], the
+ * axis kept at length 1) by halving it again and again. The gradient of a slice is a pad to
+ * the sliced tensor's size, so slicing each step straight from the whole sequence would make
+ * backpropagation pad and add T full sequences (O(T^2)); halving costs O(T log T), as
+ * stack_tree does for the way back. */
+static void split_tree(Sema *s, Node *xs, int axis, int64_t lo, int64_t hi, Node **pieces) {
+  if (hi - lo == 1) {
+    pieces[lo] = xs;
+    return;
+  }
+  int64_t mid = lo + (hi - lo) / 2, a[MAX_RANK], z[MAX_RANK], st[MAX_RANK];
+  for (int i = 0; i < xs->shape.rank; i++) a[i] = 0, z[i] = xs->shape.dim[i], st[i] = 1;
+  z[axis] = mid - lo;
+  split_tree(s, ir_slice(&s->b, xs, a, z, st), axis, lo, mid, pieces);
+  a[axis] = mid - lo, z[axis] = hi - lo;
+  split_tree(s, ir_slice(&s->b, xs, a, z, st), axis, mid, hi, pieces);
+}
+
 /* scan(cell, xs, init, extra..., last = 0, reverse = 0, key = v...): a recurrence over the
  * first per-sample axis of xs. Step i calls cell(xs[i], state, extra..., key = v...) and its
  * result is the next state; init is the first. The result is every step's state stacked
@@ -1838,7 +1856,9 @@ static Value call_scan(Sema *s, Frame *f, const Ast *call) {
     }
     ast_push(&step_call->kids, ref);
   }
-  Node **outs = xalloc(steps * sizeof *outs);
+  Node **outs = xalloc(steps * sizeof *outs), **pieces = xalloc(steps * sizeof *pieces);
+  b->loc = call->loc;
+  split_tree(s, xs, axis, 0, steps, pieces);
   Node *state = a.v[1].node;
   Shape state_shape = sample_shape(state);
   Counter *counters = f->counters;
@@ -1847,13 +1867,10 @@ static Value call_scan(Sema *s, Frame *f, const Ast *call) {
   for (int64_t k = 0; k < steps; k++) {
     int64_t t = rev ? steps - 1 - k : k;
     b->loc = call->loc;
-    int64_t lo[MAX_RANK], hi[MAX_RANK], st[MAX_RANK];
-    for (int i = 0; i < xs->shape.rank; i++) lo[i] = 0, hi[i] = xs->shape.dim[i], st[i] = 1;
-    lo[axis] = t, hi[axis] = t + 1;
     Shape one = xs->shape; /* xs[t]: the step axis dropped */
     memmove(one.dim + axis, one.dim + axis + 1, (one.rank - axis - 1) * sizeof *one.dim);
     one.rank--;
-    Node *x_t = ir_reshape(b, ir_slice(b, xs, lo, hi, st), one);
+    Node *x_t = ir_reshape(b, pieces[t], one);
     /* .site: random ops in the cell draw anew at every step (each step is its own call) */
     Frame step = {.prefix = f->prefix, .counters = copy_counters(f->counters), .parent = f,
                   .where = f->where, .site = (f->site ^ (uint32_t)t) * 16777619u};
