@@ -1201,7 +1201,7 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
  * part each group is a function of its own (lower_group_apart), shared by every group that
  * lowers to the same code: the steps of an unrolled recurrence differ only in where their
  * tensors live, so a T-step scan costs LLVM one step's code plus T steps of calls. */
-enum { PART_NODES = 64, PART_ABOVE = 512 /* needed nodes before a kernel is split */ };
+enum { PART_NODES = 64, PART_ABOVE = 256 /* needed nodes before a kernel is split */ };
 
 /* Starts emitting into fn (io, batch): its entry block, and the regions' base pointers. */
 static void begin_fn(Lower *L, LLVMValueRef fn, unsigned regions) {
