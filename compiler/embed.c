@@ -284,6 +284,8 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
       {"STATE", "optimizer state (training only)", e->state_bytes},
       {"INFER_ARENA", "activations of forward", e->infer_arena_bytes},
       {"TRAIN_ARENA", "activations and gradients of train_step", e->train_arena_bytes},
+      {"WORKER_SCRATCH", "per worker of a set_threads pool (64-byte aligned)",
+       round64(e->worker_scratch_bytes)},
   };
   for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
     fprintf(f, "#define %s_%s_BYTES ((size_t)%lld) /* %s */\n", N, sizes[i].name,
@@ -308,7 +310,7 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
   fprintf(f, "/* The sizes above, as %s.o computed them. */\n"
              "typedef struct %s_layout {\n"
              "  size_t ctx_bytes, params_bytes, grads_bytes, state_bytes;\n"
-             "  size_t infer_arena_bytes, train_arena_bytes, align;\n"
+             "  size_t infer_arena_bytes, train_arena_bytes, align, worker_scratch_bytes;\n"
              "  int64_t max_batch;\n  uint64_t hash;\n} %s_layout;\n\n", n, n, n);
   fprintf(f, "/* Parameter tensors: index, shape and a typed accessor each (NULL when the context\n"
              " * reads baked weights in place). */\n");
@@ -360,6 +362,17 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
              "int %s_save_weights(const %s_ctx *ctx, void *buf, size_t cap, size_t *len);\n"
              "int %s_save_weights_file(const %s_ctx *ctx, const char *path);\n\n",
           N, n, n, n, n, n, n, n, n);
+  fprintf(f, "/* Threads (optional): a parallel-for of the caller's that %s_forward and\n"
+             " * %s_train_step split matrix products and convolutions with. run(pool, work, arg)\n"
+             " * must call work(arg, w) for w = 0 and at most once for each other w in\n"
+             " * [1, workers), concurrently or not, and return when all have returned; each\n"
+             " * output element is computed by one call, so the results do not depend on timing.\n"
+             " * scratch: workers * %s_WORKER_SCRATCH_BYTES, 64-byte aligned. run NULL: serial\n"
+             " * (the default). */\n"
+             "typedef void (*%s_work)(void *arg, int64_t worker);\n"
+             "int %s_set_threads(%s_ctx *ctx, void (*run)(void *pool, %s_work work, void *arg),\n"
+             "                   void *pool, int64_t workers, void *scratch, size_t scratch_bytes);\n\n",
+          n, n, N, n, n, n, n);
   fprintf(f, "void %s_get_layout(%s_layout *out);\n"
              "const char *%s_strerror(int err);\n\n", n, n, n);
   fprintf(f, "#ifdef __cplusplus\n}\n#endif\n\n#endif /* %s_H_INCLUDED */\n", N);

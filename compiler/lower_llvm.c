@@ -1623,6 +1623,7 @@ static void emit_embed_desc(Lower *L, Embed *e, LLVMValueRef model) {
    * between the activations and the room for OUT (runtime/embed.c places it). */
   e->infer_arena_bytes += L->scratch_bytes + 64; /* + 64: the GEMM packs with aligned stores, */
   e->train_arena_bytes += L->scratch_bytes + 64; /* the caller's arena may be 16-byte aligned */
+  e->worker_scratch_bytes = L->scratch_bytes;
   LLVMValueRef weights = LLVMConstNull(L->ptr);
   if (e->weights && L->u->param_size > 0) {
     size_t n = (size_t)L->u->param_size, es = (size_t)L->elem_size;

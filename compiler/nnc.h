@@ -439,6 +439,7 @@ typedef struct Embed {
   int64_t params_bytes, state_bytes, infer_arena_bytes, train_arena_bytes;
   uint64_t hash;          /* of everything header and object must agree on */
   double *weights;        /* --weights: param_size values, or NULL */
+  int64_t worker_scratch_bytes; /* set by lower_llvm: GEMM scratch per worker of a thread hook */
 } Embed;
 
 typedef struct Options Options;

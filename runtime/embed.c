@@ -47,6 +47,7 @@ void nne_get_layout(NneLayout *out) {
   out->infer_arena_bytes = (size_t)nn_embed.infer_arena_bytes;
   out->train_arena_bytes = (size_t)nn_embed.train_arena_bytes;
   out->align = (size_t)d->elem_size;
+  out->worker_scratch_bytes = (size_t)d->scratch_bytes;
   out->max_batch = d->max_batch;
   out->hash = nn_embed.hash;
 }
@@ -86,6 +87,8 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
   for (int64_t i = 0; i < NN_HYPER_SLOTS; i++) /* step 0, seed 0, no schedule's total */
     c->hyper[d->n_hyper + i] = 0;
   c->loss = 0;
+  memset(&c->threads, 0, sizeof c->threads);
+  c->worker_scratch = NULL;
   c->magic = nn_embed.hash;
   return NNE_OK;
 }
@@ -107,9 +110,10 @@ static void *scratch_before(void *end) {
   return (void *)((p + 63) & ~(uintptr_t)63);
 }
 
-static void point_into(NneCtx *c) {
-  char *arena_end = (char *)c->io[NN_IO_ARENA] + nn_embed.infer_arena_bytes;
-  c->io[NN_IO_SCRATCH] = scratch_before(arena_end);
+/* `end`: where the serial scratch ends (the caller's hook brings scratch of its own). */
+static void point_into(NneCtx *c, void *end) {
+  c->io[NN_IO_THREADS] = c->threads.run ? &c->threads : NULL;
+  c->io[NN_IO_SCRATCH] = c->threads.run ? c->worker_scratch : scratch_before(end);
   c->io[NN_IO_LOSS] = &c->loss;
   c->io[NN_IO_HYPER] = c->hyper;
 }
@@ -124,7 +128,7 @@ int nne_forward(void *ctx, const void *in, void *out, int64_t batch) {
     return NNE_ERR_ARG;
   if (misaligned(in) || misaligned(out))
     return NNE_ERR_ALIGN;
-  point_into(c);
+  point_into(c, (char *)c->io[NN_IO_ARENA] + nn_embed.infer_arena_bytes);
   c->io[NN_IO_X] = (void *)(uintptr_t)in; /* the kernels only read X */
   c->io[NN_IO_OUT] = out;
   desc()->forward(c->io, batch);
@@ -145,13 +149,12 @@ int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, doubl
     return NNE_ERR_NO_TRAIN;
   if (misaligned(x) || misaligned(y))
     return NNE_ERR_ALIGN;
-  point_into(c);
   c->io[NN_IO_X] = (void *)(uintptr_t)x;
   c->io[NN_IO_Y] = (void *)(uintptr_t)y;
   /* grad also writes OUT, which nobody reads here: the training arena ends with room for it */
   int64_t out_room = (d->max_batch * d->out_size * d->elem_size + 63) / 64 * 64;
   c->io[NN_IO_OUT] = (char *)c->io[NN_IO_ARENA] + nn_embed.train_arena_bytes - out_room;
-  c->io[NN_IO_SCRATCH] = scratch_before(c->io[NN_IO_OUT]);
+  point_into(c, c->io[NN_IO_OUT]);
   d->grad(c->io, batch);
   double l = c->loss;
   if (loss)
@@ -163,6 +166,31 @@ int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, doubl
   }
   c->io[NN_IO_X] = c->io[NN_IO_Y] = c->io[NN_IO_OUT] = NULL;
   return finite ? NNE_OK : NNE_ERR_NONFINITE;
+}
+
+/* The caller's thread pool: run(pool, work, arg) must call work(arg, w) for w = 0 and at most
+ * once for each other w in [1, workers), concurrently or not, and return when all calls have
+ * returned (nnrt.h's NnThreads). Worker w uses scratch bytes [w * scratch_bytes of the
+ * model, (w + 1) * ...). run NULL (or one worker): serial again, on the arena's scratch. */
+int nne_set_threads(void *ctx, void (*run)(void *pool, NnWork work, void *arg), void *pool,
+                    int64_t workers, void *scratch, size_t scratch_bytes) {
+  NneCtx *c = ready(ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (run && workers < 1)
+    return NNE_ERR_ARG;
+  if (!run || workers == 1) {
+    memset(&c->threads, 0, sizeof c->threads);
+    c->worker_scratch = NULL;
+    return NNE_OK;
+  }
+  if (!scratch || scratch_bytes / (size_t)workers < (size_t)desc()->scratch_bytes)
+    return NNE_ERR_MEMORY;
+  if ((uintptr_t)scratch % 64)
+    return NNE_ERR_ALIGN;
+  c->threads = (NnThreads){.run = run, .ctx = pool, .workers = workers};
+  c->worker_scratch = scratch;
+  return NNE_OK;
 }
 
 int64_t nne_steps(const void *ctx) {

@@ -14,7 +14,7 @@
 
 #include "nnrt.h"
 
-#define NNE_ABI_VERSION 1
+#define NNE_ABI_VERSION 2
 #define NNE_ALIGN_PREFERRED 64 /* what the generated header recommends for every region */
 
 /* What nnc tells the support code about the model beyond NnModelDesc. */
@@ -39,6 +39,8 @@ typedef struct NneCtx {
   int64_t can_train;         /* 1: grads, state and a training-sized arena were given */
   int64_t step;              /* optimizer steps taken */
   double loss;               /* NN_IO_LOSS */
+  NnThreads threads;         /* the caller's parallel-for (set_threads); run NULL: serial */
+  void *worker_scratch;      /* threads.workers * the model's scratch_bytes, 64-byte aligned */
   double hyper[];            /* n_hyper hyperparameters, then NnHyperSlot (NN_IO_HYPER) */
 } NneCtx;
 
@@ -51,7 +53,7 @@ typedef struct NneCtx {
   X(OK, 0, "success")                                                                  \
   X(ERR_ARG, -1, "invalid argument (a NULL pointer, or a batch outside 1..MAX_BATCH)") \
   X(ERR_ABI, -2, "model.h and model.o come from different nnc runs (hash mismatch)")   \
-  X(ERR_ALIGN, -3, "a pointer is not aligned to the element size")               \
+  X(ERR_ALIGN, -3, "a pointer is misaligned (regions: the element size; thread scratch: 64)") \
   X(ERR_MEMORY, -4, "a memory region is missing or smaller than its *_BYTES size")     \
   X(ERR_NOT_INIT, -5, "the context was not initialised (or its init failed)")                  \
   X(ERR_NO_TRAIN, -6, "training needs a train block, grads, state and the training arena") \
@@ -68,7 +70,7 @@ typedef struct NneCtx {
 #define NNE_API(X)                                                                     \
   X(init_checked) X(forward) X(train_step) X(set_hyper) X(get_hyper) X(param) X(get_layout)  \
   X(load_weights) X(load_weights_file) X(save_weights) X(save_weights_file) X(strerror)  \
-  X(steps)
+  X(steps) X(set_threads)
 
 /* The sizes model.h also gives as macros; NAME_get_layout fills it from the object. */
 typedef struct NneLayout {
@@ -79,6 +81,7 @@ typedef struct NneLayout {
   size_t infer_arena_bytes;  /* activations for forward */
   size_t train_arena_bytes;  /* activations and gradients for train_step */
   size_t align;              /* alignment every region needs (the element size) */
+  size_t worker_scratch_bytes; /* per worker of a set_threads hook */
   int64_t max_batch;         /* largest batch per call */
   uint64_t hash;             /* NAME_HASH */
 } NneLayout;
