@@ -80,7 +80,7 @@ static uint64_t model_hash(const Unit *u, const Embed *e) {
                        (long long)e->state_bytes, (long long)e->infer_arena_bytes,
                        (long long)e->train_arena_bytes, (long long)e->ctx_bytes,
                        (long long)u->batch, u->has_train, e->weights != NULL));
-  return h;
+  return e->int8 ? fnv1a(h, "int8") : h;
 }
 
 /* Reads --weights: every parameter, by name, with its shape, as F32 or F64. */
@@ -177,6 +177,7 @@ Embed *embed_prepare(const Unit *u, const Options *o, const char *header_path) {
   }
   e->upper = upper(e->name);
   e->elem_size = o->f64 ? 8 : 4;
+  e->int8 = o->int8;
   int64_t arena = u->train->arena_elems;
   if (u->update && u->update->arena_elems > arena) arena = u->update->arena_elems;
   int64_t out_bytes = u->batch * shape_elems(u->out_shape, 1) * e->elem_size;
@@ -263,10 +264,11 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
              "  %s_MAX_BATCH = %lld,  /* samples per call at most */\n"
              "  %s_PARAM_TENSORS = %d, /* parameter tensors (accessors below) */\n"
              "  %s_HAS_TRAIN = %d,     /* 1: %s_train_step is declared */\n"
-             "  %s_BAKED_WEIGHTS = %d  /* 1: the weights are constants in %s.o */\n};\n\n",
+             "  %s_BAKED_WEIGHTS = %d, /* 1: the weights are constants in %s.o */\n"
+             "  %s_INT8 = %d /* 1: int8-quantized forward; no weight access or training */\n};\n\n",
           N, (long long)shape_elems(u->y_shape, 1),
           u->labels ? ": the class index, as a number" : "", N, (long long)u->batch, N,
-          u->n_params, N, u->has_train, n, N, e->weights != NULL, n);
+          u->n_params, N, u->has_train, n, N, e->weights != NULL, n, N, e->int8);
   int64_t count = 0;
   for (int i = 0; i < u->n_params; i++) count += shape_elems(u->params[i].shape, 1);
   fprintf(f, "#define %s_PARAM_COUNT ((int64_t)%lld) /* parameters (elements) */\n", N,

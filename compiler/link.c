@@ -77,7 +77,7 @@ static void split_words(const char *s, char **argv, int *argc) {
 
 /* Runs argv; returns its exit status, or -1 after an error was printed. An exec failure is
  * sent back through a close-on-exec pipe so it is reported as such, not as "status 127". */
-static int run(char **argv) {
+static int run(char **argv, const char *out) {
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) {
     fprintf(stderr, "nnc: error: cannot run %s: %s\n", argv[0], strerror(errno));
@@ -94,6 +94,13 @@ static int run(char **argv) {
   }
   if (pid == 0) {
     close(pipefd[0]);
+    int fd = out ? open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
+    if (out && (fd < 0 || dup2(fd, 1) < 0)) {
+      int e = errno;
+      ssize_t w = write(pipefd[1], &e, sizeof e);
+      (void)w;
+      _exit(127);
+    }
     execvp(argv[0], argv);
     int e = errno;
     ssize_t w = write(pipefd[1], &e, sizeof e);
@@ -141,7 +148,7 @@ bool link_executable(const char *obj, const char *exe) {
   argv[argc++] = "-o";
   argv[argc++] = (char *)exe;
   argv[argc] = NULL;
-  int status = run(argv);
+  int status = run(argv, NULL);
   if (status < 0) return false;
   if (status != 0) {
     fprintf(stderr, "nnc: error: linking failed: %s exited with status %d\n", argv[0], status);
@@ -150,9 +157,8 @@ bool link_executable(const char *obj, const char *exe) {
   return true;
 }
 
-/* Runs argv (NULL-terminated); false after an error naming the tool. */
-static bool run_tool(char **argv) {
-  int status = run(argv);
+bool link_run_to_file(char **argv, const char *out) {
+  int status = run(argv, out);
   if (status < 0) return false;
   if (status != 0) {
     fprintf(stderr, "nnc: error: %s exited with status %d\n", argv[0], status);
@@ -160,6 +166,9 @@ static bool run_tool(char **argv) {
   }
   return true;
 }
+
+/* Runs argv (NULL-terminated); false after an error naming the tool. */
+static bool run_tool(char **argv) { return link_run_to_file(argv, NULL); }
 
 bool link_embed_object(const char *kernels, const char *out, const char *name) {
   const char *lib = find_library("libnnembed.a", NNEMBED_LIBRARY);

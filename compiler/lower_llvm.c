@@ -62,6 +62,13 @@ typedef struct Lower {
   char *text;                        /* text_cap bytes: the text of the group function made last */
   size_t text_cap;
   int vector_bits, registers;        /* the target's SIMD registers: width and count */
+  /* Options.quant: the forward and eval kernels read baked weights, maybe int8 (quant.c) */
+  const Quant *quant;
+  bool quant_on;                     /* the kernel being emitted is forward or eval */
+  LLVMValueRef *baked;               /* by parameter: its f32 constant, made on first use */
+  LLVMValueRef calibration;          /* QUANT_CALIBRATE: nn_calibration (NnCalibration) */
+  LLVMTypeRef i8, i32;
+  bool vnni;                         /* the target has AVX-512 VNNI (vpdpbusd) */
 } Lower;
 
 /* ============================== small helpers ============================== */
@@ -83,11 +90,41 @@ static LLVMValueRef region_ptr(Lower *L, int io, int64_t offset, LLVMTypeRef ty,
   return LLVMBuildInBoundsGEP2(L->b, ty, L->region[io], &idx, 1, name);
 }
 
+static LLVMValueRef private_const(Lower *L, LLVMValueRef init, const char *name);
+
+/* `n` bytes as a private constant aligned to 64. */
+static LLVMValueRef bytes_const(Lower *L, const void *bytes, size_t n, const char *name) {
+  LLVMValueRef g = private_const(L, LLVMConstStringInContext2(L->ctx, bytes, n, 1), name);
+  LLVMSetAlignment(g, NNE_ALIGN_PREFERRED);
+  return g;
+}
+
+/* With Options.quant, a value in NN_IO_PARAM read by forward or eval: the baked f32 constant
+ * of the parameter holding it (one per parameter, so the weights that only int8 sites read
+ * are not in the object at all). */
+static LLVMValueRef baked_ptr(Lower *L, const Node *n) {
+  const Unit *u = L->u;
+  for (int p = 0; p < u->n_params; p++) {
+    const ParamDecl *d = &u->params[p];
+    int64_t size = shape_elems(d->shape, 1);
+    if (n->offset < d->offset || n->offset >= d->offset + (size ? size : 1)) continue;
+    if (!L->baked[p]) {
+      float *v = xalloc(sizeof *v * (size_t)(size + 1));
+      for (int64_t i = 0; i < size; i++) v[i] = (float)L->quant->weights[d->offset + i];
+      L->baked[p] = bytes_const(L, v, sizeof *v * (size_t)size, xprintf("w.%s", d->name));
+    }
+    LLVMValueRef idx = i64c(L, n->offset - d->offset);
+    return LLVMBuildInBoundsGEP2(L->b, L->elem, L->baked[p], &idx, 1, "");
+  }
+  diag_internal(__FILE__, __LINE__, "node %%%d is in no parameter", n->id);
+}
+
 /* Where a materialised node's value lives. Made once per kernel, always between loop nests
  * (never inside one), so the first one dominates every later use. */
 static LLVMValueRef node_ptr(Lower *L, const Node *n) {
   if (n->io < 0) diag_internal(__FILE__, __LINE__, "node %%%d has no memory", n->id);
   if (L->at[n->id]) return L->at[n->id];
+  if (L->quant_on && n->io == NN_IO_PARAM) return L->at[n->id] = baked_ptr(L, n);
   char name[32];
   snprintf(name, sizeof name, "n%d", n->id);
   return L->at[n->id] = region_ptr(L, n->io, n->offset, L->elem, n->name ? n->name : name);
@@ -870,6 +907,145 @@ static void lower_conv(Lower *L, const Node *n) {
                   L->region[NN_IO_SCRATCH]);
 }
 
+/* ============================== int8 sites (quant.c) ============================== */
+
+/* A site x[.., K] @ W[K, N] (or a convolution's patches of K = kh*kw*C values) in int8:
+ *   qx[k] = clamp(round(x[k] / x_scale), -127, 127) + 128     one row at a time, as u8
+ *   y[j]  = (sum_k qx[k] * qw[j, k] - 128 * colsum[j]) * out_scale[j]
+ * The sum of u8 * s8 products in int32 is the pattern of AVX-512 VNNI's vpdpbusd (hence the
+ * +128: it wants one unsigned operand); rows are padded to KP (a multiple of 64) with
+ * qx = 128 against qw = 0, so the padding adds nothing. Serial: the thread hook is not used. */
+
+/* The site's max |x| over every call so far into nn_calibration (QUANT_CALIBRATE). */
+static void record_absmax(Lower *L, const Node *x, int site) {
+  LLVMTypeRef f32 = L->elem; /* --quantize needs f32 */
+  LLVMValueRef idx = i64c(L, 2 + site); /* floats past NnCalibration's int64_t `sites` */
+  LLVMValueRef slot = LLVMBuildInBoundsGEP2(L->b, f32, L->calibration, &idx, 1, "absmax");
+  LLVMValueRef best = entry_slot(L, f32, "best");
+  LLVMBuildStore(L->b, LLVMBuildLoad2(L->b, f32, slot, ""), best);
+  LLVMValueRef base = node_ptr(L, x);
+  Loop i = loop_open(L, extent_value(L, elems_extent(x->shape)), "i");
+  LLVMValueRef v = load_elem(L, elem_ptr(L, base, i.i));
+  LLVMValueRef args[2] = {LLVMBuildLoad2(L->b, f32, best, ""), intrinsic(L, "llvm.fabs", &v, 1)};
+  LLVMBuildStore(L->b, intrinsic(L, "llvm.maxnum", args, 2), best);
+  loop_close(L, &i);
+  LLVMBuildStore(L->b, LLVMBuildLoad2(L->b, f32, best, ""), slot);
+}
+
+/* row[0..count) = the u8 codes of src[0..count). */
+static void quantize_row(Lower *L, LLVMValueRef row, LLVMValueRef src, int64_t count,
+                         float inv_scale) {
+  Loop k = loop_open(L, i64c(L, count), "q");
+  LLVMValueRef v = LLVMBuildFMul(L->b, load_elem(L, elem_ptr(L, src, k.i)), elemc(L, inv_scale), "");
+  v = intrinsic(L, "llvm.rint", &v, 1);
+  LLVMValueRef lo[2] = {v, elemc(L, -127)};
+  LLVMValueRef hi[2] = {intrinsic(L, "llvm.maxnum", lo, 2), elemc(L, 127)};
+  v = LLVMBuildFPToSI(L->b, intrinsic(L, "llvm.minnum", hi, 2), L->i32, "");
+  v = LLVMBuildTrunc(L->b, LLVMBuildAdd(L->b, v, LLVMConstInt(L->i32, 128, 0), ""), L->i8, "");
+  LLVMBuildStore(L->b, v, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &k.i, 1, ""));
+  loop_close(L, &k);
+}
+
+/* row[from..to) = 128: the code of 0. */
+static void zero_codes(Lower *L, LLVMValueRef row, int64_t from, int64_t to) {
+  if (from >= to) return;
+  LLVMValueRef at = i64c(L, from);
+  LLVMBuildMemSet(L->b, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""),
+                  LLVMConstInt(L->i8, 128, 0), i64c(L, to - from), 1);
+}
+
+typedef struct SiteConsts {
+  LLVMValueRef qw, colsum, scale; /* (N, KP) int8, (N) int32, (N) f32 */
+} SiteConsts;
+
+/* sum_k u8 row[k] * s8 w[k] over kp bytes, in int32: what the vectoriser makes of it. */
+static LLVMValueRef dot_scalar(Lower *L, LLVMValueRef row, LLVMValueRef w, int64_t kp) {
+  LLVMValueRef acc = entry_slot(L, L->i32, "acc");
+  LLVMBuildStore(L->b, LLVMConstInt(L->i32, 0, 0), acc);
+  Loop k = loop_open(L, i64c(L, kp), "k");
+  LLVMValueRef a = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &k.i, 1, ""), "");
+  LLVMValueRef b = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, w, &k.i, 1, ""), "");
+  LLVMValueRef p = LLVMBuildNSWMul(L->b, LLVMBuildZExt(L->b, a, L->i32, ""),
+                                   LLVMBuildSExt(L->b, b, L->i32, ""), "");
+  LLVMBuildStore(L->b, LLVMBuildAdd(L->b, LLVMBuildLoad2(L->b, L->i32, acc, ""), p, ""), acc);
+  loop_close(L, &k);
+  return LLVMBuildLoad2(L->b, L->i32, acc, "");
+}
+
+/* The same with vpdpbusd: 64 products summed into 16 int32 lanes per instruction (LLVM does
+ * not form it from dot_scalar's loop), then one horizontal add. */
+static LLVMValueRef dot_vnni(Lower *L, LLVMValueRef row, LLVMValueRef w, int64_t kp) {
+  LLVMTypeRef v16 = LLVMVectorType(L->i32, 16);
+  LLVMValueRef acc = entry_slot(L, v16, "vacc");
+  LLVMBuildStore(L->b, LLVMConstNull(v16), acc);
+  Loop k = loop_open(L, i64c(L, kp / 64), "k");
+  LLVMValueRef at = ix_mul(L, k.i, 64);
+  LLVMValueRef a = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""), "");
+  LLVMValueRef b = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i8, w, &at, 1, ""), "");
+  LLVMSetAlignment(a, 1);
+  LLVMValueRef args[3] = {LLVMBuildLoad2(L->b, v16, acc, ""), a, b};
+  const char *name = "llvm.x86.avx512.vpdpbusd.512";
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, NULL, 0);
+  LLVMBuildStore(L->b, LLVMBuildCall2(L->b, LLVMIntrinsicGetType(L->ctx, id, NULL, 0), fn, args,
+                                      3, ""), acc);
+  loop_close(L, &k);
+  const char *reduce = "llvm.vector.reduce.add";
+  unsigned rid = LLVMLookupIntrinsicID(reduce, strlen(reduce));
+  LLVMValueRef v = LLVMBuildLoad2(L->b, v16, acc, "");
+  return LLVMBuildCall2(L->b, LLVMIntrinsicGetType(L->ctx, rid, &v16, 1),
+                        LLVMGetIntrinsicDeclaration(L->mod, rid, &v16, 1), &v, 1, "");
+}
+
+/* out[0..N) from one row of codes (see above). */
+static void site_row(Lower *L, const QuantSite *s, const SiteConsts *c, LLVMValueRef row,
+                     LLVMValueRef out) {
+  Loop j = loop_open(L, i64c(L, s->n), "j");
+  LLVMValueRef wrow = LLVMBuildInBoundsGEP2(L->b, L->i8, c->qw, (LLVMValueRef[]){
+                                            ix_mul(L, j.i, s->kp)}, 1, "");
+  LLVMValueRef dot = L->vnni ? dot_vnni(L, row, wrow, s->kp) : dot_scalar(L, row, wrow, s->kp);
+  LLVMValueRef cs = LLVMBuildLoad2(L->b, L->i32, LLVMBuildInBoundsGEP2(L->b, L->i32, c->colsum,
+                                                                       &j.i, 1, ""), "");
+  LLVMValueRef sum = LLVMBuildSub(L->b, dot,
+                                  LLVMBuildShl(L->b, cs, LLVMConstInt(L->i32, 7, 0), ""), "");
+  LLVMValueRef y = LLVMBuildFMul(L->b, LLVMBuildSIToFP(L->b, sum, L->elem, ""),
+                                 load_elem(L, elem_ptr(L, c->scale, j.i)), "");
+  LLVMBuildStore(L->b, y, elem_ptr(L, out, j.i));
+  loop_close(L, &j);
+}
+
+static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
+  SiteConsts c = {
+      .qw = bytes_const(L, s->qw, (size_t)(s->n * s->kp), "qw"),
+      .colsum = bytes_const(L, s->colsum, sizeof *s->colsum * (size_t)s->n, "colsum"),
+      .scale = bytes_const(L, s->out_scale, sizeof *s->out_scale * (size_t)s->n, "scale"),
+  };
+  LLVMValueRef row = entry_slot(L, LLVMArrayType2(L->i8, (uint64_t)s->kp), "codes");
+  LLVMValueRef x = node_ptr(L, n->src[0]), y = node_ptr(L, n);
+  if (n->op == OP_MATMUL) { /* rows of x: every leading dim, batch included */
+    Extent rows = elems_extent(n->src[0]->shape);
+    rows.n /= s->k;
+    zero_codes(L, row, s->k, s->kp);
+    Loop m = loop_open(L, extent_value(L, rows), "m");
+    quantize_row(L, row, elem_ptr(L, x, ix_mul(L, m.i, s->k)), s->k, s->inv_x_scale);
+    site_row(L, s, &c, row, elem_ptr(L, y, ix_mul(L, m.i, s->n)));
+    loop_close(L, &m);
+    return;
+  }
+  /* conv2d: one patch (taps in the padding stay 0) per output position */
+  Win v = {.c = &n->attr.conv, .img = n->src[0]->shape, .out = n->shape};
+  int64_t ch = v.img.dim[3];
+  positions_open(L, &v);
+  zero_codes(L, row, 0, s->kp);
+  taps_open(L, &v);
+  LLVMValueRef at = ix_mul(L, ix_add(L, ix_mul(L, v.kh.i, v.c->kw), v.kw.i), ch);
+  quantize_row(L, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""),
+               elem_ptr(L, x, offset4(L, v.img, v.b.i, v.ih, v.iw)), ch, s->inv_x_scale);
+  taps_close(L, &v);
+  site_row(L, s, &c, row, elem_ptr(L, y, offset4(L, v.out, v.b.i, v.oh.i, v.ow.i)));
+  positions_close(L, &v);
+}
+
 /* y[B,OH,OW,C] = max or mean of x[B,H,W,C] over each window */
 static void lower_pool(Lower *L, const Node *n) {
   const Node *xn = n->src[0];
@@ -1126,6 +1302,21 @@ static void lower_node(Lower *L, const Node *n) {
   }
 }
 
+/* lower_node, or an int8 site, or a site that records its input's range first. */
+static void lower_site_or_node(Lower *L, const Node *n) {
+  const QuantSite *s = L->quant_on ? quant_site(L->quant, n) : NULL;
+  if (s && L->quant->mode == QUANT_INT8) {
+    snprintf(L->tag, sizeof L->tag, "n%d", n->id);
+    lower_int8_site(L, n, s);
+    return;
+  }
+  if (s && L->quant->mode == QUANT_CALIBRATE) {
+    snprintf(L->tag, sizeof L->tag, "n%d", n->id);
+    record_absmax(L, n->src[0], (int)(s - L->quant->sites));
+  }
+  lower_node(L, n);
+}
+
 /* Stores a finished value into its output region. */
 static void lower_output(Lower *L, const Output *o) {
   const Node *n = o->node;
@@ -1229,7 +1420,7 @@ static void rebind_scalars(Lower *L, const Graph *g, const bool *need) {
 static void lower_group(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
-  else lower_node(L, G->members[0]);
+  else lower_site_or_node(L, G->members[0]);
 }
 
 /* A group function, found again by its text: the number of tensors it takes, then its
@@ -1625,7 +1816,7 @@ static void emit_embed_desc(Lower *L, Embed *e, LLVMValueRef model) {
   e->train_arena_bytes += L->scratch_bytes + 64; /* the caller's arena may be 16-byte aligned */
   e->worker_scratch_bytes = L->scratch_bytes;
   LLVMValueRef weights = LLVMConstNull(L->ptr);
-  if (e->weights && L->u->param_size > 0) {
+  if (e->weights && L->u->param_size > 0 && !L->quant) { /* int8: the kernels' own constants */
     size_t n = (size_t)L->u->param_size, es = (size_t)L->elem_size;
     char *bytes = xalloc(n * es);
     for (size_t i = 0; i < n; i++) {
@@ -1642,6 +1833,7 @@ static void emit_embed_desc(Lower *L, Embed *e, LLVMValueRef model) {
   PUT_I64(&f, NnEmbedDesc, hash, (int64_t)e->hash);
   PUT_PTR(&f, NnEmbedDesc, weights, weights);
   PUT_I64(&f, NnEmbedDesc, has_train, L->u->has_train);
+  PUT_I64(&f, NnEmbedDesc, quantized, L->quant != NULL);
   LLVMTypeRef ty = NULL;
   LLVMValueRef init = struct_of(L, &f, &ty, "NnEmbedDesc", sizeof(NnEmbedDesc));
   LLVMValueRef g = LLVMAddGlobal(L->mod, ty, "nn_embed");
@@ -1679,11 +1871,15 @@ static bool listed(const char *const *list, const char *name) {
  * host's feature string, or for a named CPU from the lists above; otherwise the baseline of
  * the architecture (SSE2 / NEON: 128 bits). */
 static void simd_registers(const char *triple, const char *cpu, const char *features, int *bits,
-                           int *regs) {
+                           int *regs, bool *vnni) {
   bool arm = !strncmp(triple, "aarch64", 7) || !strncmp(triple, "arm64", 5);
-  *bits = 128, *regs = arm ? 32 : 16;
+  *bits = 128, *regs = arm ? 32 : 16, *vnni = false;
   if (arm) return;
   bool has512 = features ? strstr(features, "+avx512f") != NULL : listed(avx512_cpus, cpu);
+  *vnni = has512 && (features ? strstr(features, "+avx512vnni") != NULL
+                              : listed(avx512_cpus, cpu) && strcmp(cpu, "x86-64-v4") &&
+                                    strcmp(cpu, "skylake-avx512") && strcmp(cpu, "knl") &&
+                                    strcmp(cpu, "knm") && strcmp(cpu, "cannonlake"));
   bool has256 = features ? strstr(features, "+avx,") || strstr(features, "+avx2")
                          : listed(avx2_cpus, cpu);
   if (has512) *bits = 512, *regs = 32;
@@ -1691,7 +1887,8 @@ static void simd_registers(const char *triple, const char *cpu, const char *feat
 }
 
 /* The host's target machine, or one for opts->target_cpu (then without host features). */
-static LLVMTargetMachineRef target_machine(const Options *opts, int *bits, int *regs) {
+static LLVMTargetMachineRef target_machine(const Options *opts, int *bits, int *regs,
+                                           bool *vnni) {
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
@@ -1711,7 +1908,7 @@ static LLVMTargetMachineRef target_machine(const Options *opts, int *bits, int *
       target, triple, is_host ? host : opts->target_cpu, features ? features : "",
       codegen_level(opts->opt_level), LLVMRelocPIC, LLVMCodeModelDefault);
   if (!tm) fprintf(stderr, "nnc: error: cannot create a target machine for %s\n", triple);
-  simd_registers(triple, is_host ? host : opts->target_cpu, features, bits, regs);
+  simd_registers(triple, is_host ? host : opts->target_cpu, features, bits, regs, vnni);
   LLVMDisposeMessage(features);
   LLVMDisposeMessage(host);
   LLVMDisposeMessage(triple);
@@ -1772,30 +1969,44 @@ static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
   lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
-  const Graph *infer = u->infer ? u->infer : u->train; /* eval and predict: inference mode */
+  const Graph *infer = quant_forward_graph(u); /* eval and predict: inference mode */
   LLVMValueRef *step_kernel = xalloc(sizeof *step_kernel * (size_t)(2 * u->n_steps + 1));
   for (int k = 0; k < u->n_steps; k++) { /* grad and update of each step: nn_grad_d, ... */
     const Step *sp = &u->steps[k];
     step_kernel[2 * k] = emit_kernel(L, xprintf("nn_grad_%s", sp->name), sp->train, ~0u);
     step_kernel[2 * k + 1] = emit_kernel(L, xprintf("nn_update_%s", sp->name), sp->update, ~0u);
   }
+  if (L->quant && L->quant->mode == QUANT_CALIBRATE) { /* NnCalibration, zeros to start */
+    LLVMTypeRef f[2] = {L->i64, LLVMArrayType2(L->elem, (uint64_t)L->quant->n_sites)};
+    LLVMTypeRef ty = LLVMStructTypeInContext(L->ctx, f, 2, 0);
+    LLVMValueRef v[2] = {i64c(L, L->quant->n_sites), LLVMConstNull(f[1])};
+    L->calibration = LLVMAddGlobal(L->mod, ty, "nn_calibration");
+    LLVMSetInitializer(L->calibration, LLVMConstStructInContext(L->ctx, v, 2, 0));
+  }
   for (int k = 0; k < N_KERNELS; k++) { /* ORDER DESC: forward, eval, grad, update */
     bool grad = !kernel_specs[k].update && kernel_specs[k].outs == ~0u;
     const Graph *g = kernel_specs[k].update ? u->update : grad ? u->train : infer;
+    L->quant_on = L->quant && g == infer && !grad; /* forward and eval */
+    if (L->quant_on && L->embed && k == 1) g = NULL; /* the API has no eval: keep its weights out */
     kernel[k] = u->n_steps && (grad || kernel_specs[k].update) /* the first step's */
                     ? step_kernel[kernel_specs[k].update]
                     : emit_kernel(L, kernel_specs[k].name, g, kernel_specs[k].outs);
   }
+  L->quant_on = false;
   LLVMValueRef model = emit_model_desc(L, kernel, step_kernel);
   if (L->embed) emit_embed_desc(L, L->embed, model);
 }
 
 bool lower_llvm(const Unit *u, const Options *opts, Emit emit, const char *path) {
   int bits, regs;
-  LLVMTargetMachineRef tm = target_machine(opts, &bits, &regs);
+  bool vnni;
+  LLVMTargetMachineRef tm = target_machine(opts, &bits, &regs, &vnni);
   if (!tm) return false;
   Lower L = {.u = u, .embed = opts->embed, .ctx = LLVMContextCreate(), .vector_bits = bits,
-             .registers = regs};
+             .registers = regs, .quant = opts->quant, .vnni = vnni};
+  L.baked = xalloc(sizeof *L.baked * ((size_t)u->n_params + 1));
+  L.i8 = LLVMInt8TypeInContext(L.ctx);
+  L.i32 = LLVMInt32TypeInContext(L.ctx);
   L.mod = LLVMModuleCreateWithNameInContext(u->model ? u->model : "nn", L.ctx);
   L.b = LLVMCreateBuilderInContext(L.ctx);
   L.i64 = LLVMInt64TypeInContext(L.ctx);

@@ -35,7 +35,12 @@ static void usage(FILE *out) {
           "  --name=NAME        header: prefix of every symbol (default: the -o file's name)\n"
           "  --weights=FILE     header: bake these trained weights (safetensors) into the object\n"
           "  --prune=F          header: zero the fraction F of each baked weight matrix, smallest\n"
-          "                     magnitudes first\n"
+          "                     magnitudes first, and report the accuracy change\n"
+          "  --quantize=int8    header: int8 weights and inputs for the matmuls and convolutions\n"
+          "  --calibrate=DATA   with --quantize: the data (a data set of the train block, or a\n"
+          "                     file) whose value ranges set the int8 input scales\n"
+          "  --eval-data=FILE   held-out data of the accuracy report (default: what the trained\n"
+          "  --eval-labels=FILE binary's eval reads); its labels\n"
           "  --max-batch=N      the largest batch a kernel call takes (default: the train block's)\n"
           "  -h, --help         print this help\n");
 }
@@ -88,6 +93,27 @@ static int parse_args(int argc, char **argv, Options *o) {
         return 1;
       }
       o->weights = argv[i];
+    } else if (!strncmp(a, "--quantize=", 11)) {
+      if (strcmp(a + 11, "int8")) {
+        fprintf(stderr, "nnc: error: --quantize supports only int8, not '%s'\n", a + 11);
+        return 1;
+      }
+      o->int8 = true;
+    } else if (!strcmp(a, "--calibrate") || !strcmp(a, "--eval-data") ||
+               !strcmp(a, "--eval-labels")) {
+      if (++i == argc) {
+        fprintf(stderr, "nnc: error: '%s' needs %s\n", a,
+                !strcmp(a, "--calibrate") ? "a data set or file" : "a file name");
+        return 1;
+      }
+      *(!strcmp(a, "--calibrate") ? &o->calibrate : !strcmp(a, "--eval-data") ? &o->eval_data
+                                                                             : &o->eval_labels) = argv[i];
+    } else if (!strncmp(a, "--calibrate=", 12) && a[12]) {
+      o->calibrate = a + 12;
+    } else if (!strncmp(a, "--eval-data=", 12) && a[12]) {
+      o->eval_data = a + 12;
+    } else if (!strncmp(a, "--eval-labels=", 14) && a[14]) {
+      o->eval_labels = a + 14;
     } else if (!strncmp(a, "--prune=", 8)) {
       char *end;
       double v = strtod(a + 8, &end);
@@ -123,6 +149,29 @@ static int parse_args(int argc, char **argv, Options *o) {
   }
   if (o->prune > 0 && !o->weights) {
     fprintf(stderr, "nnc: error: --prune needs --weights (it prunes trained weights)\n");
+    return 1;
+  }
+  if (o->int8 && !o->weights) {
+    fprintf(stderr, "nnc: error: --quantize=int8 needs --weights (it quantizes trained weights)\n");
+    return 1;
+  }
+  if (o->int8 != (o->calibrate != NULL)) {
+    fprintf(stderr, "nnc: error: %s\n", o->int8 ? "--quantize=int8 needs --calibrate DATA (the "
+                                                  "data whose ranges set the input scales)"
+                                                : "--calibrate applies only to --quantize=int8");
+    return 1;
+  }
+  if (o->int8 && o->f64) {
+    fprintf(stderr, "nnc: error: --quantize=int8 quantizes an f32 model, not --dtype=f64\n");
+    return 1;
+  }
+  if ((o->eval_data || o->eval_labels) && !o->int8 && !(o->prune > 0)) {
+    fprintf(stderr, "nnc: error: %s is the held-out data of --prune's or --quantize's accuracy "
+                    "report\n", o->eval_data ? "--eval-data" : "--eval-labels");
+    return 1;
+  }
+  if (o->eval_labels && !o->eval_data) {
+    fprintf(stderr, "nnc: error: --eval-labels names the labels of --eval-data; pass it too\n");
     return 1;
   }
   if ((o->name || o->weights) && o->emit != EMIT_HEADER) {
@@ -177,6 +226,14 @@ static int emit_header(const Unit *u, const Options *o) {
   fclose(probe);
   Options with = *o;
   with.embed = e;
+  if (o->int8 || o->prune > 0) { /* int8 sites, calibrated; then what accuracy they cost */
+    Quant *q = quant_new(u, e->weights, o->int8 ? QUANT_INT8 : QUANT_F32);
+    if (o->int8 && !quant_calibrate(u, o, q, o->calibrate)) return 1;
+    if (o->int8) quant_finish(u, q);
+    const char *what = o->int8 && o->prune > 0 ? "pruned int8" : o->int8 ? "int8" : "pruned";
+    if (!quant_report(u, o, q, what)) return 1;
+    if (o->int8) with.quant = q;
+  }
   char tmp[] = "/tmp/nnc-XXXXXX.o";
   int fd = mkstemps(tmp, 2);
   if (fd < 0) {

@@ -440,12 +440,62 @@ typedef struct Embed {
   uint64_t hash;          /* of everything header and object must agree on */
   double *weights;        /* --weights: param_size values, or NULL */
   int64_t worker_scratch_bytes; /* set by lower_llvm: GEMM scratch per worker of a thread hook */
+  bool int8;              /* --quantize=int8: forward has int8 sites; no weights I/O, no train */
 } Embed;
 
 typedef struct Options Options;
+typedef struct Quant Quant;
 /* Sizes, name and hash for a planned unit; reads --weights. NULL after an error. */
 Embed *embed_prepare(const Unit *u, const Options *o, const char *header_path);
 bool embed_write_header(const Unit *u, const Embed *e, const char *path);
+
+/* ============================== quant.c ============================== */
+
+/* How the forward and eval kernels get their weights when Options.quant is set: always from
+ * constants baked into the object (Quant.weights), never from NN_IO_PARAM. */
+typedef enum QuantMode {
+  QUANT_F32,       /* f32 constants (the pruned model's accuracy report) */
+  QUANT_CALIBRATE, /* f32, and each site records the largest |input| in nn_calibration */
+  QUANT_INT8,      /* int8 sites: int8 weights and inputs, int32 sums, f32 results */
+} QuantMode;
+
+/* A matmul x[.., K] @ W[K, N] or a convolution with filter W[kh, kw, C, N] whose W is a
+ * parameter: int8 weights (one scale per output channel n) and int8 inputs (one scale). */
+typedef struct QuantSite {
+  const Node *node;    /* MATMUL or CONV2D of the forward graph */
+  int param;           /* index of W in Unit.params */
+  int64_t k, n;        /* reduction length (K, or kh*kw*C) and output channels */
+  int64_t kp;          /* k rounded up to a multiple of 64: the padded rows of qw */
+  double absmax;       /* calibrated: the largest |input| seen */
+  /* QUANT_INT8, from quant_finish */
+  int8_t *qw;          /* (n, kp): round(W[:, j] / w_scale[j]), zero padded */
+  int32_t *colsum;     /* (n): sum of row j of qw, for the +128 offset of the inputs */
+  float *out_scale;    /* (n): x_scale * w_scale[j] */
+  float inv_x_scale;   /* 1 / x_scale, x_scale = absmax / 127 */
+} QuantSite;
+
+struct Quant {
+  QuantMode mode;
+  const double *weights; /* param_size values (--weights, after --prune) */
+  QuantSite *sites;      /* n_sites, in graph order */
+  int n_sites;
+};
+
+/* The graph nn_forward and nn_eval run. */
+const Graph *quant_forward_graph(const Unit *u);
+/* The int8 sites of that graph, with weights w (param_size values). */
+Quant *quant_new(const Unit *u, const double *w, QuantMode mode);
+/* The site computing node n, or NULL. */
+const QuantSite *quant_site(const Quant *q, const Node *n);
+/* Per-channel int8 weights and scales from the weights and each site's absmax. */
+void quant_finish(const Unit *u, Quant *q);
+/* --calibrate: runs the f32 model over `data` (a calibration build of the training binary's
+ * predict) and sets every site's absmax. False after an error. */
+bool quant_calibrate(const Unit *u, const Options *o, Quant *q, const char *data);
+/* --prune/--quantize with a train block: evaluates the f32 model (--weights) and the variant
+ * on held-out data with helper builds of the training binary and prints both and the change.
+ * False after an error. */
+bool quant_report(const Unit *u, const Options *o, const Quant *variant, const char *what);
 
 /* ============================== lower_llvm.c ============================== */
 
@@ -469,6 +519,10 @@ struct Options {
   double prune;         /* --prune: fraction of each weight matrix's --weights set to 0 */
   Embed *embed;         /* set for --emit=header: lower_llvm also emits nn_embed (and adds
                          * the GEMM scratch to its arena sizes) */
+  bool int8;            /* --quantize=int8 */
+  const char *calibrate; /* --calibrate: data set name or file for the int8 input scales */
+  const char *eval_data, *eval_labels; /* --eval-data, --eval-labels: held-out data */
+  const Quant *quant;   /* forward and eval read baked (maybe int8) weights; NULL: params */
 };
 
 /* Builds the module, runs the pass pipeline, writes `path` as llvm/asm/obj per emit.
@@ -482,5 +536,8 @@ bool link_executable(const char *obj, const char *exe);
 /* ld -r kernels + libnnembed.a -o out, then objcopy: the support code's nne_X become NAME_X
  * and every other symbol local. Returns false after printing an error. */
 bool link_embed_object(const char *kernels, const char *out, const char *name);
+/* Runs argv (NULL-terminated) with its standard output into the file `out`; false after an
+ * error naming the program (a non-zero exit included). */
+bool link_run_to_file(char **argv, const char *out);
 
 #endif

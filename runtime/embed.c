@@ -61,20 +61,22 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
   if (header_hash != nn_embed.hash || d->abi_version != NN_ABI_VERSION)
     return NNE_ERR_ABI;
   if (!mem->arena || mem->arena_bytes < (size_t)nn_embed.infer_arena_bytes ||
-      (!mem->params && !nn_embed.weights))
+      (!mem->params && !nn_embed.weights && !nn_embed.quantized))
     return NNE_ERR_MEMORY;
   if (misaligned(mem->params) || misaligned(mem->grads) || misaligned(mem->state) ||
       misaligned(mem->arena))
     return NNE_ERR_ALIGN;
   memset(c->io, 0, sizeof c->io);
   c->io[NN_IO_ARENA] = mem->arena;
-  c->writable = mem->params != NULL;
+  c->writable = mem->params != NULL && !nn_embed.quantized;
   c->io[NN_IO_PARAM] = mem->params ? mem->params : (void *)(uintptr_t)nn_embed.weights;
-  if (mem->params && nn_embed.weights)
+  if (nn_embed.quantized) /* forward reads its own constants; mem.params is not used */
+    c->io[NN_IO_PARAM] = NULL;
+  else if (mem->params && nn_embed.weights)
     memcpy(mem->params, nn_embed.weights, (size_t)(d->param_size * d->elem_size));
   else if (mem->params && nnrt_params_init(d, mem->params, seed) >= 0)
     return NNE_ERR_ABI; /* an initialiser this support code does not know */
-  c->can_train = nn_embed.has_train && mem->params && mem->grads && mem->state &&
+  c->can_train = nn_embed.has_train && !nn_embed.quantized && mem->params && mem->grads && mem->state &&
                  mem->arena_bytes >= (size_t)nn_embed.train_arena_bytes;
   if (c->can_train) {
     c->io[NN_IO_GRAD] = mem->grads;
@@ -145,6 +147,8 @@ int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, doubl
     return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
   if (!x || !y || bad_batch(batch))
     return NNE_ERR_ARG;
+  if (nn_embed.quantized)
+    return NNE_ERR_QUANTIZED;
   if (!c->can_train)
     return NNE_ERR_NO_TRAIN;
   if (misaligned(x) || misaligned(y))
@@ -271,6 +275,8 @@ int nne_load_weights(void *ctx, const void *buf, size_t len) {
     return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
   if (!buf)
     return NNE_ERR_ARG;
+  if (nn_embed.quantized)
+    return NNE_ERR_QUANTIZED;
   if (!c->writable)
     return NNE_ERR_READ_ONLY;
   if (nnrt_st_open(buf, len, &st) != 0)
@@ -324,6 +330,8 @@ int nne_save_weights(const void *ctx, void *buf, size_t cap, size_t *len) {
   const NneCtx *c = ready((void *)(uintptr_t)ctx);
   if (!c)
     return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (nn_embed.quantized)
+    return NNE_ERR_QUANTIZED;
   size_t head = nnrt_st_header(NULL, 0, d, FORMAT), total = head;
   for (int64_t k = 0; k < d->n_params; k++)
     total += (size_t)(d->params[k].size * d->elem_size);
@@ -348,6 +356,8 @@ int nne_save_weights_file(const void *ctx, const char *path) {
     return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
   if (!path)
     return NNE_ERR_ARG;
+  if (nn_embed.quantized)
+    return NNE_ERR_QUANTIZED;
   size_t head = nnrt_st_header(NULL, 0, d, FORMAT);
   char *h = malloc(head);
   if (!h)

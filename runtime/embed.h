@@ -26,6 +26,8 @@ typedef struct NnEmbedDesc {
   uint64_t hash;             /* model/ABI hash, also in the header as NAME_HASH */
   const void *weights;       /* baked parameters (param_size elements), or NULL */
   int64_t has_train;         /* 1 when the .nn file has a train block */
+  int64_t quantized;         /* 1: --quantize=int8: forward reads int8 and f32 constants of
+                                its own; no parameter memory, weights I/O or training */
 } NnEmbedDesc;
 
 /* The context, opaque to the caller (model.h gives it as NAME_CTX_BYTES of storage aligned
@@ -64,7 +66,8 @@ typedef struct NneCtx {
   X(ERR_NOMEM, -11, "out of memory")                                                   \
   X(ERR_NONFINITE, -12, "the loss or a gradient is not finite; the step was skipped")  \
   X(ERR_NO_NAME, -13, "no hyperparameter of that name")                                \
-  X(ERR_SPACE, -14, "the buffer is too small (the needed size was stored)")
+  X(ERR_SPACE, -14, "the buffer is too small (the needed size was stored)")            \
+  X(ERR_QUANTIZED, -15, "an int8-quantized model: its weights cannot be read, set or trained")
 
 /* The public functions of embed.c, renamed to NAME_x in model.o. ORDER API */
 #define NNE_API(X)                                                                     \

@@ -125,6 +125,8 @@ static void write_row(FILE *f, const NnModelDesc *d, const void *out, int64_t i)
   fputc('\n', f);
 }
 
+extern NnCalibration nn_calibration __attribute__((weak)); /* only in calibration builds */
+
 int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
   void *io[NN_IO_COUNT];
   NnCkptState st;
@@ -166,6 +168,10 @@ int nnrt_predict(const NnModelDesc *d, const NnOptions *o) {
     fprintf(stderr, "%s: %lld prediction%s written to %s\n", nnrt_prog, (long long)in.rows,
             nnrt_plural(in.rows), o->output_path);
   free(rows);
+  if (&nn_calibration) /* for nnc --calibrate, which reads it from standard output */
+    for (int64_t i = 0; i < nn_calibration.sites; i++)
+      printf("calibration: site %lld absmax %.9g\n", (long long)i,
+             (double)nn_calibration.absmax[i]);
   nnrt_data_free(&in);
   nnrt_buffers_free(io);
   return NNRT_EXIT_OK;

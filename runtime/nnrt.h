@@ -130,6 +130,14 @@ typedef struct NnThreads {
   int64_t workers;                                /* >= 1 */
 } NnThreads;
 
+/* What the calibration build of `nnc --quantize=int8 --calibrate` adds (as the global
+ * `nn_calibration`; other builds have none): the largest |value| that entered each int8 site
+ * in any forward call. predict prints it for nnc to read. */
+typedef struct NnCalibration {
+  int64_t sites;               /* entries of absmax */
+  float absmax[];
+} NnCalibration;
+
 /* A kernel: reads and writes the regions in io; batch is the number of samples (<= max_batch)
  * in NN_IO_X/NN_IO_Y/NN_IO_OUT. */
 typedef void (*NnKernel)(void **io, int64_t batch);
