@@ -217,6 +217,15 @@ static int emit_header(const Unit *u, const Options *o) {
                                                             : default_output(o->input, ".h");
   Embed *e = embed_prepare(u, o, header);
   if (!e) return 1;
+  const Quant *quant = NULL;
+  if (o->int8 || o->prune > 0) { /* int8 sites, calibrated; then what accuracy they cost */
+    Quant *q = quant_new(u, e->weights, o->int8 ? QUANT_INT8 : QUANT_F32);
+    if (o->int8 && !quant_calibrate(u, o, q, o->calibrate)) return 1;
+    if (o->int8) quant_finish(u, q);
+    const char *what = o->int8 && o->prune > 0 ? "pruned int8" : o->int8 ? "int8" : "pruned";
+    if (!quant_report(u, o, q, what)) return 1;
+    if (o->int8) quant = q;
+  }
   const char *obj = object_beside(header);
   FILE *probe = fopen(obj, "wb"); /* a clear message before ld's, for a folder not there */
   if (!probe) {
@@ -226,14 +235,7 @@ static int emit_header(const Unit *u, const Options *o) {
   fclose(probe);
   Options with = *o;
   with.embed = e;
-  if (o->int8 || o->prune > 0) { /* int8 sites, calibrated; then what accuracy they cost */
-    Quant *q = quant_new(u, e->weights, o->int8 ? QUANT_INT8 : QUANT_F32);
-    if (o->int8 && !quant_calibrate(u, o, q, o->calibrate)) return 1;
-    if (o->int8) quant_finish(u, q);
-    const char *what = o->int8 && o->prune > 0 ? "pruned int8" : o->int8 ? "int8" : "pruned";
-    if (!quant_report(u, o, q, what)) return 1;
-    if (o->int8) with.quant = q;
-  }
+  with.quant = quant;
   char tmp[] = "/tmp/nnc-XXXXXX.o";
   int fd = mkstemps(tmp, 2);
   if (fd < 0) {

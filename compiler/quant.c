@@ -122,18 +122,23 @@ static char *slurp(const char *path) {
   return f ? (char *)f->text : NULL;
 }
 
-/* A data set the .nn file declares, by name, as the file predict reads; or NULL. */
-static const char *declared_inputs(const Unit *u, const char *name) {
+/* A data set of the train block, by name; or NULL. */
+static const DataSpec *declared(const Unit *u, const char *name) {
   const DataSpec *sets[2] = {&u->data, &u->val};
   for (int i = 0; i < 2; i++)
-    if (sets[i]->kind != NN_DATA_NONE && sets[i]->name && !strcmp(sets[i]->name, name) &&
-        sets[i]->path)
-      return sets[i]->path;
+    if (sets[i]->kind != NN_DATA_NONE && sets[i]->name && !strcmp(sets[i]->name, name))
+      return sets[i];
   return NULL;
 }
 
 bool quant_calibrate(const Unit *u, const Options *o, Quant *q, const char *data) {
-  const char *inputs = declared_inputs(u, data);
+  const DataSpec *set = declared(u, data);
+  if (set && !set->path) {
+    fprintf(stderr, "nnc: error: --calibrate: data set '%s' is a table in the .nn file; HINT: "
+                    "give its inputs as a CSV file\n", data);
+    return false;
+  }
+  const char *inputs = set ? set->path : NULL;
   if (!inputs && access(data, R_OK) != 0) {
     fprintf(stderr, "nnc: error: --calibrate '%s' is neither a data set of the .nn file's train "
                     "block nor a readable file", data);
@@ -146,7 +151,7 @@ bool quant_calibrate(const Unit *u, const Options *o, Quant *q, const char *data
   if (!inputs) inputs = data;
   char *dir = temp_dir();
   if (!dir) return false;
-  const char *files[] = {"calibrate", "calibrate.txt"};
+  const char *files[] = {xprintf("%s-calibrate", u->model), "calibrate.txt"};
   const char *exe = xprintf("%s/%s", dir, files[0]), *txt = xprintf("%s/%s", dir, files[1]);
   Quant cal = *q;
   cal.mode = QUANT_CALIBRATE;
@@ -209,7 +214,10 @@ bool quant_report(const Unit *u, const Options *o, const Quant *variant, const c
   }
   char *dir = temp_dir();
   if (!dir) return false;
-  const char *files[] = {"f32", "variant", "eval.txt"};
+  char *tag = xprintf("%s-%s", u->model, what); /* names the helpers' messages */
+  for (char *c = tag; *c; c++)
+    if (*c == ' ') *c = '-';
+  const char *files[] = {u->model, tag, "eval.txt"};
   const char *f32 = xprintf("%s/%s", dir, files[0]), *var = xprintf("%s/%s", dir, files[1]);
   const char *txt = xprintf("%s/%s", dir, files[2]);
   Score a, b;
