@@ -912,9 +912,12 @@ static void lower_conv(Lower *L, const Node *n) {
 /* A site x[.., K] @ W[K, N] (or a convolution's patches of K = kh*kw*C values) in int8:
  *   qx[k] = clamp(round(x[k] / x_scale), -127, 127) + 128     one row at a time, as u8
  *   y[j]  = (sum_k qx[k] * qw[j, k] - 128 * colsum[j]) * out_scale[j]
- * The sum of u8 * s8 products in int32 is the pattern of AVX-512 VNNI's vpdpbusd (hence the
- * +128: it wants one unsigned operand); rows are padded to KP (a multiple of 64) with
- * qx = 128 against qw = 0, so the padding adds nothing. Serial: the thread hook is not used. */
+ * The sum of u8 * s8 products in int32 is what AVX-512 VNNI's vpdpbusd computes (hence the
+ * +128: it wants one unsigned operand): with qw laid out (K/4, N, 4) (quant.c), one vpdpbusd
+ * takes four codes of the row, broadcast, against four weights of 16 channels and adds to 16
+ * int32 sums, so a row needs no horizontal sums. Rows are padded to KP (a multiple of 4) with
+ * qx = 128 against qw = 0, so the padding adds nothing; channels to NP (a multiple of 16).
+ * Other targets run the same sums as plain loops. Serial: the thread hook is not used. */
 
 /* The site's max |x| over every call so far into nn_calibration (QUANT_CALIBRATE). */
 static void record_absmax(Lower *L, const Node *x, int site) {
@@ -955,58 +958,28 @@ static void zero_codes(Lower *L, LLVMValueRef row, int64_t from, int64_t to) {
 }
 
 typedef struct SiteConsts {
-  LLVMValueRef qw, colsum, scale; /* (N, KP) int8, (N) int32, (N) f32 */
+  LLVMValueRef qw, colsum, scale; /* (KP/4, NP, 4) int8, (NP) int32, (NP) f32 */
 } SiteConsts;
 
-/* sum_k u8 row[k] * s8 w[k] over kp bytes, in int32: what the vectoriser makes of it. */
-static LLVMValueRef dot_scalar(Lower *L, LLVMValueRef row, LLVMValueRef w, int64_t kp) {
+/* out[0..N) from one row of codes, channel by channel (targets without VNNI). */
+static void site_row_scalar(Lower *L, const QuantSite *s, const SiteConsts *c, LLVMValueRef row,
+                            LLVMValueRef out) {
+  Loop j = loop_open(L, i64c(L, s->n), "j");
   LLVMValueRef acc = entry_slot(L, L->i32, "acc");
   LLVMBuildStore(L->b, LLVMConstInt(L->i32, 0, 0), acc);
-  Loop k = loop_open(L, i64c(L, kp), "k");
+  Loop k = loop_open(L, i64c(L, s->kp), "k");
+  LLVMValueRef wi = ix_add(L, ix_mul(L, ix_add(L, ix_mul(L, LLVMBuildSDiv(L->b, k.i, i64c(L, 4), ""),
+                                                        s->np), j.i), 4),
+                           LLVMBuildSRem(L->b, k.i, i64c(L, 4), ""));
   LLVMValueRef a = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &k.i, 1, ""), "");
-  LLVMValueRef b = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, w, &k.i, 1, ""), "");
+  LLVMValueRef b = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, c->qw, &wi, 1, ""), "");
   LLVMValueRef p = LLVMBuildNSWMul(L->b, LLVMBuildZExt(L->b, a, L->i32, ""),
                                    LLVMBuildSExt(L->b, b, L->i32, ""), "");
   LLVMBuildStore(L->b, LLVMBuildAdd(L->b, LLVMBuildLoad2(L->b, L->i32, acc, ""), p, ""), acc);
   loop_close(L, &k);
-  return LLVMBuildLoad2(L->b, L->i32, acc, "");
-}
-
-/* The same with vpdpbusd: 64 products summed into 16 int32 lanes per instruction (LLVM does
- * not form it from dot_scalar's loop), then one horizontal add. */
-static LLVMValueRef dot_vnni(Lower *L, LLVMValueRef row, LLVMValueRef w, int64_t kp) {
-  LLVMTypeRef v16 = LLVMVectorType(L->i32, 16);
-  LLVMValueRef acc = entry_slot(L, v16, "vacc");
-  LLVMBuildStore(L->b, LLVMConstNull(v16), acc);
-  Loop k = loop_open(L, i64c(L, kp / 64), "k");
-  LLVMValueRef at = ix_mul(L, k.i, 64);
-  LLVMValueRef a = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""), "");
-  LLVMValueRef b = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i8, w, &at, 1, ""), "");
-  LLVMSetAlignment(a, 1);
-  LLVMValueRef args[3] = {LLVMBuildLoad2(L->b, v16, acc, ""), a, b};
-  const char *name = "llvm.x86.avx512.vpdpbusd.512";
-  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
-  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, NULL, 0);
-  LLVMBuildStore(L->b, LLVMBuildCall2(L->b, LLVMIntrinsicGetType(L->ctx, id, NULL, 0), fn, args,
-                                      3, ""), acc);
-  loop_close(L, &k);
-  const char *reduce = "llvm.vector.reduce.add";
-  unsigned rid = LLVMLookupIntrinsicID(reduce, strlen(reduce));
-  LLVMValueRef v = LLVMBuildLoad2(L->b, v16, acc, "");
-  return LLVMBuildCall2(L->b, LLVMIntrinsicGetType(L->ctx, rid, &v16, 1),
-                        LLVMGetIntrinsicDeclaration(L->mod, rid, &v16, 1), &v, 1, "");
-}
-
-/* out[0..N) from one row of codes (see above). */
-static void site_row(Lower *L, const QuantSite *s, const SiteConsts *c, LLVMValueRef row,
-                     LLVMValueRef out) {
-  Loop j = loop_open(L, i64c(L, s->n), "j");
-  LLVMValueRef wrow = LLVMBuildInBoundsGEP2(L->b, L->i8, c->qw, (LLVMValueRef[]){
-                                            ix_mul(L, j.i, s->kp)}, 1, "");
-  LLVMValueRef dot = L->vnni ? dot_vnni(L, row, wrow, s->kp) : dot_scalar(L, row, wrow, s->kp);
   LLVMValueRef cs = LLVMBuildLoad2(L->b, L->i32, LLVMBuildInBoundsGEP2(L->b, L->i32, c->colsum,
                                                                        &j.i, 1, ""), "");
-  LLVMValueRef sum = LLVMBuildSub(L->b, dot,
+  LLVMValueRef sum = LLVMBuildSub(L->b, LLVMBuildLoad2(L->b, L->i32, acc, ""),
                                   LLVMBuildShl(L->b, cs, LLVMConstInt(L->i32, 7, 0), ""), "");
   LLVMValueRef y = LLVMBuildFMul(L->b, LLVMBuildSIToFP(L->b, sum, L->elem, ""),
                                  load_elem(L, elem_ptr(L, c->scale, j.i)), "");
@@ -1014,12 +987,56 @@ static void site_row(Lower *L, const QuantSite *s, const SiteConsts *c, LLVMValu
   loop_close(L, &j);
 }
 
+/* The same, 16 channels per vpdpbusd chain (see above). */
+static void site_row_vnni(Lower *L, const QuantSite *s, const SiteConsts *c, LLVMValueRef row,
+                          LLVMValueRef out) {
+  LLVMTypeRef v16 = LLVMVectorType(L->i32, 16), f16 = LLVMVectorType(L->elem, 16);
+  const char *name = "llvm.x86.avx512.vpdpbusd.512";
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMValueRef dpbusd = LLVMGetIntrinsicDeclaration(L->mod, id, NULL, 0);
+  LLVMTypeRef dpbusd_type = LLVMIntrinsicGetType(L->ctx, id, NULL, 0);
+  LLVMValueRef acc = entry_slot(L, v16, "vacc"), ys = entry_slot(L, f16, "ys");
+  Loop nb = loop_open(L, i64c(L, s->np / 16), "nb");
+  LLVMBuildStore(L->b, LLVMConstNull(v16), acc);
+  Loop k = loop_open(L, i64c(L, s->kp / 4), "k");
+  LLVMValueRef at = ix_mul(L, k.i, 4);
+  LLVMValueRef four = LLVMBuildLoad2(L->b, L->i32, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""), "");
+  LLVMSetAlignment(four, 1);
+  LLVMValueRef splat = LLVMBuildShuffleVector(L->b,
+      LLVMBuildInsertElement(L->b, LLVMGetUndef(v16), four, LLVMConstInt(L->i32, 0, 0), ""),
+      LLVMGetUndef(v16), LLVMConstNull(v16), "");
+  LLVMValueRef wat = ix_mul(L, ix_add(L, ix_mul(L, k.i, s->np), ix_mul(L, nb.i, 16)), 4);
+  LLVMValueRef w = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i8, c->qw, &wat, 1, ""), "");
+  LLVMValueRef args[3] = {LLVMBuildLoad2(L->b, v16, acc, ""), splat, w};
+  LLVMBuildStore(L->b, LLVMBuildCall2(L->b, dpbusd_type, dpbusd, args, 3, ""), acc);
+  loop_close(L, &k);
+  LLVMValueRef j0 = ix_mul(L, nb.i, 16);
+  LLVMValueRef cs = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i32, c->colsum, &j0, 1, ""), "");
+  LLVMValueRef sc = LLVMBuildLoad2(L->b, f16, elem_ptr(L, c->scale, j0), "");
+  LLVMValueRef sevens[16];
+  for (int i = 0; i < 16; i++) sevens[i] = LLVMConstInt(L->i32, 7, 0);
+  LLVMValueRef sum = LLVMBuildSub(L->b, LLVMBuildLoad2(L->b, v16, acc, ""),
+                                  LLVMBuildShl(L->b, cs, LLVMConstVector(sevens, 16), ""), "");
+  LLVMBuildStore(L->b, LLVMBuildFMul(L->b, LLVMBuildSIToFP(L->b, sum, f16, ""), sc, ""), ys);
+  /* the block's channels below N to out (a copy loop that LLVM turns into vector moves) */
+  LLVMValueRef left = LLVMBuildSub(L->b, i64c(L, s->n), j0, "");
+  LLVMValueRef lanes = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, left, i64c(L, 16), ""),
+                                       left, i64c(L, 16), "");
+  Loop t = loop_open(L, lanes, "t");
+  LLVMValueRef v = load_elem(L, elem_ptr(L, ys, t.i));
+  LLVMBuildStore(L->b, v, elem_ptr(L, out, ix_add(L, j0, t.i)));
+  loop_close(L, &t);
+  loop_close(L, &nb);
+}
+
 static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
   SiteConsts c = {
-      .qw = bytes_const(L, s->qw, (size_t)(s->n * s->kp), "qw"),
-      .colsum = bytes_const(L, s->colsum, sizeof *s->colsum * (size_t)s->n, "colsum"),
-      .scale = bytes_const(L, s->out_scale, sizeof *s->out_scale * (size_t)s->n, "scale"),
+      .qw = bytes_const(L, s->qw, (size_t)(s->np * s->kp), "qw"),
+      .colsum = bytes_const(L, s->colsum, sizeof *s->colsum * (size_t)s->np, "colsum"),
+      .scale = bytes_const(L, s->out_scale, sizeof *s->out_scale * (size_t)s->np, "scale"),
   };
+  void (*site_row)(Lower *, const QuantSite *, const SiteConsts *, LLVMValueRef, LLVMValueRef) =
+      L->vnni ? site_row_vnni : site_row_scalar;
   LLVMValueRef row = entry_slot(L, LLVMArrayType2(L->i8, (uint64_t)s->kp), "codes");
   LLVMValueRef x = node_ptr(L, n->src[0]), y = node_ptr(L, n);
   if (n->op == OP_MATMUL) { /* rows of x: every leading dim, batch included */

@@ -465,12 +465,13 @@ typedef struct QuantSite {
   const Node *node;    /* MATMUL or CONV2D of the forward graph */
   int param;           /* index of W in Unit.params */
   int64_t k, n;        /* reduction length (K, or kh*kw*C) and output channels */
-  int64_t kp;          /* k rounded up to a multiple of 64: the padded rows of qw */
+  int64_t kp, np;      /* k rounded up to a multiple of 4, n to one of 16 (zero padding) */
   double absmax;       /* calibrated: the largest |input| seen */
   /* QUANT_INT8, from quant_finish */
-  int8_t *qw;          /* (n, kp): round(W[:, j] / w_scale[j]), zero padded */
-  int32_t *colsum;     /* (n): sum of row j of qw, for the +128 offset of the inputs */
-  float *out_scale;    /* (n): x_scale * w_scale[j] */
+  int8_t *qw;          /* (kp/4, np, 4): qw[k/4, j, k%4] = round(W[k, j] / w_scale[j]): four
+                          consecutive k of 16 channels fill one 64-byte vector (vpdpbusd) */
+  int32_t *colsum;     /* (np): sum over k of qw[., j, .], for the +128 offset of the inputs */
+  float *out_scale;    /* (np): x_scale * w_scale[j] */
   float inv_x_scale;   /* 1 / x_scale, x_scale = absmax / 127 */
 } QuantSite;
 

@@ -52,7 +52,8 @@ Quant *quant_new(const Unit *u, const double *w, QuantMode mode) {
     s->param = p;
     s->n = ws.dim[ws.rank - 1];
     s->k = shape_elems(ws, 1) / (s->n ? s->n : 1);
-    s->kp = (s->k + 63) / 64 * 64;
+    s->kp = (s->k + 3) / 4 * 4;
+    s->np = (s->n + 15) / 16 * 16;
   }
   return q;
 }
@@ -70,9 +71,9 @@ void quant_finish(const Unit *u, Quant *q) {
     QuantSite *s = &q->sites[i];
     const double *w = q->weights + u->params[s->param].offset; /* (k, n) */
     double x_scale = scale_of(s->absmax);
-    s->qw = xalloc((size_t)(s->n * s->kp));
-    s->colsum = xalloc(sizeof *s->colsum * (size_t)s->n);
-    s->out_scale = xalloc(sizeof *s->out_scale * (size_t)s->n);
+    s->qw = xalloc((size_t)(s->np * s->kp));
+    s->colsum = xalloc(sizeof *s->colsum * (size_t)s->np);
+    s->out_scale = xalloc(sizeof *s->out_scale * (size_t)s->np);
     s->inv_x_scale = (float)(1 / x_scale);
     for (int64_t j = 0; j < s->n; j++) {
       double amax = 0;
@@ -80,7 +81,7 @@ void quant_finish(const Unit *u, Quant *q) {
       double w_scale = scale_of(amax);
       for (int64_t k = 0; k < s->k; k++) {
         double v = fmin(127, fmax(-127, nearbyint(w[k * s->n + j] / w_scale)));
-        s->qw[j * s->kp + k] = (int8_t)v;
+        s->qw[(k / 4 * s->np + j) * 4 + k % 4] = (int8_t)v;
         s->colsum[j] += (int32_t)v;
       }
       s->out_scale[j] = (float)(x_scale * w_scale);
