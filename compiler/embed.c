@@ -373,7 +373,8 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
              " * (the default). */\n"
              "typedef void (*%s_work)(void *arg, int64_t worker);\n"
              "int %s_set_threads(%s_ctx *ctx, void (*run)(void *pool, %s_work work, void *arg),\n"
-             "                   void *pool, int64_t workers, void *scratch, size_t scratch_bytes);\n\n",
+             "                   void *pool, int64_t workers, void *scratch,\n"
+             "                   size_t scratch_bytes);\n\n",
           n, n, N, n, n, n, n);
   fprintf(f, "void %s_get_layout(%s_layout *out);\n"
              "const char *%s_strerror(int err);\n\n", n, n, n);

@@ -939,7 +939,8 @@ static void record_absmax(Lower *L, const Node *x, int site) {
 static void quantize_row(Lower *L, LLVMValueRef row, LLVMValueRef src, int64_t count,
                          float inv_scale) {
   Loop k = loop_open(L, i64c(L, count), "q");
-  LLVMValueRef v = LLVMBuildFMul(L->b, load_elem(L, elem_ptr(L, src, k.i)), elemc(L, inv_scale), "");
+  LLVMValueRef v = LLVMBuildFMul(L->b, load_elem(L, elem_ptr(L, src, k.i)), elemc(L, inv_scale),
+                                 "");
   v = intrinsic(L, "llvm.rint", &v, 1);
   LLVMValueRef lo[2] = {v, elemc(L, -127)};
   LLVMValueRef hi[2] = {intrinsic(L, "llvm.maxnum", lo, 2), elemc(L, 127)};
@@ -957,6 +958,12 @@ static void zero_codes(Lower *L, LLVMValueRef row, int64_t from, int64_t to) {
                   LLVMConstInt(L->i8, 128, 0), i64c(L, to - from), 1);
 }
 
+/* The `ty` at base + idx elements of `step`. */
+static LLVMValueRef load_at(Lower *L, LLVMTypeRef ty, LLVMTypeRef step, LLVMValueRef base,
+                            LLVMValueRef idx) {
+  return LLVMBuildLoad2(L->b, ty, LLVMBuildInBoundsGEP2(L->b, step, base, &idx, 1, ""), "");
+}
+
 typedef struct SiteConsts {
   LLVMValueRef qw, colsum, scale; /* (KP/4, NP, 4) int8, (NP) int32, (NP) f32 */
 } SiteConsts;
@@ -968,17 +975,15 @@ static void site_row_scalar(Lower *L, const QuantSite *s, const SiteConsts *c, L
   LLVMValueRef acc = entry_slot(L, L->i32, "acc");
   LLVMBuildStore(L->b, LLVMConstInt(L->i32, 0, 0), acc);
   Loop k = loop_open(L, i64c(L, s->kp), "k");
-  LLVMValueRef wi = ix_add(L, ix_mul(L, ix_add(L, ix_mul(L, LLVMBuildSDiv(L->b, k.i, i64c(L, 4), ""),
-                                                        s->np), j.i), 4),
+  LLVMValueRef k4 = LLVMBuildSDiv(L->b, k.i, i64c(L, 4), ""); /* qw[k/4, j, k%4] */
+  LLVMValueRef wi = ix_add(L, ix_mul(L, ix_add(L, ix_mul(L, k4, s->np), j.i), 4),
                            LLVMBuildSRem(L->b, k.i, i64c(L, 4), ""));
-  LLVMValueRef a = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &k.i, 1, ""), "");
-  LLVMValueRef b = LLVMBuildLoad2(L->b, L->i8, LLVMBuildInBoundsGEP2(L->b, L->i8, c->qw, &wi, 1, ""), "");
+  LLVMValueRef a = load_at(L, L->i8, L->i8, row, k.i), b = load_at(L, L->i8, L->i8, c->qw, wi);
   LLVMValueRef p = LLVMBuildNSWMul(L->b, LLVMBuildZExt(L->b, a, L->i32, ""),
                                    LLVMBuildSExt(L->b, b, L->i32, ""), "");
   LLVMBuildStore(L->b, LLVMBuildAdd(L->b, LLVMBuildLoad2(L->b, L->i32, acc, ""), p, ""), acc);
   loop_close(L, &k);
-  LLVMValueRef cs = LLVMBuildLoad2(L->b, L->i32, LLVMBuildInBoundsGEP2(L->b, L->i32, c->colsum,
-                                                                       &j.i, 1, ""), "");
+  LLVMValueRef cs = load_at(L, L->i32, L->i32, c->colsum, j.i);
   LLVMValueRef sum = LLVMBuildSub(L->b, LLVMBuildLoad2(L->b, L->i32, acc, ""),
                                   LLVMBuildShl(L->b, cs, LLVMConstInt(L->i32, 7, 0), ""), "");
   LLVMValueRef y = LLVMBuildFMul(L->b, LLVMBuildSIToFP(L->b, sum, L->elem, ""),
@@ -1000,18 +1005,18 @@ static void site_row_vnni(Lower *L, const QuantSite *s, const SiteConsts *c, LLV
   LLVMBuildStore(L->b, LLVMConstNull(v16), acc);
   Loop k = loop_open(L, i64c(L, s->kp / 4), "k");
   LLVMValueRef at = ix_mul(L, k.i, 4);
-  LLVMValueRef four = LLVMBuildLoad2(L->b, L->i32, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""), "");
+  LLVMValueRef four = load_at(L, L->i32, L->i8, row, at); /* codes k*4 .. k*4+3 */
   LLVMSetAlignment(four, 1);
   LLVMValueRef splat = LLVMBuildShuffleVector(L->b,
       LLVMBuildInsertElement(L->b, LLVMGetUndef(v16), four, LLVMConstInt(L->i32, 0, 0), ""),
       LLVMGetUndef(v16), LLVMConstNull(v16), "");
   LLVMValueRef wat = ix_mul(L, ix_add(L, ix_mul(L, k.i, s->np), ix_mul(L, nb.i, 16)), 4);
-  LLVMValueRef w = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i8, c->qw, &wat, 1, ""), "");
+  LLVMValueRef w = load_at(L, v16, L->i8, c->qw, wat);
   LLVMValueRef args[3] = {LLVMBuildLoad2(L->b, v16, acc, ""), splat, w};
   LLVMBuildStore(L->b, LLVMBuildCall2(L->b, dpbusd_type, dpbusd, args, 3, ""), acc);
   loop_close(L, &k);
   LLVMValueRef j0 = ix_mul(L, nb.i, 16);
-  LLVMValueRef cs = LLVMBuildLoad2(L->b, v16, LLVMBuildInBoundsGEP2(L->b, L->i32, c->colsum, &j0, 1, ""), "");
+  LLVMValueRef cs = load_at(L, v16, L->i32, c->colsum, j0);
   LLVMValueRef sc = LLVMBuildLoad2(L->b, f16, elem_ptr(L, c->scale, j0), "");
   LLVMValueRef sevens[16];
   for (int i = 0; i < 16; i++) sevens[i] = LLVMConstInt(L->i32, 7, 0);

@@ -106,8 +106,9 @@ static int parse_args(int argc, char **argv, Options *o) {
                 !strcmp(a, "--calibrate") ? "a data set or file" : "a file name");
         return 1;
       }
-      *(!strcmp(a, "--calibrate") ? &o->calibrate : !strcmp(a, "--eval-data") ? &o->eval_data
-                                                                             : &o->eval_labels) = argv[i];
+      const char **to = !strcmp(a, "--calibrate") ? &o->calibrate
+                        : !strcmp(a, "--eval-data") ? &o->eval_data : &o->eval_labels;
+      *to = argv[i];
     } else if (!strncmp(a, "--calibrate=", 12) && a[12]) {
       o->calibrate = a + 12;
     } else if (!strncmp(a, "--eval-data=", 12) && a[12]) {

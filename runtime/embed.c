@@ -76,8 +76,8 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
     memcpy(mem->params, nn_embed.weights, (size_t)(d->param_size * d->elem_size));
   else if (mem->params && nnrt_params_init(d, mem->params, seed) >= 0)
     return NNE_ERR_ABI; /* an initialiser this support code does not know */
-  c->can_train = nn_embed.has_train && !nn_embed.quantized && mem->params && mem->grads && mem->state &&
-                 mem->arena_bytes >= (size_t)nn_embed.train_arena_bytes;
+  c->can_train = nn_embed.has_train && !nn_embed.quantized && mem->params && mem->grads &&
+                 mem->state && mem->arena_bytes >= (size_t)nn_embed.train_arena_bytes;
   if (c->can_train) {
     c->io[NN_IO_GRAD] = mem->grads;
     c->io[NN_IO_STATE] = mem->state;
