@@ -39,8 +39,9 @@ static void usage(FILE *out) {
           "  --quantize=int8    header: int8 weights and inputs for the matmuls and convolutions\n"
           "  --calibrate=DATA   with --quantize: the data (a data set of the train block, or a\n"
           "                     file) whose value ranges set the int8 input scales\n"
-          "  --eval-data=FILE   held-out data of the accuracy report (default: what the trained\n"
-          "  --eval-labels=FILE binary's eval reads); its labels\n"
+          "  --eval-data=FILE   held-out data for the accuracy report (default: the train\n"
+          "                     block's validation data)\n"
+          "  --eval-labels=FILE the labels of --eval-data (IDX or .npy)\n"
           "  --max-batch=N      the largest batch a kernel call takes (default: the train block's)\n"
           "  -h, --help         print this help\n");
 }
