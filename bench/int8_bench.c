@@ -1,0 +1,57 @@
+/* int8_bench.c — the CNN's forward, f32 object against int8 object, in one run (bench/int8.sh
+ * builds both from one checkpoint as f32m.o and i8m.o). Prints the best of 5 timings of each
+ * at batch 1 and 64, and the ratio. */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign, clock_gettime */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "f32m.h"
+#include "i8m.h"
+
+static float in[64 * F32M_INPUT_SIZE], out[64 * F32M_OUTPUT_SIZE];
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Best seconds per call of PREFIX_forward over `reps` calls, of 5 tries. */
+#define TIME_FORWARD(P, U, batch, reps, seconds)                                              \
+  do {                                                                                       \
+    static P##_ctx ctx;                                                                      \
+    void *arena = NULL;                                                                      \
+    P##_mem mem;                                                                             \
+    memset(&mem, 0, sizeof mem);                                                             \
+    if (posix_memalign(&arena, 64, U##_INFER_ARENA_BYTES))                                   \
+      abort();                                                                               \
+    mem.arena = arena, mem.arena_bytes = U##_INFER_ARENA_BYTES;                              \
+    if (P##_init(&ctx, &mem, 0) != 0 || P##_forward(&ctx, in, out, batch) != 0)              \
+      abort();                                                                               \
+    seconds = 1e9;                                                                           \
+    for (int t = 0; t < 5; t++) {                                                            \
+      double t0 = now();                                                                     \
+      for (int i = 0; i < reps; i++)                                                         \
+        P##_forward(&ctx, in, out, batch);                                                   \
+      double s = (now() - t0) / reps;                                                        \
+      if (s < seconds)                                                                       \
+        seconds = s;                                                                         \
+    }                                                                                        \
+    free(arena);                                                                             \
+  } while (0)
+
+int main(void) {
+  for (int i = 0; i < 64 * F32M_INPUT_SIZE; i++)
+    in[i] = (float)((i * 7919) % 256) / 255.0f; /* image-like values in [0, 1] */
+  const int batches[2] = {1, 64}, reps[2] = {2000, 40};
+  for (int b = 0; b < 2; b++) {
+    double f, q;
+    TIME_FORWARD(f32m, F32M, batches[b], reps[b], f);
+    TIME_FORWARD(i8m, I8M, batches[b], reps[b], q);
+    printf("batch %2d: f32 %8.1f us, int8 %8.1f us, int8/f32 time %.2f\n", batches[b], f * 1e6,
+           q * 1e6, q / f);
+  }
+  return 0;
+}
