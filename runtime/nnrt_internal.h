@@ -10,6 +10,7 @@
 #ifndef NNRT_INTERNAL_H
 #define NNRT_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -215,8 +216,8 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
 /* Copies rows[0..n) of data into X (scaling stored bytes) and Y when data has targets. */
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io);
 double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */
-/* Sum of squares of n elements: non-finite when any element is (cheap finiteness test). */
-double nnrt_sum_squares(const void *base, int64_t n, int64_t elem_size);
+/* Whether none of n elements (f32 or f64 by elem_size) is inf or NaN. */
+bool nnrt_all_finite(const void *base, int64_t n, int64_t elem_size);
 int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name); /* -1: no such name */
 const char *nnrt_dtype_name(int64_t elem_size); /* "f32" or "f64" */
 /* "f32[2,8]" into buf. */

@@ -330,9 +330,8 @@ static void epoch_row(const Run *r, const NnMetrics *t, const NnMetrics *v, char
 static const char *bad_gradient(const NnModelDesc *d, void *const *io) {
   for (int64_t k = 0; k < d->n_params; k++) {
     const NnParamInfo *p = &d->params[k];
-    double s = nnrt_sum_squares((const char *)io[NN_IO_GRAD] + p->offset * d->elem_size,
-                                p->size, d->elem_size);
-    if (!isfinite(s))
+    if (!nnrt_all_finite((const char *)io[NN_IO_GRAD] + p->offset * d->elem_size, p->size,
+                         d->elem_size))
       return p->name;
   }
   return "?";
@@ -362,7 +361,7 @@ static const char *nonfinite(const Run *r, double loss, char *buf, size_t cap) {
     snprintf(buf, cap, "loss is %s", isnan(loss) ? "nan" : loss > 0 ? "inf" : "-inf");
     return buf;
   }
-  if (isfinite(nnrt_sum_squares(r->io[NN_IO_GRAD], d->param_size, d->elem_size)))
+  if (nnrt_all_finite(r->io[NN_IO_GRAD], d->param_size, d->elem_size))
     return NULL;
   snprintf(buf, cap, "the gradient of '%s' is not finite", bad_gradient(d, r->io));
   return buf;
@@ -525,8 +524,8 @@ static void best_path(const char *save, char *buf, size_t cap) {
 
 static void save_to(Run *r, const char *path) {
   const NnModelDesc *d = r->d;
-  if (!isfinite(nnrt_sum_squares(r->io[NN_IO_PARAM], d->param_size, d->elem_size)) ||
-      !isfinite(nnrt_sum_squares(r->io[NN_IO_STATE], d->state_size, d->elem_size))) {
+  if (!nnrt_all_finite(r->io[NN_IO_PARAM], d->param_size, d->elem_size) ||
+      !nnrt_all_finite(r->io[NN_IO_STATE], d->state_size, d->elem_size)) {
     char kept[160] = "";
     if (r->saved_epoch >= 0)
       snprintf(kept, sizeof kept, " (it keeps epoch %lld)", (long long)r->saved_epoch);
