@@ -166,6 +166,27 @@ static void if_end(Gemm *g, GIf *f) { /* also closes an if without an else */
   LLVMPositionBuilderAtEnd(g->b, f->join);
 }
 
+/* The tasks 0..count-1 of a job, each taken from the atomic counter at `next` (set to 0 by the
+ * caller) by whichever worker comes first: the builder is in the body, at task `i`, until
+ * tasks_end. A worker that joins late finds the tasks gone (runtime/pool.c). */
+static TaskLoop tasks_begin(Gemm *g, LLVMValueRef next, LLVMValueRef count) {
+  TaskLoop t = {.head = block(g, "task")};
+  LLVMBasicBlockRef body = block(g, "task.body");
+  t.done = block(g, "tasks.done");
+  LLVMBuildBr(g->b, t.head);
+  LLVMPositionBuilderAtEnd(g->b, t.head);
+  t.i = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, next, c64(g, 1),
+                           LLVMAtomicOrderingMonotonic, 0);
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, t.i, count, ""), body, t.done);
+  LLVMPositionBuilderAtEnd(g->b, body);
+  return t;
+}
+
+static void tasks_end(Gemm *g, const TaskLoop *t) {
+  LLVMBuildBr(g->b, t->head);
+  LLVMPositionBuilderAtEnd(g->b, t->done);
+}
+
 static LLVMValueRef function(Gemm *g, const char *name, LLVMTypeRef *params, unsigned n) {
   LLVMValueRef fn = LLVMAddFunction(g->mod, name, LLVMFunctionType(g->vd, params, n, 0));
   LLVMSetLinkage(fn, LLVMInternalLinkage); /* local, but named in profiles */
@@ -404,13 +425,8 @@ static void emit_work(Gemm *g) {
   LLVMValueRef per = mul(g, v[J_MBLK], v[J_NBLK]);
   LLVMValueRef tasks = mul(g, v[J_BATCH], per);
 
-  LLVMBasicBlockRef head = block(g, "task"), body = block(g, "task.body"), done = block(g, "done");
-  LLVMBuildBr(g->b, head);
-  LLVMPositionBuilderAtEnd(g->b, head);
-  LLVMValueRef t = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, J_NEXT),
-                                      c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
-  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, t, tasks, ""), body, done);
-  LLVMPositionBuilderAtEnd(g->b, body);
+  TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks);
+  LLVMValueRef t = task.i;
   LLVMValueRef bi = LLVMBuildSDiv(g->b, t, per, ""), r = sub(g, t, mul(g, bi, per));
   LLVMValueRef mi = LLVMBuildSDiv(g->b, r, v[J_NBLK], ""), ni = sub(g, r, mul(g, mi, v[J_NBLK]));
   LLVMValueRef m0 = mul(g, mi, v[J_MROWS]), n0 = mul(g, ni, v[J_NCOLS]);
@@ -444,8 +460,10 @@ static void emit_work(Gemm *g) {
   LLVMValueRef k1 = add(g, k0, c64(g, KC));
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
   LLVMAddIncoming(k0, &k1, &latch, 1);
-  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k1, v[J_K], ""), kb, head);
-  LLVMPositionBuilderAtEnd(g->b, done);
+  LLVMBasicBlockRef kdone = block(g, "kblock.done");
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k1, v[J_K], ""), kb, kdone);
+  LLVMPositionBuilderAtEnd(g->b, kdone);
+  tasks_end(g, &task);
   LLVMBuildRetVoid(g->b);
 }
 
@@ -478,6 +496,39 @@ static LLVMValueRef workers_of(Gemm *g, LLVMValueRef threads) {
   LLVMAddIncoming(phi, &n, &from, 1);
   LLVMAddIncoming(phi, &one, &none, 1);
   return max64(g, phi, one);
+}
+
+/* ---- the same for lower_llvm.c's own parallel loops, at its builder b ---- */
+
+TaskLoop lower_tasks_begin(Gemm *g, LLVMBuilderRef b, LLVMValueRef next, LLVMValueRef count) {
+  LLVMBuilderRef own = g->b;
+  g->b = b;
+  TaskLoop t = tasks_begin(g, next, count);
+  g->b = own;
+  return t;
+}
+
+void lower_tasks_end(Gemm *g, LLVMBuilderRef b, const TaskLoop *t) {
+  LLVMBuilderRef own = g->b;
+  g->b = b;
+  tasks_end(g, t);
+  g->b = own;
+}
+
+LLVMValueRef lower_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef threads) {
+  LLVMBuilderRef own = g->b;
+  g->b = b;
+  LLVMValueRef n = workers_of(g, threads);
+  g->b = own;
+  return n;
+}
+
+void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRef job,
+                       LLVMValueRef threads, LLVMValueRef parallel) {
+  LLVMBuilderRef own = g->b;
+  g->b = b;
+  dispatch(g, work, job, threads, parallel);
+  g->b = own;
 }
 
 /* nn.gemm(job, threads): the blocking, then the work. Blocks are as large as the scratch
@@ -766,14 +817,8 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     LLVMValueRef base = get(g, J, job, CJ_SCRATCH), sstride = get(g, J, job, CJ_SSTRIDE);
     LLVMValueRef workers = get(g, J, job, CJ_WORKERS);
     LLVMValueRef rest = at(g, scr, c64(g, round16(q->T * q->C * q->F)));
-    LLVMBasicBlockRef head = block(g, "share"), body = block(g, "share.body");
-    LLVMBasicBlockRef done = block(g, "done");
-    LLVMBuildBr(g->b, head);
-    LLVMPositionBuilderAtEnd(g->b, head);
-    LLVMValueRef k = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, CJ_NEXT),
-                                        c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
-    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k, workers, ""), body, done);
-    LLVMPositionBuilderAtEnd(g->b, body);
+    TaskLoop share_k = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), workers);
+    LLVMValueRef k = share_k.i;
     LLVMValueRef lo = share(g, k, batch, workers);
     LLVMValueRef hi = share(g, add(g, k, c64(g, 1)), batch, workers);
     LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
@@ -781,20 +826,11 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
     conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""));
     loop_end(g, &ls);
-    LLVMBuildBr(g->b, head);
-    LLVMPositionBuilderAtEnd(g->b, done);
+    tasks_end(g, &share_k);
   } else { /* samples handed out one at a time */
-    LLVMBasicBlockRef head = block(g, "sample"), body = block(g, "sample.body");
-    LLVMBasicBlockRef done = block(g, "done");
-    LLVMBuildBr(g->b, head);
-    LLVMPositionBuilderAtEnd(g->b, head);
-    LLVMValueRef s = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, field_ptr(g, J, job, CJ_NEXT),
-                                        c64(g, 1), LLVMAtomicOrderingMonotonic, 0);
-    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, s, batch, ""), body, done);
-    LLVMPositionBuilderAtEnd(g->b, body);
-    conv_sample(g, n, q, s, p, scr, NULL, NULL);
-    LLVMBuildBr(g->b, head);
-    LLVMPositionBuilderAtEnd(g->b, done);
+    TaskLoop sample = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), batch);
+    conv_sample(g, n, q, sample.i, p, scr, NULL, NULL);
+    tasks_end(g, &sample);
   }
   LLVMBuildRetVoid(g->b);
   return fn;

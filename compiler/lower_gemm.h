@@ -49,6 +49,21 @@ void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef 
 void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
                      LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
                      LLVMValueRef scratch);
+/* Parallel work for lower_llvm.c's loops, with the GEMM's machinery. A job is a struct the
+ * caller fills on its stack; its work function, void (ptr job, i64 worker), runs on every
+ * worker and takes tasks 0..count-1 from an atomic i64 counter in the job (set to 0 first):
+ * between lower_tasks_begin and lower_tasks_end the builder is in the body, at task `i`. */
+typedef struct TaskLoop {
+  LLVMValueRef i;                 /* the task taken */
+  LLVMBasicBlockRef head, done;   /* the take-next block, the way out */
+} TaskLoop;
+TaskLoop lower_tasks_begin(Gemm *g, LLVMBuilderRef b, LLVMValueRef next, LLVMValueRef count);
+void lower_tasks_end(Gemm *g, LLVMBuilderRef b, const TaskLoop *t);
+/* The workers of io's `threads` (1 when it is NULL). */
+LLVMValueRef lower_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef threads);
+/* work(job, w) on every worker of `threads` when `parallel` (an i1), else work(job, 0). */
+void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRef job,
+                       LLVMValueRef threads, LLVMValueRef parallel);
 /* Sets nn.scratch.bytes once every kernel is emitted; returns the bytes. */
 int64_t lower_gemm_finish(Gemm *g);
 

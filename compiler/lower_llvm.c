@@ -28,6 +28,17 @@
 enum {
   MAX_LOOPS = MAX_RANK + 2, /* matmul: leading dims, then m, k, n */
   MAX_OPERANDS = FUSE_MAX_PORTS, /* a fused loop's stores and reads (fuse.c bounds them) */
+  SPLIT_ELEMS = 1 << 16, /* a loop nest over fewer elements is not worth waking threads for */
+  TASK_ELEMS = 1 << 13,  /* elements of one task of a split nest: enough to outweigh taking it */
+};
+
+/* Fields of %nn.split.job, what a loop nest split across threads reads. ORDER SPLITJOB */
+enum {
+  SJ_IO, SJ_BATCH,        /* the kernel's arguments */
+  SJ_NEXT, SJ_TASKS,      /* the next task to take (atomic), and how many there are */
+  SJ_ROWS,                /* iterations of the outer loop per task */
+  SJ_BASE,                /* the nest's operand pointers, MAX_OPERANDS of them */
+  SJ_COUNT = SJ_BASE + MAX_OPERANDS
 };
 
 /* Names of the io slots, for readable IR. ORDER IO */
@@ -55,8 +66,14 @@ typedef struct Lower {
   LLVMValueRef *at;                  /* by node id: pointer to a materialised node's data */
   char tag[32];                      /* what the loops being emitted compute: "n7", "out" */
   LLVMValueRef ivar[MAX_LOOPS];      /* the counters of the loops around a nest's body */
+  unsigned regions;                  /* the io regions the kernel being emitted loads */
+  const bool *need;                  /* by node id: the kernel being emitted needs it */
+  LLVMValueRef *split_val, *split_at; /* val and at while emitting a split nest's function */
+  LLVMTypeRef split_job;             /* %nn.split.job */
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
   bool apart;                        /* emitting a group function: no node ids in names */
+  const Node **apart_scalars;        /* n_apart_scalars scalars the group function computes */
+  int n_apart_scalars;
   struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */
   int n_group_fns;
   char *text;                        /* text_cap bytes: the text of the group function made last */
@@ -155,6 +172,18 @@ static LLVMValueRef bool_to_elem(Lower *L, LLVMValueRef c) {
   return LLVMBuildUIToFP(L->b, c, L->elem, "");
 }
 
+/* A stack slot for a value carried across loop iterations (SROA makes it a register). */
+static LLVMValueRef entry_slot(Lower *L, LLVMTypeRef ty, const char *name) {
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fn);
+  LLVMBuilderRef eb = LLVMCreateBuilderInContext(L->ctx);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first) LLVMPositionBuilderBefore(eb, first);
+  else LLVMPositionBuilderAtEnd(eb, entry);
+  LLVMValueRef slot = LLVMBuildAlloca(eb, ty, name);
+  LLVMDisposeBuilder(eb);
+  return slot;
+}
+
 /* ============================== shapes → loops ============================== */
 
 /* A loop trip count: n, times the runtime batch when `batch`. */
@@ -214,6 +243,7 @@ typedef struct Nest {
   int n_ops;
   LLVMValueRef base[MAX_OPERANDS];
   int64_t stride[MAX_OPERANDS][MAX_LOOPS];
+  LLVMValueRef lo0, hi0;  /* when set, loop 0 runs over [lo0, hi0) only: one task's share */
 } Nest;
 
 typedef void (*NestBody)(Lower *L, LLVMValueRef ptr[], const void *ctx);
@@ -269,7 +299,8 @@ static void nest_level(Lower *L, const Nest *t, int d, LLVMValueRef off[], NestB
   }
   char name[16], blk[64];
   snprintf(name, sizeof name, "i%d", d);
-  LLVMValueRef bound = extent_value(L, t->ext[d]);
+  bool share = d == 0 && t->lo0;
+  LLVMValueRef bound = share ? t->hi0 : extent_value(L, t->ext[d]);
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(L->b);
   snprintf(blk, sizeof blk, "%s.head.%s", L->tag, name);
   LLVMBasicBlockRef head = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
@@ -296,8 +327,8 @@ static void nest_level(Lower *L, const Nest *t, int d, LLVMValueRef off[], NestB
   LLVMValueRef next = LLVMBuildNSWAdd(L->b, i, i64c(L, 1), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(L->b);
   LLVMBuildBr(L->b, head);
-  LLVMValueRef zero = i64c(L, 0);
-  LLVMAddIncoming(i, &zero, &pre, 1);
+  LLVMValueRef start = share ? t->lo0 : i64c(L, 0);
+  LLVMAddIncoming(i, &start, &pre, 1);
   LLVMAddIncoming(i, &next, &latch, 1);
   LLVMPositionBuilderAtEnd(L->b, exit);
 }
@@ -307,6 +338,112 @@ static void emit_nest(Lower *L, Nest t, NestBody body, const void *ctx) {
   nest_simplify(&t);
   LLVMValueRef off[MAX_OPERANDS] = {0}; /* NULL = offset 0 */
   nest_level(L, &t, 0, off, body, ctx);
+}
+
+/* ---- a nest split across threads ----
+ * The outer loop is cut into tasks of about TASK_ELEMS elements, which the runtime's workers
+ * take from an atomic counter (lower_gemm.c's machinery); the nest becomes a function of its
+ * own, nn_grad.g7(job, worker), that reads the kernel's arguments and the operands' pointers
+ * from a job on the kernel's stack. Each element is still computed by one worker in the same
+ * order, so results do not depend on the thread count. */
+
+static void bind_regions(Lower *L, LLVMValueRef io);
+static void rebind_scalars(Lower *L, const Graph *g, const bool *need);
+static LLVMValueRef lower_scalar(Lower *L, const Node *n);
+static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn);
+
+static LLVMValueRef split_field(Lower *L, LLVMValueRef job, int f) {
+  return LLVMBuildStructGEP2(L->b, L->split_job, job, (unsigned)f, "");
+}
+
+static LLVMValueRef split_get(Lower *L, LLVMValueRef job, int f) {
+  return LLVMBuildLoad2(L->b, LLVMStructGetTypeAtIndex(L->split_job, (unsigned)f),
+                        split_field(L, job, f), "");
+}
+
+static LLVMValueRef cdiv_i64(Lower *L, LLVMValueRef a, int64_t k) {
+  return LLVMBuildSDiv(L->b, LLVMBuildNSWAdd(L->b, a, i64c(L, k - 1), ""), i64c(L, k), "");
+}
+
+/* The function of a split nest: task by task, loop 0 over the task's rows. */
+static LLVMValueRef split_function(Lower *L, const Nest *t, int64_t rows, NestBody body,
+                                   const void *ctx) {
+  char name[96];
+  snprintf(name, sizeof name, "%s.%s", LLVMGetValueName(L->fn), L->tag);
+  LLVMTypeRef params[2] = {L->ptr, L->i64};
+  LLVMValueRef fn = LLVMAddFunction(L->mod, name, LLVMFunctionType(L->vd, params, 2, 0));
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateEnumAttribute(L->ctx,
+                                                  LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
+  /* emit it as if it were the kernel, then come back */
+  LLVMBasicBlockRef back = LLVMGetInsertBlock(L->b);
+  LLVMValueRef kernel = L->fn, batch = L->batch, *val = L->val, *at = L->at;
+  LLVMValueRef region[NN_IO_COUNT];
+  memcpy(region, L->region, sizeof region);
+  L->fn = fn, L->val = L->split_val, L->at = L->split_at;
+  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
+  LLVMValueRef job = LLVMGetParam(fn, 0);
+  L->batch = split_get(L, job, SJ_BATCH);
+  bind_regions(L, split_get(L, job, SJ_IO));
+  if (L->apart) { /* only the group function's scalars: its regions are only the group's */
+    memset(L->at, 0, sizeof *L->at * ((size_t)L->g->n_nodes + 1));
+    for (int j = 0; j < L->n_apart_scalars; j++)
+      L->val[L->apart_scalars[j]->id] = lower_scalar(L, L->apart_scalars[j]);
+  } else {
+    rebind_scalars(L, L->g, L->need);
+  }
+  Nest part = *t;
+  for (int k = 0; k < t->n_ops; k++)
+    if (t->base[k]) part.base[k] = split_get(L, job, SJ_BASE + k);
+  TaskLoop task = lower_tasks_begin(&L->gemm, L->b, split_field(L, job, SJ_NEXT),
+                                    split_get(L, job, SJ_TASKS));
+  part.lo0 = LLVMBuildNSWMul(L->b, task.i, i64c(L, rows), "lo");
+  LLVMValueRef hi = LLVMBuildNSWAdd(L->b, part.lo0, i64c(L, rows), ""),
+               end = extent_value(L, t->ext[0]);
+  part.hi0 = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, hi, end, ""), hi, end, "hi");
+  LLVMValueRef off[MAX_OPERANDS] = {0};
+  nest_level(L, &part, 0, off, body, ctx);
+  lower_tasks_end(&L->gemm, L->b, &task);
+  LLVMBuildRetVoid(L->b);
+  L->fn = kernel, L->batch = batch, L->val = val, L->at = at;
+  memcpy(L->region, region, sizeof region);
+  LLVMPositionBuilderAtEnd(L->b, back);
+  /* in a group function, one split function per code too, so that group functions alike
+   * call the same one and stay alike (same_group_fn) */
+  return L->apart ? same_group_fn(L, fn) : fn;
+}
+
+/* Emits nest t split across threads when it can be that large, and returns true; false when
+ * it is too small to pay, or when an operand that accumulates (accum[k]: a reduction's
+ * result) does not move along the outer loop, so that two tasks would add into one element. */
+static bool emit_nest_split(Lower *L, Nest t, NestBody body, const void *ctx,
+                            const bool accum[]) {
+  nest_simplify(&t);
+  if (t.depth == 0) return false;
+  int64_t inner = 1;
+  for (int d = 1; d < t.depth; d++) inner *= t.ext[d].n; /* only loop 0 scales with the batch */
+  int64_t batch = L->u->batch > 1 ? L->u->batch : 1;
+  if (t.ext[0].n * inner * (t.ext[0].batch ? batch : 1) < SPLIT_ELEMS) return false;
+  for (int k = 0; k < t.n_ops; k++)
+    if (accum[k] && t.stride[k][0] == 0) return false;
+  int64_t rows = TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1;
+  LLVMValueRef fn = split_function(L, &t, rows, body, ctx);
+  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
+  LLVMValueRef outer = extent_value(L, t.ext[0]), tasks = cdiv_i64(L, outer, rows);
+  LLVMValueRef v[SJ_BASE] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks, i64c(L, rows)};
+  for (int f = 0; f < SJ_BASE; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
+  for (int k = 0; k < t.n_ops; k++)
+    if (t.base[k]) LLVMBuildStore(L->b, t.base[k], split_field(L, job, SJ_BASE + k));
+  LLVMValueRef threads = L->region[NN_IO_THREADS];
+  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
+  LLVMValueRef big = LLVMBuildICmp(L->b, LLVMIntSGE, LLVMBuildNSWMul(L->b, outer, i64c(L, inner), ""),
+                                   i64c(L, SPLIT_ELEMS), "");
+  LLVMValueRef parallel = LLVMBuildAnd(L->b, big, LLVMBuildAnd(L->b,
+      LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""),
+      LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), ""), "");
+  lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
+  return true;
 }
 
 /* ============================== loop bodies ============================== */
@@ -810,18 +947,6 @@ static void if_close(Lower *L, LLVMBasicBlockRef join) {
   LLVMPositionBuilderAtEnd(L->b, join);
 }
 
-/* A stack slot for a value carried across loop iterations (SROA makes it a register). */
-static LLVMValueRef entry_slot(Lower *L, LLVMTypeRef ty, const char *name) {
-  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fn);
-  LLVMBuilderRef eb = LLVMCreateBuilderInContext(L->ctx);
-  LLVMValueRef first = LLVMGetFirstInstruction(entry);
-  if (first) LLVMPositionBuilderBefore(eb, first);
-  else LLVMPositionBuilderAtEnd(eb, entry);
-  LLVMValueRef slot = LLVMBuildAlloca(eb, ty, name);
-  LLVMDisposeBuilder(eb);
-  return slot;
-}
-
 static LLVMValueRef ix_mul(Lower *L, LLVMValueRef a, int64_t k) {
   return k == 1 ? a : LLVMBuildNSWMul(L->b, a, i64c(L, k), "");
 }
@@ -1306,7 +1431,10 @@ static void lower_loop_group(Lower *L, int gi, const bool *need) {
       loop_strides(s->shape, seen, m->op == OP_RESHAPE, G, t.stride[op]);
     }
   }
-  emit_nest(L, t, loop_body, &c);
+  bool accum[MAX_OPERANDS] = {0};
+  for (int i = 0; i < nm; i++)
+    if (c.store[i] >= 0 && class_of(G->members[i]) == CLASS_REDUCE) accum[c.store[i]] = true;
+  if (!emit_nest_split(L, t, loop_body, &c, accum)) emit_nest(L, t, loop_body, &c);
 }
 
 static void lower_node(Lower *L, const Node *n) {
@@ -1416,19 +1544,24 @@ static unsigned mark_needed(const Graph *g, unsigned io_mask, bool *need) {
  * tensors live, so a T-step scan costs LLVM one step's code plus T steps of calls. */
 enum { PART_NODES = 64, PART_ABOVE = 256 /* needed nodes before a kernel is split */ };
 
-/* Starts emitting into fn (io, batch): its entry block, and the regions' base pointers. */
-static void begin_fn(Lower *L, LLVMValueRef fn, unsigned regions) {
-  L->fn = fn;
-  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
-  LLVMValueRef io = LLVMGetParam(fn, 0);
-  L->batch = LLVMGetParam(fn, 1);
+/* Loads the base pointers of the kernel's regions from io. */
+static void bind_regions(Lower *L, LLVMValueRef io) {
   memset(L->region, 0, sizeof L->region);
   for (int r = 0; r < NN_IO_COUNT; r++) {
-    if (!(regions & (1u << r))) continue;
+    if (!(L->regions & (1u << r))) continue;
     LLVMValueRef idx = i64c(L, r);
     LLVMValueRef slot = r ? LLVMBuildInBoundsGEP2(L->b, L->ptr, io, &idx, 1, "") : io;
     L->region[r] = LLVMBuildLoad2(L->b, L->ptr, slot, region_name[r]);
   }
+}
+
+/* Starts emitting into fn (io, batch): its entry block, and the regions' base pointers. */
+static void begin_fn(Lower *L, LLVMValueRef fn, unsigned regions) {
+  L->fn = fn;
+  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
+  L->batch = LLVMGetParam(fn, 1);
+  L->regions = regions;
+  bind_regions(L, LLVMGetParam(fn, 0));
 }
 
 /* Values made in one function are not visible in another: forget the node pointers and
@@ -1543,8 +1676,9 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
   memcpy(caller_region, L->region, sizeof caller_region);
   LLVMValueRef *caller_at = xalloc(sizeof *caller_at * (size_t)nt);
   LLVMValueRef *caller_val = xalloc(sizeof *caller_val * (size_t)(ns + 1));
-  begin_fn(L, fn, regions);
+  begin_fn(L, fn, regions | 1u << NN_IO_THREADS); /* threads: for split nests */
   L->apart = true;
+  L->apart_scalars = scalars, L->n_apart_scalars = ns;
   for (int j = 0; j < nt; j++) caller_at[j] = L->at[touch[j]->id];
   for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)j + 2);
   for (int j = 0; j < ns; j++) caller_val[j] = L->val[scalars[j]->id];
@@ -1575,8 +1709,11 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
     return kernel;
   }
   bool *need = xalloc((size_t)g->n_nodes + 1);
-  unsigned regions = mark_needed(g, io_mask, need);
+  unsigned regions = mark_needed(g, io_mask, need) | 1u << NN_IO_THREADS; /* for split nests */
   begin_fn(L, kernel, regions);
+  L->need = need;
+  L->split_val = xalloc(sizeof *L->split_val * ((size_t)g->n_nodes + 1));
+  L->split_at = xalloc(sizeof *L->split_at * ((size_t)g->n_nodes + 1));
   LLVMBasicBlockRef kernel_block = LLVMGetInsertBlock(L->b);
   LLVMValueRef kernel_region[NN_IO_COUNT], kernel_batch = L->batch;
   memcpy(kernel_region, L->region, sizeof kernel_region);
@@ -1991,6 +2128,10 @@ static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
   lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
+  LLVMTypeRef sj[SJ_COUNT];
+  for (int f = 0; f < SJ_COUNT; f++) sj[f] = f == SJ_IO || f >= SJ_BASE ? L->ptr : L->i64;
+  L->split_job = LLVMStructCreateNamed(L->ctx, "nn.split.job");
+  LLVMStructSetBody(L->split_job, sj, SJ_COUNT, 0);
   const Graph *infer = quant_forward_graph(u); /* eval and predict: inference mode */
   LLVMValueRef *step_kernel = xalloc(sizeof *step_kernel * (size_t)(2 * u->n_steps + 1));
   for (int k = 0; k < u->n_steps; k++) { /* grad and update of each step: nn_grad_d, ... */
