@@ -36,7 +36,6 @@ enum {
 enum {
   SJ_IO, SJ_BATCH,        /* the kernel's arguments */
   SJ_NEXT, SJ_TASKS,      /* the next task to take (atomic), and how many there are */
-  SJ_ROWS,                /* iterations of the outer loop per task */
   SJ_BASE,                /* the nest's operand pointers, MAX_OPERANDS of them */
   SJ_COUNT = SJ_BASE + MAX_OPERANDS
 };
@@ -365,9 +364,18 @@ static LLVMValueRef cdiv_i64(Lower *L, LLVMValueRef a, int64_t k) {
   return LLVMBuildSDiv(L->b, LLVMBuildNSWAdd(L->b, a, i64c(L, k - 1), ""), i64c(L, k), "");
 }
 
-/* The function of a split nest: task by task, loop 0 over the task's rows. */
-static LLVMValueRef split_function(Lower *L, const Nest *t, int64_t rows, NestBody body,
-                                   const void *ctx) {
+/* What one task of a split loop does: iterations [lo, hi) of the outer loop, in the split
+ * function, whose job is `job`. */
+typedef void (*SplitBody)(Lower *L, LLVMValueRef job, LLVMValueRef lo, LLVMValueRef hi,
+                          const void *ctx);
+
+/* Emits at the builder's position the outer loop over `outer` iterations, cut into tasks of
+ * `rows`, as a function of its own, and its call: by every worker of io's threads when the
+ * loop has at least SPLIT_ELEMS elements (`inner` per outer iteration) and there are two
+ * workers and two tasks, else by the caller alone. `bases`: pointers of the caller's for the
+ * job (NULL: none). */
+static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, SplitBody body,
+                       const void *ctx, const LLVMValueRef bases[MAX_OPERANDS]) {
   char name[96];
   snprintf(name, sizeof name, "%s.%s", LLVMGetValueName(L->fn), L->tag);
   LLVMTypeRef params[2] = {L->ptr, L->i64};
@@ -376,16 +384,16 @@ static LLVMValueRef split_function(Lower *L, const Nest *t, int64_t rows, NestBo
   LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
                           LLVMCreateEnumAttribute(L->ctx,
                                                   LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
-  /* emit it as if it were the kernel, then come back */
+  /* the function, emitted as if it were the kernel; then back to the caller */
   LLVMBasicBlockRef back = LLVMGetInsertBlock(L->b);
   LLVMValueRef kernel = L->fn, batch = L->batch, *val = L->val, *at = L->at;
   LLVMValueRef region[NN_IO_COUNT];
   memcpy(region, L->region, sizeof region);
   L->fn = fn, L->val = L->split_val, L->at = L->split_at;
   LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
-  LLVMValueRef job = LLVMGetParam(fn, 0);
-  L->batch = split_get(L, job, SJ_BATCH);
-  bind_regions(L, split_get(L, job, SJ_IO));
+  LLVMValueRef fjob = LLVMGetParam(fn, 0);
+  L->batch = split_get(L, fjob, SJ_BATCH);
+  bind_regions(L, split_get(L, fjob, SJ_IO));
   if (L->apart) { /* only the group function's scalars: its regions are only the group's */
     memset(L->at, 0, sizeof *L->at * ((size_t)L->g->n_nodes + 1));
     for (int j = 0; j < L->n_apart_scalars; j++)
@@ -393,17 +401,13 @@ static LLVMValueRef split_function(Lower *L, const Nest *t, int64_t rows, NestBo
   } else {
     rebind_scalars(L, L->g, L->need);
   }
-  Nest part = *t;
-  for (int k = 0; k < t->n_ops; k++)
-    if (t->base[k]) part.base[k] = split_get(L, job, SJ_BASE + k);
-  TaskLoop task = lower_tasks_begin(&L->gemm, L->b, split_field(L, job, SJ_NEXT),
-                                    split_get(L, job, SJ_TASKS));
-  part.lo0 = LLVMBuildNSWMul(L->b, task.i, i64c(L, rows), "lo");
-  LLVMValueRef hi = LLVMBuildNSWAdd(L->b, part.lo0, i64c(L, rows), ""),
-               end = extent_value(L, t->ext[0]);
-  part.hi0 = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, hi, end, ""), hi, end, "hi");
-  LLVMValueRef off[MAX_OPERANDS] = {0};
-  nest_level(L, &part, 0, off, body, ctx);
+  LLVMValueRef end = extent_value(L, outer);
+  TaskLoop task = lower_tasks_begin(&L->gemm, L->b, split_field(L, fjob, SJ_NEXT),
+                                    split_get(L, fjob, SJ_TASKS));
+  LLVMValueRef lo = LLVMBuildNSWMul(L->b, task.i, i64c(L, rows), "lo");
+  LLVMValueRef hi = LLVMBuildNSWAdd(L->b, lo, i64c(L, rows), "");
+  hi = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, hi, end, ""), hi, end, "hi");
+  body(L, fjob, lo, hi, ctx);
   lower_tasks_end(&L->gemm, L->b, &task);
   LLVMBuildRetVoid(L->b);
   L->fn = kernel, L->batch = batch, L->val = val, L->at = at;
@@ -411,7 +415,42 @@ static LLVMValueRef split_function(Lower *L, const Nest *t, int64_t rows, NestBo
   LLVMPositionBuilderAtEnd(L->b, back);
   /* in a group function, one split function per code too, so that group functions alike
    * call the same one and stay alike (same_group_fn) */
-  return L->apart ? same_group_fn(L, fn) : fn;
+  if (L->apart) fn = same_group_fn(L, fn);
+
+  /* the caller's side: the job, and the call */
+  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
+  LLVMValueRef count = extent_value(L, outer), tasks = cdiv_i64(L, count, rows);
+  LLVMValueRef v[SJ_BASE] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks};
+  for (int f = 0; f < SJ_BASE; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
+  for (int k = 0; bases && k < MAX_OPERANDS; k++)
+    if (bases[k]) LLVMBuildStore(L->b, bases[k], split_field(L, job, SJ_BASE + k));
+  LLVMValueRef threads = L->region[NN_IO_THREADS];
+  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
+  LLVMValueRef elems = LLVMBuildNSWMul(L->b, count, i64c(L, inner), "");
+  LLVMValueRef parallel = LLVMBuildICmp(L->b, LLVMIntSGE, elems, i64c(L, SPLIT_ELEMS), "");
+  parallel = LLVMBuildAnd(L->b, parallel,
+                          LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""), "");
+  parallel = LLVMBuildAnd(L->b, parallel,
+                          LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), "");
+  lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
+}
+
+typedef struct NestTask {
+  const Nest *t;
+  NestBody body;
+  const void *ctx;
+} NestTask;
+
+/* A task of a split nest: loop 0 over [lo, hi), the operands' pointers from the job. */
+static void nest_task(Lower *L, LLVMValueRef job, LLVMValueRef lo, LLVMValueRef hi,
+                      const void *ctx) {
+  const NestTask *nt = ctx;
+  Nest part = *nt->t;
+  for (int k = 0; k < part.n_ops; k++)
+    if (part.base[k]) part.base[k] = split_get(L, job, SJ_BASE + k);
+  part.lo0 = lo, part.hi0 = hi;
+  LLVMValueRef off[MAX_OPERANDS] = {0};
+  nest_level(L, &part, 0, off, nt->body, nt->ctx);
 }
 
 /* Emits nest t split across threads when it can be that large, and returns true; false when
@@ -427,22 +466,9 @@ static bool emit_nest_split(Lower *L, Nest t, NestBody body, const void *ctx,
   if (t.ext[0].n * inner * (t.ext[0].batch ? batch : 1) < SPLIT_ELEMS) return false;
   for (int k = 0; k < t.n_ops; k++)
     if (accum[k] && t.stride[k][0] == 0) return false;
-  int64_t rows = TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1;
-  LLVMValueRef fn = split_function(L, &t, rows, body, ctx);
-  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
-  LLVMValueRef outer = extent_value(L, t.ext[0]), tasks = cdiv_i64(L, outer, rows);
-  LLVMValueRef v[SJ_BASE] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks, i64c(L, rows)};
-  for (int f = 0; f < SJ_BASE; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
-  for (int k = 0; k < t.n_ops; k++)
-    if (t.base[k]) LLVMBuildStore(L->b, t.base[k], split_field(L, job, SJ_BASE + k));
-  LLVMValueRef threads = L->region[NN_IO_THREADS];
-  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
-  LLVMValueRef big = LLVMBuildICmp(L->b, LLVMIntSGE, LLVMBuildNSWMul(L->b, outer, i64c(L, inner), ""),
-                                   i64c(L, SPLIT_ELEMS), "");
-  LLVMValueRef parallel = LLVMBuildAnd(L->b, big, LLVMBuildAnd(L->b,
-      LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""),
-      LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), ""), "");
-  lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
+  NestTask nt = {&t, body, ctx};
+  emit_split(L, t.ext[0], TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1, inner, nest_task, &nt,
+             t.base);
   return true;
 }
 
@@ -900,11 +926,13 @@ static void lower_matmul(Lower *L, const Node *n) {
 /* A counted loop, i = 0 .. bound-1; the builder is in its body until loop_close. */
 typedef struct Loop {
   LLVMValueRef i;                      /* the induction variable */
+  LLVMValueRef from;                   /* its first value */
   LLVMBasicBlockRef pre, head, exit;   /* the block before the loop, the test, the way out */
 } Loop;
 
-static Loop loop_open(Lower *L, LLVMValueRef bound, const char *name) {
-  Loop lp = {.pre = LLVMGetInsertBlock(L->b)};
+/* i = from .. bound-1 */
+static Loop loop_range(Lower *L, LLVMValueRef from, LLVMValueRef bound, const char *name) {
+  Loop lp = {.pre = LLVMGetInsertBlock(L->b), .from = from};
   char blk[64];
   snprintf(blk, sizeof blk, "%s.head.%s", L->tag, name);
   lp.head = LLVMAppendBasicBlockInContext(L->ctx, L->fn, blk);
@@ -920,12 +948,15 @@ static Loop loop_open(Lower *L, LLVMValueRef bound, const char *name) {
   return lp;
 }
 
+static Loop loop_open(Lower *L, LLVMValueRef bound, const char *name) {
+  return loop_range(L, i64c(L, 0), bound, name);
+}
+
 static void loop_close(Lower *L, Loop *lp) {
   LLVMValueRef next = LLVMBuildNSWAdd(L->b, lp->i, i64c(L, 1), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(L->b);
   LLVMBuildBr(L->b, lp->head);
-  LLVMValueRef zero = i64c(L, 0);
-  LLVMAddIncoming(lp->i, &zero, &lp->pre, 1);
+  LLVMAddIncoming(lp->i, &lp->from, &lp->pre, 1);
   LLVMAddIncoming(lp->i, &next, &latch, 1);
   LLVMPositionBuilderAtEnd(L->b, lp->exit);
 }
@@ -982,13 +1013,15 @@ static void axpy(Lower *L, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef src, i
 typedef struct Win {
   const ConvAttr *c;                /* the op's geometry */
   Shape img, out;                   /* [B,H,W,·] the image side (x or dx); [B,OH,OW,·] */
+  LLVMValueRef lo, hi;              /* the samples [lo, hi) (one task's), or NULL: all */
   Loop b, oh, ow, kh, kw;
   LLVMBasicBlockRef h_in, w_in;     /* joins of the padding tests; NULL when none is needed */
   LLVMValueRef ih, iw;              /* the tap's position in the image */
 } Win;
 
 static void positions_open(Lower *L, Win *v) {
-  v->b = loop_open(L, extent_value(L, dim_extent(v->out.dim[0])), "b");
+  v->b = v->lo ? loop_range(L, v->lo, v->hi, "b")
+               : loop_open(L, extent_value(L, dim_extent(v->out.dim[0])), "b");
   v->oh = loop_open(L, i64c(L, v->out.dim[1]), "oh");
   v->ow = loop_open(L, i64c(L, v->out.dim[2]), "ow");
 }
@@ -1193,15 +1226,28 @@ static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
   positions_close(L, &v);
 }
 
+/* Fills samples [v->lo, v->hi) of n (all when v->lo is NULL) with value x. */
+static void fill_samples(Lower *L, const Win *v, const Node *n, double x) {
+  if (!v->lo) {
+    fill_node(L, n, elemc(L, x));
+    return;
+  }
+  Extent per = {elems_extent(n->shape).n / dim_extent(n->shape.dim[0]).n, false};
+  Nest t = {.depth = 2, .ext = {dim_extent(n->shape.dim[0]), per}, .lo0 = v->lo, .hi0 = v->hi};
+  int k = nest_operand(&t, node_ptr(L, n));
+  t.stride[k][0] = per.n, t.stride[k][1] = 1;
+  LLVMValueRef off[MAX_OPERANDS] = {0};
+  nest_level(L, &t, 0, off, fill_body, elemc(L, x));
+}
+
 /* y[B,OH,OW,C] = max or mean of x[B,H,W,C] over each window */
-static void lower_pool(Lower *L, const Node *n) {
+static void lower_pool(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0];
   bool max = n->op == OP_MAXPOOL;
-  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = n->shape};
   int64_t C = n->shape.dim[3];
   LLVMValueRef y = node_ptr(L, n), x = node_ptr(L, xn);
   LLVMValueRef count = max ? NULL : entry_slot(L, L->i64, "taps");
-  fill_node(L, n, elemc(L, max ? -INFINITY : 0.0));
+  fill_samples(L, &v, n, max ? -INFINITY : 0.0);
   positions_open(L, &v);
   LLVMValueRef yp = elem_ptr(L, y, offset4(L, n->shape, v.b.i, v.oh.i, v.ow.i)); /* [C] */
   if (count) LLVMBuildStore(L->b, i64c(L, 0), count);
@@ -1230,13 +1276,12 @@ static void lower_pool(Lower *L, const Node *n) {
 }
 
 /* dx[B,H,W,C] = avgpool_bwd(g[B,OH,OW,C]): each g spread evenly over its window's taps */
-static void lower_avgpool_bwd(Lower *L, const Node *n) {
+static void lower_avgpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *gn = n->src[0];
-  Win v = {.c = &n->attr.conv, .img = n->shape, .out = gn->shape};
   int64_t C = n->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), g = node_ptr(L, gn);
   LLVMValueRef count = entry_slot(L, L->i64, "taps");
-  fill_node(L, n, elemc(L, 0));
+  fill_samples(L, &v, n, 0);
   positions_open(L, &v);
   LLVMValueRef gp = elem_ptr(L, g, offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i)); /* [C] */
   LLVMBuildStore(L->b, i64c(L, 0), count);
@@ -1256,14 +1301,13 @@ static void lower_avgpool_bwd(Lower *L, const Node *n) {
  * first one holding the window's maximum receives g (PyTorch's choice on ties). The running
  * maximum and its position are kept for all channels at once (channels innermost), so the
  * loops over channels vectorise. */
-static void lower_maxpool_bwd(Lower *L, const Node *n) {
+static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0], *gn = n->src[1];
-  Win v = {.c = &n->attr.conv, .img = xn->shape, .out = gn->shape};
   int64_t C = xn->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
   LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
   LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
-  fill_node(L, n, elemc(L, 0));
+  fill_samples(L, &v, n, 0);
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
   Loop c = loop_open(L, i64c(L, C), "c");
@@ -1296,12 +1340,43 @@ static void lower_maxpool_bwd(Lower *L, const Node *n) {
   positions_close(L, &v);
 }
 
+/* Pooling or its gradient over samples [lo, hi) (NULL: all). */
+static void lower_pool_samples(Lower *L, const Node *n, LLVMValueRef lo, LLVMValueRef hi) {
+  const Node *img = n->op == OP_MAXPOOL_BWD ? n->src[0] : n->op == OP_AVGPOOL_BWD ? n : n->src[0];
+  const Node *out = n->op == OP_MAXPOOL_BWD ? n->src[1] : n->op == OP_AVGPOOL_BWD ? n->src[0] : n;
+  Win v = {.c = &n->attr.conv, .img = img->shape, .out = out->shape, .lo = lo, .hi = hi};
+  switch (n->op) {
+  case OP_MAXPOOL: case OP_AVGPOOL: lower_pool(L, n, v); break;
+  case OP_MAXPOOL_BWD: lower_maxpool_bwd(L, n, v); break;
+  case OP_AVGPOOL_BWD: lower_avgpool_bwd(L, n, v); break;
+  default: unreachable();
+  }
+}
+
+static void pool_task(Lower *L, LLVMValueRef job, LLVMValueRef lo, LLVMValueRef hi,
+                      const void *ctx) {
+  (void)job;
+  lower_pool_samples(L, ctx, lo, hi);
+}
+
+/* Pooling: split over the samples (each writes only its own) when the images are large. */
+static void lower_pooling(Lower *L, const Node *n) {
+  Shape img = n->op == OP_AVGPOOL_BWD ? n->shape : n->src[0]->shape;
+  Extent all = elems_extent(img);
+  int64_t per = all.n / dim_extent(img.dim[0]).n; /* elements of one sample */
+  int64_t batch = L->u->batch > 1 ? L->u->batch : 1;
+  if (!all.batch || all.n * batch < SPLIT_ELEMS) {
+    lower_pool_samples(L, n, NULL, NULL);
+    return;
+  }
+  int64_t rows = TASK_ELEMS / per > 1 ? TASK_ELEMS / per : 1;
+  emit_split(L, dim_extent(img.dim[0]), rows, per, pool_task, n, NULL);
+}
+
 static void lower_window(Lower *L, const Node *n) {
   switch (n->op) {
   case OP_CONV2D: case OP_CONV2D_BWD_DATA: case OP_CONV2D_BWD_FILTER: lower_conv(L, n); break;
-  case OP_MAXPOOL: case OP_AVGPOOL: lower_pool(L, n); break;
-  case OP_MAXPOOL_BWD: lower_maxpool_bwd(L, n); break;
-  case OP_AVGPOOL_BWD: lower_avgpool_bwd(L, n); break;
+  case OP_MAXPOOL: case OP_AVGPOOL: case OP_MAXPOOL_BWD: case OP_AVGPOOL_BWD: lower_pooling(L, n); break;
   default: diag_internal(__FILE__, __LINE__, "%s is not a window op", op_info[n->op].text);
   }
 }
