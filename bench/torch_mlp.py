@@ -20,6 +20,14 @@ def idx(path, offset):
         return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
+def build_model(cnn):
+    """examples/fashion_cnn.nn's CNN when cnn, else examples/fashion_mlp.nn's MLP."""
+    if cnn:
+        return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(), nn.Linear(64, 10))
+    return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
 def main():
     torch.set_num_threads(int(sys.argv[1]))
     torch.manual_seed(1)
@@ -29,11 +37,7 @@ def main():
     ytr = torch.tensor(idx("train-labels-idx1-ubyte.gz", 8).astype(np.int64))
     xte = torch.tensor(idx("t10k-images-idx3-ubyte.gz", 16).reshape(shape) / 255.0, dtype=torch.float32)
     yte = torch.tensor(idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
-    if cnn:
-        model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
-                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(), nn.Linear(64, 10))
-    else:
-        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = build_model(cnn)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     perm = torch.randperm(len(xtr))

@@ -10,6 +10,9 @@
  *                              scratch, then calls the micro-kernel on every mr×nr tile
  *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
  *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
+ *   nn.gemm.direct(job)        C with a few rows and B's rows contiguous (a dense layer on
+ *                              one sample): row by row, no packing, which would cost more
+ *                              than the multiply; the same sums in the same order
  *   nn.conv.N(job, w)          one per convolution node: per sample, im2col into scratch and a
  *                              GEMM (conv2d, filter gradient) or a GEMM and col2im (data
  *                              gradient)
@@ -28,6 +31,7 @@ enum {
   MB_PANELS = 16,      /* most mr-row panels of A one task packs (about 128 KB: L2) */
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   SERIAL_FMAS = 1 << 18, /* fewer multiply-adds than this are not worth waking threads */
+  DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
 };
 
 /* Fields of %nn.gemm.job, a struct the caller fills on its stack. ORDER JOB */
@@ -531,6 +535,57 @@ void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRe
   g->b = own;
 }
 
+/* nn.gemm.direct(job): for each matrix and row i of C, K block by K block, the row's sums
+ * over the block accumulated from zero with llvm.fmuladd, k ascending, then stored (first
+ * block, beta 0) or added to C: the micro-kernel's order, so the results are the same bits
+ * as the packed path's. The block's sums go into the start of worker 0's scratch. */
+static void emit_direct(Gemm *g) {
+  LLVMTypeRef params[1] = {g->ptr};
+  LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 1);
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef job = LLVMGetParam(fn, 0), v[J_COUNT];
+  for (int f = 0; f < J_COUNT; f++) v[f] = get(g, J, job, f);
+  LLVMValueRef zero = c64(g, 0), acc = v[J_SCRATCH];
+  LLVMTypeRef et = g->elem;
+  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &et, 1);
+  LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &et, 1);
+  GLoop lt = loop_begin(g, zero, v[J_BATCH], 1, "t");
+  LLVMValueRef A = at(g, v[J_A], mul(g, lt.i, v[J_SA])), B = at(g, v[J_B], mul(g, lt.i, v[J_SB]));
+  LLVMValueRef C = at(g, v[J_C], mul(g, lt.i, v[J_SC]));
+  GLoop li = loop_begin(g, zero, v[J_M], 1, "i");
+  LLVMValueRef arow = at(g, A, mul(g, li.i, v[J_RSA])), crow = at(g, C, mul(g, li.i, v[J_LDC]));
+  /* K blocks; at least one, so that K = 0 still writes C = 0 */
+  LLVMValueRef blocks = max64(g, cdiv(g, v[J_K], c64(g, KC)), c64(g, 1));
+  GLoop lb = loop_begin(g, zero, blocks, 1, "kb");
+  LLVMValueRef k0 = muli(g, lb.i, KC), k1 = min64(g, add(g, k0, c64(g, KC)), v[J_K]);
+  LLVMValueRef store_c = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], zero, ""),
+                                      LLVMBuildICmp(g->b, LLVMIntEQ, k0, zero, ""), "");
+  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, crow, acc, "sums");
+  GLoop lz = loop_begin(g, zero, v[J_N], 1, "z");
+  store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
+  loop_end(g, &lz);
+  GLoop lk = loop_begin(g, k0, k1, 1, "k");
+  LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, v[J_CSA])), 0);
+  LLVMValueRef brow = at(g, B, mul(g, lk.i, v[J_RSB]));
+  GLoop lj = loop_begin(g, zero, v[J_N], 1, "j");
+  LLVMValueRef d = at(g, dst, lj.i);
+  LLVMValueRef args[3] = {a, load(g, et, at(g, brow, lj.i), 0), load(g, et, d, 0)};
+  store(g, LLVMBuildCall2(g->b, fma_ty, fma, args, 3, ""), d, 0);
+  loop_end(g, &lj);
+  loop_end(g, &lk);
+  GIf f = if_begin(g, LLVMBuildNot(g->b, store_c, ""), "add");
+  GLoop la = loop_begin(g, zero, v[J_N], 1, "a");
+  LLVMValueRef cp = at(g, crow, la.i);
+  store(g, LLVMBuildFAdd(g->b, load(g, et, cp, 0), load(g, et, at(g, acc, la.i), 0), ""), cp, 0);
+  loop_end(g, &la);
+  if_end(g, &f);
+  loop_end(g, &lb);
+  loop_end(g, &li);
+  loop_end(g, &lt);
+  LLVMBuildRetVoid(g->b);
+}
+
 /* nn.gemm(job, threads): the blocking, then the work. Blocks are as large as the scratch
  * allows, then split (columns first: that shares A's packing least) until there are two
  * tasks per worker, so that a worker delayed by the machine's other load costs less. */
@@ -549,6 +604,17 @@ static void emit_gemm(Gemm *g) {
   LLVMPositionBuilderAtEnd(g->b, nothing);
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, go);
+  LLVMValueRef direct = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntSLE, M, c64(g, DIRECT_ROWS), ""),
+      LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_CSB), one, ""), "");
+  direct = LLVMBuildAnd(g->b, direct,
+                        LLVMBuildICmp(g->b, LLVMIntSLE, N, c64(g, gemm_scratch(g)), ""), "");
+  LLVMBasicBlockRef rows = block(g, "direct"), packed = block(g, "packed");
+  LLVMBuildCondBr(g->b, direct, rows, packed);
+  LLVMPositionBuilderAtEnd(g->b, rows);
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->direct), g->direct, &job, 1, "");
+  LLVMBuildRetVoid(g->b);
+  LLVMPositionBuilderAtEnd(g->b, packed);
   LLVMValueRef workers = workers_of(g, threads);
   LLVMValueRef mp = cdiv(g, M, c64(g, g->mr)), np = cdiv(g, N, c64(g, g->nr));
   LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
@@ -611,6 +677,7 @@ static void ensure_gemm(Gemm *g) {
   if (g->gemm) return;
   emit_ukernel(g);
   emit_work(g);
+  emit_direct(g);
   emit_gemm(g);
   need_scratch(g, gemm_scratch(g));
 }

@@ -23,6 +23,7 @@ typedef struct Gemm {
   LLVMTypeRef job_type;      /* %nn.gemm.job */
   LLVMTypeRef conv_type;     /* %nn.conv.job */
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
+  LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */
   int64_t scratch_elems;     /* per worker: the most any kernel of the module uses */
 } Gemm;
