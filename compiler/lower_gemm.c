@@ -32,6 +32,7 @@ enum {
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   SERIAL_FMAS = 1 << 18, /* fewer multiply-adds than this are not worth waking threads */
   DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
+  DIRECT_VECTORS = 4,  /* vectors of C's row whose sums nn.gemm.direct keeps in registers */
 };
 
 /* Fields of %nn.gemm.job, a struct the caller fills on its stack. ORDER JOB */
@@ -561,21 +562,58 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef k0 = muli(g, lb.i, KC), k1 = min64(g, add(g, k0, c64(g, KC)), v[J_K]);
   LLVMValueRef store_c = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], zero, ""),
                                       LLVMBuildICmp(g->b, LLVMIntEQ, k0, zero, ""), "");
-  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, crow, acc, "sums");
-  GLoop lz = loop_begin(g, zero, v[J_N], 1, "z");
-  store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
-  loop_end(g, &lz);
+  /* strips of DIRECT_VECTORS vectors of C's row, their sums in registers (SROA makes the
+   * slots registers); then the columns left over, one by one, their sums in `acc` */
+  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)g->w);
+  LLVMValueRef vfma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
+  LLVMTypeRef vfma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
+  int64_t strip = (int64_t)DIRECT_VECTORS * g->w;
+  LLVMValueRef sums = entry_alloca(g, g->b, LLVMArrayType2(vt, DIRECT_VECTORS), "strip");
+  LLVMValueRef slot[DIRECT_VECTORS];
+  for (int q = 0; q < DIRECT_VECTORS; q++)
+    slot[q] = LLVMBuildInBoundsGEP2(g->b, LLVMArrayType2(vt, DIRECT_VECTORS), sums,
+                                    (LLVMValueRef[]){zero, c64(g, q)}, 2, "");
+  LLVMValueRef whole = mul(g, LLVMBuildSDiv(g->b, v[J_N], c64(g, strip), ""), c64(g, strip));
+  GLoop ls = loop_begin(g, zero, whole, strip, "strip");
+  for (int q = 0; q < DIRECT_VECTORS; q++) store(g, LLVMConstNull(vt), slot[q], 0);
   GLoop lk = loop_begin(g, k0, k1, 1, "k");
   LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, v[J_CSA])), 0);
-  LLVMValueRef brow = at(g, B, mul(g, lk.i, v[J_RSB]));
-  GLoop lj = loop_begin(g, zero, v[J_N], 1, "j");
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a, LLVMConstInt(i32, 0, 0), "");
+  LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
+                                              LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
+  LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, v[J_RSB]), ls.i));
+  for (int q = 0; q < DIRECT_VECTORS; q++) {
+    LLVMValueRef bv = load(g, vt, at(g, brow, c64(g, q * g->w)), (unsigned)g->es);
+    LLVMValueRef args[3] = {splat, bv, load(g, vt, slot[q], 0)};
+    store(g, LLVMBuildCall2(g->b, vfma_ty, vfma, args, 3, ""), slot[q], 0);
+  }
+  loop_end(g, &lk);
+  for (int q = 0; q < DIRECT_VECTORS; q++) {
+    LLVMValueRef cp = at(g, crow, add(g, ls.i, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
+    GIf f = if_begin(g, store_c, "set");
+    store(g, sum, cp, (unsigned)g->es);
+    if_else(g, &f);
+    store(g, LLVMBuildFAdd(g->b, load(g, vt, cp, (unsigned)g->es), sum, ""), cp, (unsigned)g->es);
+    if_end(g, &f);
+  }
+  loop_end(g, &ls);
+
+  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, crow, acc, "sums");
+  GLoop lz = loop_begin(g, whole, v[J_N], 1, "z");
+  store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
+  loop_end(g, &lz);
+  GLoop lk2 = loop_begin(g, k0, k1, 1, "k");
+  LLVMValueRef a2 = load(g, et, at(g, arow, mul(g, lk2.i, v[J_CSA])), 0);
+  LLVMValueRef brow2 = at(g, B, mul(g, lk2.i, v[J_RSB]));
+  GLoop lj = loop_begin(g, whole, v[J_N], 1, "j");
   LLVMValueRef d = at(g, dst, lj.i);
-  LLVMValueRef args[3] = {a, load(g, et, at(g, brow, lj.i), 0), load(g, et, d, 0)};
+  LLVMValueRef args[3] = {a2, load(g, et, at(g, brow2, lj.i), 0), load(g, et, d, 0)};
   store(g, LLVMBuildCall2(g->b, fma_ty, fma, args, 3, ""), d, 0);
   loop_end(g, &lj);
-  loop_end(g, &lk);
+  loop_end(g, &lk2);
   GIf f = if_begin(g, LLVMBuildNot(g->b, store_c, ""), "add");
-  GLoop la = loop_begin(g, zero, v[J_N], 1, "a");
+  GLoop la = loop_begin(g, whole, v[J_N], 1, "a");
   LLVMValueRef cp = at(g, crow, la.i);
   store(g, LLVMBuildFAdd(g->b, load(g, et, cp, 0), load(g, et, at(g, acc, la.i), 0), ""), cp, 0);
   loop_end(g, &la);
