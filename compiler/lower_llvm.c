@@ -36,8 +36,7 @@ enum {
 enum {
   SJ_IO, SJ_BATCH,        /* the kernel's arguments */
   SJ_NEXT, SJ_TASKS,      /* the next task to take (atomic), and how many there are */
-  SJ_BASE,                /* the nest's operand pointers, MAX_OPERANDS of them */
-  SJ_COUNT = SJ_BASE + MAX_OPERANDS
+  SJ_COUNT
 };
 
 /* Names of the io slots, for readable IR. ORDER IO */
@@ -71,8 +70,6 @@ typedef struct Lower {
   LLVMTypeRef split_job;             /* %nn.split.job */
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
   bool apart;                        /* emitting a group function: no node ids in names */
-  const Node **apart_scalars;        /* n_apart_scalars scalars the group function computes */
-  int n_apart_scalars;
   struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */
   int n_group_fns;
   char *text;                        /* text_cap bytes: the text of the group function made last */
@@ -342,14 +339,14 @@ static void emit_nest(Lower *L, Nest t, NestBody body, const void *ctx) {
 /* ---- a nest split across threads ----
  * The outer loop is cut into tasks of about TASK_ELEMS elements, which the runtime's workers
  * take from an atomic counter (lower_gemm.c's machinery); the nest becomes a function of its
- * own, nn_grad.g7(job, worker), that reads the kernel's arguments and the operands' pointers
- * from a job on the kernel's stack. Each element is still computed by one worker in the same
- * order, so results do not depend on the thread count. */
+ * own, nn_grad.g7(job, worker), that reads the kernel's arguments from a job on the kernel's
+ * stack and makes its operands' pointers from the regions as the kernel does (region plus a
+ * constant offset: passed in as opaque pointers instead, they kept LLVM from vectorising the
+ * Adam update). Each element is still computed by one worker in the same order, so results
+ * do not depend on the thread count. */
 
 static void bind_regions(Lower *L, LLVMValueRef io);
 static void rebind_scalars(Lower *L, const Graph *g, const bool *need);
-static LLVMValueRef lower_scalar(Lower *L, const Node *n);
-static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn);
 
 static LLVMValueRef split_field(Lower *L, LLVMValueRef job, int f) {
   return LLVMBuildStructGEP2(L->b, L->split_job, job, (unsigned)f, "");
@@ -366,16 +363,21 @@ static LLVMValueRef cdiv_i64(Lower *L, LLVMValueRef a, int64_t k) {
 
 /* What one task of a split loop does: iterations [lo, hi) of the outer loop, in the split
  * function, whose job is `job`. */
-typedef void (*SplitBody)(Lower *L, LLVMValueRef job, LLVMValueRef lo, LLVMValueRef hi,
-                          const void *ctx);
+typedef void (*SplitBody)(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx);
 
 /* Emits at the builder's position the outer loop over `outer` iterations, cut into tasks of
  * `rows`, as a function of its own, and its call: by every worker of io's threads when the
  * loop has at least SPLIT_ELEMS elements (`inner` per outer iteration) and there are two
- * workers and two tasks, else by the caller alone. `bases`: pointers of the caller's for the
- * job (NULL: none). */
+ * workers and two tasks, else by the caller alone. The body makes its own pointers (node_ptr
+ * works there as in the kernel). */
 static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, SplitBody body,
-                       const void *ctx, const LLVMValueRef bases[MAX_OPERANDS]) {
+                       const void *ctx) {
+  if (L->apart) { /* a group function (lower_group_apart) loops itself: a split function
+                   * would place the group's tensors by offset, and group functions alike
+                   * would differ */
+    body(L, i64c(L, 0), extent_value(L, outer), ctx);
+    return;
+  }
   char name[96];
   snprintf(name, sizeof name, "%s.%s", LLVMGetValueName(L->fn), L->tag);
   LLVMTypeRef params[2] = {L->ptr, L->i64};
@@ -384,6 +386,21 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
   LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
                           LLVMCreateEnumAttribute(L->ctx,
                                                   LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
+  /* the caller's side: the job, and the call */
+  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
+  LLVMValueRef count = extent_value(L, outer), tasks = cdiv_i64(L, count, rows);
+  LLVMValueRef v[SJ_COUNT] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks};
+  for (int f = 0; f < SJ_COUNT; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
+  LLVMValueRef threads = L->region[NN_IO_THREADS];
+  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
+  LLVMValueRef elems = LLVMBuildNSWMul(L->b, count, i64c(L, inner), "");
+  LLVMValueRef parallel = LLVMBuildICmp(L->b, LLVMIntSGE, elems, i64c(L, SPLIT_ELEMS), "");
+  parallel = LLVMBuildAnd(L->b, parallel,
+                          LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""), "");
+  parallel = LLVMBuildAnd(L->b, parallel,
+                          LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), "");
+  lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
+
   /* the function, emitted as if it were the kernel; then back to the caller */
   LLVMBasicBlockRef back = LLVMGetInsertBlock(L->b);
   LLVMValueRef kernel = L->fn, batch = L->batch, *val = L->val, *at = L->at;
@@ -394,69 +411,26 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
   LLVMValueRef fjob = LLVMGetParam(fn, 0);
   L->batch = split_get(L, fjob, SJ_BATCH);
   bind_regions(L, split_get(L, fjob, SJ_IO));
-  if (L->apart) { /* only the group function's scalars: its regions are only the group's */
-    memset(L->at, 0, sizeof *L->at * ((size_t)L->g->n_nodes + 1));
-    for (int j = 0; j < L->n_apart_scalars; j++)
-      L->val[L->apart_scalars[j]->id] = lower_scalar(L, L->apart_scalars[j]);
-  } else {
-    rebind_scalars(L, L->g, L->need);
-  }
+  rebind_scalars(L, L->g, L->need);
   LLVMValueRef end = extent_value(L, outer);
   TaskLoop task = lower_tasks_begin(&L->gemm, L->b, split_field(L, fjob, SJ_NEXT),
                                     split_get(L, fjob, SJ_TASKS));
   LLVMValueRef lo = LLVMBuildNSWMul(L->b, task.i, i64c(L, rows), "lo");
   LLVMValueRef hi = LLVMBuildNSWAdd(L->b, lo, i64c(L, rows), "");
   hi = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, hi, end, ""), hi, end, "hi");
-  body(L, fjob, lo, hi, ctx);
+  body(L, lo, hi, ctx);
   lower_tasks_end(&L->gemm, L->b, &task);
   LLVMBuildRetVoid(L->b);
   L->fn = kernel, L->batch = batch, L->val = val, L->at = at;
   memcpy(L->region, region, sizeof region);
   LLVMPositionBuilderAtEnd(L->b, back);
-  /* in a group function, one split function per code too, so that group functions alike
-   * call the same one and stay alike (same_group_fn) */
-  if (L->apart) fn = same_group_fn(L, fn);
-
-  /* the caller's side: the job, and the call */
-  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
-  LLVMValueRef count = extent_value(L, outer), tasks = cdiv_i64(L, count, rows);
-  LLVMValueRef v[SJ_BASE] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks};
-  for (int f = 0; f < SJ_BASE; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
-  for (int k = 0; bases && k < MAX_OPERANDS; k++)
-    if (bases[k]) LLVMBuildStore(L->b, bases[k], split_field(L, job, SJ_BASE + k));
-  LLVMValueRef threads = L->region[NN_IO_THREADS];
-  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
-  LLVMValueRef elems = LLVMBuildNSWMul(L->b, count, i64c(L, inner), "");
-  LLVMValueRef parallel = LLVMBuildICmp(L->b, LLVMIntSGE, elems, i64c(L, SPLIT_ELEMS), "");
-  parallel = LLVMBuildAnd(L->b, parallel,
-                          LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""), "");
-  parallel = LLVMBuildAnd(L->b, parallel,
-                          LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), "");
-  lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
 }
 
-typedef struct NestTask {
-  const Nest *t;
-  NestBody body;
-  const void *ctx;
-} NestTask;
-
-/* A task of a split nest: loop 0 over [lo, hi), the operands' pointers from the job. */
-static void nest_task(Lower *L, LLVMValueRef job, LLVMValueRef lo, LLVMValueRef hi,
-                      const void *ctx) {
-  const NestTask *nt = ctx;
-  Nest part = *nt->t;
-  for (int k = 0; k < part.n_ops; k++)
-    if (part.base[k]) part.base[k] = split_get(L, job, SJ_BASE + k);
-  part.lo0 = lo, part.hi0 = hi;
-  LLVMValueRef off[MAX_OPERANDS] = {0};
-  nest_level(L, &part, 0, off, nt->body, nt->ctx);
-}
-
-/* Emits nest t split across threads when it can be that large, and returns true; false when
+/* Emits nest t split across threads when it can be that large (task(lo, hi, ctx) makes the
+ * nest again in the split function, the same but for loop 0's range), and returns true; false when
  * it is too small to pay, or when an operand that accumulates (accum[k]: a reduction's
  * result) does not move along the outer loop, so that two tasks would add into one element. */
-static bool emit_nest_split(Lower *L, Nest t, NestBody body, const void *ctx,
+static bool emit_nest_split(Lower *L, Nest t, SplitBody task, const void *ctx,
                             const bool accum[]) {
   nest_simplify(&t);
   if (t.depth == 0) return false;
@@ -466,9 +440,7 @@ static bool emit_nest_split(Lower *L, Nest t, NestBody body, const void *ctx,
   if (t.ext[0].n * inner * (t.ext[0].batch ? batch : 1) < SPLIT_ELEMS) return false;
   for (int k = 0; k < t.n_ops; k++)
     if (accum[k] && t.stride[k][0] == 0) return false;
-  NestTask nt = {&t, body, ctx};
-  emit_split(L, t.ext[0], TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1, inner, nest_task, &nt,
-             t.base);
+  emit_split(L, t.ext[0], TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1, inner, task, ctx);
   return true;
 }
 
@@ -1353,9 +1325,7 @@ static void lower_pool_samples(Lower *L, const Node *n, LLVMValueRef lo, LLVMVal
   }
 }
 
-static void pool_task(Lower *L, LLVMValueRef job, LLVMValueRef lo, LLVMValueRef hi,
-                      const void *ctx) {
-  (void)job;
+static void pool_task(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx) {
   lower_pool_samples(L, ctx, lo, hi);
 }
 
@@ -1370,7 +1340,7 @@ static void lower_pooling(Lower *L, const Node *n) {
     return;
   }
   int64_t rows = TASK_ELEMS / per > 1 ? TASK_ELEMS / per : 1;
-  emit_split(L, dim_extent(img.dim[0]), rows, per, pool_task, n, NULL);
+  emit_split(L, dim_extent(img.dim[0]), rows, per, pool_task, n);
 }
 
 static void lower_window(Lower *L, const Node *n) {
@@ -1475,6 +1445,46 @@ static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
   }
 }
 
+/* The nest of c's group over its operands, whose pointers are made in the function being
+ * emitted (in a split nest's own function too, where they are region + constant offset as in
+ * the kernel, so LLVM can still tell the operands apart and vectorise). */
+static Nest group_nest(Lower *L, LoopCtx *c) {
+  const Group *G = c->G;
+  int nm = G->n_members;
+  for (int i = 0; i < nm; i++) c->store[i] = -1;
+  for (int i = 0; i < nm * 3; i++) c->read[i] = -1;
+  Nest t = nest_over(G->loop);
+  for (int i = 0; i < nm; i++) {
+    const Node *m = G->members[i];
+    if (!c->need[m->id]) continue;
+    if (class_of(m) == CLASS_REDUCE) { /* accumulates in the loop */
+      c->store[i] = nest_operand(&t, node_ptr(L, m));
+      loop_strides(m->shape, m->src[0]->shape, false, G, t.stride[c->store[i]]);
+    } else if (m->stored) {
+      c->store[i] = nest_operand(&t, node_ptr(L, m));
+      loop_strides(m->shape, m->shape, false, G, t.stride[c->store[i]]);
+    }
+    for (int k = 0; k < op_info[m->op].arity; k++) {
+      const Node *s = m->src[k];
+      if (class_of(s) == CLASS_SCALAR || s->group == c->gi) continue;
+      int op = c->read[i * 3 + k] = nest_operand(&t, node_ptr(L, s));
+      Shape seen = class_of(m) == CLASS_REDUCE ? s->shape : m->shape;
+      loop_strides(s->shape, seen, m->op == OP_RESHAPE, G, t.stride[op]);
+    }
+  }
+  return t;
+}
+
+/* A task of a split loop group: its nest, loop 0 over [lo, hi). */
+static void group_task(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx) {
+  LoopCtx *c = (LoopCtx *)ctx;
+  Nest t = group_nest(L, c);
+  nest_simplify(&t);
+  t.lo0 = lo, t.hi0 = hi;
+  LLVMValueRef off[MAX_OPERANDS] = {0};
+  nest_level(L, &t, 0, off, loop_body, c);
+}
+
 static void lower_loop_group(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   int nm = G->n_members;
@@ -1483,33 +1493,16 @@ static void lower_loop_group(Lower *L, int gi, const bool *need) {
   c.read = xalloc(sizeof *c.read * (size_t)nm * 3);
   c.store = xalloc(sizeof *c.store * (size_t)nm);
   c.value = xalloc(sizeof *c.value * (size_t)nm);
-  for (int i = 0; i < nm; i++) c.index[G->members[i]->id] = i, c.store[i] = -1;
-  for (int i = 0; i < nm * 3; i++) c.read[i] = -1;
+  for (int i = 0; i < nm; i++) c.index[G->members[i]->id] = i;
   set_tag(L, "g", gi);
-  Nest t = nest_over(G->loop);
-  for (int i = 0; i < nm; i++) {
-    const Node *m = G->members[i];
-    if (!need[m->id]) continue;
-    if (class_of(m) == CLASS_REDUCE) { /* starts from the identity, accumulates in the loop */
-      fill_node(L, m, elemc(L, m->op == OP_SUM ? 0.0 : -INFINITY));
-      c.store[i] = nest_operand(&t, node_ptr(L, m));
-      loop_strides(m->shape, m->src[0]->shape, false, G, t.stride[c.store[i]]);
-    } else if (m->stored) {
-      c.store[i] = nest_operand(&t, node_ptr(L, m));
-      loop_strides(m->shape, m->shape, false, G, t.stride[c.store[i]]);
-    }
-    for (int k = 0; k < op_info[m->op].arity; k++) {
-      const Node *s = m->src[k];
-      if (class_of(s) == CLASS_SCALAR || s->group == gi) continue;
-      int op = c.read[i * 3 + k] = nest_operand(&t, node_ptr(L, s));
-      Shape seen = class_of(m) == CLASS_REDUCE ? s->shape : m->shape;
-      loop_strides(s->shape, seen, m->op == OP_RESHAPE, G, t.stride[op]);
-    }
-  }
+  for (int i = 0; i < nm; i++) /* a reduction starts from its identity */
+    if (need[G->members[i]->id] && class_of(G->members[i]) == CLASS_REDUCE)
+      fill_node(L, G->members[i], elemc(L, G->members[i]->op == OP_SUM ? 0.0 : -INFINITY));
+  Nest t = group_nest(L, &c);
   bool accum[MAX_OPERANDS] = {0};
   for (int i = 0; i < nm; i++)
     if (c.store[i] >= 0 && class_of(G->members[i]) == CLASS_REDUCE) accum[c.store[i]] = true;
-  if (!emit_nest_split(L, t, loop_body, &c, accum)) emit_nest(L, t, loop_body, &c);
+  if (!emit_nest_split(L, t, group_task, &c, accum)) emit_nest(L, t, loop_body, &c);
 }
 
 static void lower_node(Lower *L, const Node *n) {
@@ -1751,9 +1744,8 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
   memcpy(caller_region, L->region, sizeof caller_region);
   LLVMValueRef *caller_at = xalloc(sizeof *caller_at * (size_t)nt);
   LLVMValueRef *caller_val = xalloc(sizeof *caller_val * (size_t)(ns + 1));
-  begin_fn(L, fn, regions | 1u << NN_IO_THREADS); /* threads: for split nests */
+  begin_fn(L, fn, regions);
   L->apart = true;
-  L->apart_scalars = scalars, L->n_apart_scalars = ns;
   for (int j = 0; j < nt; j++) caller_at[j] = L->at[touch[j]->id];
   for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)j + 2);
   for (int j = 0; j < ns; j++) caller_val[j] = L->val[scalars[j]->id];
@@ -2204,7 +2196,7 @@ static void build_module(Lower *L) {
   LLVMValueRef kernel[4];
   lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
   LLVMTypeRef sj[SJ_COUNT];
-  for (int f = 0; f < SJ_COUNT; f++) sj[f] = f == SJ_IO || f >= SJ_BASE ? L->ptr : L->i64;
+  for (int f = 0; f < SJ_COUNT; f++) sj[f] = f == SJ_IO ? L->ptr : L->i64;
   L->split_job = LLVMStructCreateNamed(L->ctx, "nn.split.job");
   LLVMStructSetBody(L->split_job, sj, SJ_COUNT, 0);
   const Graph *infer = quant_forward_graph(u); /* eval and predict: inference mode */
