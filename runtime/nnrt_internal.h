@@ -222,6 +222,9 @@ const char *nnrt_dtype_name(int64_t elem_size); /* "f32" or "f64" */
 const char *nnrt_shape_str(int64_t elem_size, int64_t rank, const int64_t *dims, char *buf,
                            size_t cap);
 const char *nnrt_plural(int64_t n); /* "" or "s" */
+/* Elements of the trained parameters: the tensors' own sizes, not the alignment padding between
+ * them in NN_IO_PARAM (param_size). */
+int64_t nnrt_trained_count(const NnModelDesc *d);
 int nnrt_info(const NnModelDesc *d, const NnOptions *o);
 
 /* ---- metrics.c ---- */

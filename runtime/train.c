@@ -171,10 +171,11 @@ static void run_free(Run *r) {
 static void print_header(const Run *r) {
   const NnModelDesc *d = r->d;
   const NnOptions *o = r->o;
+  int64_t trained = nnrt_trained_count(d);
   printf("%s: %lld sample%s, batch %lld, %lld epoch%s, %lld parameter%s, seed %llu\n", d->name,
          (long long)r->train.n, nnrt_plural(r->train.n), (long long)r->batch,
-         (long long)o->epochs, nnrt_plural(o->epochs), (long long)d->param_size,
-         nnrt_plural(d->param_size), (unsigned long long)r->seed);
+         (long long)o->epochs, nnrt_plural(o->epochs), (long long)trained, nnrt_plural(trained),
+         (unsigned long long)r->seed);
   if (r->val.n)
     printf("validation: %s, %lld sample%s\n", r->val.what, (long long)r->val.n,
            nnrt_plural(r->val.n));
