@@ -6,7 +6,8 @@
  * N; N bytes of JSON, padded with spaces to a multiple of 8; then the tensor bytes,
  * little-endian, with `data_offsets` relative to the end of the header. The header holds
  *   "__metadata__": string values only — format "nnc.checkpoint", format_version "1", model,
- *       fingerprint (FNV-1a 64 of elem size, parameter names and shapes, state size), dtype,
+ *       fingerprint (FNV-1a 64 of elem size, parameter names and shapes, which are frozen,
+ *       state size), dtype,
  *       epoch (completed), step (optimizer steps), skipped_steps, seed, batch, rng (the
  *       xoshiro256** state of the shuffle stream after the last epoch, 64 hex digits) and
  *       hyper.NAME for every hyperparameter (%.17g, so they round-trip); with early
@@ -60,8 +61,11 @@ static uint64_t fnv1a(uint64_t h, const char *s) {
   return h;
 }
 
-/* Hash of what must agree for a checkpoint's tensors to fit: element size, parameter names
- * and shapes in order, optimizer-state size. */
+/* Hash of what must agree for --resume to continue the same training: element size, parameter
+ * names and shapes in order, which are frozen, optimizer-state size. The frozen set counts
+ * because the optimizer-state region holds only the trained parameters' state (two freeze sets
+ * of equal size would lay it out differently), and because resuming with another set (under
+ * any optimizer) is another training. Unfrozen models hash as before freezing existed. */
 static uint64_t fingerprint(const NnModelDesc *d) {
   char buf[192];
   uint64_t h = 0xCBF29CE484222325ull;
@@ -70,7 +74,7 @@ static uint64_t fingerprint(const NnModelDesc *d) {
   for (int64_t k = 0; k < d->n_params; k++) {
     const NnParamInfo *p = &d->params[k];
     h = fnv1a(fnv1a(h, p->name), nnrt_shape_str(d->elem_size, p->rank, p->dims, buf, sizeof buf));
-    h = fnv1a(h, ";");
+    h = fnv1a(h, p->frozen ? " frozen;" : ";");
   }
   snprintf(buf, sizeof buf, "state %lld;", (long long)d->state_size);
   return fnv1a(h, buf);
@@ -583,8 +587,9 @@ static void read_state(const Ckpt *c, const NnModelDesc *d, NnCkptState *st) {
   char want[72], key[160];
   snprintf(want, sizeof want, "%016llx", (unsigned long long)fingerprint(d));
   if (strcmp(meta_str(c, "fingerprint"), want) != 0)
-    nnrt_file_error(c->path, "model fingerprint %s differs from this model's %s",
-                    meta_str(c, "fingerprint"), want);
+    nnrt_file_error(c->path, "model fingerprint %s differs from this model's %s (parameters, "
+                    "shapes, frozen set or optimizer differ); HINT: --init-from starts from its "
+                    "weights", meta_str(c, "fingerprint"), want);
   st->epoch = meta_int(c, "epoch", 0);
   st->step = meta_int(c, "step", 0);
   st->skipped = meta_int(c, "skipped_steps", 0);
