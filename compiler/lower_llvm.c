@@ -1067,10 +1067,10 @@ static void lower_output(Lower *L, const Output *o) {
   const Node *n = o->node;
   bool mem = class_of(n) != CLASS_SCALAR;
   snprintf(L->tag, sizeof L->tag, "%s", region_name[o->io]);
-  if (o->io == NN_IO_LOSS) { /* one double */
+  if (o->io == NN_IO_LOSS || o->io == NN_IO_HYPER) { /* one double: the loss, "lr used" */
     LLVMValueRef v = mem ? LLVMBuildLoad2(L->b, L->elem, node_ptr(L, n), "") : L->val[n->id];
     if (L->elem != L->f64) v = LLVMBuildFPExt(L->b, v, L->f64, "");
-    LLVMBuildStore(L->b, v, region_ptr(L, NN_IO_LOSS, o->offset, L->f64, "loss.slot"));
+    LLVMBuildStore(L->b, v, region_ptr(L, o->io, o->offset, L->f64, "double.slot"));
     return;
   }
   if (mem && n->io == o->io && n->offset == o->offset) return; /* computed in place */

@@ -2264,6 +2264,8 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
         diag_error(sched_call->loc, "schedule '%s' must give one number", sched->name);
       return false;
     }
+    /* for the runtime's log: the rate this step used */
+    ir_output(u->update, lr, NN_IO_HYPER, u->n_hyper + NN_HYPER_LR, "lr used");
   }
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];

@@ -70,6 +70,8 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
   for (int64_t i = 0; i < d->n_hyper; i++)
     h[i] = hyper[i];
   h[d->n_hyper + NN_HYPER_STEP] = (double)step;
+  int64_t lr = nnrt_hyper_index(d, "lr");
+  h[d->n_hyper + NN_HYPER_LR] = lr >= 0 ? hyper[lr] : 0; /* until an update writes it */
   memcpy(&h[d->n_hyper + NN_HYPER_SEED], &seed, sizeof seed); /* the bits, not a value */
 }
 

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 6
+#define NN_ABI_VERSION 7
 #define NN_MAX_RANK 6
 
 /* Slots of the `io` pointer array every kernel receives. ORDER IO */
@@ -36,6 +36,8 @@ typedef enum NnHyperSlot {
   NN_HYPER_STEP,  /* optimizer steps taken (the update kernel sees 1 for the first) */
   NN_HYPER_SEED,  /* the run's seed: its 64 bits stored in the double, for the random ops */
   NN_HYPER_TOTAL, /* the updates of the whole training run (LR schedules); 0 outside train */
+  NN_HYPER_LR,    /* the learning rate the last update used: a `schedule`'s value, which the
+                     update kernel writes here; without one the caller's copy of 'lr' */
   NN_HYPER_SLOTS  /* count */
 } NnHyperSlot;
 

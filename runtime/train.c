@@ -264,12 +264,11 @@ static void log_close(Run *r) {
     nnrt_fatal("cannot write '%s': %s", name, strerror(errno));
 }
 
-/* ",lr" (empty when the model has no 'lr'): the hyperparameter, as reduce-on-plateau has
- * lowered it; a compiled `schedule = f(...)` is applied inside the update kernel, so its
- * per-step value is not logged. */
+/* ",lr" (empty when the model has no 'lr'): the rate the last update used, as a compiled
+ * `schedule` computed it in the update kernel or as reduce-on-plateau has lowered it. */
 static void log_lr(const Run *r, char *buf, size_t cap) {
   if (r->lr_at >= 0)
-    snprintf(buf, cap, ",%.9g", r->hyper[r->lr_at]);
+    snprintf(buf, cap, ",%.9g", ((const double *)r->io[NN_IO_HYPER])[r->d->n_hyper + NN_HYPER_LR]);
   else
     snprintf(buf, cap, ",");
 }
@@ -375,9 +374,12 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
     }
     int64_t hits = m->hits, total = m->total;
     nnrt_metrics_add(m, d, r->io, k, loss);
-    ((double *)r->io[NN_IO_HYPER])[d->n_hyper] = (double)++r->step;
-    log_step(r, loss, m->hits - hits, m->total - total);
+    double *hyper = r->io[NN_IO_HYPER];
+    hyper[d->n_hyper + NN_HYPER_STEP] = (double)++r->step;
+    if (r->lr_at >= 0) /* the rate used, unless the update kernel's schedule writes its own */
+      hyper[d->n_hyper + NN_HYPER_LR] = hyper[r->lr_at];
     d->update(r->io, k);
+    log_step(r, loss, m->hits - hits, m->total - total);
     double now = now_seconds();
     if (r->progress && (now - drawn > 0.1 || b + 1 == steps)) {
       draw_bar(r, b + 1, steps, m, now - t0);

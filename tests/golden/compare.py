@@ -1,26 +1,32 @@
 #!/usr/bin/env python3
 """compare.py — compares an nnc training program's printed losses with a golden file.
 
-usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--tol T]
+usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--log COLUMN] [--tol T]
   GOLDEN  a file of numbers, one per line (optionally "NAME VALUE" lines, with --name NAME)
   OUTPUT  the program's stdout: the loss of every `epoch` line, then the `final:` loss
   --final compare the `final:` loss alone (eval mode, e.g. with dropout off)
+  --log   OUTPUT is a `train --log` CSV: compare COLUMN of its `step` rows (e.g. lr)
 Prints `TENSOR OK maxdiff=...` or `TENSOR MISMATCH ...` (exit 1). The tolerance is absolute,
 because the program prints losses with 6 decimals.
 """
+import csv
 import re
 import sys
 
 
 def main():
     args = sys.argv[1:]
-    name, tol, final = None, 2e-6, False
+    name, tol, final, column = None, 2e-6, False, None
     if "--final" in args:
         args.remove("--final")
         final = True
     if "--name" in args:
         i = args.index("--name")
         name = args[i + 1]
+        del args[i : i + 2]
+    if "--log" in args:
+        i = args.index("--log")
+        column = args[i + 1]
         del args[i : i + 2]
     if "--tol" in args:
         i = args.index("--tol")
@@ -39,6 +45,9 @@ def main():
             golden.append(float(parts[-1]))
     text = open(output_path).read()
     got = [float(v) for v in re.findall(r"^(?:epoch\s+\S+|final:)\s+loss\s+(\S+)", text, re.M)]
+    if column is not None:
+        rows = list(csv.DictReader(text.splitlines()))
+        got = [float(row[column]) for row in rows if row["kind"] == "step"]
     if name is not None:  # a loss value: the first printed loss is the loss at the start
         got = got[:1]
     if final:

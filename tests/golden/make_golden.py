@@ -146,6 +146,8 @@ for name, make in schedules.items():
     out.append(F.mse_loss(X * w, Y).item())
     with open(os.path.join(HERE, f"schedule-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+    with open(os.path.join(HERE, f"schedule-{name}-lr.golden"), "w") as f:  # the lr of each update
+        f.write("".join(f"{v:.9g}\n" for v in lrs))
     print(name, " ".join(f"{v:.6g}" for v in lrs))
 
 # ---- reduce-on-plateau: SGD with lr 3 on the same problem diverges, so the loss stops
