@@ -10,6 +10,7 @@
 #ifndef NNRT_INTERNAL_H
 #define NNRT_INTERNAL_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -169,6 +170,11 @@ int64_t nnrt_positions(const NnModelDesc *d);
 /* Every row of data, in order. */
 void nnrt_set_all(NnSet *s, const NnData *data, const char *what);
 /* The last `fraction` of data (after one shuffle from `seed`) into val, the rest into train. */
+/* Rows of `rows` that a validation split of `fraction` holds out: at least 1, at most rows - 1. */
+static inline int64_t nnrt_held_out(int64_t rows, double fraction) {
+  int64_t n = (int64_t)llround((double)rows * fraction);
+  return n < 1 ? 1 : n > rows - 1 ? rows - 1 : n;
+}
 void nnrt_set_split(const NnData *data, double fraction, uint64_t seed, NnSet *train,
                     NnSet *val);
 void nnrt_set_free(NnSet *s);
