@@ -1367,6 +1367,7 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4]) {
   PUT_I64(&f, NnModelDesc, seed, u->seed);
   PUT_I64(&f, NnModelDesc, task, u->task);
   PUT_F64(&f, NnModelDesc, threshold, u->threshold);
+  PUT_I64(&f, NnModelDesc, compare, u->compare);
   PUT_I64(&f, NnModelDesc, n_hyper, u->n_hyper);
   PUT_PTR(&f, NnModelDesc, hyper_names, hyper_name_table(L));
   PUT_PTR(&f, NnModelDesc, hyper_defaults,

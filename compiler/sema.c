@@ -2333,6 +2333,29 @@ static NnTask task_of(const Ast *loss, double *threshold) {
   return NN_TASK_REGRESSION;
 }
 
+static bool mentions(const Ast *e, const char *name) {
+  if (!e) return false;
+  if (e->kind == AST_NAME && !strcmp(e->name, name)) return true;
+  if (mentions(e->a, name) || mentions(e->b, name)) return true;
+  for (int i = 0; i < e->kids.len; i++)
+    if (mentions(e->kids.items[i], name)) return true;
+  return false;
+}
+
+/* What the final metrics measure the outputs against: x when the loss's first term is
+ * loss(out, x) (an autoencoder) and the outputs have x's size; else y when the loss reads y at
+ * all; else nothing, since mse against y would compare numbers the loss never related. */
+static NnCompare compare_of(const Unit *u, const Ast *loss) {
+  const Ast *first = loss;
+  while (first && first->kind == AST_BINOP) first = first->a;
+  const Ast *target = first && first->kind == AST_CALL && first->kids.len >= 2
+                          ? first->kids.items[1] : NULL;
+  if (target && target->kind == AST_NAME && !strcmp(target->name, "x"))
+    return shape_elems(u->out_shape, 1) == shape_elems(u->x_shape, 1) ? NN_COMPARE_X
+                                                                       : NN_COMPARE_NONE;
+  return mentions(loss, "y") ? NN_COMPARE_Y : NN_COMPARE_NONE;
+}
+
 /* Looks a definition up by name and kind, reporting what is wrong with it. */
 static const Ast *find_def(Sema *s, Loc loc, const char *name, AstKind kind, const char *what) {
   const Ast *d = lookup_def(s, name);
@@ -2597,6 +2620,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
     ir_prune(u->infer);
   }
   u->task = task_of(seen[0]->a, &u->threshold);
+  u->compare = u->task == NN_TASK_REGRESSION ? compare_of(u, seen[0]->a) : NN_COMPARE_Y;
   /* optimizer = sgd(lr = 0.5) */
   const Ast *oc = seen[1]->a;
   if (oc->kind != AST_CALL && oc->kind != AST_NAME) {

@@ -62,6 +62,14 @@ typedef enum NnTask {
   NN_TASK_MULTICLASS, /* argmax(out) vs argmax(y) */
 } NnTask;
 
+/* What a regression's metrics (mse, mae) measure the outputs against: what the loss compares
+ * them with. */
+typedef enum NnCompare {
+  NN_COMPARE_Y,    /* the targets: mse(m(x), y) */
+  NN_COMPARE_X,    /* the inputs: an autoencoder's bce(ae(x), x) */
+  NN_COMPARE_NONE, /* neither (a loss of the outputs alone): loss only */
+} NnCompare;
+
 /* What early stopping watches (the train block's `monitor`, --monitor). ORDER MONITOR */
 typedef enum NnMonitor {
   NN_MONITOR_AUTO,         /* val_loss when there is a validation set, else loss */
@@ -155,6 +163,7 @@ typedef struct NnModelDesc {
   int64_t seed;                /* default seed */
   int64_t task;                /* NnTask */
   double threshold;            /* decision threshold for NN_TASK_BINARY */
+  int64_t compare;             /* NnCompare: what mse/mae measure the outputs against */
   int64_t n_hyper;             /* entries of hyper_names/hyper_defaults */
   const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper + NnHyperSlot] follow */
   const double *hyper_defaults;

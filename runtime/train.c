@@ -303,9 +303,11 @@ static void epoch_row(const Run *r, const NnMetrics *t, const NnMetrics *v, char
   if (v && acc && n < cap)
     snprintf(buf + n, cap - n, ",%.9g,%.9g,%.9g", nnrt_metrics_loss(v), nnrt_metrics_accuracy(v),
              nnrt_metrics_f1(v));
-  else if (v && n < cap)
+  else if (v && v->elems && n < cap)
     snprintf(buf + n, cap - n, ",%.9g,%.9g", nnrt_metrics_loss(v),
-             v->elems ? v->abs_err / (double)v->elems : 0.0);
+             v->abs_err / (double)v->elems);
+  else if (v && n < cap) /* no mae: the loss compares the outputs with neither x nor y */
+    snprintf(buf + n, cap - n, ",%.9g,", nnrt_metrics_loss(v));
 }
 
 /* ---- one epoch ---- */
