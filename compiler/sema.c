@@ -2420,9 +2420,17 @@ static void freeze(Sema *s, const Ast *list) {
     size_t len = strlen(it->name);
     int hits = 0;
     for (int p = 0; p < u->n_params; p++) {
-      const char *pn = u->params[p].name;
-      if (!strncmp(pn, it->name, len) && (pn[len] == '\0' || pn[len] == '.'))
-        u->params[p].frozen = true, hits++;
+      ParamDecl *pd = &u->params[p];
+      if (strncmp(pd->name, it->name, len) || (pd->name[len] != '\0' && pd->name[len] != '.'))
+        continue;
+      hits++;
+      /* As in PyTorch (requires_grad=False), freezing leaves a layer's state (batchnorm's
+       * running statistics) following the training mode: only its parameters stop. */
+      if (!pd->buffer)
+        pd->frozen = true;
+      else if (pd->name[len] == '\0')
+        diag_error(it->loc, "freeze: '%s' is layer state, not a trained parameter; it is updated "
+                   "in training mode whatever is frozen", it->name);
     }
     if (!hits) {
       const char *close = diag_did_you_mean(it->name, names, u->n_params);
