@@ -100,7 +100,7 @@ static bool read_weights(const Unit *u, const char *path, Embed *e) {
     int found = nnrt_st_find(&st, p->name, &t);
     char *want = shape_str(p->shape, false);
     if (found < 0) {
-      diag_file_error(path, "malformed safetensors header (at or before tensor '%s')", p->name);
+      diag_file_error(path, "malformed safetensors header: %s", st.why);
       return false;
     }
     if (!found) {
