@@ -2333,6 +2333,7 @@ static NnTask task_of(const Ast *loss, double *threshold) {
   return NN_TASK_REGRESSION;
 }
 
+/* Whether expression e reads the name `name` anywhere. */
 static bool mentions(const Ast *e, const char *name) {
   if (!e) return false;
   if (e->kind == AST_NAME && !strcmp(e->name, name)) return true;

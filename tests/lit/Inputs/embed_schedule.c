@@ -9,7 +9,8 @@
 
 #include "sched.h"
 
-static double params[SCHED_PARAMS_BYTES / sizeof(double)], grads[SCHED_GRADS_BYTES / sizeof(double)];
+static double params[SCHED_PARAMS_BYTES / sizeof(double)];
+static double grads[SCHED_GRADS_BYTES / sizeof(double)];
 static double state[SCHED_STATE_BYTES / sizeof(double) + 1];
 static double arena[SCHED_TRAIN_ARENA_BYTES / sizeof(double) + 1];
 
