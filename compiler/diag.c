@@ -81,16 +81,12 @@ char *xstrndup(const char *s, size_t n) {
 
 char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
 
+static char *vformat(const char *fmt, va_list ap);
+
 char *xprintf(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
-  va_end(ap);
-  if (n < 0)
-    diag_internal(__FILE__, __LINE__, "bad format '%s'", fmt);
-  char *p = xalloc((size_t)n + 1);
-  va_start(ap, fmt);
-  vsnprintf(p, (size_t)n + 1, fmt, ap);
+  char *p = vformat(fmt, ap);
   va_end(ap);
   return p;
 }
@@ -151,18 +147,33 @@ SourceFile *diag_load(const char *path) {
 
 /* ---------------------------------------------------------------- diagnostics */
 
-static int n_errors; /* errors reported so far */
+/* sema elaborates a model body once per call (the train graph's output, the loss's own call)
+ * and once per mode (training 1 and 0), so one mistake is found several times; it is printed
+ * once. n_errors counts every find, so a caller's "did this call add errors?" check still works;
+ * only the printed ones count towards MAX_ERRORS. */
+static int n_errors;               /* errors found so far, repeats included */
+static const char *printed[MAX_ERRORS]; /* "where: message" of each error printed */
+static int n_printed;
+static bool last_was_repeat;       /* the latest error was a repeat: drop its notes too */
 
 int diag_error_count(void) { return n_errors; }
 
-/* Counts one error; past the limit, gives up rather than flood the terminal. */
-static void count_error(void) {
-  if (n_errors >= MAX_ERRORS) {
+/* Counts one error and says whether to print it: not if the same message was already printed
+ * at the same place; past the limit, gives up rather than flood the terminal. */
+static bool count_error(const char *where, const char *message) {
+  n_errors++;
+  const char *key = xprintf("%s: %s", where, message);
+  for (int i = 0; i < n_printed; i++)
+    if (!strcmp(printed[i], key))
+      return !(last_was_repeat = true);
+  last_was_repeat = false;
+  if (n_printed >= MAX_ERRORS) {
     fputs("nnc: error: too many errors, stopping\n", stderr);
     xfree_all();
     exit(1);
   }
-  n_errors++;
+  printed[n_printed++] = key;
+  return true;
 }
 
 /* Bytes in a valid UTF-8 sequence starting at s (at most n bytes available), or 0. */
@@ -226,42 +237,56 @@ static void print_source_line(Loc loc) {
   free(pad);
 }
 
-static void report(Loc loc, const char *kind, const char *fmt, va_list ap) {
-  if (!loc.file)
-    fprintf(stderr, "nnc: %s: ", kind);
-  else if (loc.line <= 0)
-    fprintf(stderr, "%s: %s: ", loc.file->path, kind);
-  else
-    fprintf(stderr, "%s:%d:%d: %s: ", loc.file->path, loc.line, loc.col, kind);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+/* "file:line:col" (or less, where the location is less precise) for a message's prefix. */
+static const char *where_str(Loc loc) {
+  if (!loc.file) return "nnc";
+  if (loc.line <= 0) return loc.file->path;
+  return xprintf("%s:%d:%d", loc.file->path, loc.line, loc.col);
+}
+
+static void report(Loc loc, const char *kind, const char *message) {
+  fprintf(stderr, "%s: %s: %s\n", where_str(loc), kind, message);
   if (loc.file && loc.line > 0)
     print_source_line(loc);
 }
 
+static char *vformat(const char *fmt, va_list ap) {
+  va_list again;
+  va_copy(again, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  if (n < 0)
+    diag_internal(__FILE__, __LINE__, "bad format '%s'", fmt);
+  char *p = xalloc((size_t)n + 1);
+  vsnprintf(p, (size_t)n + 1, fmt, again);
+  va_end(again);
+  return p;
+}
+
 void diag_error(Loc loc, const char *fmt, ...) {
-  count_error();
   va_list ap;
   va_start(ap, fmt);
-  report(loc, "error", fmt, ap);
+  char *message = vformat(fmt, ap);
   va_end(ap);
+  if (count_error(where_str(loc), message))
+    report(loc, "error", message);
 }
 
 void diag_note(Loc loc, const char *fmt, ...) {
+  if (last_was_repeat)
+    return;
   va_list ap;
   va_start(ap, fmt);
-  report(loc, "note", fmt, ap);
+  report(loc, "note", vformat(fmt, ap));
   va_end(ap);
 }
 
 void diag_file_error(const char *path, const char *fmt, ...) {
-  count_error();
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "%s: error: ", path ? path : "nnc");
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  char *message = vformat(fmt, ap);
   va_end(ap);
+  if (count_error(path ? path : "nnc", message))
+    fprintf(stderr, "%s: error: %s\n", path ? path : "nnc", message);
 }
 
 _Noreturn void diag_internal(const char *file, int line, const char *fmt, ...) {

@@ -100,7 +100,7 @@ static bool read_weights(const Unit *u, const char *path, Embed *e) {
     int found = nnrt_st_find(&st, p->name, &t);
     char *want = shape_str(p->shape, false);
     if (found < 0) {
-      diag_file_error(path, "malformed safetensors header (at or before tensor '%s')", p->name);
+      diag_file_error(path, "malformed safetensors header: %s", st.why);
       return false;
     }
     if (!found) {
@@ -343,8 +343,13 @@ bool embed_write_header(const Unit *u, const Embed *e, const char *path) {
                " * *loss (may be NULL) gets the batch's mean loss. A non-finite loss or gradient\n"
                " * skips the update and returns %s_ERR_NONFINITE. */\n"
                "int %s_train_step(%s_ctx *ctx, const %s *x, const %s *y, int64_t batch, double *loss);\n"
-               "int64_t %s_steps(const %s_ctx *ctx); /* optimizer steps taken since init */\n\n",
-            N, N, N, n, n, T, T, n, n);
+               "int64_t %s_steps(const %s_ctx *ctx); /* optimizer steps taken since init */\n"
+               "/* The updates the whole run will take, which a schedule such as cosine anneals\n"
+               " * over (its `total`); steps >= 0. Default: the .nn file's epochs x batches per\n"
+               " * epoch when its training set is an inline table, else 0: then call this with\n"
+               " * epochs * ceil(samples / batch) before the first step. */\n"
+               "int %s_set_total_steps(%s_ctx *ctx, int64_t steps);\n\n",
+            N, N, N, n, n, T, T, n, n, n, n);
   fprintf(f, "/* Hyperparameters by name (");
   for (int i = 0; i < u->n_hyper; i++) fprintf(f, "%s%s", i ? ", " : "", u->hyper_names[i]);
   fprintf(f, "%s), read by each step. */\n", u->n_hyper ? "" : "none");

@@ -1540,10 +1540,10 @@ static void lower_output(Lower *L, const Output *o) {
   const Node *n = o->node;
   bool mem = class_of(n) != CLASS_SCALAR;
   snprintf(L->tag, sizeof L->tag, "%s", region_name[o->io]);
-  if (o->io == NN_IO_LOSS) { /* one double */
+  if (o->io == NN_IO_LOSS || o->io == NN_IO_HYPER) { /* one double: the loss, "lr used" */
     LLVMValueRef v = mem ? LLVMBuildLoad2(L->b, L->elem, node_ptr(L, n), "") : L->val[n->id];
     if (L->elem != L->f64) v = LLVMBuildFPExt(L->b, v, L->f64, "");
-    LLVMBuildStore(L->b, v, region_ptr(L, NN_IO_LOSS, o->offset, L->f64, "loss.slot"));
+    LLVMBuildStore(L->b, v, region_ptr(L, o->io, o->offset, L->f64, "double.slot"));
     return;
   }
   if (mem && n->io == o->io && n->offset == o->offset) return; /* computed in place */
@@ -1997,6 +1997,7 @@ static LLVMValueRef emit_model_desc(Lower *L, LLVMValueRef kernel[4], LLVMValueR
   PUT_I64(&f, NnModelDesc, seed, u->seed);
   PUT_I64(&f, NnModelDesc, task, u->task);
   PUT_F64(&f, NnModelDesc, threshold, u->threshold);
+  PUT_I64(&f, NnModelDesc, compare, u->compare);
   PUT_I64(&f, NnModelDesc, n_hyper, u->n_hyper);
   PUT_PTR(&f, NnModelDesc, hyper_names, hyper_name_table(L));
   PUT_PTR(&f, NnModelDesc, hyper_defaults,

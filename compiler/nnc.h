@@ -364,6 +364,7 @@ typedef struct Unit {
   NnMonitor monitor;      /* what early stopping watches */
   NnTask task;
   double threshold;
+  NnCompare compare;      /* what the regression metrics measure the outputs against */
   bool has_train;         /* the file had a train block */
   double plateau[4];      /* schedule = plateau(...): factor (0: none), patience, threshold,
                              min_lr (NnModelDesc.plateau_*) */

@@ -69,7 +69,8 @@ static bool in_place_ok(const Graph *g, const Node *leaf, const Node *r) {
 /* Puts output o's value in its region if that is safe (see the file comment). */
 static void place_output(Graph *g, const Output *o, bool *const need[N_KERNELS], bool update,
                          int64_t max_batch) {
-  if (o->io == NN_IO_LOSS || o->io == NN_IO_ARENA) return; /* loss is one double */
+  if (o->io == NN_IO_LOSS || o->io == NN_IO_HYPER || o->io == NN_IO_ARENA)
+    return; /* one double: the loss, a schedule's "lr used" */
   Node *r = alias_root(g, o->node);
   if (!in_memory(r) || is_leaf(r) || r->io >= 0 || !r->stored) return;
   for (int k = 0; k < N_KERNELS; k++)

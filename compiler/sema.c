@@ -2346,6 +2346,8 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
         diag_error(sched_call->loc, "schedule '%s' must give one number", sched->name);
       return false;
     }
+    /* for the runtime's log: the rate this step used */
+    ir_output(u->update, lr, NN_IO_HYPER, u->n_hyper + NN_HYPER_LR, "lr used");
   }
   for (int p = 0; p < u->n_params; p++) {
     const ParamDecl *pd = &u->params[p];
@@ -2411,6 +2413,30 @@ static NnTask task_of(const Ast *loss, double *threshold) {
   if (!strcmp(loss->name, "cross_entropy") || !strcmp(loss->name, "nll"))
     return NN_TASK_MULTICLASS;
   return NN_TASK_REGRESSION;
+}
+
+/* Whether expression e reads the name `name` anywhere. */
+static bool mentions(const Ast *e, const char *name) {
+  if (!e) return false;
+  if (e->kind == AST_NAME && !strcmp(e->name, name)) return true;
+  if (mentions(e->a, name) || mentions(e->b, name)) return true;
+  for (int i = 0; i < e->kids.len; i++)
+    if (mentions(e->kids.items[i], name)) return true;
+  return false;
+}
+
+/* What the final metrics measure the outputs against: x when the loss's first term is
+ * loss(out, x) (an autoencoder) and the outputs have x's size; else y when the loss reads y at
+ * all; else nothing, since mse against y would compare numbers the loss never related. */
+static NnCompare compare_of(const Unit *u, const Ast *loss) {
+  const Ast *first = loss;
+  while (first && first->kind == AST_BINOP) first = first->a;
+  const Ast *target = first && first->kind == AST_CALL && first->kids.len >= 2
+                          ? first->kids.items[1] : NULL;
+  if (target && target->kind == AST_NAME && !strcmp(target->name, "x"))
+    return shape_elems(u->out_shape, 1) == shape_elems(u->x_shape, 1) ? NN_COMPARE_X
+                                                                       : NN_COMPARE_NONE;
+  return mentions(loss, "y") ? NN_COMPARE_Y : NN_COMPARE_NONE;
 }
 
 /* Looks a definition up by name and kind, reporting what is wrong with it. */
@@ -2484,9 +2510,13 @@ static void mark_params(Sema *s, const Ast *list, const char *key, bool *mark) {
     size_t len = strlen(it->name);
     int hits = 0;
     for (int p = 0; p < u->n_params; p++) {
-      const char *pn = u->params[p].name;
-      if (!strncmp(pn, it->name, len) && (pn[len] == '\0' || pn[len] == '.'))
-        mark[p] = true, hits++;
+      const ParamDecl *pd = &u->params[p];
+      if (strncmp(pd->name, it->name, len) || (pd->name[len] != '\0' && pd->name[len] != '.'))
+        continue;
+      mark[p] = true, hits++;
+      if (pd->buffer && pd->name[len] == '\0' && !strcmp(key, "freeze"))
+        diag_error(it->loc, "freeze: '%s' is layer state, not a trained parameter; it is updated "
+                   "in training mode whatever is frozen", it->name);
     }
     if (!hits) {
       const char *close = diag_did_you_mean(it->name, names, 2 * u->n_params);
@@ -2501,7 +2531,10 @@ static void mark_params(Sema *s, const Ast *list, const char *key, bool *mark) {
 static void freeze(Sema *s, const Ast *list) {
   bool *mark = xalloc((size_t)(s->u->n_params + 1) * sizeof *mark);
   mark_params(s, list, "freeze", mark);
-  for (int p = 0; p < s->u->n_params; p++) s->u->params[p].frozen |= mark[p];
+  /* As in PyTorch (requires_grad=False), freezing leaves a layer's state (batchnorm's
+   * running statistics) following the training mode: only its parameters stop. */
+  for (int p = 0; p < s->u->n_params; p++)
+    s->u->params[p].frozen |= mark[p] && !s->u->params[p].buffer;
 }
 
 /* early_stop = 3: stop after 3 epochs without improvement of `monitor = "val_loss"` (the
@@ -2915,6 +2948,7 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
     ir_prune(u->infer);
   }
   u->task = task_of(seen[0]->a, &u->threshold);
+  u->compare = u->task == NN_TASK_REGRESSION ? compare_of(u, seen[0]->a) : NN_COMPARE_Y;
   /* optimizer = sgd(lr = 0.5) */
   const Ast *oc = seen[1]->a;
   if (oc->kind != AST_CALL && oc->kind != AST_NAME) {

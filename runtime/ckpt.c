@@ -6,7 +6,8 @@
  * N; N bytes of JSON, padded with spaces to a multiple of 8; then the tensor bytes,
  * little-endian, with `data_offsets` relative to the end of the header. The header holds
  *   "__metadata__": string values only — format "nnc.checkpoint", format_version "1", model,
- *       fingerprint (FNV-1a 64 of elem size, parameter names and shapes, state size), dtype,
+ *       fingerprint (FNV-1a 64 of elem size, parameter names and shapes, which are frozen,
+ *       state size), dtype,
  *       epoch (completed), step (optimizer steps), skipped_steps, seed, batch, rng (the
  *       xoshiro256** state of the shuffle stream after the last epoch, 64 hex digits) and
  *       hyper.NAME for every hyperparameter (%.17g, so they round-trip); with early
@@ -47,11 +48,6 @@
 #define CKPT_VERSION "1"
 #define STATE_TENSOR "__optimizer_state__"
 
-enum {
-  MAX_HEADER = 100 << 20, /* the safetensors library's own limit on the JSON header */
-  MAX_DIMS = 8,           /* ranks a checkpoint tensor may have */
-};
-
 /* ---- fingerprint ---- */
 
 static uint64_t fnv1a(uint64_t h, const char *s) {
@@ -60,8 +56,11 @@ static uint64_t fnv1a(uint64_t h, const char *s) {
   return h;
 }
 
-/* Hash of what must agree for a checkpoint's tensors to fit: element size, parameter names
- * and shapes in order, optimizer-state size. */
+/* Hash of what must agree for --resume to continue the same training: element size, parameter
+ * names and shapes in order, which are frozen, optimizer-state size. The frozen set counts
+ * because the optimizer-state region holds only the trained parameters' state (two freeze sets
+ * of equal size would lay it out differently), and because resuming with another set (under
+ * any optimizer) is another training. Unfrozen models hash as before freezing existed. */
 static uint64_t fingerprint(const NnModelDesc *d) {
   char buf[192];
   uint64_t h = 0xCBF29CE484222325ull;
@@ -70,7 +69,7 @@ static uint64_t fingerprint(const NnModelDesc *d) {
   for (int64_t k = 0; k < d->n_params; k++) {
     const NnParamInfo *p = &d->params[k];
     h = fnv1a(fnv1a(h, p->name), nnrt_shape_str(d->elem_size, p->rank, p->dims, buf, sizeof buf));
-    h = fnv1a(h, ";");
+    h = fnv1a(h, p->frozen ? " frozen;" : ";");
   }
   snprintf(buf, sizeof buf, "state %lld;", (long long)d->state_size);
   return fnv1a(h, buf);
@@ -307,16 +306,7 @@ void nnrt_ckpt_save(const char *path, const NnModelDesc *d, void **io, const NnC
 
 /* ---- reading ---- */
 
-/* One tensor entry of a checkpoint's header, checked against the file. */
-typedef struct Tensor {
-  const char *name;            /* its key in the header */
-  const char *dtype;           /* "F32", ... */
-  int width;                   /* bytes per element */
-  int64_t rank;                /* used entries of dims */
-  int64_t dims[MAX_DIMS];      /* shape */
-  const unsigned char *bytes;  /* nbytes of little-endian data inside the file buffer */
-  int64_t nbytes;
-} Tensor;
+typedef NnStTensor Tensor; /* one tensor entry, checked against the file */
 
 /* A checkpoint in memory. */
 typedef struct Ckpt {
@@ -349,92 +339,28 @@ static unsigned char *read_whole(const char *path, int64_t *size) {
   return buf;
 }
 
-/* An array of non-negative integers, at most `max` of them; returns the count or -1. */
-static int64_t int_array(const NnJson *a, int64_t *out, int64_t max) {
-  if (!a || a->type != NNRT_JSON_ARRAY || a->n > max)
-    return -1;
-  for (int64_t i = 0; i < a->n; i++) {
-    if (a->items[i].type != NNRT_JSON_NUMBER || !a->items[i].is_int || a->items[i].i < 0)
-      return -1;
-    out[i] = a->items[i].i;
-  }
-  return a->n;
-}
-
-/* Checks one tensor entry against the data region [data, data + data_len). */
-static void read_entry(Ckpt *c, const char *name, const NnJson *e, const unsigned char *data,
-                       int64_t data_len, Tensor *t) {
-  const NnJson *dtype = nnrt_json_get(e, "dtype");
-  int64_t off[2];
-  memset(t, 0, sizeof *t);
-  t->name = name;
-  if (!dtype || dtype->type != NNRT_JSON_STRING)
-    nnrt_file_error(c->path, "tensor '%s' has no \"dtype\" string", name);
-  t->dtype = dtype->str;
-  t->width = nnrt_st_dtype_width(dtype->str);
-  if (!t->width)
-    nnrt_file_error(c->path, "tensor '%s' has unknown dtype '%s'", name, dtype->str);
-  t->rank = int_array(nnrt_json_get(e, "shape"), t->dims, MAX_DIMS);
-  if (t->rank < 0)
-    nnrt_file_error(c->path, "tensor '%s' has no valid \"shape\" (at most %d non-negative "
-                    "integers)", name, MAX_DIMS);
-  if (int_array(nnrt_json_get(e, "data_offsets"), off, 2) != 2 || off[0] > off[1])
-    nnrt_file_error(c->path, "tensor '%s' has no valid \"data_offsets\" [begin, end]", name);
-  int64_t elems = 1;
-  for (int64_t i = 0; i < t->rank; i++) {
-    if (t->dims[i] > 0 && elems > (INT64_MAX / 16) / t->dims[i])
-      nnrt_file_error(c->path, "tensor '%s' has an implausible shape", name);
-    elems *= t->dims[i];
-  }
-  if (off[1] > data_len)
-    nnrt_file_error(c->path, "truncated: tensor '%s' ends at byte %lld of the data, but the "
-                    "file holds only %lld bytes of data", name, (long long)off[1],
-                    (long long)data_len);
-  if (off[1] - off[0] != elems * t->width)
-    nnrt_file_error(c->path, "tensor '%s' has %lld bytes for %lld elements of %s", name,
-                    (long long)(off[1] - off[0]), (long long)elems, t->dtype);
-  t->bytes = data + off[0];
-  t->nbytes = off[1] - off[0];
-}
-
+/* Reads the file, checks its layout and every tensor entry (safetensors.c), and parses the
+ * header again with json.c for the metadata. */
 static void ckpt_read(Ckpt *c, const char *path) {
   memset(c, 0, sizeof *c);
   c->path = path;
   c->file = read_whole(path, &c->size);
-  if (c->size < 8)
-    nnrt_file_error(path, "truncated: %lld bytes; a safetensors file begins with an 8-byte "
-                    "header length", (long long)c->size);
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; i--)
-    n = n << 8 | c->file[i];
-  if (n > MAX_HEADER)
-    nnrt_file_error(path, "header length %llu is implausible; HINT: is this a safetensors "
-                    "file?", (unsigned long long)n);
-  if ((int64_t)n > c->size - 8)
-    nnrt_file_error(path, "truncated: the header is %llu bytes but only %lld follow",
-                    (unsigned long long)n, (long long)(c->size - 8));
-  const char *text = (const char *)c->file + 8;
+  NnStFile st;
+  if (nnrt_st_open(c->file, (size_t)c->size, &st) != 0)
+    nnrt_file_error(path, "%s", st.why);
   char err[256];
-  if (n == 0 || text[0] != '{')
-    nnrt_file_error(path, "the header is not a JSON object; HINT: is this a safetensors file?");
-  if (!nnrt_json_parse(text, (size_t)n, &c->header, err, sizeof err))
+  if (!nnrt_json_parse(st.header, st.header_len, &c->header, err, sizeof err))
     nnrt_file_error(path, "bad JSON header: %s", err);
-  const unsigned char *data = c->file + 8 + n;
-  int64_t data_len = c->size - 8 - (int64_t)n;
+  c->meta = nnrt_json_get(&c->header, "__metadata__");
+  if (c->meta && c->meta->type != NNRT_JSON_OBJECT)
+    nnrt_file_error(path, "\"__metadata__\" is not an object");
   c->tensors = NNRT_ALLOC(c->header.n + 1, Tensor);
-  for (int64_t i = 0; i < c->header.n; i++) {
-    const char *key = c->header.keys[i];
-    const NnJson *e = &c->header.items[i];
-    if (strcmp(key, "__metadata__") == 0) {
-      if (e->type != NNRT_JSON_OBJECT)
-        nnrt_file_error(path, "\"__metadata__\" is not an object");
-      c->meta = e;
-    } else if (e->type != NNRT_JSON_OBJECT) {
-      nnrt_file_error(path, "tensor '%s' is not described by an object", key);
-    } else {
-      read_entry(c, key, e, data, data_len, &c->tensors[c->n++]);
-    }
-  }
+  size_t at = 0;
+  int r = 0;
+  while (c->n < c->header.n && (r = nnrt_st_next(&st, &at, &c->tensors[c->n])) > 0)
+    c->n++;
+  if (r < 0)
+    nnrt_file_error(path, "%s", st.why);
 }
 
 static void ckpt_free(Ckpt *c) {
@@ -583,8 +509,9 @@ static void read_state(const Ckpt *c, const NnModelDesc *d, NnCkptState *st) {
   char want[72], key[160];
   snprintf(want, sizeof want, "%016llx", (unsigned long long)fingerprint(d));
   if (strcmp(meta_str(c, "fingerprint"), want) != 0)
-    nnrt_file_error(c->path, "model fingerprint %s differs from this model's %s",
-                    meta_str(c, "fingerprint"), want);
+    nnrt_file_error(c->path, "model fingerprint %s differs from this model's %s (parameters, "
+                    "shapes, frozen set or optimizer differ); HINT: --init-from starts from its "
+                    "weights", meta_str(c, "fingerprint"), want);
   st->epoch = meta_int(c, "epoch", 0);
   st->step = meta_int(c, "step", 0);
   st->skipped = meta_int(c, "skipped_steps", 0);

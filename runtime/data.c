@@ -418,11 +418,11 @@ static int cmp_i64(const void *a, const void *b) {
 
 void nnrt_set_split(const NnData *data, double fraction, uint64_t seed, NnSet *train,
                     NnSet *val) {
-  int64_t rows = data->rows, n_val = (int64_t)llround((double)rows * fraction);
+  int64_t rows = data->rows;
   if (rows < 2)
     nnrt_fatal("cannot hold out %g of %s for validation: it has %lld sample%s", fraction,
                data->origin, (long long)rows, nnrt_plural(rows));
-  n_val = n_val < 1 ? 1 : n_val > rows - 1 ? rows - 1 : n_val;
+  int64_t n_val = nnrt_held_out(rows, fraction);
   int64_t *perm = NNRT_ALLOC(rows, int64_t);
   for (int64_t i = 0; i < rows; i++)
     perm[i] = i;

@@ -27,6 +27,18 @@ enum {
 
 static const NnModelDesc *desc(void) { return nn_embed.model; }
 
+/* The updates of the run the .nn file describes, as the training binary counts them (epochs x
+ * batches per epoch), when the compiler knows the training set's size (an inline table);
+ * else 0, and a schedule that reads `total` needs set_total_steps. */
+static int64_t default_total_steps(const NnModelDesc *d) {
+  if (!d->data || d->data->kind != NN_DATA_TABLE || d->data->rows < 1)
+    return 0;
+  int64_t rows = d->data->rows;
+  if (!d->val && d->val_split > 0 && rows >= 2)
+    rows -= nnrt_held_out(rows, d->val_split);
+  return d->epochs * ((rows + d->max_batch - 1) / d->max_batch);
+}
+
 static NneCtx *ready(void *ctx) {
   NneCtx *c = ctx;
   return c && c->magic == nn_embed.hash ? c : NULL;
@@ -86,8 +98,9 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
   for (int64_t i = 0; i < d->n_hyper; i++)
     c->hyper[i] = d->hyper_defaults[i];
   c->step = 0;
-  for (int64_t i = 0; i < NN_HYPER_SLOTS; i++) /* step 0, seed 0, no schedule's total */
+  for (int64_t i = 0; i < NN_HYPER_SLOTS; i++) /* step 0, seed 0 */
     c->hyper[d->n_hyper + i] = 0;
+  c->hyper[d->n_hyper + NN_HYPER_TOTAL] = (double)default_total_steps(d);
   c->loss = 0;
   memset(&c->threads, 0, sizeof c->threads);
   c->worker_scratch = NULL;
@@ -200,6 +213,16 @@ int nne_set_threads(void *ctx, void (*run)(void *pool, NnWork work, void *arg), 
 int64_t nne_steps(const void *ctx) {
   const NneCtx *c = ready((void *)(uintptr_t)ctx);
   return c ? c->step : NNE_ERR_NOT_INIT;
+}
+
+int nne_set_total_steps(void *ctx, int64_t steps) {
+  NneCtx *c = ready(ctx);
+  if (!c)
+    return ctx ? NNE_ERR_NOT_INIT : NNE_ERR_ARG;
+  if (steps < 0)
+    return NNE_ERR_ARG;
+  c->hyper[desc()->n_hyper + NN_HYPER_TOTAL] = (double)steps;
+  return NNE_OK;
 }
 
 static int64_t hyper_index(const char *name) {

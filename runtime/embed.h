@@ -73,7 +73,7 @@ typedef struct NneCtx {
 #define NNE_API(X)                                                                     \
   X(init_checked) X(forward) X(train_step) X(set_hyper) X(get_hyper) X(param) X(get_layout)  \
   X(load_weights) X(load_weights_file) X(save_weights) X(save_weights_file) X(strerror)  \
-  X(steps) X(set_threads)
+  X(steps) X(set_threads) X(set_total_steps)
 
 /* The sizes model.h also gives as macros; NAME_get_layout fills it from the object. */
 typedef struct NneLayout {

@@ -436,22 +436,35 @@ static void apply_flag(const NnModelDesc *d, NnOptions *o, const Flag *f, const 
   }
 }
 
+/* The flag arg names, NULL if none; *len gets its name's length (arg up to any "=VALUE"). */
+static const Flag *flag_of(const char *arg, size_t *len) {
+  const char *eq = strchr(arg, '=');
+  *len = eq && arg[1] == '-' ? (size_t)(eq - arg) : strlen(arg);
+  return find_flag(arg, *len);
+}
+
+/* 1 when flag arg takes the next word as its value (`--save CKPT`, not `--save=CKPT`): that
+ * word is a value whatever it looks like (getopt's rule), so `--save --help` names a file. */
+static int value_follows(const char *arg) {
+  size_t len;
+  const Flag *f = flag_of(arg, &len);
+  return f && f->value && len == strlen(arg);
+}
+
 /* Handles argv[*i], a flag; may consume argv[*i + 1] as its value. Returns its CMD_* mask. */
 static unsigned parse_flag(const NnModelDesc *d, NnOptions *o, int argc, char **argv, int *i) {
   const char *arg = argv[*i];
-  const char *eq = strchr(arg, '=');
-  size_t len = eq && arg[1] == '-' ? (size_t)(eq - arg) : strlen(arg);
-  const Flag *f = find_flag(arg, len);
+  size_t len;
+  const Flag *f = flag_of(arg, &len);
   if (!f)
     usage_error("unknown flag '%.*s' (try '%s --help')", (int)len, arg, nnrt_prog);
   const char *value = NULL;
   if (len < strlen(arg)) {
     if (!f->value)
       usage_error("%s takes no value, got '%s'", f->name, arg);
-    value = eq + 1;
+    value = arg + len + 1;
   } else if (f->value) {
-    /* The next word is the value unless it is missing or itself a flag. */
-    if (*i + 1 >= argc || strncmp(argv[*i + 1], "--", 2) == 0)
+    if (*i + 1 >= argc)
       usage_error("%s expects a value", f->name);
     value = argv[++*i];
   }
@@ -486,14 +499,17 @@ static const char *basename_of(const char *path) {
   return slash && slash[1] ? slash + 1 : path;
 }
 
-/* --help, -h or help anywhere: the help of the command named too, else the overview. Returns
- * 1 when it printed something. */
+/* --help or -h where a flag may stand, or the word help where a command may: the help of the
+ * command named too, else the overview. A flag's value is neither (`--data --help` reads a
+ * file). Returns 1 when it printed something. */
 static int help(int argc, char **argv, const NnModelDesc *d, const NnOptions *o) {
   int asked = 0;
   const struct Command *c = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "help"))
       asked = 1;
+    else if (argv[i][0] == '-' && argv[i][1])
+      i += value_follows(argv[i]); /* skip its value */
     else if (!c)
       c = command_of(argv[i]);
   }

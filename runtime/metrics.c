@@ -77,9 +77,15 @@ static void add_multiclass(NnMetrics *m, const NnModelDesc *d, const void *out, 
   }
 }
 
-static void add_regression(NnMetrics *m, const NnModelDesc *d, const void *out, const void *y,
-                           int64_t n) {
-  int64_t es = d->elem_size, os = d->out_size, ys = d->y_size, k = os < ys ? os : ys;
+/* Squared and absolute errors of out against what the loss compares it with (NnCompare):
+ * y, or x for an autoencoder, or nothing. */
+static void add_regression(NnMetrics *m, const NnModelDesc *d, void **io, int64_t n) {
+  if (d->compare == NN_COMPARE_NONE)
+    return;
+  const void *out = io[NN_IO_OUT];
+  const void *y = d->compare == NN_COMPARE_X ? io[NN_IO_X] : io[NN_IO_Y];
+  int64_t es = d->elem_size, os = d->out_size;
+  int64_t ys = d->compare == NN_COMPARE_X ? d->x_size : d->y_size, k = os < ys ? os : ys;
   for (int64_t i = 0; i < n; i++)
     for (int64_t j = 0; j < k; j++) {
       double e = nnrt_get(out, i * os + j, es) - nnrt_get(y, i * ys + j, es);
@@ -105,7 +111,7 @@ void nnrt_metrics_add(NnMetrics *m, const NnModelDesc *d, void **io, int64_t n, 
   else if (d->task == NN_TASK_MULTICLASS)
     add_multiclass(m, d, out, y, n);
   else
-    add_regression(m, d, out, y, n);
+    add_regression(m, d, io, n);
 }
 
 double nnrt_metrics_loss(const NnMetrics *m) {
@@ -224,9 +230,12 @@ void nnrt_metrics_print(const NnModelDesc *d, const char *label, const NnSet *se
       print_confusion(m);
     else if (confusion)
       printf("no confusion matrix for more than %d classes\n", NNRT_CONFUSION_MAX);
+  } else if (d->compare == NN_COMPARE_NONE) {
+    printf(" loss only (the loss compares the outputs with neither x nor y)\n");
   } else {
     double n = m->elems ? (double)m->elems : 1;
     printf(" mse %s", nnrt_fmt_loss(m->sq_err / n, buf));
-    printf("  mae %s\n", nnrt_fmt_loss(m->abs_err / n, buf));
+    printf("  mae %s%s\n", nnrt_fmt_loss(m->abs_err / n, buf),
+           d->compare == NN_COMPARE_X ? " (against the inputs x, as the loss compares)" : "");
   }
 }

@@ -70,6 +70,8 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
   for (int64_t i = 0; i < d->n_hyper; i++)
     h[i] = hyper[i];
   h[d->n_hyper + NN_HYPER_STEP] = (double)step;
+  int64_t lr = nnrt_hyper_index(d, "lr");
+  h[d->n_hyper + NN_HYPER_LR] = lr >= 0 ? hyper[lr] : 0; /* until an update writes it */
   memcpy(&h[d->n_hyper + NN_HYPER_SEED], &seed, sizeof seed); /* the bits, not a value */
 }
 
@@ -268,6 +270,14 @@ static void print_data(const NnModelDesc *d, const NnOptions *o) {
   putchar('\n');
 }
 
+int64_t nnrt_trained_count(const NnModelDesc *d) {
+  int64_t n = 0;
+  for (int64_t k = 0; k < d->n_params; k++)
+    if (!d->params[k].buffer)
+      n += d->params[k].size;
+  return n;
+}
+
 int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
   int64_t es = d->elem_size;
   char shape[160];
@@ -283,8 +293,13 @@ int nnrt_info(const NnModelDesc *d, const NnOptions *o) {
     printf(" (threshold %g)", d->threshold);
   printf("\nparameters:\n");
   print_params(d);
-  printf("total:       %lld parameter%s (%lld bytes)\n", (long long)d->param_size,
-         nnrt_plural(d->param_size), (long long)(d->param_size * es));
+  int64_t trained = nnrt_trained_count(d), held = d->param_size * es;
+  bool has_state = false;
+  for (int64_t k = 0; k < d->n_params; k++)
+    has_state |= d->params[k].buffer != 0;
+  printf("total:       %lld parameter%s (%lld bytes with %salignment padding)\n",
+         (long long)trained, nnrt_plural(trained), (long long)held,
+         has_state ? "the state tensors and " : "");
   printf("state:       %lld element%s\n", (long long)d->state_size, nnrt_plural(d->state_size));
   printf("arena:       %lld bytes (one slot per node would need %lld)\n",
          (long long)d->arena_bytes, (long long)d->arena_unplanned_bytes);

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 8
+#define NN_ABI_VERSION 9
 #define NN_MAX_RANK 6
 #define NN_MAX_STEPS 8 /* steps of one train block */
 
@@ -37,6 +37,8 @@ typedef enum NnHyperSlot {
   NN_HYPER_STEP,  /* optimizer steps taken (the update kernel sees 1 for the first) */
   NN_HYPER_SEED,  /* the run's seed: its 64 bits stored in the double, for the random ops */
   NN_HYPER_TOTAL, /* the updates of the whole training run (LR schedules); 0 outside train */
+  NN_HYPER_LR,    /* the learning rate the last update used: a `schedule`'s value, which the
+                     update kernel writes here; without one the caller's copy of 'lr' */
   NN_HYPER_SLOTS  /* count */
 } NnHyperSlot;
 
@@ -60,6 +62,14 @@ typedef enum NnTask {
   NN_TASK_BINARY,     /* each output is one decision: out > threshold vs y > 0.5 */
   NN_TASK_MULTICLASS, /* argmax(out) vs argmax(y) */
 } NnTask;
+
+/* What a regression's metrics (mse, mae) measure the outputs against: what the loss compares
+ * them with. */
+typedef enum NnCompare {
+  NN_COMPARE_Y,    /* the targets: mse(m(x), y) */
+  NN_COMPARE_X,    /* the inputs: an autoencoder's bce(ae(x), x) */
+  NN_COMPARE_NONE, /* neither (a loss of the outputs alone): loss only */
+} NnCompare;
 
 /* What early stopping watches (the train block's `monitor`, --monitor). ORDER MONITOR */
 typedef enum NnMonitor {
@@ -172,6 +182,7 @@ typedef struct NnModelDesc {
   int64_t seed;                /* default seed */
   int64_t task;                /* NnTask */
   double threshold;            /* decision threshold for NN_TASK_BINARY */
+  int64_t compare;             /* NnCompare: what mse/mae measure the outputs against */
   int64_t n_hyper;             /* entries of hyper_names/hyper_defaults */
   const char *const *hyper_names;  /* "lr", ...; NN_IO_HYPER[n_hyper + NnHyperSlot] follow */
   const double *hyper_defaults;

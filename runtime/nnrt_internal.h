@@ -11,6 +11,7 @@
 #define NNRT_INTERNAL_H
 
 #include <stdbool.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -171,6 +172,11 @@ int64_t nnrt_positions(const NnModelDesc *d);
 /* Every row of data, in order. */
 void nnrt_set_all(NnSet *s, const NnData *data, const char *what);
 /* The last `fraction` of data (after one shuffle from `seed`) into val, the rest into train. */
+/* Rows of `rows` that a validation split of `fraction` holds out: at least 1, at most rows - 1. */
+static inline int64_t nnrt_held_out(int64_t rows, double fraction) {
+  int64_t n = (int64_t)llround((double)rows * fraction);
+  return n < 1 ? 1 : n > rows - 1 ? rows - 1 : n;
+}
 void nnrt_set_split(const NnData *data, double fraction, uint64_t seed, NnSet *train,
                     NnSet *val);
 void nnrt_set_free(NnSet *s);
@@ -224,6 +230,9 @@ const char *nnrt_dtype_name(int64_t elem_size); /* "f32" or "f64" */
 const char *nnrt_shape_str(int64_t elem_size, int64_t rank, const int64_t *dims, char *buf,
                            size_t cap);
 const char *nnrt_plural(int64_t n); /* "" or "s" */
+/* Elements of the trained parameters: the tensors' own sizes, not the alignment padding between
+ * them in NN_IO_PARAM (param_size). */
+int64_t nnrt_trained_count(const NnModelDesc *d);
 int nnrt_info(const NnModelDesc *d, const NnOptions *o);
 
 /* ---- metrics.c ---- */

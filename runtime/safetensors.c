@@ -1,7 +1,7 @@
 /* safetensors.c — takes a safetensors file in memory and a tensor name, gives that tensor's
- * dtype, shape and bytes; and writes the header of a file holding a model's parameters. No
- * allocation and no exit anywhere: the JSON header is scanned in place, one entry at a time,
- * and anything malformed is reported as a return value.
+ * dtype, shape and bytes, or lists every tensor; and writes the header of a file holding a
+ * model's parameters. No allocation and no exit anywhere: the JSON header is scanned in place,
+ * one entry at a time, and anything malformed is a return value with a sentence in st->why.
  *
  * Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian header length
  * N; N bytes of JSON; the tensor bytes, little-endian, `data_offsets` relative to the end of
@@ -168,15 +168,32 @@ void nnrt_st_copy_floats(void *dst, int64_t elem_size, const unsigned char *src,
   }
 }
 
+/* Says what is wrong in st->why; returns -1. */
+__attribute__((format(printf, 2, 3))) static int fail(NnStFile *st, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(st->why, sizeof st->why, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
 int nnrt_st_open(const void *file, size_t size, NnStFile *st) {
   const unsigned char *f = file;
+  st->why[0] = '\0';
   if (!f || size < 8)
-    return -1;
+    return fail(st, "truncated: %zu bytes; a safetensors file begins with an 8-byte header "
+                "length", f ? size : 0);
   uint64_t n = 0;
   for (int i = 7; i >= 0; i--)
     n = n << 8 | f[i];
-  if (n == 0 || n > MAX_HEADER || n > size - 8 || f[8] != '{')
-    return -1;
+  if (n > MAX_HEADER)
+    return fail(st, "header length %llu is implausible; HINT: is this a safetensors file?",
+                (unsigned long long)n);
+  if (n > size - 8)
+    return fail(st, "truncated: the header is %llu bytes but only %zu follow",
+                (unsigned long long)n, size - 8);
+  if (n == 0 || f[8] != '{')
+    return fail(st, "the header is not a JSON object; HINT: is this a safetensors file?");
   st->header = (const char *)f + 8;
   st->header_len = (size_t)n;
   st->data = f + 8 + n;
@@ -184,69 +201,100 @@ int nnrt_st_open(const void *file, size_t size, NnStFile *st) {
   return 0;
 }
 
-/* The entry object at s into t; 0 on any problem. */
-static int entry(Scan *s, const NnStFile *st, NnStTensor *t) {
+/* The entry object at s into t (t->name already set); -1 on any problem. */
+static int entry(Scan *s, NnStFile *st, NnStTensor *t) {
+  const char *name = t->name;
   char key[32];
   int fits, has_dtype = 0;
   int64_t off[2] = {-1, -1};
-  memset(t, 0, sizeof *t);
   t->rank = -1;
   if (!eat(s, '{'))
-    return 0;
+    return fail(st, "tensor '%s' is not described by an object", name);
   if (!eat(s, '}')) {
     do {
       if (!string(s, key, sizeof key, &fits) || !eat(s, ':'))
-        return 0;
+        return fail(st, "bad JSON header in tensor '%s'", name);
       if (fits && !strcmp(key, "dtype")) {
-        if (!string(s, t->dtype, sizeof t->dtype, &fits) || !fits)
-          return 0;
+        if (!string(s, t->dtype, sizeof t->dtype, &fits))
+          return fail(st, "tensor '%s' has no \"dtype\" string", name);
         has_dtype = 1;
+        if (!fits)
+          t->dtype[0] = '\0'; /* too long for any dtype: unknown */
       } else if (fits && !strcmp(key, "shape")) {
         if ((t->rank = int_list(s, t->dims, NNRT_ST_MAX_RANK)) < 0)
-          return 0;
+          return fail(st, "tensor '%s' has no valid \"shape\" (at most %d non-negative "
+                      "integers)", name, NNRT_ST_MAX_RANK);
       } else if (fits && !strcmp(key, "data_offsets")) {
         if (int_list(s, off, 2) != 2)
-          return 0;
+          return fail(st, "tensor '%s' has no valid \"data_offsets\" [begin, end]", name);
       } else if (!skip_value(s, 1)) {
-        return 0;
+        return fail(st, "bad JSON header in tensor '%s'", name);
       }
     } while (eat(s, ','));
     if (!eat(s, '}'))
-      return 0;
+      return fail(st, "bad JSON header in tensor '%s'", name);
   }
-  int width = has_dtype ? nnrt_st_dtype_width(t->dtype) : 0;
-  if (!width || t->rank < 0 || off[0] < 0 || off[0] > off[1] || (uint64_t)off[1] > st->data_len)
-    return 0;
+  if (!has_dtype)
+    return fail(st, "tensor '%s' has no \"dtype\" string", name);
+  if (!(t->width = nnrt_st_dtype_width(t->dtype)))
+    return fail(st, "tensor '%s' has unknown dtype '%s'", name, t->dtype);
+  if (t->rank < 0)
+    return fail(st, "tensor '%s' has no valid \"shape\" (at most %d non-negative integers)",
+                name, NNRT_ST_MAX_RANK);
+  if (off[0] < 0 || off[0] > off[1])
+    return fail(st, "tensor '%s' has no valid \"data_offsets\" [begin, end]", name);
   int64_t elems = 1;
   for (int64_t i = 0; i < t->rank; i++) {
     if (t->dims[i] > 0 && elems > (INT64_MAX / 16) / t->dims[i])
-      return 0;
+      return fail(st, "tensor '%s' has an implausible shape", name);
     elems *= t->dims[i];
   }
-  if (off[1] - off[0] != elems * width)
-    return 0;
+  if ((uint64_t)off[1] > st->data_len)
+    return fail(st, "truncated: tensor '%s' ends at byte %lld of the data, but the file holds "
+                "only %zu bytes of data", name, (long long)off[1], st->data_len);
+  if (off[1] - off[0] != elems * t->width)
+    return fail(st, "tensor '%s' has %lld bytes for %lld elements of %s", name,
+                (long long)(off[1] - off[0]), (long long)elems, t->dtype);
   t->bytes = st->data + off[0];
   t->nbytes = off[1] - off[0];
   return 1;
 }
 
-int nnrt_st_find(const NnStFile *st, const char *name, NnStTensor *t) {
-  Scan s = {st->header, st->header + st->header_len};
-  char key[MAX_NAME];
+int nnrt_st_next(NnStFile *st, size_t *at, NnStTensor *t) {
+  Scan s = {st->header + *at, st->header + st->header_len};
   int fits;
-  if (!eat(&s, '{'))
-    return -1;
-  if (eat(&s, '}'))
-    return 0;
-  do {
-    if (!string(&s, key, sizeof key, &fits) || !eat(&s, ':'))
-      return -1;
-    if (fits && !strcmp(key, name))
-      return entry(&s, st, t) ? 1 : -1;
+  if (*at > st->header_len)
+    return 0; /* ended */
+  for (;;) {
+    int first = s.p == st->header;
+    if (first ? !eat(&s, '{') : (!eat(&s, ',') && !eat(&s, '}')))
+      return fail(st, "bad JSON header near byte %zu", (size_t)(s.p - st->header));
+    if (s.p[-1] == '}' || (first && eat(&s, '}'))) {
+      *at = st->header_len + 1;
+      return 0;
+    }
+    memset(t, 0, sizeof *t);
+    if (!string(&s, t->name, sizeof t->name, &fits) || !eat(&s, ':'))
+      return fail(st, "bad JSON header near byte %zu", (size_t)(s.p - st->header));
+    if (!fits)
+      return fail(st, "a tensor name is longer than %zu bytes", sizeof t->name - 1);
+    if (strcmp(t->name, "__metadata__") != 0) {
+      int r = entry(&s, st, t);
+      *at = (size_t)(s.p - st->header);
+      return r;
+    }
     if (!skip_value(&s, 1))
-      return -1;
-  } while (eat(&s, ','));
-  return eat(&s, '}') ? 0 : -1;
+      return fail(st, "bad JSON header in \"__metadata__\"");
+  }
+}
+
+int nnrt_st_find(NnStFile *st, const char *name, NnStTensor *t) {
+  size_t at = 0;
+  int r;
+  while ((r = nnrt_st_next(st, &at, t)) > 0)
+    if (!strcmp(t->name, name))
+      return 1;
+  return r;
 }
 
 /* ---- writing ---- */

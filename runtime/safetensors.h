@@ -1,9 +1,9 @@
 /* safetensors.h — reading and writing the safetensors layout without a heap (safetensors.c).
  *
- * Used where nothing may allocate or exit: the embedding support code (embed.c, linked into
- * user programs) and nnc's --weights. The training binary's checkpoints (ckpt.c) keep their
- * own reader, which parses the whole header into a tree to report every mismatch by name, and
- * share the dtype table and the float copy below. */
+ * The one reader of the layout: the embedding support code (embed.c, linked into user
+ * programs, where nothing may allocate or exit), nnc's --weights, and the training binary's
+ * checkpoints (ckpt.c, which lists every tensor with nnrt_st_next and reads the metadata with
+ * json.c). Every failure is a return value plus a sentence in NnStFile.why. */
 #ifndef NNRT_SAFETENSORS_H
 #define NNRT_SAFETENSORS_H
 
@@ -20,11 +20,14 @@ typedef struct NnStFile {
   size_t header_len;
   const unsigned char *data;    /* the tensor bytes that follow it */
   size_t data_len;
+  char why[200];                /* after a failure: what is wrong, e.g. "truncated: ..." */
 } NnStFile;
 
 /* One tensor entry. */
 typedef struct NnStTensor {
+  char name[256];               /* its key in the header */
   char dtype[12];               /* "F32", "F64", ... as written */
+  int width;                    /* bytes per element of dtype */
   int64_t rank;                 /* used entries of dims */
   int64_t dims[NNRT_ST_MAX_RANK];
   const unsigned char *bytes;   /* nbytes of little-endian data inside the file */
@@ -39,10 +42,12 @@ void nnrt_st_copy_floats(void *dst, int64_t elem_size, const unsigned char *src,
                          int64_t n);
 /* 0, or -1 when `file` is not a safetensors file (too short, header out of bounds). */
 int nnrt_st_open(const void *file, size_t size, NnStFile *st);
-/* 1 with *t filled when the header has an entry `name` whose shape and offsets are valid and
- * whose bytes lie in the file; 0 when there is no such entry; -1 when the header is malformed
- * or the entry is inconsistent. */
-int nnrt_st_find(const NnStFile *st, const char *name, NnStTensor *t);
+/* The tensor entries in header order (__metadata__ skipped): *at is 0 before the first call.
+ * 1 with *t filled (its shape and offsets valid, its bytes inside the file); 0 after the last;
+ * -1 when the header is malformed or the entry inconsistent. */
+int nnrt_st_next(NnStFile *st, size_t *at, NnStTensor *t);
+/* The entry `name`: 1 with *t filled, 0 when there is none, -1 as nnrt_st_next. */
+int nnrt_st_find(NnStFile *st, const char *name, NnStTensor *t);
 /* Writes the header of a file holding every parameter of d (elem_size, in model order) and
  * `format` as its __metadata__ "format": the 8-byte length, then the JSON padded with spaces
  * to 8 bytes. Returns the bytes it needs; writes them only when they fit in cap. */

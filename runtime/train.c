@@ -171,10 +171,11 @@ static void run_free(Run *r) {
 static void print_header(const Run *r) {
   const NnModelDesc *d = r->d;
   const NnOptions *o = r->o;
+  int64_t trained = nnrt_trained_count(d);
   printf("%s: %lld sample%s, batch %lld, %lld epoch%s, %lld parameter%s, seed %llu\n", d->name,
          (long long)r->train.n, nnrt_plural(r->train.n), (long long)r->batch,
-         (long long)o->epochs, nnrt_plural(o->epochs), (long long)d->param_size,
-         nnrt_plural(d->param_size), (unsigned long long)r->seed);
+         (long long)o->epochs, nnrt_plural(o->epochs), (long long)trained, nnrt_plural(trained),
+         (unsigned long long)r->seed);
   if (r->val.n)
     printf("validation: %s, %lld sample%s\n", r->val.what, (long long)r->val.n,
            nnrt_plural(r->val.n));
@@ -269,12 +270,11 @@ static void log_close(Run *r) {
     nnrt_fatal("cannot write '%s': %s", name, strerror(errno));
 }
 
-/* ",lr" (empty when the model has no 'lr'): the hyperparameter, as reduce-on-plateau has
- * lowered it; a compiled `schedule = f(...)` is applied inside the update kernel, so its
- * per-step value is not logged. */
+/* ",lr" (empty when the model has no 'lr'): the rate the last update used, as a compiled
+ * `schedule` computed it in the update kernel or as reduce-on-plateau has lowered it. */
 static void log_lr(const Run *r, char *buf, size_t cap) {
   if (r->lr_at >= 0)
-    snprintf(buf, cap, ",%.9g", r->hyper[r->lr_at]);
+    snprintf(buf, cap, ",%.9g", ((const double *)r->io[NN_IO_HYPER])[r->d->n_hyper + NN_HYPER_LR]);
   else
     snprintf(buf, cap, ",");
 }
@@ -319,9 +319,11 @@ static void epoch_row(const Run *r, const NnMetrics *t, const NnMetrics *v, char
   if (v && acc && n < cap)
     snprintf(buf + n, cap - n, ",%.9g,%.9g,%.9g", nnrt_metrics_loss(v), nnrt_metrics_accuracy(v),
              nnrt_metrics_f1(v));
-  else if (v && n < cap)
+  else if (v && v->elems && n < cap)
     snprintf(buf + n, cap - n, ",%.9g,%.9g", nnrt_metrics_loss(v),
-             v->elems ? v->abs_err / (double)v->elems : 0.0);
+             v->abs_err / (double)v->elems);
+  else if (v && n < cap) /* no mae: the loss compares the outputs with neither x nor y */
+    snprintf(buf + n, cap - n, ",%.9g,", nnrt_metrics_loss(v));
 }
 
 /* ---- one epoch ---- */
@@ -421,9 +423,12 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
       }
       int64_t hits = m->hits, total = m->total;
       nnrt_metrics_add(m, d, r->io, k, loss);
-      ((double *)r->io[NN_IO_HYPER])[d->n_hyper] = (double)++r->step;
-      log_step(r, loss, m->hits - hits, m->total - total);
+      double *hyper = r->io[NN_IO_HYPER];
+      hyper[d->n_hyper + NN_HYPER_STEP] = (double)++r->step;
+      if (r->lr_at >= 0) /* the rate used, unless the update kernel's schedule writes its own */
+        hyper[d->n_hyper + NN_HYPER_LR] = hyper[r->lr_at];
       d->update(r->io, k);
+      log_step(r, loss, m->hits - hits, m->total - total);
     }
     double now = now_seconds();
     if (r->progress && (now - drawn > 0.1 || b + 1 == steps)) {

@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
 """compare.py — compares an nnc training program's printed losses with a golden file.
 
-usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--steps] [--tol T]
+usage: compare.py GOLDEN OUTPUT [--name NAME] [--final] [--steps] [--log COLUMN] [--tol T]
   GOLDEN  a file of numbers, one per line (optionally "NAME VALUE" lines, with --name NAME)
   OUTPUT  the program's stdout: the loss of every `epoch` line, then the `final:` loss
   --final compare the `final:` loss alone (eval mode, e.g. with dropout off)
   --steps a train block with steps: every `NAME_loss X` of the epoch and final lines, in order
+  --log   OUTPUT is a `train --log` CSV: compare COLUMN of its `step` rows (e.g. lr)
 Prints `TENSOR OK maxdiff=...` or `TENSOR MISMATCH ...` (exit 1). The tolerance is absolute,
 because the program prints losses with 6 decimals.
 """
+import csv
 import re
 import sys
 
 
 def main():
     args = sys.argv[1:]
-    name, tol, final, steps = None, 2e-6, False, False
+    name, tol, final, steps, column = None, 2e-6, False, False, None
     if "--steps" in args:
         args.remove("--steps")
         steps = True
@@ -25,6 +27,10 @@ def main():
     if "--name" in args:
         i = args.index("--name")
         name = args[i + 1]
+        del args[i : i + 2]
+    if "--log" in args:
+        i = args.index("--log")
+        column = args[i + 1]
         del args[i : i + 2]
     if "--tol" in args:
         i = args.index("--tol")
@@ -46,6 +52,9 @@ def main():
     if steps:
         lines = re.findall(r"^(?:epoch\s+\S+|final:)(.*)$", text, re.M)
         got = [float(v) for line in lines for v in re.findall(r"\w+_loss\s+(\S+)", line)]
+    if column is not None:
+        rows = list(csv.DictReader(text.splitlines()))
+        got = [float(row[column]) for row in rows if row["kind"] == "step"]
     if name is not None:  # a loss value: the first printed loss is the loss at the start
         got = got[:1]
     if final:

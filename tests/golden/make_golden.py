@@ -132,40 +132,42 @@ schedules = {
     "exponential": lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8),
     "cosine": cosine_warmup,
 }
-for name, make in schedules.items():
+
+
+def sgd_scheduled(lr, steps, make, step):
+    """SGD on mse(w * x, y) from w = 0.5 for `steps` updates, the scheduler make(opt) stepped
+    after each by step(sched, loss): the loss before each update and after the last, and the
+    lr of each update."""
     w = torch.full((3,), 0.5, requires_grad=True)
-    opt = torch.optim.SGD([w], lr=0.1)
+    opt = torch.optim.SGD([w], lr=lr)
     sched = make(opt)
     out, lrs = [], []
-    for step in range(10):
+    for _ in range(steps):
         opt.zero_grad()
         loss = F.mse_loss(X * w, Y)
         out.append(loss.item())
         lrs.append(opt.param_groups[0]["lr"])
         loss.backward()
         opt.step()
-        sched.step()
+        step(sched, loss.item())
     out.append(F.mse_loss(X * w, Y).item())
+    return out, lrs
+
+
+for name, make in schedules.items():
+    out, lrs = sgd_scheduled(0.1, 10, make, lambda sched, loss: sched.step())
     with open(os.path.join(HERE, f"schedule-{name}.golden"), "w") as f:
         f.write("".join(f"{v:.9f}\n" for v in out))
+    with open(os.path.join(HERE, f"schedule-{name}-lr.golden"), "w") as f:  # the lr of each update
+        f.write("".join(f"{v:.9g}\n" for v in lrs))
     print(name, " ".join(f"{v:.6g}" for v in lrs))
 
 # ---- reduce-on-plateau: SGD with lr 3 on the same problem diverges, so the loss stops
 # improving; ReduceLROnPlateau(factor 0.5, patience 1) is stepped after every epoch (one
 # update each) with the epoch's loss, the loss before its update.
-w = torch.full((3,), 0.5, requires_grad=True)
-opt = torch.optim.SGD([w], lr=3.0)
-sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
-out, lrs = [], []
-for step in range(12):
-    opt.zero_grad()
-    loss = F.mse_loss(X * w, Y)
-    out.append(loss.item())
-    lrs.append(opt.param_groups[0]["lr"])
-    loss.backward()
-    opt.step()
-    sched.step(loss.item())
-out.append(F.mse_loss(X * w, Y).item())
+out, lrs = sgd_scheduled(
+    3.0, 12, lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1),
+    lambda sched, loss: sched.step(loss))
 with open(os.path.join(HERE, "schedule-plateau.golden"), "w") as f:
     f.write("".join(f"{v:.9f}\n" for v in out))
 print("plateau", " ".join(f"{v:.6g}" for v in lrs), out)

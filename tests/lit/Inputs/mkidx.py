@@ -14,42 +14,23 @@ usage: mkidx.py OUT TYPE DIMS [--labels K] [--set I=V] [--cut N] [--magic HEX] [
 """
 import gzip
 import struct
-import sys
+
+import sample_data
 
 
 def main():
-    args = sys.argv[1:]
-    opts = {}
-    for flag in ("--labels", "--set", "--cut", "--magic"):
-        if flag in args:
-            i = args.index(flag)
-            opts[flag] = args[i + 1]
-            del args[i : i + 2]
-    gz = "--gz" in args
-    if gz:
-        args.remove("--gz")
+    args, opts, given = sample_data.parse_args(["--magic"], ["--gz"])
     out, typ, dims = args
     dims = [int(d) for d in dims.split(",")]
-    count = 1
-    for d in dims:
-        count *= d
-    if "--labels" in opts:
-        values = [i % int(opts["--labels"]) for i in range(count)]
-    else:
-        values = [(37 * i) % 256 for i in range(count)]
-    if "--set" in opts:
-        i, v = opts["--set"].split("=")
-        values[int(i)] = float(v) if typ == "float32" else int(v)
+    values = sample_data.values(dims, opts, float if typ == "float32" else int)
     code, fmt = {"ubyte": (0x08, ">B"), "float32": (0x0D, ">f")}[typ]
-    data = b"".join(struct.pack(fmt, v) for v in values)
-    if "--cut" in opts:
-        data = data[: int(opts["--cut"])]
+    data = sample_data.cut(b"".join(struct.pack(fmt, v) for v in values), opts)
     magic = bytes([0, 0, code, len(dims)])
     if "--magic" in opts:
         magic = bytes.fromhex(opts["--magic"])
     blob = magic + b"".join(struct.pack(">I", d) for d in dims) + data
     with open(out, "wb") as f:
-        f.write(gzip.compress(blob, mtime=0) if gz else blob)
+        f.write(gzip.compress(blob, mtime=0) if "--gz" in given else blob)
 
 
 if __name__ == "__main__":

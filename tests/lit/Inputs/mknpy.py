@@ -13,35 +13,20 @@ usage: mknpy.py OUT DESCR SHAPE [--labels K] [--set I=V] [--cut N] [--fortran] [
   --version 2 write format version 2.0 (a 4-byte header length)
 """
 import struct
-import sys
+
+import sample_data
 
 FORMATS = {"f4": "f", "f8": "d", "i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i",
            "i8": "q", "u4": "I", "u8": "Q"}
 
 
 def main():
-    args = sys.argv[1:]
-    opts = {}
-    for flag in ("--labels", "--set", "--cut", "--version"):
-        if flag in args:
-            i = args.index(flag)
-            opts[flag] = args[i + 1]
-            del args[i : i + 2]
-    fortran = "--fortran" in args
-    if fortran:
-        args.remove("--fortran")
+    args, opts, given = sample_data.parse_args(["--version"], ["--fortran"])
+    fortran = "--fortran" in given
     out, descr, shape = args
     dims = [int(d) for d in shape.split(",")]
-    count = 1
-    for d in dims:
-        count *= d
-    if "--labels" in opts:
-        values = [i % int(opts["--labels"]) for i in range(count)]
-    else:
-        values = [(37 * i) % 256 for i in range(count)]
-    if "--set" in opts:
-        i, v = opts["--set"].split("=")
-        values[int(i)] = float(v)
+    values = sample_data.values(dims, opts, float)
+    count = len(values)
     fmt = FORMATS[descr[1:]]
     endian = ">" if descr[0] == ">" else "<"
     if fmt in "fd":
@@ -50,8 +35,7 @@ def main():
         if fmt == "b":  # int8: the pixel numbers wrap around, as numpy's astype(int8) does
             values = [v - 256 if v > 127 else v for v in values]
         data = struct.pack(endian + fmt * count, *[int(v) for v in values])
-    if "--cut" in opts:
-        data = data[: int(opts["--cut"])]
+    data = sample_data.cut(data, opts)
     tup = "(" + "".join("%d, " % d for d in dims).rstrip(" ")
     tup = tup[:-1] + ",)" if len(dims) == 1 else tup[:-1] + ")"
     header = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (
