@@ -77,9 +77,16 @@ const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t
   return buf;
 }
 
+void nnrt_check_labels(const NnModelDesc *d, const char *path, const void *y, int64_t n) {
+  char why[160];
+  for (int64_t i = 0; i < n; i++)
+    if (nnrt_label_problem(d, nnrt_get(y, i, d->elem_size), why, sizeof why))
+      nnrt_file_error(path, "sample %lld: %s", (long long)i, why);
+}
+
 /* ---- building an NnData row by row ---- */
 
-static void data_begin(NnData *out, const NnModelDesc *d, int64_t y_size, const char *origin) {
+void nnrt_data_begin(NnData *out, const NnModelDesc *d, int64_t y_size, const char *origin) {
   memset(out, 0, sizeof *out);
   out->x_size = d->x_size;
   out->y_size = y_size;
@@ -255,7 +262,7 @@ static void load_csv(const NnModelDesc *d, const char *path, HeaderMode header, 
   double *vals = NNRT_ALLOC(d->x_size + d->y_size + 1, double);
   int first = 1;
   long lineno = 0;
-  data_begin(out, d, use == NNRT_USE_TARGETS ? d->y_size : 0, path);
+  nnrt_data_begin(out, d, use == NNRT_USE_TARGETS ? d->y_size : 0, path);
   for (char *p = text; p < text + len;) {
     char *nl = memchr(p, '\n', (size_t)(text + len - p));
     char *end = nl ? nl : text + len;
@@ -295,7 +302,7 @@ static void load_table(const NnModelDesc *d, const NnDataSource *s, NnData *out)
   if (s->rows <= 0 || !s->table)
     nnrt_fatal("%s has no samples; pass --data FILE", origin);
   int64_t cols = d->x_size + d->y_size, cap = 0;
-  data_begin(out, d, d->y_size, origin);
+  nnrt_data_begin(out, d, d->y_size, origin);
   for (int64_t r = 0; r < s->rows; r++) {
     char why[160];
     if (d->y_size && nnrt_label_problem(d, s->table[r * cols + d->x_size], why, sizeof why))
@@ -321,7 +328,7 @@ static void load_text(const NnModelDesc *d, const char *path, NnData *out) {
     nnrt_fatal("'%s' has %zu byte%s; a text data set needs more than the context (%lld bytes)",
                path, len, nnrt_plural((int64_t)len), (long long)t);
   }
-  data_begin(out, d, t, path);
+  nnrt_data_begin(out, d, t, path);
   int64_t rows = ((int64_t)len - 1 - t) / stride + 1, es = d->elem_size;
   out->x = xrealloc(NULL, (size_t)(rows * t * es));
   out->y = xrealloc(NULL, (size_t)(rows * t * es));

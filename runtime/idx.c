@@ -279,7 +279,7 @@ static void load_labels(const NnModelDesc *d, const char *path, const char *imag
                         NnData *out) {
   gzFile f = open_gz(path);
   IdxHeader h;
-  char shape[128], why[160];
+  char shape[128];
   read_header(f, path, &h);
   if (h.ndims != 1)
     idx_fail(path, "a labels file has 1 dimension, this one has %d %s; HINT: are the "
@@ -296,17 +296,12 @@ static void load_labels(const NnModelDesc *d, const char *path, const char *imag
   out->y = NNRT_ALLOC(out->rows * d->elem_size, char);
   read_body(f, path, &h, out->rows, &(Sink){out->y, d->elem_size, 1.0, "labels"});
   close_gz(f);
-  for (int64_t i = 0; i < out->rows; i++)
-    if (nnrt_label_problem(d, nnrt_get(out->y, i, d->elem_size), why, sizeof why))
-      idx_fail(path, "sample %lld: %s", (long long)i, why);
+  nnrt_check_labels(d, path, out->y, out->rows);
 }
 
 void nnrt_idx_load(const NnModelDesc *d, const char *images, const char *labels, double scale,
                    NnData *out) {
-  memset(out, 0, sizeof *out);
-  out->x_size = d->x_size;
-  out->elem_size = d->elem_size;
-  out->origin = images;
+  nnrt_data_begin(out, d, 0, images);
   load_images(d, images, scale, out);
   if (labels)
     load_labels(d, labels, images, out);

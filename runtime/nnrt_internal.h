@@ -164,6 +164,10 @@ int64_t nnrt_data_bytes(const NnData *data); /* memory its inputs and targets ta
 /* Checks one target value of a labels model: an integer class index in [0, classes). Returns
  * NULL when it is one, else what is wrong ("is not an integer", ...) in buf. */
 const char *nnrt_label_problem(const NnModelDesc *d, double v, char *buf, size_t cap);
+/* Exits naming path and the sample when one of the n stored targets y is not a class index. */
+void nnrt_check_labels(const NnModelDesc *d, const char *path, const void *y, int64_t n);
+/* An empty NnData of d's inputs (y_size targets per sample) read from origin. */
+void nnrt_data_begin(NnData *out, const NnModelDesc *d, int64_t y_size, const char *origin);
 int64_t nnrt_classes(const NnModelDesc *d); /* out_size, 2 for one binary output, 0: regression */
 /* Positions that each get a class of their own: a sequence model's [t, k] logits against t
  * class indices (t = y_size); 1 for one class per sample. */

@@ -285,7 +285,7 @@ static void load_targets(const NnModelDesc *d, const char *path, const char *inp
                          NnData *out) {
   NpyHeader h;
   FILE *f = open_npy(path, &h);
-  char shape[160], why[160];
+  char shape[160];
   if (h.dims[0] != out->rows)
     npy_fail(path, "%lld target rows for %lld samples in %s", (long long)h.dims[0],
              (long long)out->rows, inputs);
@@ -298,17 +298,12 @@ static void load_targets(const NnModelDesc *d, const char *path, const char *inp
   out->y = NNRT_ALLOC(out->rows * d->y_size * d->elem_size, char);
   read_elements(f, path, &h, out->y, d->elem_size, 1.0, "targets");
   close_npy(f);
-  for (int64_t i = 0; i < out->rows * d->y_size; i++)
-    if (nnrt_label_problem(d, nnrt_get(out->y, i, d->elem_size), why, sizeof why))
-      nnrt_file_error(path, "sample %lld: %s", (long long)i, why);
+  nnrt_check_labels(d, path, out->y, out->rows * d->y_size);
 }
 
 void nnrt_npy_load(const NnModelDesc *d, const char *inputs, const char *targets, double scale,
                    NnData *out) {
-  memset(out, 0, sizeof *out);
-  out->x_size = d->x_size;
-  out->elem_size = d->elem_size;
-  out->origin = inputs;
+  nnrt_data_begin(out, d, 0, inputs);
   load_inputs(d, inputs, scale, out);
   if (targets)
     load_targets(d, targets, inputs, out);
