@@ -2816,6 +2816,16 @@ static void build_step_infer(Sema *s, const Ast *tr, const Ast *model, const Ast
   ir_prune(u->infer);
 }
 
+/* A train block's body holds settings, KEY = VALUE (and steps): anything else, e.g. a
+ * `require` or a `return`, is reported here. */
+static bool is_setting(const Ast *st) {
+  if (st->kind == AST_ASSIGN) return true;
+  diag_error(st->loc, "a train block holds settings (KEY = VALUE)%s",
+             st->kind == AST_REQUIRE ? "; 'require' belongs in a model, layer or fn"
+                                     : " and steps");
+  return false;
+}
+
 static void build_steps(Sema *s, const Ast *tr, const Ast *model) {
   static const char *const keys[] = {"batch", "epochs", "seed", "sample"};
   enum { N_KEYS = sizeof keys / sizeof *keys };
@@ -2836,20 +2846,20 @@ static void build_steps(Sema *s, const Ast *tr, const Ast *model) {
         first[u->n_steps++] = st;
       continue;
     }
+    if (!is_setting(st)) continue;
     int k = -1;
-    if (st->kind == AST_ASSIGN)
-      for (int j = 0; j < N_KEYS; j++)
-        if (!strcmp(keys[j], st->name)) k = j;
+    for (int j = 0; j < N_KEYS; j++)
+      if (!strcmp(keys[j], st->name)) k = j;
     bool step_key = false;
-    for (int j = 0; st->kind == AST_ASSIGN && j < N_STEP_KEYS; j++)
+    for (int j = 0; j < N_STEP_KEYS; j++)
       step_key |= !strcmp(st->name, step_keys[j]);
     if (k < 0) {
-      const char *close = st->name ? diag_did_you_mean(st->name, keys, N_KEYS) : NULL;
+      const char *close = diag_did_you_mean(st->name, keys, N_KEYS);
       if (step_key)
         diag_error(st->loc, "'%s' belongs in a step of a train block with steps", st->name);
       else
         diag_error(st->loc, "unknown key '%s' in a train block with steps (batch, epochs, "
-                   "seed, sample, and steps)%s", st->name ? st->name : "?",
+                   "seed, sample, and steps)%s", st->name,
                    close ? xprintf("; did you mean '%s'?", close) : "");
       continue;
     }
@@ -2901,13 +2911,13 @@ static void build_train(Sema *s, const Ast *tr, const char *source) {
   u->batch = 32, u->epochs = 10, u->seed = 1;
   for (int i = 0; i < tr->body.len; i++) {
     const Ast *st = tr->body.items[i];
+    if (!is_setting(st)) continue;
     int k = -1;
-    if (st->kind == AST_ASSIGN)
-      for (int j = 0; j < N_KEYS; j++)
-        if (!strcmp(keys[j], st->name)) k = j;
+    for (int j = 0; j < N_KEYS; j++)
+      if (!strcmp(keys[j], st->name)) k = j;
     if (k < 0) {
-      const char *close = st->name ? diag_did_you_mean(st->name, keys, N_KEYS) : NULL;
-      diag_error(st->loc, "unknown key '%s' in train block%s", st->name ? st->name : "?",
+      const char *close = diag_did_you_mean(st->name, keys, N_KEYS);
+      diag_error(st->loc, "unknown key '%s' in train block%s", st->name,
                  close ? xprintf("; did you mean '%s'?", close) : "");
       continue;
     }
