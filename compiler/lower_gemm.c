@@ -10,9 +10,10 @@
  *                              scratch, then calls the micro-kernel on every mr×nr tile
  *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
  *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
- *   nn.gemm.direct(job)        C with a few rows and B's rows contiguous (a dense layer on
- *                              one sample): row by row, no packing, which would cost more
- *                              than the multiply; the same sums in the same order
+ *   nn.gemm.direct(job, w)     C with a few rows and B's rows contiguous (a dense layer on
+ *                              one sample): strips of a row as tasks, no packing, which
+ *                              would cost more than the multiply; the same sums in the same
+ *                              order
  *   nn.conv.N(job, w)          one per convolution node: per sample, im2col into scratch and a
  *                              GEMM (conv2d, filter gradient) or a GEMM and col2im (data
  *                              gradient)
@@ -32,7 +33,9 @@ enum {
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   SERIAL_FMAS = 1 << 18, /* fewer multiply-adds than this are not worth waking threads */
   DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
-  DIRECT_VECTORS = 4,  /* vectors of C's row whose sums nn.gemm.direct keeps in registers */
+  DIRECT_VECTORS = 8,  /* vectors of C's row a task of nn.gemm.direct sums in registers */
+  DIRECT_SPLIT_FMAS = 1 << 16, /* a direct GEMM with fewer is not split (one sample's layer
+                                * of 256 x 256 is: the weights stream from two caches) */
 };
 
 /* Fields of %nn.gemm.job, a struct the caller fills on its stack. ORDER JOB */
@@ -536,53 +539,64 @@ void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRe
   g->b = own;
 }
 
-/* nn.gemm.direct(job): for each matrix and row i of C, K block by K block, the row's sums
- * over the block accumulated from zero with llvm.fmuladd, k ascending, then stored (first
- * block, beta 0) or added to C: the micro-kernel's order, so the results are the same bits
- * as the packed path's. The block's sums go into the start of worker 0's scratch. */
+/* nn.gemm.direct(job, w): C with a few rows, without packing. A task is one strip of
+ * DIRECT_VECTORS vectors of one row of one matrix of C (the last strip of a row: the columns
+ * left over, one by one), taken from the job's counter, so one sample's dense layer splits
+ * across the workers by columns. K block by K block, a strip's sums over the block are
+ * accumulated from zero with llvm.fmuladd, k ascending, then stored (first block, beta 0) or
+ * added to C: the micro-kernel's order, so the results are the same bits as the packed
+ * path's, at any thread count. The columns left over sum into worker w's scratch. */
 static void emit_direct(Gemm *g) {
-  LLVMTypeRef params[1] = {g->ptr};
-  LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 1);
+  LLVMTypeRef params[2] = {g->ptr, g->i64};
+  LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 2);
   LLVMTypeRef J = g->job_type;
-  LLVMValueRef job = LLVMGetParam(fn, 0), v[J_COUNT];
+  LLVMValueRef job = LLVMGetParam(fn, 0), worker = LLVMGetParam(fn, 1), v[J_COUNT];
   for (int f = 0; f < J_COUNT; f++) v[f] = get(g, J, job, f);
-  LLVMValueRef zero = c64(g, 0), acc = v[J_SCRATCH];
+  LLVMValueRef zero = c64(g, 0);
+  LLVMValueRef acc = byte_at(g, v[J_SCRATCH], mul(g, worker, v[J_SSTRIDE]));
   LLVMTypeRef et = g->elem;
   unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
   LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &et, 1);
   LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &et, 1);
-  GLoop lt = loop_begin(g, zero, v[J_BATCH], 1, "t");
-  LLVMValueRef A = at(g, v[J_A], mul(g, lt.i, v[J_SA])), B = at(g, v[J_B], mul(g, lt.i, v[J_SB]));
-  LLVMValueRef C = at(g, v[J_C], mul(g, lt.i, v[J_SC]));
-  GLoop li = loop_begin(g, zero, v[J_M], 1, "i");
-  LLVMValueRef arow = at(g, A, mul(g, li.i, v[J_RSA])), crow = at(g, C, mul(g, li.i, v[J_LDC]));
+  int64_t strip = (int64_t)DIRECT_VECTORS * g->w;
+  LLVMValueRef whole = LLVMBuildSDiv(g->b, v[J_N], c64(g, strip), ""); /* full strips a row */
+  LLVMValueRef per_row = cdiv(g, v[J_N], c64(g, strip));
+  LLVMValueRef tasks = mul(g, mul(g, v[J_BATCH], v[J_M]), per_row);
+  /* the task's strip s of row i of matrix t */
+  TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks);
+  LLVMValueRef s = LLVMBuildSRem(g->b, task.i, per_row, "s");
+  LLVMValueRef row = LLVMBuildSDiv(g->b, task.i, per_row, "");
+  LLVMValueRef i = LLVMBuildSRem(g->b, row, v[J_M], "i");
+  LLVMValueRef t = LLVMBuildSDiv(g->b, row, v[J_M], "t");
+  LLVMValueRef A = at(g, v[J_A], mul(g, t, v[J_SA])), B = at(g, v[J_B], mul(g, t, v[J_SB]));
+  LLVMValueRef C = at(g, v[J_C], mul(g, t, v[J_SC]));
+  LLVMValueRef arow = at(g, A, mul(g, i, v[J_RSA])), crow = at(g, C, mul(g, i, v[J_LDC]));
+  LLVMValueRef col0 = muli(g, s, strip);
   /* K blocks; at least one, so that K = 0 still writes C = 0 */
   LLVMValueRef blocks = max64(g, cdiv(g, v[J_K], c64(g, KC)), c64(g, 1));
   GLoop lb = loop_begin(g, zero, blocks, 1, "kb");
   LLVMValueRef k0 = muli(g, lb.i, KC), k1 = min64(g, add(g, k0, c64(g, KC)), v[J_K]);
   LLVMValueRef store_c = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], zero, ""),
                                       LLVMBuildICmp(g->b, LLVMIntEQ, k0, zero, ""), "");
-  /* strips of DIRECT_VECTORS vectors of C's row, their sums in registers (SROA makes the
-   * slots registers); then the columns left over, one by one, their sums in `acc` */
+  GIf full = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, s, whole, ""), "strip");
+  /* a full strip: its sums in registers (SROA makes the slots registers) */
   LLVMTypeRef vt = LLVMVectorType(et, (unsigned)g->w);
   LLVMValueRef vfma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
   LLVMTypeRef vfma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
-  int64_t strip = (int64_t)DIRECT_VECTORS * g->w;
   LLVMValueRef sums = entry_alloca(g, g->b, LLVMArrayType2(vt, DIRECT_VECTORS), "strip");
   LLVMValueRef slot[DIRECT_VECTORS];
-  for (int q = 0; q < DIRECT_VECTORS; q++)
+  for (int q = 0; q < DIRECT_VECTORS; q++) {
     slot[q] = LLVMBuildInBoundsGEP2(g->b, LLVMArrayType2(vt, DIRECT_VECTORS), sums,
                                     (LLVMValueRef[]){zero, c64(g, q)}, 2, "");
-  LLVMValueRef whole = mul(g, LLVMBuildSDiv(g->b, v[J_N], c64(g, strip), ""), c64(g, strip));
-  GLoop ls = loop_begin(g, zero, whole, strip, "strip");
-  for (int q = 0; q < DIRECT_VECTORS; q++) store(g, LLVMConstNull(vt), slot[q], 0);
+    store(g, LLVMConstNull(vt), slot[q], 0);
+  }
   GLoop lk = loop_begin(g, k0, k1, 1, "k");
   LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, v[J_CSA])), 0);
   LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
   LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a, LLVMConstInt(i32, 0, 0), "");
   LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
                                               LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
-  LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, v[J_RSB]), ls.i));
+  LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, v[J_RSB]), col0));
   for (int q = 0; q < DIRECT_VECTORS; q++) {
     LLVMValueRef bv = load(g, vt, at(g, brow, c64(g, q * g->w)), (unsigned)g->es);
     LLVMValueRef args[3] = {splat, bv, load(g, vt, slot[q], 0)};
@@ -590,37 +604,38 @@ static void emit_direct(Gemm *g) {
   }
   loop_end(g, &lk);
   for (int q = 0; q < DIRECT_VECTORS; q++) {
-    LLVMValueRef cp = at(g, crow, add(g, ls.i, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
+    LLVMValueRef cp = at(g, crow, add(g, col0, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
     GIf f = if_begin(g, store_c, "set");
     store(g, sum, cp, (unsigned)g->es);
     if_else(g, &f);
     store(g, LLVMBuildFAdd(g->b, load(g, vt, cp, (unsigned)g->es), sum, ""), cp, (unsigned)g->es);
     if_end(g, &f);
   }
-  loop_end(g, &ls);
-
-  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, crow, acc, "sums");
-  GLoop lz = loop_begin(g, whole, v[J_N], 1, "z");
+  if_else(g, &full);
+  /* the columns left over, one by one, their sums in C or the worker's scratch */
+  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, at(g, crow, col0), acc, "sums");
+  LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col0, "");
+  GLoop lz = loop_begin(g, zero, left, 1, "z");
   store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
   loop_end(g, &lz);
   GLoop lk2 = loop_begin(g, k0, k1, 1, "k");
   LLVMValueRef a2 = load(g, et, at(g, arow, mul(g, lk2.i, v[J_CSA])), 0);
-  LLVMValueRef brow2 = at(g, B, mul(g, lk2.i, v[J_RSB]));
-  GLoop lj = loop_begin(g, whole, v[J_N], 1, "j");
+  LLVMValueRef brow2 = at(g, B, add(g, mul(g, lk2.i, v[J_RSB]), col0));
+  GLoop lj = loop_begin(g, zero, left, 1, "j");
   LLVMValueRef d = at(g, dst, lj.i);
   LLVMValueRef args[3] = {a2, load(g, et, at(g, brow2, lj.i), 0), load(g, et, d, 0)};
   store(g, LLVMBuildCall2(g->b, fma_ty, fma, args, 3, ""), d, 0);
   loop_end(g, &lj);
   loop_end(g, &lk2);
   GIf f = if_begin(g, LLVMBuildNot(g->b, store_c, ""), "add");
-  GLoop la = loop_begin(g, whole, v[J_N], 1, "a");
-  LLVMValueRef cp = at(g, crow, la.i);
+  GLoop la = loop_begin(g, zero, left, 1, "a");
+  LLVMValueRef cp = at(g, crow, add(g, col0, la.i));
   store(g, LLVMBuildFAdd(g->b, load(g, et, cp, 0), load(g, et, at(g, acc, la.i), 0), ""), cp, 0);
   loop_end(g, &la);
   if_end(g, &f);
+  if_end(g, &full);
   loop_end(g, &lb);
-  loop_end(g, &li);
-  loop_end(g, &lt);
+  tasks_end(g, &task);
   LLVMBuildRetVoid(g->b);
 }
 
@@ -650,13 +665,18 @@ static void emit_gemm(Gemm *g) {
   LLVMBasicBlockRef rows = block(g, "direct"), packed = block(g, "packed");
   LLVMBuildCondBr(g->b, direct, rows, packed);
   LLVMPositionBuilderAtEnd(g->b, rows);
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->direct), g->direct, &job, 1, "");
+  LLVMValueRef workers = workers_of(g, threads);
+  LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
+  set(g, g->b, J, job, J_NEXT, zero);
+  dispatch(g, g->direct, job, threads,
+           LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
+                        LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), ""));
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, packed);
-  LLVMValueRef workers = workers_of(g, threads);
+  workers = workers_of(g, threads);
   LLVMValueRef mp = cdiv(g, M, c64(g, g->mr)), np = cdiv(g, N, c64(g, g->nr));
   LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
-  LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
+  fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
   LLVMValueRef parallel = LLVMBuildAnd(
       g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
       LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), "");
@@ -829,19 +849,26 @@ static void col2im_body(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRe
   loop_end(g, &lc);
 }
 
-/* A GEMM on one worker, inside a conv worker: fills a job on this function's stack and calls
- * nn.gemm with no threads. */
-static void serial_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch) {
+/* A GEMM from a conv: fills a job on this function's stack and calls nn.gemm, on one worker
+ * (inside a conv worker: threads NULL, so the scratch stride does not matter) or on the
+ * threads, each worker packing at scratch + w * sstride. */
+typedef struct ConvThreads {
+  LLVMValueRef threads, sstride; /* NULL: the conv is one worker's */
+} ConvThreads;
+
+static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThreads t) {
   LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
-  fill_job(g, g->b, job, a, scratch, c64(g, 0));
+  fill_job(g, g->b, job, a, scratch, t.threads ? t.sstride : c64(g, 0));
   LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
-                 (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+                 (LLVMValueRef[]){job, t.threads ? t.threads : LLVMConstNull(g->ptr)}, 2, "");
 }
 
-/* One sample s of node n on the worker whose scratch is `scr`; `dst` and `first` are for the
- * filter gradient (its per-worker sum and whether s is the worker's first sample). */
+/* One sample s of node n on the worker whose scratch is `scr` (or on the threads t, from
+ * worker 0's scratch); `dst` and `first` are for the filter gradient (its per-worker sum and
+ * whether s is the worker's first sample). */
 static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef s,
-                        LLVMValueRef p[3], LLVMValueRef scr, LLVMValueRef dst, LLVMValueRef first) {
+                        LLVMValueRef p[3], LLVMValueRef scr, LLVMValueRef dst, LLVMValueRef first,
+                        ConvThreads t) {
   int64_t TC = q->T * q->C, rows = q->OH * q->OW;
   LLVMValueRef col = scr, gs = at(g, scr, c64(g, round16(rows * TC)));
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
@@ -855,7 +882,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     a.a = col, a.rsa = c64(g, TC), a.csa = one;
     a.b = p[2], a.rsb = c64(g, q->F), a.csb = one;
     a.c = at(g, p[0], mul(g, s, out_elems)), a.ldc = c64(g, q->F);
-    serial_gemm(g, &a, gs);
+    conv_gemm(g, &a, gs, t);
     break;
   }
   case OP_CONV2D_BWD_DATA: { /* dx[s] = col2im(g[s] · wᵀ) */
@@ -863,7 +890,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     a.a = at(g, p[1], mul(g, s, out_elems)), a.rsa = c64(g, q->F), a.csa = one;
     a.b = p[2], a.rsb = one, a.csb = c64(g, q->F);
     a.c = col, a.ldc = c64(g, TC);
-    serial_gemm(g, &a, gs);
+    conv_gemm(g, &a, gs, t);
     LLVMValueRef img = at(g, p[0], mul(g, s, img_elems));
     LLVMBuildMemSet(g->b, img, LLVMConstInt(LLVMInt8TypeInContext(g->ctx), 0, 0),
                     c64(g, q->H * q->W * q->C * g->es), (unsigned)g->es);
@@ -929,12 +956,13 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
                                        p[0], byte_at(g, base, mul(g, k, sstride)), "");
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
-    conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""));
+    conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""),
+                (ConvThreads){0});
     loop_end(g, &ls);
     tasks_end(g, &share_k);
   } else { /* samples handed out one at a time */
     TaskLoop sample = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), batch);
-    conv_sample(g, n, q, sample.i, p, scr, NULL, NULL);
+    conv_sample(g, n, q, sample.i, p, scr, NULL, NULL, (ConvThreads){0});
     tasks_end(g, &sample);
   }
   LLVMBuildRetVoid(g->b);
@@ -955,11 +983,25 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   LLVMValueRef job = entry_alloca(g, b, J, "conv.job");
   LLVMValueRef workers = workers_of(g, threads);
   LLVMValueRef parallel = LLVMBuildICmp(b, LLVMIntSGT, min64(g, workers, batch), c64(g, 1), "");
+  LLVMValueRef sstride = LLVMBuildLoad2(b, g->i64, g->scratch_bytes, "");
+  GIf by_sample = {0};
+  if (n->op != OP_CONV2D_BWD_FILTER) {
+    /* fewer samples than workers (one sample's inference): the caller takes the samples one
+     * by one and splits each one's GEMM across the workers instead */
+    LLVMValueRef few = LLVMBuildAnd(b, LLVMBuildICmp(b, LLVMIntSGT, workers, c64(g, 1), ""),
+                                    LLVMBuildICmp(b, LLVMIntSLT, batch, workers, ""), "");
+    by_sample = if_begin(g, few, "few");
+    LLVMValueRef p[3] = {out, src0, src1};
+    GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
+    conv_sample(g, n, &q, ls.i, p, scratch, NULL, NULL, (ConvThreads){threads, sstride});
+    loop_end(g, &ls);
+    if_else(g, &by_sample);
+  }
   workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
-  LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch,
-                              LLVMBuildLoad2(b, g->i64, g->scratch_bytes, ""), c64(g, 0), workers};
+  LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers};
   for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
   dispatch(g, work, job, threads, parallel);
+  if (n->op != OP_CONV2D_BWD_FILTER) if_end(g, &by_sample);
   if (n->op == OP_CONV2D_BWD_FILTER) { /* out += the other workers' sums, in worker order */
     int64_t TC = q.T * q.C, elems = TC * q.F;
     LLVMValueRef sstride = v[CJ_SSTRIDE];
