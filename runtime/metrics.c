@@ -32,12 +32,44 @@ void nnrt_metrics_free(NnMetrics *m) {
   m->per_class = m->confusion = NULL;
 }
 
-static int64_t argmax_row(const void *base, int64_t off, int64_t n, int64_t es) {
-  int64_t best = 0;
-  for (int64_t j = 1; j < n; j++)
-    if (nnrt_get(base, off + j, es) > nnrt_get(base, off + best, es))
-      best = j;
+/* The first maximum of row[0..n): a later element wins only when strictly greater, so ties go
+ * to the first and NaNs are never chosen (a NaN first element stays chosen: nothing compares
+ * greater). GPT-2's 50257-wide rows make this a hot loop: each chunk of 64 is first only
+ * tested for anything above the running maximum (a branch-free loop the compiler vectorises),
+ * and scanned element by element only when something is. */
+enum { ARGMAX_CHUNK = 64 };
+
+static int64_t argmax_f32(const float *row, int64_t n) {
+  int64_t best = 0, j = 1;
+  float top = row[0];
+  for (; j + ARGMAX_CHUNK <= n; j += ARGMAX_CHUNK) {
+    int above = 0;
+    for (int k = 0; k < ARGMAX_CHUNK; k++)
+      above |= row[j + k] > top;
+    if (!above)
+      continue;
+    for (int k = 0; k < ARGMAX_CHUNK; k++)
+      if (row[j + k] > top)
+        top = row[j + k], best = j + k;
+  }
+  for (; j < n; j++)
+    if (row[j] > top)
+      top = row[j], best = j;
   return best;
+}
+
+static int64_t argmax_f64(const double *row, int64_t n) {
+  int64_t best = 0;
+  double top = row[0];
+  for (int64_t j = 1; j < n; j++)
+    if (row[j] > top)
+      top = row[j], best = j;
+  return best;
+}
+
+static int64_t argmax_row(const void *base, int64_t off, int64_t n, int64_t es) {
+  return es == 4 ? argmax_f32((const float *)base + off, n)
+                 : argmax_f64((const double *)base + off, n);
 }
 
 /* One decision: counts it, and enters it in the per-class counts and the confusion matrix
