@@ -1,7 +1,13 @@
-/* gemm_bench.c — times one model's nn_forward (bench/gemm.sh compiles `x @ W` for a shape
- * M×K · K×N into the object this is linked with) and OpenBLAS's cblas_sgemm on the same
- * shape, at 1 and 2 threads, and prints GFLOP/s for each.
- *   usage: gemm_bench M K N
+/* gemm_bench.c — times one model's nn_forward (bench/gemm.sh compiles a matmul of one form
+ * and shape into the object this is linked with) and OpenBLAS's cblas_sgemm on the same form
+ * and shape, at 1 and 2 threads, and prints GFLOP/s for each and nnc's share of OpenBLAS's.
+ *   usage: gemm_bench FORM M K N [G]
+ * FORM is nn (C = A·B), nt (C = A·Bᵀ) or tn (C = Aᵀ·B); G > 1 is a batch of G such
+ * products (attention's heads × samples), which OpenBLAS runs as G calls. The forward takes
+ * M rows of x for nn and nt (x: [K] a row) and one sample otherwise (gemm.sh's models).
+ * Each figure is the best of 5 rounds: at 1 thread in the thread's CPU time (the machine is
+ * shared; waiting for the CPU is not counted), at 2 threads in wall time (the workers' time
+ * is not this thread's).
  * The kernels get their threads from runtime/pool.c, compiled in (it needs nnrt_alloc and
  * nnrt_fatal, defined here), as the generated program would. */
 #include <cblas.h>
@@ -35,57 +41,59 @@ static void *region(int64_t bytes) {
   return p;
 }
 
-static double now(void) {
+static double now(clockid_t clock) {
   struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
+  clock_gettime(clock, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* Median seconds per call of f over 5 rounds of enough calls to last ~0.1 s. */
+/* The best of 5 rounds, in seconds per call of f, of enough calls to last ~0.02 s each. */
 typedef void (*Fn)(void *ctx);
-static double seconds_per_call(Fn f, void *ctx) {
+static double seconds_per_call(Fn f, void *ctx, clockid_t clock) {
   f(ctx);
   int reps = 0;
-  for (double t0 = now(); now() - t0 < 0.02; reps++) f(ctx);
-  reps = reps * 5 + 1;
-  double r[5];
+  for (double t0 = now(clock); now(clock) - t0 < 0.02; reps++) f(ctx);
+  double best = 0;
   for (int k = 0; k < 5; k++) {
-    double t0 = now();
+    double t0 = now(clock);
     for (int i = 0; i < reps; i++) f(ctx);
-    r[k] = (now() - t0) / reps;
+    double t = (now(clock) - t0) / reps;
+    if (k == 0 || t < best) best = t;
   }
-  for (int i = 0; i < 5; i++) /* sort */
-    for (int j = i + 1; j < 5; j++)
-      if (r[j] < r[i]) {
-        double t = r[i];
-        r[i] = r[j], r[j] = t;
-      }
-  return r[2];
+  return best;
 }
 
 typedef struct Ctx {
   void **io;
-  int64_t m, k, n;
+  int64_t rows;      /* the forward's batch */
+  int ta, tb;        /* the form */
+  int64_t m, k, n, g;
   float *a, *b, *c;
 } Ctx;
 
 static void run_nnc(void *v) {
   Ctx *c = v;
-  nn_model.forward(c->io, c->m);
+  nn_model.forward(c->io, c->rows);
 }
 
 static void run_blas(void *v) {
   Ctx *c = v;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->m, (int)c->n, (int)c->k, 1.0f,
-              c->a, (int)c->k, c->b, (int)c->n, 0.0f, c->c, (int)c->n);
+  int lda = (int)(c->ta ? c->m : c->k), ldb = (int)(c->tb ? c->k : c->n);
+  for (int64_t i = 0; i < c->g; i++)
+    cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans,
+                c->tb ? CblasTrans : CblasNoTrans, (int)c->m, (int)c->n, (int)c->k, 1.0f,
+                c->a + i * c->m * c->k, lda, c->b + i * c->k * c->n, ldb, 0.0f,
+                c->c + i * c->m * c->n, (int)c->n);
 }
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: gemm_bench M K N\n");
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: gemm_bench nn|nt|tn M K N [G]\n");
     return 2;
   }
-  int64_t m = atoll(argv[1]), k = atoll(argv[2]), n = atoll(argv[3]);
+  const char *form = argv[1];
+  int64_t m = atoll(argv[2]), k = atoll(argv[3]), n = atoll(argv[4]);
+  int64_t g = argc == 6 ? atoll(argv[5]) : 1;
   const NnModelDesc *d = &nn_model;
   void *io[NN_IO_COUNT] = {0};
   io[NN_IO_ARENA] = region(d->arena_bytes);
@@ -93,16 +101,19 @@ int main(int argc, char **argv) {
   io[NN_IO_X] = region(d->max_batch * d->x_size * 4);
   io[NN_IO_OUT] = region(d->max_batch * d->out_size * 4);
   io[NN_IO_SCRATCH] = region(2 * d->scratch_bytes);
-  Ctx c = {io, m, k, n, region(m * k * 4), region(k * n * 4), region(m * n * 4)};
-  double flops = 2.0 * (double)m * (double)k * (double)n;
-  printf("%5lld x %5lld x %5lld  ", (long long)m, (long long)k, (long long)n);
+  Ctx c = {io, strcmp(form, "tn") && g == 1 ? m : 1, !strcmp(form, "tn"), !strcmp(form, "nt"),
+           m, k, n, g, region(g * m * k * 4), region(g * k * n * 4), region(g * m * n * 4)};
+  double flops = 2.0 * (double)g * (double)m * (double)k * (double)n;
+  printf("%s %5lld x %5lld x %5lld x %-3lld", form, (long long)m, (long long)k, (long long)n,
+         (long long)g);
   for (int t = 1; t <= 2; t++) {
     NnPool *pool = t > 1 ? nnrt_pool_new(t) : NULL;
     io[NN_IO_THREADS] = pool ? nnrt_pool_threads(pool) : NULL;
     openblas_set_num_threads(t);
-    double a = flops / seconds_per_call(run_nnc, &c) / 1e9;
-    double b = flops / seconds_per_call(run_blas, &c) / 1e9;
-    printf("| %dT nnc %6.1f openblas %6.1f GFLOP/s (%3.0f%%) ", t, a, b, 100 * a / b);
+    clockid_t clock = t == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+    double a = flops / seconds_per_call(run_nnc, &c, clock) / 1e9;
+    double b = flops / seconds_per_call(run_blas, &c, clock) / 1e9;
+    printf(" | %dT nnc %6.1f openblas %6.1f (%3.0f%%)", t, a, b, 100 * a / b);
     nnrt_pool_free(pool);
   }
   printf("\n");
