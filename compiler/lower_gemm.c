@@ -19,7 +19,8 @@
  *                              gradient)
  *
  * Transposes are strides: packing reads A and B through (row, column) strides, so every form
- * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code.
+ * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code;
+ * a transposed B (contiguous columns) is packed a W×W block at a time through registers.
  * Each C element is summed by one worker in a fixed order (K blocks of kc, k ascending), so
  * results do not depend on the thread count or the tiling; only the filter gradient, whose
  * sum runs over the batch, adds per-worker partial sums, in worker order. */
@@ -380,35 +381,83 @@ static void pack_a(Gemm *g, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef rsa, 
   loop_end(g, &lp);
 }
 
+/* The n×n block of vectors r (rows) transposed in registers, n = g->w a power of two: log2(n)
+ * stages, each swapping the off-diagonal blocks of size d (d = n/2, n/4, .., 1) between rows i
+ * and i + d with two-input shuffles. */
+static void transpose_block(Gemm *g, LLVMValueRef *r) {
+  int n = g->w;
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef lo[16], hi[16];
+  for (int d = n / 2; d >= 1; d /= 2) {
+    for (int p = 0; p < n; p++) { /* lo: a's element p or b's p - d; hi: a's p + d or b's p */
+      lo[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p - d : p), 0);
+      hi[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p : p + d), 0);
+    }
+    LLVMValueRef mlo = LLVMConstVector(lo, (unsigned)n), mhi = LLVMConstVector(hi, (unsigned)n);
+    for (int i = 0; i < n; i++)
+      if (!(i & d)) {
+        LLVMValueRef a = r[i], b = r[i + d];
+        r[i] = LLVMBuildShuffleVector(g->b, a, b, mlo, "");
+        r[i + d] = LLVMBuildShuffleVector(g->b, a, b, mhi, "");
+      }
+  }
+}
+
 /* B's rows [k0, k0 + kc) × columns [n0, n0 + cols) into nr-wide panels at dst: panel q holds
  * dst[q*NR*kc + k*NR + j] = B(k0 + k, n0 + q*NR + j). Columns past N repeat column N-1. */
 static void pack_b(Gemm *g, LLVMValueRef dst, LLVMValueRef b, LLVMValueRef rsb, LLVMValueRef csb,
                    LLVMValueRef N, LLVMValueRef k0, LLVMValueRef kc, LLVMValueRef n0,
                    LLVMValueRef cols) {
-  int NR = g->nr;
+  int NR = g->nr, W = g->w;
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
   LLVMTypeRef panel_t = LLVMVectorType(g->elem, (unsigned)NR);
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)W);
+  unsigned valign = (unsigned)(W * g->es);
   GLoop lp = loop_begin(g, zero, cols, NR, "pb");
   LLVMValueRef panel = at(g, dst, mul(g, lp.i, kc));
   LLVMValueRef col0 = add(g, n0, lp.i);
   LLVMValueRef rowbase = mul(g, k0, rsb);
   LLVMValueRef whole = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, col0, c64(g, NR)), N, "");
   LLVMValueRef contiguous = LLVMBuildICmp(g->b, LLVMIntEQ, csb, one, "");
+  LLVMValueRef transposed = LLVMBuildICmp(g->b, LLVMIntEQ, rsb, one, "");
   GIf f = if_begin(g, LLVMBuildAnd(g->b, whole, contiguous, ""), "pb.r");
   { /* row-major B: one NR-wide vector per k */
     LLVMValueRef src = at(g, b, add(g, rowbase, col0));
     GLoop lk = loop_begin(g, zero, kc, 1, "pb.k");
     LLVMValueRef v = load(g, panel_t, at(g, src, mul(g, lk.i, rsb)), (unsigned)g->es);
-    store(g, v, at(g, panel, muli(g, lk.i, NR)), (unsigned)(g->w * g->es));
+    store(g, v, at(g, panel, muli(g, lk.i, NR)), valign);
     loop_end(g, &lk);
   }
   if_else(g, &f);
-  { /* general strides, column by column, clamped into B */
+  /* general strides, column by column, clamped into B; with B transposed (rsb = 1: each of
+   * B's columns is a contiguous row of Bᵀ, x @ transpose(W) and q @ transpose(k)) whole
+   * W×W blocks first: W columns' next W values loaded as vectors and transposed in
+   * registers into W rows of the panel, instead of an element at a time */
+  LLVMValueRef kdone = zero;
+  if (W > 1 && W <= 16) {
+    LLVMValueRef blocks = LLVMBuildAnd(g->b, whole, transposed, "");
+    LLVMValueRef kw = mul(g, LLVMBuildSDiv(g->b, kc, c64(g, W), ""), c64(g, W));
+    kdone = LLVMBuildSelect(g->b, blocks, kw, zero, "pb.tdone");
+    LLVMValueRef src = at(g, b, add(g, rowbase, mul(g, col0, csb)));
+    GLoop lk = loop_begin(g, zero, kdone, W, "pb.tk");
+    for (int h = 0; h < NR / W; h++) {
+      LLVMValueRef r[16];
+      for (int j = 0; j < W; j++)
+        r[j] = load(g, vt, at(g, src, add(g, mul(g, c64(g, h * W + j), csb), lk.i)),
+                    (unsigned)g->es);
+      transpose_block(g, r);
+      for (int kk = 0; kk < W; kk++)
+        store(g, r[kk], at(g, panel, add(g, muli(g, add(g, lk.i, c64(g, kk)), NR), c64(g, h * W))),
+              valign);
+    }
+    loop_end(g, &lk);
+  }
+  {
     LLVMValueRef last = sub(g, N, one);
     GLoop lj = loop_begin(g, zero, c64(g, NR), 1, "pb.j");
     LLVMValueRef src = at(g, b, add(g, rowbase, mul(g, min64(g, add(g, col0, lj.i), last), csb)));
     LLVMValueRef d = at(g, panel, lj.i);
-    GLoop lk = loop_begin(g, zero, kc, 1, "pb.k");
+    GLoop lk = loop_begin(g, kdone, kc, 1, "pb.k");
     store(g, load(g, g->elem, at(g, src, mul(g, lk.i, rsb)), 0), at(g, d, muli(g, lk.i, NR)), 0);
     loop_end(g, &lk);
     loop_end(g, &lj);
@@ -436,7 +485,13 @@ static void emit_work(Gemm *g) {
   TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks);
   LLVMValueRef t = task.i;
   LLVMValueRef bi = LLVMBuildSDiv(g->b, t, per, ""), r = sub(g, t, mul(g, bi, per));
-  LLVMValueRef mi = LLVMBuildSDiv(g->b, r, v[J_NBLK], ""), ni = sub(g, r, mul(g, mi, v[J_NBLK]));
+  /* wide C (more column blocks than row blocks: GPT's vocabulary head): the row blocks are
+   * innermost, so a column block of B is packed again by the next task while it is in cache */
+  LLVMValueRef wide = LLVMBuildICmp(g->b, LLVMIntSGT, v[J_NBLK], v[J_MBLK], "wide");
+  LLVMValueRef mi = LLVMBuildSelect(g->b, wide, LLVMBuildSRem(g->b, r, v[J_MBLK], ""),
+                                    LLVMBuildSDiv(g->b, r, v[J_NBLK], ""), "mi");
+  LLVMValueRef ni = LLVMBuildSelect(g->b, wide, LLVMBuildSDiv(g->b, r, v[J_MBLK], ""),
+                                    LLVMBuildSRem(g->b, r, v[J_NBLK], ""), "ni");
   LLVMValueRef m0 = mul(g, mi, v[J_MROWS]), n0 = mul(g, ni, v[J_NCOLS]);
   LLVMValueRef rows = min64(g, v[J_MROWS], sub(g, v[J_M], m0));
   LLVMValueRef cols = min64(g, v[J_NCOLS], sub(g, v[J_N], n0));
