@@ -350,12 +350,13 @@ static void pack_a(Gemm *g, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef rsa, 
   LLVMValueRef whole = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, row0, c64(g, MR)), M, "");
   LLVMValueRef contiguous = LLVMBuildICmp(g->b, LLVMIntEQ, rsa, one, "");
   GIf f = if_begin(g, LLVMBuildAnd(g->b, whole, contiguous, ""), "pa.t");
-  { /* A transposed (rsa = 1): each k's mr values are adjacent */
+  { /* A transposed (rsa = 1): each k's mr values are adjacent, one vector (loaded whole:
+     * element by element, the loads could not move above the stores into the panel) */
     LLVMValueRef src = at(g, a, add(g, row0, colbase));
+    LLVMTypeRef column_t = LLVMVectorType(g->elem, (unsigned)MR);
     GLoop lk = loop_begin(g, zero, kc, 1, "pa.k");
     LLVMValueRef s = at(g, src, mul(g, lk.i, csa)), d = at(g, panel, muli(g, lk.i, MR));
-    for (int i = 0; i < MR; i++)
-      store(g, load(g, g->elem, at(g, s, c64(g, i)), 0), at(g, d, c64(g, i)), 0);
+    store(g, load(g, column_t, s, (unsigned)g->es), d, (unsigned)g->es);
     loop_end(g, &lk);
   }
   if_else(g, &f);

@@ -1,5 +1,5 @@
 """matmul-tb-ref.nn.py input | check INPUT OUTPUT: writes matmul-tb-ref.nn's two samples of
-82x300 values, or checks the model's predictions against A·Bᵀ and the batched Q·Qᵀ computed
+82x300 values, or checks the model's predictions against A·Bᵀ, the batched Q·Qᵀ and QᵀQ computed
 here in double precision from the same f32 inputs: each output within 1e-5 of the sum of
 |products| behind it (f32 rounding, in any summation order), else the worst offenders."""
 import struct
@@ -28,6 +28,12 @@ def reference(x):
             for j in range(T):
                 base = g * T * D
                 prods = [x[base + i * D + k] * x[base + j * D + k] for k in range(D)]
+                out.append((sum(prods), sum(abs(p) for p in prods)))
+    for g in range(2):  # transpose(q2) @ q2: C[i, j] = sum over t of Q[t, i] * Q[t, j]
+        for i in range(D):
+            for j in range(D):
+                base = g * T * D
+                prods = [x[base + t * D + i] * x[base + t * D + j] for t in range(T)]
                 out.append((sum(prods), sum(abs(p) for p in prods)))
     return out
 
