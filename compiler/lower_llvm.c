@@ -30,6 +30,8 @@ enum {
   MAX_OPERANDS = FUSE_MAX_PORTS, /* a fused loop's stores and reads (fuse.c bounds them) */
   SPLIT_ELEMS = 1 << 16, /* a loop nest over fewer elements is not worth waking threads for */
   TASK_ELEMS = 1 << 13,  /* elements of one task of a split nest: enough to outweigh taking it */
+  MAX_PARTIALS = 16,     /* most tasks of a reduction over the outer loop (one partial each) */
+  PARTIAL_ELEMS = 1 << 16, /* most elements of all of one reduction's partials (in scratch) */
 };
 
 /* Fields of %nn.split.job, what a loop nest split across threads reads. ORDER SPLITJOB */
@@ -1426,6 +1428,11 @@ typedef struct LoopCtx {
   int *read;              /* by member position * 3 + operand: nest operand of a load, or -1 */
   int *store;             /* by member position: nest operand of its store, or -1 */
   LLVMValueRef *value;    /* by member position: its value in this iteration, once made */
+  int64_t partial_rows;   /* emit_partial_split: rows of a task, each task reducing into its
+                           * own partial (partial_elems, in scratch); 0: none */
+  int64_t partial_elems;
+  int partial_op;         /* the nest operand of the reduction's result */
+  const Node *partial_of; /* the reduction */
 } LoopCtx;
 
 /* Strides over the loop's dims for reading memory of shape x as a value of shape seen: by
@@ -1479,6 +1486,16 @@ static LLVMValueRef member_value(Lower *L, LoopCtx *c, const Node *m, LLVMValueR
   return c->value[i] = v;
 }
 
+/* A reduction's accumulator acc after adding v: acc + v (sum), or the larger (rmax). */
+static LLVMValueRef reduce_step(Lower *L, OpKind op, LLVMValueRef acc, LLVMValueRef v) {
+  if (op == OP_SUM) return LLVMBuildFAdd(L->b, acc, v, "");
+  if (op != OP_RMAX) unreachable();
+  return LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, v, acc, ""), v, acc, "");
+}
+
+/* The identity a reduction starts from. */
+static double reduce_identity(const Node *m) { return m->op == OP_SUM ? 0.0 : -INFINITY; }
+
 static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
   LoopCtx *c = (LoopCtx *)ctx;
   const Group *G = c->G;
@@ -1493,12 +1510,8 @@ static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
     const Node *m = G->members[i];
     if (c->store[i] < 0) continue;
     LLVMValueRef p = ptr[c->store[i]], v = out[i];
-    if (m->op == OP_SUM) {
-      v = LLVMBuildFAdd(L->b, LLVMBuildLoad2(L->b, L->elem, p, ""), v, "");
-    } else if (m->op == OP_RMAX) {
-      LLVMValueRef acc = LLVMBuildLoad2(L->b, L->elem, p, "");
-      v = LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, v, acc, ""), v, acc, "");
-    }
+    if (class_of(m) == CLASS_REDUCE)
+      v = reduce_step(L, m->op, LLVMBuildLoad2(L->b, L->elem, p, ""), v);
     LLVMBuildStore(L->b, v, p);
   }
 }
@@ -1537,6 +1550,14 @@ static Nest group_nest(Lower *L, LoopCtx *c) {
 static void group_task(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx) {
   LoopCtx *c = (LoopCtx *)ctx;
   Nest t = group_nest(L, c);
+  if (c->partial_rows) { /* the reduction goes into this task's partial, from its identity */
+    LLVMValueRef task = LLVMBuildSDiv(L->b, lo, i64c(L, c->partial_rows), "");
+    LLVMValueRef part = elem_ptr(L, L->region[NN_IO_SCRATCH], ix_mul(L, task, c->partial_elems));
+    Loop z = loop_open(L, i64c(L, c->partial_elems), "zero");
+    LLVMBuildStore(L->b, elemc(L, reduce_identity(c->partial_of)), elem_ptr(L, part, z.i));
+    loop_close(L, &z);
+    t.base[c->partial_op] = part;
+  }
   nest_simplify(&t);
   t.lo0 = lo, t.hi0 = hi;
   LLVMValueRef off[MAX_OPERANDS] = {0};
@@ -1557,6 +1578,54 @@ static LoopCtx loop_ctx(Lower *L, int gi, const bool *need) {
   return c;
 }
 
+/* A loop group whose reduction sums over the outer loop (a bias gradient: over the batch),
+ * split across the threads (emit_nest_split splits only reductions whose result moves along
+ * the outer loop). The rows are cut into at most MAX_PARTIALS tasks, a number that depends on
+ * the batch alone; each task reduces its rows into its own partial in scratch (task k at
+ * element k * result size of io's scratch: nothing else uses it meanwhile), and then the
+ * kernel adds the partials into the result in task order. So the order of the additions is
+ * fixed by the batch: the same bits at any thread count (though not the bits of one serial
+ * loop). Returns false, emitting nothing, where that does not apply. */
+static bool emit_partial_split(Lower *L, Nest t, LoopCtx *c, const bool accum[]) {
+  if (L->apart) return false; /* a group function loops by itself */
+  nest_simplify(&t);
+  if (t.depth == 0) return false;
+  int k = -1;
+  for (int j = 0; j < t.n_ops; j++)
+    if (accum[j]) {
+      if (t.stride[j][0] != 0 || k >= 0) return false;
+      k = j;
+    }
+  if (k < 0) return false;
+  const Node *r = NULL;
+  for (int i = 0; i < c->G->n_members; i++)
+    if (c->store[i] == k) r = c->G->members[i];
+  Extent re = elems_extent(r->shape);
+  if (re.batch || re.n * MAX_PARTIALS > PARTIAL_ELEMS) return false;
+  int64_t inner = 1;
+  for (int d = 1; d < t.depth; d++) inner *= t.ext[d].n;
+  int64_t batch = L->u->batch > 1 ? L->u->batch : 1;
+  int64_t count = t.ext[0].n * (t.ext[0].batch ? batch : 1); /* rows at the largest batch */
+  if (count * inner < SPLIT_ELEMS) return false;
+  int64_t rows = TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1;
+  if ((count + rows - 1) / rows > MAX_PARTIALS) rows = (count + MAX_PARTIALS - 1) / MAX_PARTIALS;
+  if (re.n * MAX_PARTIALS > L->gemm.scratch_elems) L->gemm.scratch_elems = re.n * MAX_PARTIALS;
+  c->partial_rows = rows, c->partial_elems = re.n, c->partial_op = k, c->partial_of = r;
+  emit_split(L, t.ext[0], rows, inner, group_task, c);
+  c->partial_rows = 0;
+  /* the result holds the identity (lower_loop_group): add the partials, in task order */
+  LLVMValueRef tasks = cdiv_i64(L, extent_value(L, t.ext[0]), rows), res = node_ptr(L, r);
+  Loop p = loop_open(L, tasks, "part");
+  LLVMValueRef part = elem_ptr(L, L->region[NN_IO_SCRATCH], ix_mul(L, p.i, re.n));
+  Loop e = loop_open(L, i64c(L, re.n), "e");
+  LLVMValueRef d = elem_ptr(L, res, e.i);
+  LLVMBuildStore(L->b, reduce_step(L, r->op, load_elem(L, d), load_elem(L, elem_ptr(L, part, e.i))),
+                 d);
+  loop_close(L, &e);
+  loop_close(L, &p);
+  return true;
+}
+
 static void lower_loop_group(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   int nm = G->n_members;
@@ -1565,11 +1634,12 @@ static void lower_loop_group(Lower *L, int gi, const bool *need) {
   for (int i = 0; i < nm; i++) /* a reduction starts from its identity */
     if (need[G->members[i]->id] && class_of(G->members[i]) == CLASS_REDUCE &&
         G->members[i] != c.head)
-      fill_node(L, G->members[i], elemc(L, G->members[i]->op == OP_SUM ? 0.0 : -INFINITY));
+      fill_node(L, G->members[i], elemc(L, reduce_identity(G->members[i])));
   Nest t = group_nest(L, &c);
   bool accum[MAX_OPERANDS] = {0};
   for (int i = 0; i < nm; i++)
     if (c.store[i] >= 0 && class_of(G->members[i]) == CLASS_REDUCE) accum[c.store[i]] = true;
+  if (emit_partial_split(L, t, &c, accum)) return;
   if (!emit_nest_split(L, t, group_task, &c, accum)) emit_nest(L, t, loop_body, &c);
 }
 
@@ -1902,7 +1972,8 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
     return kernel;
   }
   bool *need = xalloc((size_t)g->n_nodes + 1);
-  unsigned regions = mark_needed(g, io_mask, need) | 1u << NN_IO_THREADS; /* for split nests */
+  unsigned regions = mark_needed(g, io_mask, need) | 1u << NN_IO_THREADS | /* for split nests */
+                     1u << NN_IO_SCRATCH;                               /* and their partials */
   begin_fn(L, kernel, regions);
   L->need = need;
   L->split_val = xalloc(sizeof *L->split_val * ((size_t)g->n_nodes + 1));
