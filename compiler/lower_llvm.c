@@ -1328,17 +1328,26 @@ static void lower_avgpool_bwd(Lower *L, const Node *n, Win v) {
   positions_close(L, &v);
 }
 
+/* Do the windows of c tile an image of [H, W] exactly (stride = window, no padding or
+ * dilation, sizes divisible), so that every pixel is in exactly one window? */
+static bool windows_tile(const ConvAttr *c, Shape img) {
+  return c->sh == c->kh && c->sw == c->kw && c->dh == 1 && c->dw == 1 &&
+         !(c->pt | c->pl | c->pb | c->pr) && img.dim[1] % c->kh == 0 && img.dim[2] % c->kw == 0;
+}
+
 /* dx[B,H,W,C] = maxpool_bwd(x[B,H,W,C], g[B,OH,OW,C]): per channel, the taps in order; the
  * first one holding the window's maximum receives g (PyTorch's choice on ties). The running
  * maximum and its position are kept for all channels at once (channels innermost), so the
- * loops over channels vectorise. */
+ * loops over channels vectorise. When the windows tile the image, each window writes all its
+ * taps (g or 0), every pixel once, and dx needs no zeroing first. */
 static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0], *gn = n->src[1];
   int64_t C = xn->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
   LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
   LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
-  fill_samples(L, &v, n, 0);
+  bool tile = windows_tile(v.c, xn->shape);
+  if (!tile) fill_samples(L, &v, n, 0);
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
   Loop c = loop_open(L, i64c(L, C), "c");
@@ -1358,6 +1367,23 @@ static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xc, old, ""), ap);
   loop_close(L, &c);
   taps_close(L, &v);
+  if (tile) { /* every tap: g where the maximum is (0 + g, as the sum into zeros gives), or 0 */
+    taps_open(L, &v);
+    xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
+    c = loop_open(L, i64c(L, C), "c");
+    LLVMValueRef xc = ix_add(L, xo, c.i);
+    LLVMValueRef a =
+        LLVMBuildLoad2(L->b, L->i64, LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""), "");
+    LLVMValueRef gv = load_elem(L, elem_ptr(L, g, ix_add(L, go, c.i)));
+    LLVMValueRef hit = LLVMBuildICmp(L->b, LLVMIntEQ, a, xc, "");
+    LLVMValueRef d = LLVMBuildSelect(L->b, hit, LLVMBuildFAdd(L->b, elemc(L, 0), gv, ""),
+                                     elemc(L, 0), "");
+    LLVMBuildStore(L->b, d, elem_ptr(L, dx, xc));
+    loop_close(L, &c);
+    taps_close(L, &v);
+    positions_close(L, &v);
+    return;
+  }
   c = loop_open(L, i64c(L, C), "c");
   LLVMValueRef a =
       LLVMBuildLoad2(L->b, L->i64, LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""), "");
