@@ -161,6 +161,61 @@ static void place(Fuser *f, Node *n) {
   f->groups[gi].ports = count_ports(f, gi);
 }
 
+/* May a loop over C (shape c) read memory of shape x, as a value of c's shape, as part of C's
+ * epilogue? It runs over C as rows (every dim but the last, flattened) by columns, so x must
+ * be C's shape, or constant along the rows (1-dims, then C's last dim or 1). */
+static bool epilogue_operand(Shape x, Shape c) {
+  if (shape_eq(x, c)) return true;
+  if (x.rank > c.rank) return false;
+  for (int i = 0; i + 1 < x.rank; i++)
+    if (x.dim[i] != 1) return false;
+  return x.rank == 0 || x.dim[x.rank - 1] == 1 || x.dim[x.rank - 1] == c.dim[c.rank - 1];
+}
+
+/* Can loop group h be the epilogue of n (a matmul or conv2d it alone reads)? */
+static bool fits_epilogue(const Fuser *f, const Node *n, int h) {
+  const Group *H = &f->groups[h];
+  Shape c = n->shape;
+  if (H->kind != GROUP_LOOP || c.rank < 2 || fuse_squeeze(c).rank != c.rank ||
+      !shape_eq(H->loop, c))
+    return false;
+  for (int i = 0; i < H->n_members; i++) {
+    const Node *m = H->members[i];
+    if (op_info[m->op].cls != CLASS_ELEM && m->op != OP_EXPAND) return false;
+    if (!shape_eq(m->shape, c)) return false;
+    for (int k = 0; k < op_info[m->op].arity; k++) {
+      const Node *s = m->src[k];
+      if (!in_memory(s) || s->group == h) continue;
+      if (s == n ? m->op == OP_EXPAND : !epilogue_operand(s->shape, c)) return false;
+    }
+  }
+  return true;
+}
+
+/* Each matmul or conv2d whose result only one loop group reads takes it as its epilogue, when
+ * it fits: the loop's members join the matmul's group, whose lowering runs them on every
+ * block of C the GEMM finishes (no cycle can follow: only that group reads the result). */
+static void take_epilogues(Fuser *f) {
+  for (int gi = 0; gi < f->n_groups; gi++) {
+    Group *G = &f->groups[gi];
+    if (G->kind != GROUP_SINGLE) continue;
+    Node *n = G->members[0];
+    if ((n->op != OP_MATMUL && n->op != OP_CONV2D) || !f->n_users[n->id]) continue;
+    int h = f->users[n->id][0]->group;
+    bool one = h >= 0;
+    for (int k = 1; k < f->n_users[n->id]; k++) one &= f->users[n->id][k]->group == h;
+    if (!one || !fits_epilogue(f, n, h)) continue;
+    Group *H = &f->groups[h];
+    for (int i = 0; i < H->n_members; i++) {
+      H->members[i]->group = gi;
+      add_member(G, H->members[i]);
+    }
+    G->kind = GROUP_EPILOGUE;
+    G->loop = H->loop;
+    H->n_members = 0;
+  }
+}
+
 /* Depth first: the groups a group reads from go before it. */
 static void order_group(Fuser *f, int gi, int *state, Group *out, int *n_out, int *rank) {
   if (state[gi] == 2) return;
@@ -205,17 +260,22 @@ void fuse_graph(Graph *g, bool enabled) {
   }
   for (int i = 0; i < n; i++) g->nodes[i]->group = -1;
   for (int i = n - 1; i >= 0; i--) place(&f, g->nodes[i]);
+  if (enabled) take_epilogues(&f);
 
   /* lowering order: dependencies first, otherwise roughly the graph's order */
   int *state = xalloc(sizeof *state * ((size_t)f.n_groups + 1));
   int *rank = xalloc(sizeof *rank * ((size_t)f.n_groups + 1));
   Group *out = xalloc(sizeof *out * ((size_t)f.n_groups + 1));
   int n_out = 0;
-  for (int gi = f.n_groups - 1; gi >= 0; gi--) order_group(&f, gi, state, out, &n_out, rank);
+  for (int gi = f.n_groups - 1; gi >= 0; gi--)
+    if (f.groups[gi].n_members) order_group(&f, gi, state, out, &n_out, rank); /* not emptied */
   for (int i = 0; i < n; i++)
     if (g->nodes[i]->group >= 0) g->nodes[i]->group = rank[g->nodes[i]->group];
-  for (int gi = 0; gi < n_out; gi++)
-    qsort(out[gi].members, (size_t)out[gi].n_members, sizeof *out[gi].members, by_id);
+  for (int gi = 0; gi < n_out; gi++) { /* an epilogue's matmul or conv2d stays first */
+    int head = out[gi].kind == GROUP_EPILOGUE;
+    qsort(out[gi].members + head, (size_t)(out[gi].n_members - head), sizeof *out[gi].members,
+          by_id);
+  }
   g->groups = out;
   g->n_groups = n_out;
 }
@@ -258,6 +318,10 @@ void fuse_print(FILE *out, const Graph *g) {
       print_dims(out, G->loop);
     } else {
       fprintf(out, "%s", op_info[G->members[0]->op].text);
+      if (G->kind == GROUP_EPILOGUE) {
+        fprintf(out, " epilogue ");
+        print_dims(out, G->loop);
+      }
     }
     fprintf(out, " {\n");
     for (int i = 0; i < G->n_members; i++) {

@@ -23,7 +23,11 @@
  * a transposed B (contiguous columns) is packed a W×W block at a time through registers.
  * Each C element is summed by one worker in a fixed order (K blocks of kc, k ascending), so
  * results do not depend on the thread count or the tiling; only the filter gradient, whose
- * sum runs over the batch, adds per-worker partial sums, in worker order. */
+ * sum runs over the batch, adds per-worker partial sums, in worker order.
+ *
+ * A job may carry an epilogue (GemmEpilogue): the elementwise loop that follows the matmul
+ * (bias, activation), called on each block of C by the worker that finished it, while the
+ * block is still in its cache. */
 #include <string.h>
 
 #include "lower_gemm.h"
@@ -50,6 +54,7 @@ enum {
   J_MROWS, J_NCOLS,             /* rows / columns of a task's block (set by nn.gemm) */
   J_MBLK, J_NBLK,               /* blocks along M and N */
   J_NEXT,                       /* the next task to take (atomic) */
+  J_EPI, J_EPI_CTX, J_EPI_ROW,  /* the epilogue (or null), its context, C's first row in it */
   J_COUNT
 };
 
@@ -57,6 +62,7 @@ enum {
 enum {
   CJ_OUT, CJ_SRC0, CJ_SRC1,     /* the node's result and operands */
   CJ_BATCH, CJ_SCRATCH, CJ_SSTRIDE, CJ_NEXT, CJ_WORKERS,
+  CJ_EPI, CJ_EPI_CTX,           /* conv2d's epilogue (or null) and its context */
   CJ_COUNT
 };
 
@@ -469,6 +475,18 @@ static void pack_b(Gemm *g, LLVMValueRef dst, LLVMValueRef b, LLVMValueRef rsb, 
 
 /* ============================== the driver ============================== */
 
+/* Calls the job's epilogue, if any, on rows [r0, r1) × columns [c0, c1) of C, rows counted
+ * from the epilogue's first row. */
+static void call_epilogue(Gemm *g, LLVMValueRef job, LLVMValueRef r0, LLVMValueRef r1,
+                          LLVMValueRef c0, LLVMValueRef c1) {
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef fn = get(g, J, job, J_EPI), row = get(g, J, job, J_EPI_ROW);
+  GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, fn, ""), "epilogue");
+  LLVMValueRef args[5] = {get(g, J, job, J_EPI_CTX), add(g, row, r0), add(g, row, r1), c0, c1};
+  LLVMBuildCall2(g->b, g->epilogue_type, fn, args, 5, "");
+  if_end(g, &f);
+}
+
 /* nn.gemm.work(job, w): worker w takes tasks until none is left. */
 static void emit_work(Gemm *g) {
   LLVMTypeRef params[2] = {g->ptr, g->i64};
@@ -527,6 +545,8 @@ static void emit_work(Gemm *g) {
   LLVMBasicBlockRef kdone = block(g, "kblock.done");
   LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k1, v[J_K], ""), kb, kdone);
   LLVMPositionBuilderAtEnd(g->b, kdone);
+  LLVMValueRef r0 = add(g, mul(g, bi, v[J_M]), m0); /* the block is final: its epilogue */
+  call_epilogue(g, job, r0, add(g, r0, rows), n0, add(g, n0, cols));
   tasks_end(g, &task);
   LLVMBuildRetVoid(g->b);
 }
@@ -727,6 +747,7 @@ static void emit_gemm(Gemm *g) {
   dispatch(g, g->direct, job, threads,
            LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
                         LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), ""));
+  call_epilogue(g, job, zero, mul(g, batch, M), zero, N); /* a few rows: after all of C */
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, packed);
   workers = workers_of(g, threads);
@@ -774,14 +795,17 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
   g->nb = g->nr * NB_PANELS;
   LLVMTypeRef jt[J_COUNT];
   for (int f = 0; f < J_COUNT; f++)
-    jt[f] = f == J_A || f == J_B || f == J_C || f == J_SCRATCH ? g->ptr : g->i64;
+    jt[f] = f == J_A || f == J_B || f == J_C || f == J_SCRATCH || f == J_EPI || f == J_EPI_CTX
+                ? g->ptr : g->i64;
   g->job_type = LLVMStructCreateNamed(ctx, "nn.gemm.job");
   LLVMStructSetBody(g->job_type, jt, J_COUNT, 0);
   LLVMTypeRef ct[CJ_COUNT];
   for (int f = 0; f < CJ_COUNT; f++)
-    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH ? g->ptr : g->i64;
+    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH || f == CJ_EPI || f == CJ_EPI_CTX ? g->ptr : g->i64;
   g->conv_type = LLVMStructCreateNamed(ctx, "nn.conv.job");
   LLVMStructSetBody(g->conv_type, ct, CJ_COUNT, 0);
+  LLVMTypeRef ep[5] = {g->ptr, g->i64, g->i64, g->i64, g->i64};
+  g->epilogue_type = LLVMFunctionType(g->vd, ep, 5, 0);
   g->scratch_bytes = LLVMAddGlobal(mod, g->i64, "nn.scratch.bytes");
   LLVMSetLinkage(g->scratch_bytes, LLVMPrivateLinkage);
   LLVMSetGlobalConstant(g->scratch_bytes, 1);
@@ -806,6 +830,9 @@ static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs
       [J_B] = a->b, [J_RSB] = a->rsb, [J_CSB] = a->csb, [J_SB] = a->sb,
       [J_C] = a->c, [J_LDC] = a->ldc, [J_SC] = a->sc,
       [J_BETA] = c64(g, a->accumulate), [J_SCRATCH] = scratch, [J_SSTRIDE] = sstride,
+      [J_EPI] = a->epilogue ? a->epilogue : LLVMConstNull(g->ptr),
+      [J_EPI_CTX] = a->epilogue ? a->epilogue_ctx : LLVMConstNull(g->ptr),
+      [J_EPI_ROW] = a->epilogue ? a->epilogue_row : c64(g, 0),
   };
   for (int f = 0; f < J_COUNT; f++)
     if (v[f]) set(g, b, J, job, f, v[f]);
@@ -924,7 +951,7 @@ static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThre
  * whether s is the worker's first sample). */
 static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef s,
                         LLVMValueRef p[3], LLVMValueRef scr, LLVMValueRef dst, LLVMValueRef first,
-                        ConvThreads t) {
+                        ConvThreads t, GemmEpilogue epi) {
   int64_t TC = q->T * q->C, rows = q->OH * q->OW;
   LLVMValueRef col = scr, gs = at(g, scr, c64(g, round16(rows * TC)));
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
@@ -938,6 +965,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     a.a = col, a.rsa = c64(g, TC), a.csa = one;
     a.b = p[2], a.rsb = c64(g, q->F), a.csb = one;
     a.c = at(g, p[0], mul(g, s, out_elems)), a.ldc = c64(g, q->F);
+    a.epilogue = epi.fn, a.epilogue_ctx = epi.ctx, a.epilogue_row = mul(g, s, c64(g, rows));
     conv_gemm(g, &a, gs, t);
     break;
   }
@@ -1013,12 +1041,13 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
                                        p[0], byte_at(g, base, mul(g, k, sstride)), "");
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
     conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""),
-                (ConvThreads){0});
+                (ConvThreads){0}, (GemmEpilogue){0});
     loop_end(g, &ls);
     tasks_end(g, &share_k);
   } else { /* samples handed out one at a time */
     TaskLoop sample = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), batch);
-    conv_sample(g, n, q, sample.i, p, scr, NULL, NULL, (ConvThreads){0});
+    GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
+    conv_sample(g, n, q, sample.i, p, scr, NULL, NULL, (ConvThreads){0}, epi);
     tasks_end(g, &sample);
   }
   LLVMBuildRetVoid(g->b);
@@ -1027,8 +1056,9 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
 
 void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
                      LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
-                     LLVMValueRef scratch) {
+                     LLVMValueRef scratch, GemmEpilogue epi) {
   ensure_gemm(g);
+  if (!epi.fn) epi = (GemmEpilogue){LLVMConstNull(g->ptr), LLVMConstNull(g->ptr)};
   ConvGeom q = geometry(n);
   need_scratch(g, conv_scratch(g, &q));
   LLVMValueRef work = emit_conv_work(g, n, &q);
@@ -1049,12 +1079,13 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     by_sample = if_begin(g, few, "few");
     LLVMValueRef p[3] = {out, src0, src1};
     GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
-    conv_sample(g, n, &q, ls.i, p, scratch, NULL, NULL, (ConvThreads){threads, sstride});
+    conv_sample(g, n, &q, ls.i, p, scratch, NULL, NULL, (ConvThreads){threads, sstride}, epi);
     loop_end(g, &ls);
     if_else(g, &by_sample);
   }
   workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
-  LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers};
+  LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers,
+                              epi.fn, epi.ctx};
   for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
   dispatch(g, work, job, threads, parallel);
   if (n->op != OP_CONV2D_BWD_FILTER) if_end(g, &by_sample);

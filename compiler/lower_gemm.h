@@ -22,6 +22,7 @@ typedef struct Gemm {
   int mb, nb;                /* most rows of A / columns of B one task packs */
   LLVMTypeRef job_type;      /* %nn.gemm.job */
   LLVMTypeRef conv_type;     /* %nn.conv.job */
+  LLVMTypeRef epilogue_type; /* void (ptr ctx, i64 r0, i64 r1, i64 c0, i64 c1) */
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
   LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */
@@ -37,7 +38,16 @@ typedef struct GemmArgs {
   LLVMValueRef b, rsb, csb, sb;
   LLVMValueRef c, ldc, sc;
   bool accumulate;
+  LLVMValueRef epilogue, epilogue_ctx, epilogue_row; /* see GemmEpilogue; NULL: none */
 } GemmArgs;
+
+/* An epilogue, epilogue(ctx, r0, r1, c0, c1): the caller's elementwise loop over rows
+ * [r0, r1) and columns [c0, c1) of C, run by the worker that finished that block of C, once
+ * per block (C's matrices stacked: matrix t's row i is row epilogue_row + t*m + i). Its type
+ * is Gemm.epilogue_type. lower_conv_call's epilogue (conv2d only) sees y as [B*OH*OW, F]. */
+typedef struct GemmEpilogue {
+  LLVMValueRef fn, ctx; /* NULL: none */
+} GemmEpilogue;
 
 /* vector_bits / registers: the target's SIMD width and vector register count. */
 void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef elem,
@@ -49,7 +59,7 @@ void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef 
  * im2col / col2im and GEMMs, parallel over the batch: out = n(src0, src1). */
 void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
                      LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
-                     LLVMValueRef scratch);
+                     LLVMValueRef scratch, GemmEpilogue epilogue);
 /* Parallel work for lower_llvm.c's loops, with the GEMM's machinery. A job is a struct the
  * caller fills on its stack; its work function, void (ptr job, i64 worker), runs on every
  * worker and takes tasks 0..count-1 from an atomic i64 counter in the job (set to 0 first):

@@ -30,6 +30,8 @@ enum {
   MAX_OPERANDS = FUSE_MAX_PORTS, /* a fused loop's stores and reads (fuse.c bounds them) */
   SPLIT_ELEMS = 1 << 16, /* a loop nest over fewer elements is not worth waking threads for */
   TASK_ELEMS = 1 << 13,  /* elements of one task of a split nest: enough to outweigh taking it */
+  MAX_PARTIALS = 16,     /* most tasks of a reduction over the outer loop (one partial each) */
+  PARTIAL_ELEMS = 1 << 16, /* most elements of all of one reduction's partials (in scratch) */
 };
 
 /* Fields of %nn.split.job, what a loop nest split across threads reads. ORDER SPLITJOB */
@@ -69,6 +71,7 @@ typedef struct Lower {
   LLVMValueRef *split_val, *split_at; /* val and at while emitting a split nest's function */
   LLVMTypeRef split_job;             /* %nn.split.job */
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
+  GemmEpilogue epilogue;             /* for the matmul or conv2d being lowered, or none */
   bool apart;                        /* emitting a group function: no node ids in names */
   struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */
   int n_group_fns;
@@ -361,6 +364,61 @@ static LLVMValueRef cdiv_i64(Lower *L, LLVMValueRef a, int64_t k) {
   return LLVMBuildSDiv(L->b, LLVMBuildNSWAdd(L->b, a, i64c(L, k - 1), ""), i64c(L, k), "");
 }
 
+/* A side function: code of the kernel's that another function runs (a split nest's tasks,
+ * a GEMM's epilogue), emitted as if it were the kernel from a %nn.split.job on the kernel's
+ * stack that holds the kernel's io and batch. Values made in the kernel are not visible
+ * there: the side function loads its own regions and makes its own node pointers and
+ * scalars (in split_at and split_val). */
+typedef struct SideFn {
+  LLVMBasicBlockRef back;              /* where the kernel's code goes on */
+  LLVMValueRef fn, batch, *val, *at;   /* the kernel's */
+  LLVMValueRef region[NN_IO_COUNT];
+  char tag[sizeof ((Lower *)0)->tag];  /* the loops' names (making scalars changes them) */
+} SideFn;
+
+/* A new side function of type fty, named after the kernel and the tag ("nn_grad.g7"). */
+static LLVMValueRef side_fn_new(Lower *L, LLVMTypeRef fty) {
+  char name[96];
+  snprintf(name, sizeof name, "%s.%s", LLVMGetValueName(L->fn), L->tag);
+  LLVMValueRef fn = LLVMAddFunction(L->mod, name, fty);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateEnumAttribute(L->ctx,
+                                                  LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
+  return fn;
+}
+
+/* The kernel's side: a job holding its io and batch, and `tasks` tasks to take. */
+static LLVMValueRef side_job(Lower *L, LLVMValueRef tasks) {
+  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
+  LLVMValueRef v[SJ_COUNT] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks};
+  for (int f = 0; f < SJ_COUNT; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
+  return job;
+}
+
+/* Starts emitting side function fn, whose first parameter is the job. */
+static SideFn side_fn_enter(Lower *L, LLVMValueRef fn) {
+  SideFn s = {LLVMGetInsertBlock(L->b), L->fn, L->batch, L->val, L->at, {0}, {0}};
+  memcpy(s.region, L->region, sizeof s.region);
+  memcpy(s.tag, L->tag, sizeof s.tag);
+  L->fn = fn, L->val = L->split_val, L->at = L->split_at;
+  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
+  LLVMValueRef job = LLVMGetParam(fn, 0);
+  L->batch = split_get(L, job, SJ_BATCH);
+  bind_regions(L, split_get(L, job, SJ_IO));
+  rebind_scalars(L, L->g, L->need);
+  memcpy(L->tag, s.tag, sizeof s.tag);
+  return s;
+}
+
+/* Back in the kernel, where it was left. */
+static void side_fn_leave(Lower *L, const SideFn *s) {
+  L->fn = s->fn, L->batch = s->batch, L->val = s->val, L->at = s->at;
+  memcpy(L->region, s->region, sizeof s->region);
+  memcpy(L->tag, s->tag, sizeof s->tag);
+  LLVMPositionBuilderAtEnd(L->b, s->back);
+}
+
 /* What one task of a split loop does: iterations [lo, hi) of the outer loop, in the split
  * function, whose job is `job`. */
 typedef void (*SplitBody)(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx);
@@ -378,19 +436,11 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
     body(L, i64c(L, 0), extent_value(L, outer), ctx);
     return;
   }
-  char name[96];
-  snprintf(name, sizeof name, "%s.%s", LLVMGetValueName(L->fn), L->tag);
   LLVMTypeRef params[2] = {L->ptr, L->i64};
-  LLVMValueRef fn = LLVMAddFunction(L->mod, name, LLVMFunctionType(L->vd, params, 2, 0));
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                          LLVMCreateEnumAttribute(L->ctx,
-                                                  LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
+  LLVMValueRef fn = side_fn_new(L, LLVMFunctionType(L->vd, params, 2, 0));
   /* the caller's side: the job, and the call */
-  LLVMValueRef job = entry_slot(L, L->split_job, "split.job");
   LLVMValueRef count = extent_value(L, outer), tasks = cdiv_i64(L, count, rows);
-  LLVMValueRef v[SJ_COUNT] = {LLVMGetParam(L->fn, 0), L->batch, i64c(L, 0), tasks};
-  for (int f = 0; f < SJ_COUNT; f++) LLVMBuildStore(L->b, v[f], split_field(L, job, f));
+  LLVMValueRef job = side_job(L, tasks);
   LLVMValueRef threads = L->region[NN_IO_THREADS];
   LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
   LLVMValueRef elems = LLVMBuildNSWMul(L->b, count, i64c(L, inner), "");
@@ -402,16 +452,8 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
   lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
 
   /* the function, emitted as if it were the kernel; then back to the caller */
-  LLVMBasicBlockRef back = LLVMGetInsertBlock(L->b);
-  LLVMValueRef kernel = L->fn, batch = L->batch, *val = L->val, *at = L->at;
-  LLVMValueRef region[NN_IO_COUNT];
-  memcpy(region, L->region, sizeof region);
-  L->fn = fn, L->val = L->split_val, L->at = L->split_at;
-  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, fn, "entry"));
+  SideFn side = side_fn_enter(L, fn);
   LLVMValueRef fjob = LLVMGetParam(fn, 0);
-  L->batch = split_get(L, fjob, SJ_BATCH);
-  bind_regions(L, split_get(L, fjob, SJ_IO));
-  rebind_scalars(L, L->g, L->need);
   LLVMValueRef end = extent_value(L, outer);
   TaskLoop task = lower_tasks_begin(&L->gemm, L->b, split_field(L, fjob, SJ_NEXT),
                                     split_get(L, fjob, SJ_TASKS));
@@ -421,9 +463,7 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
   body(L, lo, hi, ctx);
   lower_tasks_end(&L->gemm, L->b, &task);
   LLVMBuildRetVoid(L->b);
-  L->fn = kernel, L->batch = batch, L->val = val, L->at = at;
-  memcpy(L->region, region, sizeof region);
-  LLVMPositionBuilderAtEnd(L->b, back);
+  side_fn_leave(L, &side);
 }
 
 /* Emits nest t split across threads when it can be that large (task(lo, hi, ctx) makes the
@@ -841,6 +881,28 @@ static void matmul_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
  * The transposes become strides of the generated GEMM (lower_gemm.c); the last leading dim is
  * its batch of matrices, the others a loop around it. When B is shared by all matrices and A
  * is not transposed, the matrices are stacked into one tall one instead. */
+/* B's stride along each leading dim of C (0 where it broadcasts); true when it is 0 for all,
+ * so every matrix of the matmul n shares B. */
+static bool matmul_shared_b(const Node *n, int64_t bld[]) {
+  Shape bs = n->src[1]->shape, cs = n->shape;
+  int lead = cs.rank - 2, bl = bs.rank - 2;
+  int64_t bst[MAX_RANK];
+  contig_strides(bs, bst);
+  bool shared_b = true;
+  for (int d = 0; d < lead; d++) {
+    int j = d - (lead - bl);
+    bld[d] = (j < 0 || (bs.dim[j] == 1 && cs.dim[d] != 1)) ? 0 : bst[j];
+    shared_b &= bld[d] == 0;
+  }
+  return shared_b;
+}
+
+/* Is the matmul n one GEMM of one matrix (rank 2, or a shared B stacked into a tall one)? */
+static bool matmul_one_gemm(const Node *n) {
+  int64_t bld[MAX_RANK];
+  return n->shape.rank == 2 || (matmul_shared_b(n, bld) && !n->attr.ta);
+}
+
 static void lower_matmul(Lower *L, const Node *n) {
   const Node *a = n->src[0], *bm = n->src[1];
   Shape as = a->shape, bs = bm->shape, cs = n->shape;
@@ -850,12 +912,7 @@ static void lower_matmul(Lower *L, const Node *n) {
   contig_strides(as, ast);
   contig_strides(bs, bst);
   contig_strides(cs, cst);
-  bool shared_b = true; /* B's stride along each leading dim of C: 0 where it broadcasts */
-  for (int d = 0; d < lead; d++) {
-    int j = d - (lead - bl);
-    bld[d] = (j < 0 || (bs.dim[j] == 1 && cs.dim[d] != 1)) ? 0 : bst[j];
-    shared_b &= bld[d] == 0;
-  }
+  bool shared_b = matmul_shared_b(n, bld);
   GemmArgs g = {
       .m = extent_value(L, dim_extent(cs.dim[lead])),
       .n = extent_value(L, dim_extent(cs.dim[lead + 1])),
@@ -864,7 +921,9 @@ static void lower_matmul(Lower *L, const Node *n) {
       .rsa = i64c(L, n->attr.ta ? 1 : ast[lead]), .csa = i64c(L, n->attr.ta ? ast[lead] : 1),
       .rsb = i64c(L, n->attr.tb ? 1 : bst[bl]), .csb = i64c(L, n->attr.tb ? bst[bl] : 1),
       .ldc = i64c(L, cst[lead]),
+      .epilogue = L->epilogue.fn, .epilogue_ctx = L->epilogue.ctx, .epilogue_row = i64c(L, 0),
   };
+  if (L->epilogue.fn && !matmul_one_gemm(n)) unreachable();
   Nest t = {.depth = 0};
   int C = nest_operand(&t, node_ptr(L, n)), A = nest_operand(&t, node_ptr(L, a));
   int B = nest_operand(&t, node_ptr(L, bm));
@@ -1034,7 +1093,7 @@ static void taps_close(Lower *L, Win *v) {
 static void lower_conv(Lower *L, const Node *n) {
   lower_conv_call(&L->gemm, L->b, n, node_ptr(L, n), node_ptr(L, n->src[0]),
                   node_ptr(L, n->src[1]), L->batch, L->region[NN_IO_THREADS],
-                  L->region[NN_IO_SCRATCH]);
+                  L->region[NN_IO_SCRATCH], L->epilogue);
 }
 
 /* ============================== int8 sites (quant.c) ============================== */
@@ -1269,17 +1328,26 @@ static void lower_avgpool_bwd(Lower *L, const Node *n, Win v) {
   positions_close(L, &v);
 }
 
+/* Do the windows of c tile an image of [H, W] exactly (stride = window, no padding or
+ * dilation, sizes divisible), so that every pixel is in exactly one window? */
+static bool windows_tile(const ConvAttr *c, Shape img) {
+  return c->sh == c->kh && c->sw == c->kw && c->dh == 1 && c->dw == 1 &&
+         !(c->pt | c->pl | c->pb | c->pr) && img.dim[1] % c->kh == 0 && img.dim[2] % c->kw == 0;
+}
+
 /* dx[B,H,W,C] = maxpool_bwd(x[B,H,W,C], g[B,OH,OW,C]): per channel, the taps in order; the
  * first one holding the window's maximum receives g (PyTorch's choice on ties). The running
  * maximum and its position are kept for all channels at once (channels innermost), so the
- * loops over channels vectorise. */
+ * loops over channels vectorise. When the windows tile the image, each window writes all its
+ * taps (g or 0), every pixel once, and dx needs no zeroing first. */
 static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0], *gn = n->src[1];
   int64_t C = xn->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
   LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
   LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
-  fill_samples(L, &v, n, 0);
+  bool tile = windows_tile(v.c, xn->shape);
+  if (!tile) fill_samples(L, &v, n, 0);
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
   Loop c = loop_open(L, i64c(L, C), "c");
@@ -1299,6 +1367,23 @@ static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   LLVMBuildStore(L->b, LLVMBuildSelect(L->b, more, xc, old, ""), ap);
   loop_close(L, &c);
   taps_close(L, &v);
+  if (tile) { /* every tap: g where the maximum is (0 + g, as the sum into zeros gives), or 0 */
+    taps_open(L, &v);
+    xo = offset4(L, xn->shape, v.b.i, v.ih, v.iw);
+    c = loop_open(L, i64c(L, C), "c");
+    LLVMValueRef xc = ix_add(L, xo, c.i);
+    LLVMValueRef a =
+        LLVMBuildLoad2(L->b, L->i64, LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""), "");
+    LLVMValueRef gv = load_elem(L, elem_ptr(L, g, ix_add(L, go, c.i)));
+    LLVMValueRef hit = LLVMBuildICmp(L->b, LLVMIntEQ, a, xc, "");
+    LLVMValueRef d = LLVMBuildSelect(L->b, hit, LLVMBuildFAdd(L->b, elemc(L, 0), gv, ""),
+                                     elemc(L, 0), "");
+    LLVMBuildStore(L->b, d, elem_ptr(L, dx, xc));
+    loop_close(L, &c);
+    taps_close(L, &v);
+    positions_close(L, &v);
+    return;
+  }
   c = loop_open(L, i64c(L, C), "c");
   LLVMValueRef a =
       LLVMBuildLoad2(L->b, L->i64, LLVMBuildInBoundsGEP2(L->b, L->i64, at, &c.i, 1, ""), "");
@@ -1363,11 +1448,17 @@ static void lower_window(Lower *L, const Node *n) {
 typedef struct LoopCtx {
   const Group *G;
   int gi;                 /* its index */
+  const Node *head;       /* an epilogue group's matmul or conv2d (not in the loop), or NULL */
   const bool *need;       /* by node id: the kernel needs it */
   int *index;             /* by node id: position in G->members */
   int *read;              /* by member position * 3 + operand: nest operand of a load, or -1 */
   int *store;             /* by member position: nest operand of its store, or -1 */
   LLVMValueRef *value;    /* by member position: its value in this iteration, once made */
+  int64_t partial_rows;   /* emit_partial_split: rows of a task, each task reducing into its
+                           * own partial (partial_elems, in scratch); 0: none */
+  int64_t partial_elems;
+  int partial_op;         /* the nest operand of the reduction's result */
+  const Node *partial_of; /* the reduction */
 } LoopCtx;
 
 /* Strides over the loop's dims for reading memory of shape x as a value of shape seen: by
@@ -1394,7 +1485,7 @@ static LLVMValueRef operand_value(Lower *L, LoopCtx *c, const Node *m, int k,
                                   LLVMValueRef ptr[]) {
   const Node *s = m->src[k];
   if (class_of(s) == CLASS_SCALAR) return L->val[s->id];
-  if (s->group == c->gi) return member_value(L, c, s, ptr);
+  if (s->group == c->gi && s != c->head) return member_value(L, c, s, ptr);
   int op = c->read[c->index[m->id] * 3 + k];
   if (op < 0) diag_internal(__FILE__, __LINE__, "%%%d operand %d not loaded", m->id, k);
   return LLVMBuildLoad2(L->b, L->elem, ptr[op], "");
@@ -1421,6 +1512,16 @@ static LLVMValueRef member_value(Lower *L, LoopCtx *c, const Node *m, LLVMValueR
   return c->value[i] = v;
 }
 
+/* A reduction's accumulator acc after adding v: acc + v (sum), or the larger (rmax). */
+static LLVMValueRef reduce_step(Lower *L, OpKind op, LLVMValueRef acc, LLVMValueRef v) {
+  if (op == OP_SUM) return LLVMBuildFAdd(L->b, acc, v, "");
+  if (op != OP_RMAX) unreachable();
+  return LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, v, acc, ""), v, acc, "");
+}
+
+/* The identity a reduction starts from. */
+static double reduce_identity(const Node *m) { return m->op == OP_SUM ? 0.0 : -INFINITY; }
+
 static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
   LoopCtx *c = (LoopCtx *)ctx;
   const Group *G = c->G;
@@ -1435,12 +1536,8 @@ static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
     const Node *m = G->members[i];
     if (c->store[i] < 0) continue;
     LLVMValueRef p = ptr[c->store[i]], v = out[i];
-    if (m->op == OP_SUM) {
-      v = LLVMBuildFAdd(L->b, LLVMBuildLoad2(L->b, L->elem, p, ""), v, "");
-    } else if (m->op == OP_RMAX) {
-      LLVMValueRef acc = LLVMBuildLoad2(L->b, L->elem, p, "");
-      v = LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, v, acc, ""), v, acc, "");
-    }
+    if (class_of(m) == CLASS_REDUCE)
+      v = reduce_step(L, m->op, LLVMBuildLoad2(L->b, L->elem, p, ""), v);
     LLVMBuildStore(L->b, v, p);
   }
 }
@@ -1456,7 +1553,7 @@ static Nest group_nest(Lower *L, LoopCtx *c) {
   Nest t = nest_over(G->loop);
   for (int i = 0; i < nm; i++) {
     const Node *m = G->members[i];
-    if (!c->need[m->id]) continue;
+    if (!c->need[m->id] || m == c->head) continue;
     if (class_of(m) == CLASS_REDUCE) { /* accumulates in the loop */
       c->store[i] = nest_operand(&t, node_ptr(L, m));
       loop_strides(m->shape, m->src[0]->shape, false, G, t.stride[c->store[i]]);
@@ -1466,7 +1563,7 @@ static Nest group_nest(Lower *L, LoopCtx *c) {
     }
     for (int k = 0; k < op_info[m->op].arity; k++) {
       const Node *s = m->src[k];
-      if (class_of(s) == CLASS_SCALAR || s->group == c->gi) continue;
+      if (class_of(s) == CLASS_SCALAR || (s->group == c->gi && s != c->head)) continue;
       int op = c->read[i * 3 + k] = nest_operand(&t, node_ptr(L, s));
       Shape seen = class_of(m) == CLASS_REDUCE ? s->shape : m->shape;
       loop_strides(s->shape, seen, m->op == OP_RESHAPE, G, t.stride[op]);
@@ -1479,30 +1576,154 @@ static Nest group_nest(Lower *L, LoopCtx *c) {
 static void group_task(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx) {
   LoopCtx *c = (LoopCtx *)ctx;
   Nest t = group_nest(L, c);
+  if (c->partial_rows) { /* the reduction goes into this task's partial, from its identity */
+    LLVMValueRef task = LLVMBuildSDiv(L->b, lo, i64c(L, c->partial_rows), "");
+    LLVMValueRef part = elem_ptr(L, L->region[NN_IO_SCRATCH], ix_mul(L, task, c->partial_elems));
+    Loop z = loop_open(L, i64c(L, c->partial_elems), "zero");
+    LLVMBuildStore(L->b, elemc(L, reduce_identity(c->partial_of)), elem_ptr(L, part, z.i));
+    loop_close(L, &z);
+    t.base[c->partial_op] = part;
+  }
   nest_simplify(&t);
   t.lo0 = lo, t.hi0 = hi;
   LLVMValueRef off[MAX_OPERANDS] = {0};
   nest_level(L, &t, 0, off, loop_body, c);
 }
 
-static void lower_loop_group(Lower *L, int gi, const bool *need) {
+/* The context of group gi's loop (for an epilogue group, the loop after its head). */
+static LoopCtx loop_ctx(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   int nm = G->n_members;
   LoopCtx c = {.G = G, .gi = gi, .need = need};
+  if (G->kind == GROUP_EPILOGUE) c.head = G->members[0];
   c.index = xalloc(sizeof *c.index * ((size_t)L->g->n_nodes + 1));
   c.read = xalloc(sizeof *c.read * (size_t)nm * 3);
   c.store = xalloc(sizeof *c.store * (size_t)nm);
   c.value = xalloc(sizeof *c.value * (size_t)nm);
   for (int i = 0; i < nm; i++) c.index[G->members[i]->id] = i;
+  return c;
+}
+
+/* A loop group whose reduction sums over the outer loop (a bias gradient: over the batch),
+ * split across the threads (emit_nest_split splits only reductions whose result moves along
+ * the outer loop). The rows are cut into at most MAX_PARTIALS tasks, a number that depends on
+ * the batch alone; each task reduces its rows into its own partial in scratch (task k at
+ * element k * result size of io's scratch: nothing else uses it meanwhile), and then the
+ * kernel adds the partials into the result in task order. So the order of the additions is
+ * fixed by the batch: the same bits at any thread count (though not the bits of one serial
+ * loop). Returns false, emitting nothing, where that does not apply. */
+static bool emit_partial_split(Lower *L, Nest t, LoopCtx *c, const bool accum[]) {
+  if (L->apart) return false; /* a group function loops by itself */
+  nest_simplify(&t);
+  if (t.depth == 0) return false;
+  int k = -1;
+  for (int j = 0; j < t.n_ops; j++)
+    if (accum[j]) {
+      if (t.stride[j][0] != 0 || k >= 0) return false;
+      k = j;
+    }
+  if (k < 0) return false;
+  const Node *r = NULL;
+  for (int i = 0; i < c->G->n_members; i++)
+    if (c->store[i] == k) r = c->G->members[i];
+  Extent re = elems_extent(r->shape);
+  if (re.batch || re.n * MAX_PARTIALS > PARTIAL_ELEMS) return false;
+  int64_t inner = 1;
+  for (int d = 1; d < t.depth; d++) inner *= t.ext[d].n;
+  int64_t batch = L->u->batch > 1 ? L->u->batch : 1;
+  int64_t count = t.ext[0].n * (t.ext[0].batch ? batch : 1); /* rows at the largest batch */
+  if (count * inner < SPLIT_ELEMS) return false;
+  int64_t rows = TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1;
+  if ((count + rows - 1) / rows > MAX_PARTIALS) rows = (count + MAX_PARTIALS - 1) / MAX_PARTIALS;
+  if (re.n * MAX_PARTIALS > L->gemm.scratch_elems) L->gemm.scratch_elems = re.n * MAX_PARTIALS;
+  c->partial_rows = rows, c->partial_elems = re.n, c->partial_op = k, c->partial_of = r;
+  emit_split(L, t.ext[0], rows, inner, group_task, c);
+  c->partial_rows = 0;
+  /* the result holds the identity (lower_loop_group): add the partials, in task order */
+  LLVMValueRef tasks = cdiv_i64(L, extent_value(L, t.ext[0]), rows), res = node_ptr(L, r);
+  Loop p = loop_open(L, tasks, "part");
+  LLVMValueRef part = elem_ptr(L, L->region[NN_IO_SCRATCH], ix_mul(L, p.i, re.n));
+  Loop e = loop_open(L, i64c(L, re.n), "e");
+  LLVMValueRef d = elem_ptr(L, res, e.i);
+  LLVMBuildStore(L->b, reduce_step(L, r->op, load_elem(L, d), load_elem(L, elem_ptr(L, part, e.i))),
+                 d);
+  loop_close(L, &e);
+  loop_close(L, &p);
+  return true;
+}
+
+static void lower_loop_group(Lower *L, int gi, const bool *need) {
+  const Group *G = &L->g->groups[gi];
+  int nm = G->n_members;
+  LoopCtx c = loop_ctx(L, gi, need);
   set_tag(L, "g", gi);
   for (int i = 0; i < nm; i++) /* a reduction starts from its identity */
-    if (need[G->members[i]->id] && class_of(G->members[i]) == CLASS_REDUCE)
-      fill_node(L, G->members[i], elemc(L, G->members[i]->op == OP_SUM ? 0.0 : -INFINITY));
+    if (need[G->members[i]->id] && class_of(G->members[i]) == CLASS_REDUCE &&
+        G->members[i] != c.head)
+      fill_node(L, G->members[i], elemc(L, reduce_identity(G->members[i])));
   Nest t = group_nest(L, &c);
   bool accum[MAX_OPERANDS] = {0};
   for (int i = 0; i < nm; i++)
     if (c.store[i] >= 0 && class_of(G->members[i]) == CLASS_REDUCE) accum[c.store[i]] = true;
+  if (emit_partial_split(L, t, &c, accum)) return;
   if (!emit_nest_split(L, t, group_task, &c, accum)) emit_nest(L, t, loop_body, &c);
+}
+
+/* ---- epilogues ----
+ * An epilogue group (fuse.c) is a matmul or conv2d and the elementwise loop over its result C.
+ * The loop becomes a side function nn_grad.eN(job, r0, r1, c0, c1) over rows [r0, r1) and
+ * columns [c0, c1) of C seen as a matrix (every dim but the last flattened into rows; fuse.c
+ * takes only operands that walk C that way), which the GEMM calls on each block of C it
+ * finishes (lower_gemm.c). Every element is computed by the same formulas as in the loop, so
+ * the results are the bits of the unfused code. */
+
+static void lower_site_or_node(Lower *L, const Node *n);
+
+/* The epilogue function of loop context c (the group's operands walk C's dims). */
+static LLVMValueRef emit_epilogue_fn(Lower *L, LoopCtx *c) {
+  LLVMValueRef fn = side_fn_new(L, L->gemm.epilogue_type);
+  SideFn side = side_fn_enter(L, fn);
+  LLVMValueRef r0 = LLVMGetParam(fn, 1), r1 = LLVMGetParam(fn, 2);
+  LLVMValueRef c0 = LLVMGetParam(fn, 3), c1 = LLVMGetParam(fn, 4);
+  Nest t = group_nest(L, c);
+  int last = t.depth - 1;
+  Loop row = loop_range(L, r0, r1, "row");
+  Nest cols = {.depth = 1, .ext = {t.ext[last]}, .n_ops = t.n_ops, .lo0 = c0, .hi0 = c1};
+  for (int k = 0; k < t.n_ops; k++) {
+    for (int d = 0; d + 2 < t.depth; d++) /* the rows flatten: fuse.c saw to it */
+      if (t.stride[k][d] != t.stride[k][d + 1] * t.ext[d + 1].n) unreachable();
+    cols.stride[k][0] = t.stride[k][last];
+    LLVMValueRef off = ix_mul(L, row.i, t.stride[k][last - 1]);
+    cols.base[k] = t.base[k] ? elem_ptr(L, t.base[k], off) : NULL;
+  }
+  LLVMValueRef off[MAX_OPERANDS] = {0};
+  nest_level(L, &cols, 0, off, loop_body, c);
+  loop_close(L, &row);
+  LLVMBuildRetVoid(L->b);
+  side_fn_leave(L, &side);
+  return fn;
+}
+
+/* A matmul or conv2d with its epilogue; or the two one after the other where the GEMM cannot
+ * take it: in a group function, at an int8 site, or a matmul of several GEMMs. */
+static void lower_epilogue_group(Lower *L, int gi, const bool *need) {
+  const Group *G = &L->g->groups[gi];
+  const Node *n = G->members[0];
+  bool loop = false;
+  for (int i = 1; i < G->n_members; i++) loop |= need[G->members[i]->id];
+  bool apart = L->apart || (L->quant_on && quant_site(L->quant, n)) ||
+               (n->op == OP_MATMUL && !matmul_one_gemm(n));
+  if (!loop || apart) {
+    lower_site_or_node(L, n);
+    if (loop) lower_loop_group(L, gi, need);
+    return;
+  }
+  LoopCtx c = loop_ctx(L, gi, need);
+  set_tag(L, "e", gi);
+  LLVMValueRef fn = emit_epilogue_fn(L, &c);
+  L->epilogue = (GemmEpilogue){fn, side_job(L, i64c(L, 0))};
+  lower_site_or_node(L, n);
+  L->epilogue = (GemmEpilogue){0};
 }
 
 static void lower_node(Lower *L, const Node *n) {
@@ -1643,6 +1864,7 @@ static void rebind_scalars(Lower *L, const Graph *g, const bool *need) {
 static void lower_group(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
+  else if (G->kind == GROUP_EPILOGUE) lower_epilogue_group(L, gi, need);
   else lower_site_or_node(L, G->members[0]);
 }
 
@@ -1776,7 +1998,8 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
     return kernel;
   }
   bool *need = xalloc((size_t)g->n_nodes + 1);
-  unsigned regions = mark_needed(g, io_mask, need) | 1u << NN_IO_THREADS; /* for split nests */
+  unsigned regions = mark_needed(g, io_mask, need) | 1u << NN_IO_THREADS | /* for split nests */
+                     1u << NN_IO_SCRATCH;                               /* and their partials */
   begin_fn(L, kernel, regions);
   L->need = need;
   L->split_val = xalloc(sizeof *L->split_val * ((size_t)g->n_nodes + 1));

@@ -218,6 +218,9 @@ typedef struct Output {
 typedef enum GroupKind {
   GROUP_LOOP,   /* one loop nest over `loop`: elementwise ops, broadcasts, at most one reduction */
   GROUP_SINGLE, /* one node with a loop nest of its own (matmul, window, movement, reshape) */
+  GROUP_EPILOGUE, /* a matmul or conv2d (members[0]) and the elementwise loop over its result
+                   * (the rest, over `loop`), which the GEMM applies to each block of C it
+                   * finishes, while the block is in cache */
 } GroupKind;
 
 /* A unit of lowering made by fuse.c: the nodes computed together, in one loop nest for
@@ -227,7 +230,7 @@ typedef struct Group {
   GroupKind kind;
   Shape loop;      /* GROUP_LOOP: the iteration space (the members' shape, 1-dims dropped; for
                       a reduction, its operand's) */
-  Node **members;  /* n_members, in topological order */
+  Node **members;  /* n_members, in topological order (an epilogue's matmul or conv2d first) */
   int n_members, cap;
   int ports;       /* loop operands so far: stored members and reads of outside memory */
 } Group;

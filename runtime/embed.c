@@ -108,14 +108,6 @@ int nne_init_checked(void *ctx, const NneMem *mem, uint64_t seed, uint64_t heade
   return NNE_OK;
 }
 
-/* 1 when all n elements at p are finite. */
-static int all_finite(const void *p, int64_t n, int64_t es) {
-  for (int64_t i = 0; i < n; i++)
-    if (!isfinite(nnrt_get(p, i, es)))
-      return 0;
-  return 1;
-}
-
 /* The slots inside the context itself are set per call, so a context stays valid when the
  * caller moves or copies it. */
 /* The GEMM's scratch: the last scratch_bytes + 64 bytes before `end`, 64-byte aligned (the
@@ -176,7 +168,7 @@ int nne_train_step(void *ctx, const void *x, const void *y, int64_t batch, doubl
   double l = c->loss;
   if (loss)
     *loss = l;
-  int finite = isfinite(l) && all_finite(c->io[NN_IO_GRAD], d->param_size, d->elem_size);
+  int finite = isfinite(l) && nnrt_all_finite(c->io[NN_IO_GRAD], d->param_size, d->elem_size);
   if (finite) {
     c->hyper[d->n_hyper] = (double)++c->step;
     d->update(c->io, batch);

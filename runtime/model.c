@@ -112,41 +112,6 @@ void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) 
   }
 }
 
-/* An element is inf or NaN exactly when its exponent bits are all ones. The test looks at
- * 32-bit words, eight at a time in a vector (a GCC and clang extension), OR-ing the results, so
- * it costs little next to a step even though it runs over every gradient after every step:
- * every word of f32; the high word of f64 (little-endian), whose low word gets a mask that no
- * masked value equals. */
-typedef uint32_t Words __attribute__((vector_size(32)));
-enum { WORDS = sizeof(Words) / 4 };
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "nnrt_all_finite reads the high word of an f64 at the odd index"
-#endif
-
-bool nnrt_all_finite(const void *base, int64_t n, int64_t elem_size) {
-  Words mask, want, bad = {0}, w;
-  for (int k = 0; k < WORDS; k++) {
-    mask[k] = elem_size == 4 ? 0x7f800000u : k % 2 ? 0x7ff00000u : 0;
-    want[k] = mask[k] ? mask[k] : 1;
-  }
-  const char *p = base;
-  int64_t words = n * elem_size / 4, i = 0;
-  for (; i + WORDS <= words; i += WORDS) {
-    memcpy(&w, p + 4 * i, sizeof w);
-    bad |= (w & mask) == want;
-  }
-  for (int k = 0; k < WORDS; k++)
-    if (bad[k])
-      return false;
-  for (; i < words; i++) {
-    uint32_t v;
-    memcpy(&v, p + 4 * i, 4);
-    if ((v & mask[i % WORDS]) == want[i % WORDS])
-      return false;
-  }
-  return true;
-}
-
 int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name) {
   for (int64_t i = 0; i < d->n_hyper; i++)
     if (strcmp(d->hyper_names[i], name) == 0)
