@@ -1661,11 +1661,18 @@ static uint64_t text_hash(const char *s) { /* FNV-1a */
   return h;
 }
 
-/* The function already made with fn's code, after which fn is deleted; else fn, remembered. */
+/* The function already made with fn's code, after which fn is deleted; else fn, remembered.
+ * The text starts with fn's type and which parameters are noalias, then its blocks. */
 static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn) {
   if (!L->text_cap) L->text = xalloc(L->text_cap = 4096);
   char *text = L->text; /* reused: most texts are of copies; a new one is kept with xstrdup */
-  size_t len = (size_t)snprintf(text, L->text_cap, "%u tensors\n", LLVMCountParams(fn) - 2);
+  char *type = LLVMPrintTypeToString(LLVMGlobalGetValueType(fn));
+  size_t len = (size_t)snprintf(text, L->text_cap, "%.*s\n", (int)(L->text_cap / 2), type);
+  LLVMDisposeMessage(type);
+  unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+  for (unsigned k = 0; k < LLVMCountParams(fn) && len + 2 < L->text_cap; k++)
+    text[len++] = LLVMGetEnumAttributeAtIndex(fn, k + 1, noalias) ? 'a' : '-';
+  text[len] = 0;
   for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(fn); bb; bb = LLVMGetNextBasicBlock(bb)) {
     char *block = LLVMPrintValueToString(LLVMBasicBlockAsValue(bb));
     size_t n = strlen(block);
@@ -1701,9 +1708,56 @@ static void add_attrs(Lower *L, LLVMValueRef fn, const char *const *names, int n
                                 LLVMGetEnumAttributeKindForName(names[k], strlen(names[k])), 0));
 }
 
-/* Lowers group gi as a call of fn(io, batch, tensor...): one pointer per tensor the group
- * reads or writes, made here, so that the function holds only what the group computes
- * (shapes, strides, op formulas) and is the same function for every group alike. */
+/* Marks fn's parameters first.. first + n - 1 noalias where noalias[k]. */
+static void add_noalias(Lower *L, LLVMValueRef fn, unsigned first, const bool *noalias, int n) {
+  unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
+  for (int k = 0; k < n; k++)
+    if (noalias[k])
+      LLVMAddAttributeAtIndex(fn, first + (unsigned)k + 1, LLVMCreateEnumAttribute(L->ctx, kind, 0));
+}
+
+/* The memory places of a group function's tensors: param[j] is the parameter that carries
+ * tensor j, and a parameter is noalias when its place overlaps no other's. Tensors whose
+ * memory overlaps (an update in place of the value it reads, a reshape sharing its operand's
+ * memory) share one place when they start at the same element, and so one pointer; where
+ * overlapping tensors start apart, each keeps its own pointer and none of them is noalias.
+ * Ranges are those of the largest batch, as plan.c placed them. Returns the parameters. */
+static int places_apart(Lower *L, const Node *const *touch, int nt, int *param, bool *noalias) {
+  int *cluster = xalloc(sizeof *cluster * (size_t)(nt + 1));
+  for (int j = 0; j < nt; j++) cluster[j] = j;
+  for (int j = 0; j < nt; j++) /* cluster[j]: the first tensor of j's overlapping cluster */
+    for (int i = 0; i < j; i++) {
+      const Node *a = touch[i], *b = touch[j];
+      int64_t ea = shape_elems(a->shape, L->u->batch), eb = shape_elems(b->shape, L->u->batch);
+      if (a->io != b->io || a->offset + ea <= b->offset || b->offset + eb <= a->offset) continue;
+      int from = cluster[j], to = cluster[i] < from ? cluster[i] : from;
+      int other = cluster[i] + from - to;
+      for (int k = 0; k <= j; k++)
+        if (cluster[k] == other) cluster[k] = to;
+    }
+  int np = 0;
+  for (int j = 0; j < nt; j++) {
+    bool one_start = true, alone = true;
+    for (int k = 0; k < nt; k++)
+      if (k != j && cluster[k] == cluster[j]) {
+        alone = false;
+        one_start &= touch[k]->offset == touch[j]->offset;
+      }
+    int first = cluster[j];
+    if (one_start && first < j) { /* shares the first tensor's pointer */
+      param[j] = param[first];
+      continue;
+    }
+    noalias[np] = one_start || alone;
+    param[j] = np++;
+  }
+  return np;
+}
+
+/* Lowers group gi as a call of fn(io, batch, place...): one pointer per memory place of the
+ * tensors the group reads or writes (places_apart), made here, so that the function holds
+ * only what the group computes (shapes, strides, op formulas) and is the same function for
+ * every group alike; noalias where places do not overlap, so that LLVM can vectorise. */
 static void lower_group_apart(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   const Node **touch = xalloc(sizeof *touch * (size_t)G->n_members * 4);
@@ -1726,17 +1780,21 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
       }
     }
   }
-  LLVMTypeRef *params = xalloc(sizeof *params * (size_t)(nt + 2));
+  int *param = xalloc(sizeof *param * (size_t)(nt + 1));
+  bool *noalias = xalloc(sizeof *noalias * (size_t)(nt + 1));
+  int np = places_apart(L, touch, nt, param, noalias);
+  LLVMTypeRef *params = xalloc(sizeof *params * (size_t)(np + 2));
   params[0] = L->ptr, params[1] = L->i64;
-  for (int j = 0; j < nt; j++) params[j + 2] = L->ptr;
-  LLVMValueRef *args = xalloc(sizeof *args * (size_t)(nt + 2));
+  for (int j = 0; j < np; j++) params[j + 2] = L->ptr;
+  LLVMValueRef *args = xalloc(sizeof *args * (size_t)(np + 2));
   args[0] = LLVMGetParam(L->fn, 0), args[1] = L->batch;
-  for (int j = 0; j < nt; j++) args[j + 2] = node_ptr(L, touch[j]);
-  LLVMTypeRef fty = LLVMFunctionType(L->vd, params, (unsigned)nt + 2, 0);
+  for (int j = 0; j < nt; j++) args[param[j] + 2] = node_ptr(L, touch[j]);
+  LLVMTypeRef fty = LLVMFunctionType(L->vd, params, (unsigned)np + 2, 0);
   LLVMValueRef fn = LLVMAddFunction(L->mod, "nn.group", fty);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   static const char *const attrs[] = {"nounwind", "noinline"};
   add_attrs(L, fn, attrs, 2);
+  add_noalias(L, fn, 2, noalias, np);
 
   /* the caller's state, while the builder is in fn */
   LLVMBasicBlockRef caller_block = LLVMGetInsertBlock(L->b);
@@ -1747,7 +1805,7 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
   begin_fn(L, fn, regions);
   L->apart = true;
   for (int j = 0; j < nt; j++) caller_at[j] = L->at[touch[j]->id];
-  for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)j + 2);
+  for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)param[j] + 2);
   for (int j = 0; j < ns; j++) caller_val[j] = L->val[scalars[j]->id];
   for (int j = 0; j < ns; j++) L->val[scalars[j]->id] = lower_scalar(L, scalars[j]);
   lower_group(L, gi, need);
@@ -1760,7 +1818,7 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
   LLVMPositionBuilderAtEnd(L->b, caller_block);
 
   fn = same_group_fn(L, fn);
-  LLVMBuildCall2(L->b, fty, fn, args, (unsigned)nt + 2, "");
+  LLVMBuildCall2(L->b, fty, fn, args, (unsigned)np + 2, "");
 }
 
 static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsigned io_mask) {
