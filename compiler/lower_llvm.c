@@ -17,6 +17,7 @@
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Core.h>
+#include <llvm-c/Support.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
@@ -2289,9 +2290,22 @@ static void simd_registers(const char *triple, const char *cpu, const char *feat
   else if (has256) *bits = 256;
 }
 
+/* LLVM's own options, set once per process (LLVM parses its command line only once).
+ * -force-ordered-reductions: the loop vectoriser vectorises a float reduction that may not
+ * be reassociated (a softmax's sum of exponentials, a row sum) by adding the lanes to the
+ * sum in order, so its result is the same bits as the scalar loop's. */
+static void llvm_options(void) {
+  static bool done;
+  if (done) return;
+  done = true;
+  const char *argv[] = {"nnc", "-force-ordered-reductions"};
+  LLVMParseCommandLineOptions(2, argv, NULL);
+}
+
 /* The host's target machine, or one for opts->target_cpu (then without host features). */
 static LLVMTargetMachineRef target_machine(const Options *opts, int *bits, int *regs,
                                            bool *vnni) {
+  llvm_options();
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
