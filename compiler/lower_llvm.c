@@ -17,6 +17,7 @@
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Core.h>
+#include <llvm-c/Support.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
@@ -46,6 +47,18 @@ static const char *const region_name[NN_IO_COUNT] = {
   "arena", "param", "grad", "state", "x", "y", "out", "loss", "hyper", "threads", "scratch",
 };
 
+/* What a group function (lower_group_apart) takes, so that the tasks it splits into take the
+ * same: its tensors, the parameter (memory place) of each, and the scalars it makes. */
+typedef struct Places {
+  const Node **touch;                /* nt tensors the group reads or writes */
+  int nt;
+  int *param;                        /* by tensor: its place, 0..np-1 */
+  int np;
+  bool *noalias;                     /* by place: overlaps no other place */
+  const Node **scalars;              /* ns scalar nodes the group uses */
+  int ns;
+} Places;
+
 typedef struct Lower {
   const Unit *u;                     /* what is being compiled */
   Embed *embed;                      /* --emit=header: also emit nn_embed; else NULL */
@@ -73,6 +86,7 @@ typedef struct Lower {
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
   GemmEpilogue epilogue;             /* for the matmul or conv2d being lowered, or none */
   bool apart;                        /* emitting a group function: no node ids in names */
+  const Places *places;              /* while apart: the group function's places */
   struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */
   int n_group_fns;
   char *text;                        /* text_cap bytes: the text of the group function made last */
@@ -423,17 +437,126 @@ static void side_fn_leave(Lower *L, const SideFn *s) {
  * function, whose job is `job`. */
 typedef void (*SplitBody)(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx);
 
+/* Whether a split loop of `count` outer iterations (`inner` elements each) in `tasks` tasks
+ * runs on every worker of `threads`: when it has SPLIT_ELEMS elements, two workers, two tasks. */
+static LLVMValueRef split_parallel(Lower *L, LLVMValueRef count, int64_t inner, LLVMValueRef tasks,
+                                   LLVMValueRef threads) {
+  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
+  LLVMValueRef elems = LLVMBuildNSWMul(L->b, count, i64c(L, inner), "");
+  LLVMValueRef parallel = LLVMBuildICmp(L->b, LLVMIntSGE, elems, i64c(L, SPLIT_ELEMS), "");
+  parallel = LLVMBuildAnd(L->b, parallel,
+                          LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""), "");
+  return LLVMBuildAnd(L->b, parallel,
+                      LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), "");
+}
+
+static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn);
+static LLVMValueRef lower_scalar(Lower *L, const Node *n);
+static void add_attrs(Lower *L, LLVMValueRef fn, const char *const *names, int n);
+static void add_noalias(Lower *L, LLVMValueRef fn, unsigned first, const bool *noalias, int n);
+
+/* emit_split in a group function, whose tensors are its parameters (L->places) rather than
+ * region + offset: the loop becomes nn.task(io, batch, lo, hi, place...), iterations [lo, hi)
+ * with the group function's places (noalias as there), and nn.split(job, worker) takes the
+ * tasks from a job that carries the places and calls nn.task for each; the group function
+ * fills the job and runs nn.split as emit_split runs its function. The tasks are emit_split's,
+ * so the same elements are computed in the same order. Both functions are shared by text like
+ * group functions, so group functions alike stay alike. */
+static void emit_split_apart(Lower *L, Extent outer, int64_t rows, int64_t inner,
+                             SplitBody body, const void *ctx) {
+  const Places *P = L->places;
+  int np = P->np;
+  LLVMTypeRef *tp = xalloc(sizeof *tp * (size_t)(np + 4));
+  tp[0] = L->ptr, tp[1] = L->i64, tp[2] = L->i64, tp[3] = L->i64;
+  for (int k = 0; k < np; k++) tp[k + 4] = L->ptr;
+  LLVMTypeRef task_ty = LLVMFunctionType(L->vd, tp, (unsigned)np + 4, 0);
+  LLVMValueRef task = LLVMAddFunction(L->mod, "nn.task", task_ty);
+  LLVMSetLinkage(task, LLVMInternalLinkage);
+  static const char *const attrs[] = {"nounwind"};
+  add_attrs(L, task, attrs, 1);
+  add_noalias(L, task, 4, P->noalias, np);
+
+  /* the task, emitted as the group function is; then back to the group function */
+  LLVMBasicBlockRef back = LLVMGetInsertBlock(L->b);
+  LLVMValueRef group_fn = L->fn, batch = L->batch, region[NN_IO_COUNT];
+  memcpy(region, L->region, sizeof region);
+  LLVMValueRef *at = xalloc(sizeof *at * (size_t)(P->nt + 1));
+  LLVMValueRef *val = xalloc(sizeof *val * (size_t)(P->ns + 1));
+  for (int j = 0; j < P->nt; j++) at[j] = L->at[P->touch[j]->id];
+  for (int j = 0; j < P->ns; j++) val[j] = L->val[P->scalars[j]->id];
+  L->fn = task;
+  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, task, "entry"));
+  L->batch = LLVMGetParam(task, 1);
+  bind_regions(L, LLVMGetParam(task, 0));
+  for (int j = 0; j < P->nt; j++)
+    L->at[P->touch[j]->id] = LLVMGetParam(task, (unsigned)P->param[j] + 4);
+  for (int j = 0; j < P->ns; j++) L->val[P->scalars[j]->id] = lower_scalar(L, P->scalars[j]);
+  body(L, LLVMGetParam(task, 2), LLVMGetParam(task, 3), ctx);
+  LLVMBuildRetVoid(L->b);
+  task = same_group_fn(L, task);
+
+  /* nn.split(job, worker): job = {io, batch, next, tasks, place...} */
+  LLVMTypeRef *jf = xalloc(sizeof *jf * (size_t)(np + SJ_COUNT));
+  for (int f = 0; f < SJ_COUNT; f++) jf[f] = LLVMStructGetTypeAtIndex(L->split_job, (unsigned)f);
+  for (int k = 0; k < np; k++) jf[SJ_COUNT + k] = L->ptr;
+  LLVMTypeRef job_ty = LLVMStructTypeInContext(L->ctx, jf, (unsigned)(SJ_COUNT + np), 0);
+  LLVMTypeRef sp[2] = {L->ptr, L->i64};
+  LLVMValueRef split = LLVMAddFunction(L->mod, "nn.split", LLVMFunctionType(L->vd, sp, 2, 0));
+  LLVMSetLinkage(split, LLVMInternalLinkage);
+  add_attrs(L, split, attrs, 1);
+  L->fn = split;
+  LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, split, "entry"));
+  LLVMValueRef fjob = LLVMGetParam(split, 0);
+  LLVMValueRef *targs = xalloc(sizeof *targs * (size_t)(np + 4));
+  for (int f = 0; f < SJ_COUNT + np; f++) {
+    if (f == SJ_NEXT) continue;
+    LLVMValueRef v = LLVMBuildLoad2(L->b, jf[f], LLVMBuildStructGEP2(L->b, job_ty, fjob,
+                                                                     (unsigned)f, ""), "");
+    if (f == SJ_IO) targs[0] = v;
+    else if (f == SJ_BATCH) targs[1] = L->batch = v;
+    else if (f == SJ_TASKS) targs[2] = v; /* for now: the task count */
+    else targs[f - SJ_COUNT + 4] = v;
+  }
+  LLVMValueRef end = extent_value(L, outer);
+  TaskLoop t = lower_tasks_begin(&L->gemm, L->b,
+                                 LLVMBuildStructGEP2(L->b, job_ty, fjob, SJ_NEXT, ""), targs[2]);
+  LLVMValueRef lo = LLVMBuildNSWMul(L->b, t.i, i64c(L, rows), "lo");
+  LLVMValueRef hi = LLVMBuildNSWAdd(L->b, lo, i64c(L, rows), "");
+  targs[2] = lo;
+  targs[3] = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, hi, end, ""), hi, end, "hi");
+  LLVMBuildCall2(L->b, task_ty, task, targs, (unsigned)np + 4, "");
+  lower_tasks_end(&L->gemm, L->b, &t);
+  LLVMBuildRetVoid(L->b);
+  split = same_group_fn(L, split);
+
+  /* back in the group function: the job, and the call */
+  L->fn = group_fn, L->batch = batch;
+  memcpy(L->region, region, sizeof region);
+  for (int j = 0; j < P->nt; j++) L->at[P->touch[j]->id] = at[j];
+  for (int j = 0; j < P->ns; j++) L->val[P->scalars[j]->id] = val[j];
+  LLVMPositionBuilderAtEnd(L->b, back);
+  LLVMValueRef job = entry_slot(L, job_ty, "split.job");
+  LLVMValueRef count = extent_value(L, outer), tasks = cdiv_i64(L, count, rows);
+  for (int f = 0; f < SJ_COUNT + np; f++) {
+    LLVMValueRef v = f == SJ_IO ? LLVMGetParam(group_fn, 0) : f == SJ_BATCH ? batch
+                   : f == SJ_NEXT ? i64c(L, 0) : f == SJ_TASKS ? tasks
+                   : LLVMGetParam(group_fn, (unsigned)(f - SJ_COUNT + 2));
+    LLVMBuildStore(L->b, v, LLVMBuildStructGEP2(L->b, job_ty, job, (unsigned)f, ""));
+  }
+  LLVMValueRef threads = L->region[NN_IO_THREADS];
+  lower_run_workers(&L->gemm, L->b, split, job, threads,
+                    split_parallel(L, count, inner, tasks, threads));
+}
+
 /* Emits at the builder's position the outer loop over `outer` iterations, cut into tasks of
  * `rows`, as a function of its own, and its call: by every worker of io's threads when the
  * loop has at least SPLIT_ELEMS elements (`inner` per outer iteration) and there are two
  * workers and two tasks, else by the caller alone. The body makes its own pointers (node_ptr
- * works there as in the kernel). */
+ * works there as in the kernel). In a group function, emit_split_apart. */
 static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, SplitBody body,
                        const void *ctx) {
-  if (L->apart) { /* a group function (lower_group_apart) loops itself: a split function
-                   * would place the group's tensors by offset, and group functions alike
-                   * would differ */
-    body(L, i64c(L, 0), extent_value(L, outer), ctx);
+  if (L->apart) {
+    emit_split_apart(L, outer, rows, inner, body, ctx);
     return;
   }
   LLVMTypeRef params[2] = {L->ptr, L->i64};
@@ -442,14 +565,8 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
   LLVMValueRef count = extent_value(L, outer), tasks = cdiv_i64(L, count, rows);
   LLVMValueRef job = side_job(L, tasks);
   LLVMValueRef threads = L->region[NN_IO_THREADS];
-  LLVMValueRef workers = lower_workers(&L->gemm, L->b, threads);
-  LLVMValueRef elems = LLVMBuildNSWMul(L->b, count, i64c(L, inner), "");
-  LLVMValueRef parallel = LLVMBuildICmp(L->b, LLVMIntSGE, elems, i64c(L, SPLIT_ELEMS), "");
-  parallel = LLVMBuildAnd(L->b, parallel,
-                          LLVMBuildICmp(L->b, LLVMIntSGT, workers, i64c(L, 1), ""), "");
-  parallel = LLVMBuildAnd(L->b, parallel,
-                          LLVMBuildICmp(L->b, LLVMIntSGT, tasks, i64c(L, 1), ""), "");
-  lower_run_workers(&L->gemm, L->b, fn, job, threads, parallel);
+  lower_run_workers(&L->gemm, L->b, fn, job, threads, split_parallel(L, count, inner, tasks,
+                                                                     threads));
 
   /* the function, emitted as if it were the kernel; then back to the caller */
   SideFn side = side_fn_enter(L, fn);
@@ -1883,11 +2000,18 @@ static uint64_t text_hash(const char *s) { /* FNV-1a */
   return h;
 }
 
-/* The function already made with fn's code, after which fn is deleted; else fn, remembered. */
+/* The function already made with fn's code, after which fn is deleted; else fn, remembered.
+ * The text starts with fn's type and which parameters are noalias, then its blocks. */
 static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn) {
   if (!L->text_cap) L->text = xalloc(L->text_cap = 4096);
   char *text = L->text; /* reused: most texts are of copies; a new one is kept with xstrdup */
-  size_t len = (size_t)snprintf(text, L->text_cap, "%u tensors\n", LLVMCountParams(fn) - 2);
+  char *type = LLVMPrintTypeToString(LLVMGlobalGetValueType(fn));
+  size_t len = (size_t)snprintf(text, L->text_cap, "%.*s\n", (int)(L->text_cap / 2), type);
+  LLVMDisposeMessage(type);
+  unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+  for (unsigned k = 0; k < LLVMCountParams(fn) && len + 2 < L->text_cap; k++)
+    text[len++] = LLVMGetEnumAttributeAtIndex(fn, k + 1, noalias) ? 'a' : '-';
+  text[len] = 0;
   for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(fn); bb; bb = LLVMGetNextBasicBlock(bb)) {
     char *block = LLVMPrintValueToString(LLVMBasicBlockAsValue(bb));
     size_t n = strlen(block);
@@ -1923,9 +2047,56 @@ static void add_attrs(Lower *L, LLVMValueRef fn, const char *const *names, int n
                                 LLVMGetEnumAttributeKindForName(names[k], strlen(names[k])), 0));
 }
 
-/* Lowers group gi as a call of fn(io, batch, tensor...): one pointer per tensor the group
- * reads or writes, made here, so that the function holds only what the group computes
- * (shapes, strides, op formulas) and is the same function for every group alike. */
+/* Marks fn's parameters first.. first + n - 1 noalias where noalias[k]. */
+static void add_noalias(Lower *L, LLVMValueRef fn, unsigned first, const bool *noalias, int n) {
+  unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
+  for (int k = 0; k < n; k++)
+    if (noalias[k])
+      LLVMAddAttributeAtIndex(fn, first + (unsigned)k + 1, LLVMCreateEnumAttribute(L->ctx, kind, 0));
+}
+
+/* The memory places of a group function's tensors: param[j] is the parameter that carries
+ * tensor j, and a parameter is noalias when its place overlaps no other's. Tensors whose
+ * memory overlaps (an update in place of the value it reads, a reshape sharing its operand's
+ * memory) share one place when they start at the same element, and so one pointer; where
+ * overlapping tensors start apart, each keeps its own pointer and none of them is noalias.
+ * Ranges are those of the largest batch, as plan.c placed them. Returns the parameters. */
+static int places_apart(Lower *L, const Node *const *touch, int nt, int *param, bool *noalias) {
+  int *cluster = xalloc(sizeof *cluster * (size_t)(nt + 1));
+  for (int j = 0; j < nt; j++) cluster[j] = j;
+  for (int j = 0; j < nt; j++) /* cluster[j]: the first tensor of j's overlapping cluster */
+    for (int i = 0; i < j; i++) {
+      const Node *a = touch[i], *b = touch[j];
+      int64_t ea = shape_elems(a->shape, L->u->batch), eb = shape_elems(b->shape, L->u->batch);
+      if (a->io != b->io || a->offset + ea <= b->offset || b->offset + eb <= a->offset) continue;
+      int from = cluster[j], to = cluster[i] < from ? cluster[i] : from;
+      int other = cluster[i] + from - to;
+      for (int k = 0; k <= j; k++)
+        if (cluster[k] == other) cluster[k] = to;
+    }
+  int np = 0;
+  for (int j = 0; j < nt; j++) {
+    bool one_start = true, alone = true;
+    for (int k = 0; k < nt; k++)
+      if (k != j && cluster[k] == cluster[j]) {
+        alone = false;
+        one_start &= touch[k]->offset == touch[j]->offset;
+      }
+    int first = cluster[j];
+    if (one_start && first < j) { /* shares the first tensor's pointer */
+      param[j] = param[first];
+      continue;
+    }
+    noalias[np] = one_start || alone;
+    param[j] = np++;
+  }
+  return np;
+}
+
+/* Lowers group gi as a call of fn(io, batch, place...): one pointer per memory place of the
+ * tensors the group reads or writes (places_apart), made here, so that the function holds
+ * only what the group computes (shapes, strides, op formulas) and is the same function for
+ * every group alike; noalias where places do not overlap, so that LLVM can vectorise. */
 static void lower_group_apart(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   const Node **touch = xalloc(sizeof *touch * (size_t)G->n_members * 4);
@@ -1948,17 +2119,23 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
       }
     }
   }
-  LLVMTypeRef *params = xalloc(sizeof *params * (size_t)(nt + 2));
+  regions |= 1u << NN_IO_THREADS; /* for a split loop (emit_split_apart) */
+  int *param = xalloc(sizeof *param * (size_t)(nt + 1));
+  bool *noalias = xalloc(sizeof *noalias * (size_t)(nt + 1));
+  int np = places_apart(L, touch, nt, param, noalias);
+  Places places = {touch, nt, param, np, noalias, scalars, ns};
+  LLVMTypeRef *params = xalloc(sizeof *params * (size_t)(np + 2));
   params[0] = L->ptr, params[1] = L->i64;
-  for (int j = 0; j < nt; j++) params[j + 2] = L->ptr;
-  LLVMValueRef *args = xalloc(sizeof *args * (size_t)(nt + 2));
+  for (int j = 0; j < np; j++) params[j + 2] = L->ptr;
+  LLVMValueRef *args = xalloc(sizeof *args * (size_t)(np + 2));
   args[0] = LLVMGetParam(L->fn, 0), args[1] = L->batch;
-  for (int j = 0; j < nt; j++) args[j + 2] = node_ptr(L, touch[j]);
-  LLVMTypeRef fty = LLVMFunctionType(L->vd, params, (unsigned)nt + 2, 0);
+  for (int j = 0; j < nt; j++) args[param[j] + 2] = node_ptr(L, touch[j]);
+  LLVMTypeRef fty = LLVMFunctionType(L->vd, params, (unsigned)np + 2, 0);
   LLVMValueRef fn = LLVMAddFunction(L->mod, "nn.group", fty);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   static const char *const attrs[] = {"nounwind", "noinline"};
   add_attrs(L, fn, attrs, 2);
+  add_noalias(L, fn, 2, noalias, np);
 
   /* the caller's state, while the builder is in fn */
   LLVMBasicBlockRef caller_block = LLVMGetInsertBlock(L->b);
@@ -1967,22 +2144,22 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
   LLVMValueRef *caller_at = xalloc(sizeof *caller_at * (size_t)nt);
   LLVMValueRef *caller_val = xalloc(sizeof *caller_val * (size_t)(ns + 1));
   begin_fn(L, fn, regions);
-  L->apart = true;
+  L->apart = true, L->places = &places;
   for (int j = 0; j < nt; j++) caller_at[j] = L->at[touch[j]->id];
-  for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)j + 2);
+  for (int j = 0; j < nt; j++) L->at[touch[j]->id] = LLVMGetParam(fn, (unsigned)param[j] + 2);
   for (int j = 0; j < ns; j++) caller_val[j] = L->val[scalars[j]->id];
   for (int j = 0; j < ns; j++) L->val[scalars[j]->id] = lower_scalar(L, scalars[j]);
   lower_group(L, gi, need);
   LLVMBuildRetVoid(L->b);
   for (int j = ns - 1; j >= 0; j--) L->val[scalars[j]->id] = caller_val[j];
   for (int j = nt - 1; j >= 0; j--) L->at[touch[j]->id] = caller_at[j];
-  L->apart = false;
+  L->apart = false, L->places = NULL;
   L->fn = caller_fn, L->batch = caller_batch;
   memcpy(L->region, caller_region, sizeof caller_region);
   LLVMPositionBuilderAtEnd(L->b, caller_block);
 
   fn = same_group_fn(L, fn);
-  LLVMBuildCall2(L->b, fty, fn, args, (unsigned)nt + 2, "");
+  LLVMBuildCall2(L->b, fty, fn, args, (unsigned)np + 2, "");
 }
 
 static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsigned io_mask) {
@@ -2336,9 +2513,22 @@ static void simd_registers(const char *triple, const char *cpu, const char *feat
   else if (has256) *bits = 256;
 }
 
+/* LLVM's own options, set once per process (LLVM parses its command line only once).
+ * -force-ordered-reductions: the loop vectoriser vectorises a float reduction that may not
+ * be reassociated (a softmax's sum of exponentials, a row sum) by adding the lanes to the
+ * sum in order, so its result is the same bits as the scalar loop's. */
+static void llvm_options(void) {
+  static bool done;
+  if (done) return;
+  done = true;
+  const char *argv[] = {"nnc", "-force-ordered-reductions"};
+  LLVMParseCommandLineOptions(2, argv, NULL);
+}
+
 /* The host's target machine, or one for opts->target_cpu (then without host features). */
 static LLVMTargetMachineRef target_machine(const Options *opts, int *bits, int *regs,
                                            bool *vnni) {
+  llvm_options();
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
