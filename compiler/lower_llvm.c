@@ -2052,7 +2052,8 @@ static void add_noalias(Lower *L, LLVMValueRef fn, unsigned first, const bool *n
   unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
   for (int k = 0; k < n; k++)
     if (noalias[k])
-      LLVMAddAttributeAtIndex(fn, first + (unsigned)k + 1, LLVMCreateEnumAttribute(L->ctx, kind, 0));
+      LLVMAddAttributeAtIndex(fn, first + (unsigned)k + 1,
+                              LLVMCreateEnumAttribute(L->ctx, kind, 0));
 }
 
 /* The memory places of a group function's tensors: param[j] is the parameter that carries
