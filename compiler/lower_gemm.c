@@ -615,13 +615,55 @@ void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRe
   g->b = own;
 }
 
+/* The columns [col0, col0 + nv * w) of C's row crow over the K block [k0, k1): their sums
+ * accumulated from zero in nv vector registers (SROA makes the slots registers) with
+ * llvm.fmuladd, k ascending, then stored (store_c: first block, beta 0) or added to C. */
+static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, LLVMValueRef B,
+                         LLVMValueRef rsb, LLVMValueRef crow, LLVMValueRef col0, LLVMValueRef k0,
+                         LLVMValueRef k1, LLVMValueRef store_c) {
+  LLVMValueRef zero = c64(g, 0);
+  LLVMTypeRef et = g->elem, vt = LLVMVectorType(et, (unsigned)g->w);
+  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+  LLVMValueRef vfma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
+  LLVMTypeRef vfma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
+  LLVMTypeRef arr = LLVMArrayType2(vt, (uint64_t)nv);
+  LLVMValueRef sums = entry_alloca(g, g->b, arr, "strip");
+  LLVMValueRef slot[DIRECT_VECTORS];
+  for (int q = 0; q < nv; q++) {
+    slot[q] = LLVMBuildInBoundsGEP2(g->b, arr, sums, (LLVMValueRef[]){zero, c64(g, q)}, 2, "");
+    store(g, LLVMConstNull(vt), slot[q], 0);
+  }
+  GLoop lk = loop_begin(g, k0, k1, 1, "k");
+  LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, csa)), 0);
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a, LLVMConstInt(i32, 0, 0), "");
+  LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
+                                              LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
+  LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, rsb), col0));
+  for (int q = 0; q < nv; q++) {
+    LLVMValueRef bv = load(g, vt, at(g, brow, c64(g, q * g->w)), (unsigned)g->es);
+    LLVMValueRef args[3] = {splat, bv, load(g, vt, slot[q], 0)};
+    store(g, LLVMBuildCall2(g->b, vfma_ty, vfma, args, 3, ""), slot[q], 0);
+  }
+  loop_end(g, &lk);
+  for (int q = 0; q < nv; q++) {
+    LLVMValueRef cp = at(g, crow, add(g, col0, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
+    GIf f = if_begin(g, store_c, "set");
+    store(g, sum, cp, (unsigned)g->es);
+    if_else(g, &f);
+    store(g, LLVMBuildFAdd(g->b, load(g, vt, cp, (unsigned)g->es), sum, ""), cp, (unsigned)g->es);
+    if_end(g, &f);
+  }
+}
+
 /* nn.gemm.direct(job, w): C with a few rows, without packing. A task is one strip of
  * DIRECT_VECTORS vectors of one row of one matrix of C (the last strip of a row: the columns
- * left over, one by one), taken from the job's counter, so one sample's dense layer splits
- * across the workers by columns. K block by K block, a strip's sums over the block are
- * accumulated from zero with llvm.fmuladd, k ascending, then stored (first block, beta 0) or
- * added to C: the micro-kernel's order, so the results are the same bits as the packed
- * path's, at any thread count. The columns left over sum into worker w's scratch. */
+ * left over, their whole vectors in registers as a full strip's, then the last few columns one
+ * by one), taken from the job's counter, so one sample's dense layer splits across the
+ * workers by columns. K block by K block, each column's sum over the block is accumulated from
+ * zero with llvm.fmuladd, k ascending, then stored (first block, beta 0) or added to C: the
+ * micro-kernel's order, so the results are the same bits as the packed path's, at any thread
+ * count. The last few columns sum into worker w's scratch. */
 static void emit_direct(Gemm *g) {
   LLVMTypeRef params[2] = {g->ptr, g->i64};
   LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 2);
@@ -655,48 +697,32 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef store_c = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], zero, ""),
                                       LLVMBuildICmp(g->b, LLVMIntEQ, k0, zero, ""), "");
   GIf full = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, s, whole, ""), "strip");
-  /* a full strip: its sums in registers (SROA makes the slots registers) */
-  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)g->w);
-  LLVMValueRef vfma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
-  LLVMTypeRef vfma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
-  LLVMValueRef sums = entry_alloca(g, g->b, LLVMArrayType2(vt, DIRECT_VECTORS), "strip");
-  LLVMValueRef slot[DIRECT_VECTORS];
-  for (int q = 0; q < DIRECT_VECTORS; q++) {
-    slot[q] = LLVMBuildInBoundsGEP2(g->b, LLVMArrayType2(vt, DIRECT_VECTORS), sums,
-                                    (LLVMValueRef[]){zero, c64(g, q)}, 2, "");
-    store(g, LLVMConstNull(vt), slot[q], 0);
-  }
-  GLoop lk = loop_begin(g, k0, k1, 1, "k");
-  LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, v[J_CSA])), 0);
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a, LLVMConstInt(i32, 0, 0), "");
-  LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
-                                              LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
-  LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, v[J_RSB]), col0));
-  for (int q = 0; q < DIRECT_VECTORS; q++) {
-    LLVMValueRef bv = load(g, vt, at(g, brow, c64(g, q * g->w)), (unsigned)g->es);
-    LLVMValueRef args[3] = {splat, bv, load(g, vt, slot[q], 0)};
-    store(g, LLVMBuildCall2(g->b, vfma_ty, vfma, args, 3, ""), slot[q], 0);
-  }
-  loop_end(g, &lk);
-  for (int q = 0; q < DIRECT_VECTORS; q++) {
-    LLVMValueRef cp = at(g, crow, add(g, col0, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
-    GIf f = if_begin(g, store_c, "set");
-    store(g, sum, cp, (unsigned)g->es);
-    if_else(g, &f);
-    store(g, LLVMBuildFAdd(g->b, load(g, vt, cp, (unsigned)g->es), sum, ""), cp, (unsigned)g->es);
-    if_end(g, &f);
-  }
+  direct_strip(g, DIRECT_VECTORS, arow, v[J_CSA], B, v[J_RSB], crow, col0, k0, k1, store_c);
   if_else(g, &full);
-  /* the columns left over, one by one, their sums in C or the worker's scratch */
-  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, at(g, crow, col0), acc, "sums");
-  LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col0, "");
+  /* the columns left over: their whole vectors (fewer than a strip's) in registers, picked by a
+   * switch on their count, which the strip's loop needs as a constant */
+  LLVMValueRef vecs = LLVMBuildSDiv(g->b, LLVMBuildNSWSub(g->b, v[J_N], col0, ""), c64(g, g->w),
+                                    "vecs");
+  LLVMBasicBlockRef tail = block(g, "tail");
+  LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, DIRECT_VECTORS - 1);
+  for (int nv = 1; nv < DIRECT_VECTORS; nv++) {
+    LLVMBasicBlockRef bb = block(g, "vectors");
+    LLVMAddCase(sw, c64(g, nv), bb);
+    LLVMPositionBuilderAtEnd(g->b, bb);
+    direct_strip(g, nv, arow, v[J_CSA], B, v[J_RSB], crow, col0, k0, k1, store_c);
+    LLVMBuildBr(g->b, tail);
+  }
+  LLVMPositionBuilderAtEnd(g->b, tail);
+  /* then the last few columns, one by one, their sums in C or the worker's scratch */
+  LLVMValueRef col1 = add(g, col0, muli(g, vecs, g->w));
+  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, at(g, crow, col1), acc, "sums");
+  LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col1, "");
   GLoop lz = loop_begin(g, zero, left, 1, "z");
   store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
   loop_end(g, &lz);
   GLoop lk2 = loop_begin(g, k0, k1, 1, "k");
   LLVMValueRef a2 = load(g, et, at(g, arow, mul(g, lk2.i, v[J_CSA])), 0);
-  LLVMValueRef brow2 = at(g, B, add(g, mul(g, lk2.i, v[J_RSB]), col0));
+  LLVMValueRef brow2 = at(g, B, add(g, mul(g, lk2.i, v[J_RSB]), col1));
   GLoop lj = loop_begin(g, zero, left, 1, "j");
   LLVMValueRef d = at(g, dst, lj.i);
   LLVMValueRef args[3] = {a2, load(g, et, at(g, brow2, lj.i), 0), load(g, et, d, 0)};
@@ -705,7 +731,7 @@ static void emit_direct(Gemm *g) {
   loop_end(g, &lk2);
   GIf f = if_begin(g, LLVMBuildNot(g->b, store_c, ""), "add");
   GLoop la = loop_begin(g, zero, left, 1, "a");
-  LLVMValueRef cp = at(g, crow, add(g, col0, la.i));
+  LLVMValueRef cp = at(g, crow, add(g, col1, la.i));
   store(g, LLVMBuildFAdd(g->b, load(g, et, cp, 0), load(g, et, at(g, acc, la.i), 0), ""), cp, 0);
   loop_end(g, &la);
   if_end(g, &f);
