@@ -636,9 +636,10 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
   GLoop lk = loop_begin(g, k0, k1, 1, "k");
   LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, csa)), 0);
   LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a, LLVMConstInt(i32, 0, 0), "");
-  LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
-                                              LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
+  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a,
+                                            LLVMConstInt(i32, 0, 0), "");
+  LLVMValueRef lanes0 = LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w));
+  LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt), lanes0, "");
   LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, rsb), col0));
   for (int q = 0; q < nv; q++) {
     LLVMValueRef bv = load(g, vt, at(g, brow, c64(g, q * g->w)), (unsigned)g->es);
