@@ -1730,7 +1730,6 @@ static LoopCtx loop_ctx(Lower *L, int gi, const bool *need) {
  * fixed by the batch: the same bits at any thread count (though not the bits of one serial
  * loop). Returns false, emitting nothing, where that does not apply. */
 static bool emit_partial_split(Lower *L, Nest t, LoopCtx *c, const bool accum[]) {
-  if (L->apart) return false; /* a group function loops by itself */
   nest_simplify(&t);
   if (t.depth == 0) return false;
   int k = -1;
@@ -2120,7 +2119,8 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
       }
     }
   }
-  regions |= 1u << NN_IO_THREADS; /* for a split loop (emit_split_apart) */
+  /* for a split loop (emit_split_apart), and its partials (emit_partial_split) */
+  regions |= 1u << NN_IO_THREADS | 1u << NN_IO_SCRATCH;
   int *param = xalloc(sizeof *param * (size_t)(nt + 1));
   bool *noalias = xalloc(sizeof *noalias * (size_t)(nt + 1));
   int np = places_apart(L, touch, nt, param, noalias);
