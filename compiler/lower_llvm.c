@@ -390,16 +390,25 @@ typedef struct SideFn {
   char tag[sizeof ((Lower *)0)->tag];  /* the loops' names (making scalars changes them) */
 } SideFn;
 
+/* A new function of the module's own (internal, nounwind; noinline where asked: a part or
+ * group function, called from many places or kept apart on purpose). */
+static LLVMValueRef internal_fn(Lower *L, const char *name, LLVMTypeRef fty, bool noinline) {
+  LLVMValueRef fn = LLVMAddFunction(L->mod, name, fty);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  const char *attrs[] = {"nounwind", "noinline"};
+  for (int k = 0; k < 1 + noinline; k++)
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateEnumAttribute(L->ctx,
+                                                    LLVMGetEnumAttributeKindForName(
+                                                        attrs[k], strlen(attrs[k])), 0));
+  return fn;
+}
+
 /* A new side function of type fty, named after the kernel and the tag ("nn_grad.g7"). */
 static LLVMValueRef side_fn_new(Lower *L, LLVMTypeRef fty) {
   char name[96];
   snprintf(name, sizeof name, "%s.%s", LLVMGetValueName(L->fn), L->tag);
-  LLVMValueRef fn = LLVMAddFunction(L->mod, name, fty);
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                          LLVMCreateEnumAttribute(L->ctx,
-                                                  LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
-  return fn;
+  return internal_fn(L, name, fty, false);
 }
 
 /* The kernel's side: a job holding its io and batch, and `tasks` tasks to take. */
@@ -452,7 +461,6 @@ static LLVMValueRef split_parallel(Lower *L, LLVMValueRef count, int64_t inner, 
 
 static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn);
 static LLVMValueRef lower_scalar(Lower *L, const Node *n);
-static void add_attrs(Lower *L, LLVMValueRef fn, const char *const *names, int n);
 static void add_noalias(Lower *L, LLVMValueRef fn, unsigned first, const bool *noalias, int n);
 
 /* emit_split in a group function, whose tensors are its parameters (L->places) rather than
@@ -470,10 +478,7 @@ static void emit_split_apart(Lower *L, Extent outer, int64_t rows, int64_t inner
   tp[0] = L->ptr, tp[1] = L->i64, tp[2] = L->i64, tp[3] = L->i64;
   for (int k = 0; k < np; k++) tp[k + 4] = L->ptr;
   LLVMTypeRef task_ty = LLVMFunctionType(L->vd, tp, (unsigned)np + 4, 0);
-  LLVMValueRef task = LLVMAddFunction(L->mod, "nn.task", task_ty);
-  LLVMSetLinkage(task, LLVMInternalLinkage);
-  static const char *const attrs[] = {"nounwind"};
-  add_attrs(L, task, attrs, 1);
+  LLVMValueRef task = internal_fn(L, "nn.task", task_ty, false);
   add_noalias(L, task, 4, P->noalias, np);
 
   /* the task, emitted as the group function is; then back to the group function */
@@ -501,9 +506,7 @@ static void emit_split_apart(Lower *L, Extent outer, int64_t rows, int64_t inner
   for (int k = 0; k < np; k++) jf[SJ_COUNT + k] = L->ptr;
   LLVMTypeRef job_ty = LLVMStructTypeInContext(L->ctx, jf, (unsigned)(SJ_COUNT + np), 0);
   LLVMTypeRef sp[2] = {L->ptr, L->i64};
-  LLVMValueRef split = LLVMAddFunction(L->mod, "nn.split", LLVMFunctionType(L->vd, sp, 2, 0));
-  LLVMSetLinkage(split, LLVMInternalLinkage);
-  add_attrs(L, split, attrs, 1);
+  LLVMValueRef split = internal_fn(L, "nn.split", LLVMFunctionType(L->vd, sp, 2, 0), false);
   L->fn = split;
   LLVMPositionBuilderAtEnd(L->b, LLVMAppendBasicBlockInContext(L->ctx, split, "entry"));
   LLVMValueRef fjob = LLVMGetParam(split, 0);
@@ -2039,13 +2042,6 @@ static LLVMValueRef same_group_fn(Lower *L, LLVMValueRef fn) {
   return fn;
 }
 
-static void add_attrs(Lower *L, LLVMValueRef fn, const char *const *names, int n) {
-  for (int k = 0; k < n; k++)
-    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateEnumAttribute(L->ctx,
-                                LLVMGetEnumAttributeKindForName(names[k], strlen(names[k])), 0));
-}
-
 /* Marks fn's parameters first.. first + n - 1 noalias where noalias[k]. */
 static void add_noalias(Lower *L, LLVMValueRef fn, unsigned first, const bool *noalias, int n) {
   unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
@@ -2132,10 +2128,7 @@ static void lower_group_apart(Lower *L, int gi, const bool *need) {
   args[0] = LLVMGetParam(L->fn, 0), args[1] = L->batch;
   for (int j = 0; j < nt; j++) args[param[j] + 2] = node_ptr(L, touch[j]);
   LLVMTypeRef fty = LLVMFunctionType(L->vd, params, (unsigned)np + 2, 0);
-  LLVMValueRef fn = LLVMAddFunction(L->mod, "nn.group", fty);
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  static const char *const attrs[] = {"nounwind", "noinline"};
-  add_attrs(L, fn, attrs, 2);
+  LLVMValueRef fn = internal_fn(L, "nn.group", fty, true);
   add_noalias(L, fn, 2, noalias, np);
 
   /* the caller's state, while the builder is in fn */
@@ -2201,10 +2194,7 @@ static LLVMValueRef emit_kernel(Lower *L, const char *name, const Graph *g, unsi
       if (parts) LLVMBuildRetVoid(L->b);
       char part_name[96];
       snprintf(part_name, sizeof part_name, "%s.part%d", name, parts++);
-      LLVMValueRef part = LLVMAddFunction(L->mod, part_name, fty);
-      LLVMSetLinkage(part, LLVMInternalLinkage);
-      static const char *const attrs[] = {"nounwind", "noinline"};
-      add_attrs(L, part, attrs, 2);
+      LLVMValueRef part = internal_fn(L, part_name, fty, true);
       LLVMPositionBuilderAtEnd(L->b, kernel_block);
       LLVMValueRef args[2] = {LLVMGetParam(kernel, 0), LLVMGetParam(kernel, 1)};
       LLVMBuildCall2(L->b, fty, part, args, 2, "");
