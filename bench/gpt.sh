@@ -4,7 +4,7 @@
 # same architecture): the tiny GPT (4 layers, 4 heads, width 128, batch 8, bytes) and a
 # GPT-2-small-sized one (12 layers, 12 heads, width 768, batch 4, vocabulary 50257), both with
 # context 64. The data is random token ids as .npy (y: x shifted by one), the same for both.
-# nnc's step time is the difference between a 1-epoch and a 3-epoch run over the same windows
+# nnc's step time is the difference between a 1-epoch and an E-epoch run over the same windows
 # (so the first, cold step is not counted); PyTorch's is timed after warm-up steps; each at 1
 # and 2 threads, the faster kept. Also
 # prints nnc's compile time. usage: bench/gpt.sh [tiny|small]... (default: both)
@@ -16,9 +16,10 @@ export GLIBC_TUNABLES=$tunables:glibc.malloc.hugetlb=1
 dir=build/bench-gpt
 mkdir -p "$dir"
 
-# bench NAME VOCAB WIDTH HEADS LAYERS BATCH STEPS_PER_EPOCH
+# bench NAME VOCAB WIDTH HEADS LAYERS BATCH STEPS_PER_EPOCH EPOCHS (E: (E - 1) * STEPS_PER_EPOCH
+# steps are timed, enough that one slow step on a shared machine does not decide the ratio)
 bench() {
-  local name=$1 vocab=$2 width=$3 heads=$4 layers=$5 batch=$6 steps=$7
+  local name=$1 vocab=$2 width=$3 heads=$4 layers=$5 batch=$6 steps=$7 epochs=$8
   local n=$((batch * steps)) x=$PWD/$dir/$name-x.npy y=$PWD/$dir/$name-y.npy nn=$dir/$name.nn
   /usr/bin/python3 -c "import numpy as np, sys
 r = np.random.default_rng(1).integers(0, $vocab, size=($n, 65), dtype=np.int32)
@@ -33,13 +34,13 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
   t0=$(date +%s.%N)
   build/nnc "$nn" -o "$dir/$name"
   t1=$(date +%s.%N)
-  local secs1 secs3 out rss nnc_ms="" ms nnc_t=""
+  local secs1 secs_e out rss nnc_ms="" ms nnc_t=""
   for t in 1 2; do # nnc at its best too: on a loaded machine 2 spinning workers can lose
     secs1=$("$dir/$name" train --epochs 1 --threads $t 2>&1 >/dev/null |
             sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
-    out=$(/usr/bin/python3 bench/rss.py "$dir/$name" train --epochs 3 --threads $t 2>&1)
-    secs3=$(echo "$out" | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
-    ms=$(awk -v a="$secs1" -v b="$secs3" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / (2 * s) * 1e3 }')
+    out=$(/usr/bin/python3 bench/rss.py "$dir/$name" train --epochs $epochs --threads $t 2>&1)
+    secs_e=$(echo "$out" | sed -n 's/^trained .* in \([0-9.]*\) s .*/\1/p')
+    ms=$(awk -v a="$secs1" -v b="$secs_e" -v s="$(((epochs - 1) * steps))" 'BEGIN { printf "%.1f", (b - a) / s * 1e3 }')
     echo "$name: nnc threads=$t step_ms=$ms"
     if [ -z "$nnc_ms" ] || awk -v a="$ms" -v b="$nnc_ms" 'BEGIN { exit !(a < b) }'; then
       nnc_ms=$ms nnc_t=$t rss=$(echo "$out" | sed -n 's/^peak_rss_mb=//p')
@@ -48,7 +49,7 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
   local best="" line torch_line=""
   for t in 1 2; do
     line=$(/usr/bin/python3 bench/torch_gpt.py "$t" "$x" "$y" "$vocab" "$width" "$heads" "$layers" \
-           "$batch" 3 "$((2 * steps))")
+           "$batch" 3 "$(((epochs - 1) * steps))")
     echo "$name: $line"
     ms=$(echo "$line" | sed -n 's/.*step_ms=\([0-9.]*\).*/\1/p')
     [ -n "$ms" ] || continue
@@ -66,8 +67,8 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
 [ $# -gt 0 ] || set -- tiny small
 for size in "$@"; do
   case $size in
-  tiny) bench tiny 256 128 4 4 8 40 ;;
-  small) bench small 50257 768 12 12 4 2 ;;
+  tiny) bench tiny 256 128 4 4 8 40 3 ;;
+  small) bench small 50257 768 12 12 4 2 6 ;;
   *) echo "usage: bench/gpt.sh [tiny|small]..." >&2; exit 2 ;;
   esac
 done

@@ -6,8 +6,9 @@
  *   nn.gemm(job, threads)      picks the blocking, then runs nn.gemm.work on every worker
  *   nn.gemm.work(job, w)       takes tasks (a block of rows × columns of one matrix of C) from
  *                              an atomic counter; for each K block packs B's columns into
- *                              nr-wide panels and A's rows into mr-tall panels in worker w's
- *                              scratch, then calls the micro-kernel on every mr×nr tile
+ *                              nr-wide panels and (unless A is row-major, which the
+ *                              micro-kernel reads in place) A's rows into mr-tall panels in
+ *                              worker w's scratch, then calls the micro-kernel on every tile
  *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
  *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
  *   nn.gemm.direct(job, w)     C with a few rows and B's rows contiguous (a dense layer on
@@ -51,8 +52,8 @@ enum {
   J_C, J_LDC, J_SC,             /* C: base, row stride, matrix stride */
   J_BETA,                       /* 1: C += A·B; 0: C = A·B */
   J_SCRATCH, J_SSTRIDE,         /* worker w's scratch is SCRATCH + w * SSTRIDE bytes */
-  J_MROWS, J_NCOLS,             /* rows / columns of a task's block (set by nn.gemm) */
-  J_MBLK, J_NBLK,               /* blocks along M and N */
+  J_MPANELS, J_NPANELS,         /* mr-row / nr-column panels of C (set by nn.gemm) */
+  J_MBLK, J_NBLK,               /* blocks along M and N: panels shared out evenly */
   J_NEXT,                       /* the next task to take (atomic) */
   J_EPI, J_EPI_CTX, J_EPI_ROW,  /* the epilogue (or null), its context, C's first row in it */
   J_COUNT
@@ -239,18 +240,27 @@ static void need_scratch(Gemm *g, int64_t elems) {
 
 /* ============================== the micro-kernel ============================== */
 
-/* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr): the mr×nr tile at c (row stride ldc) =
- * (beta ? tile : 0) + sum over k < kc of ap[k*MR + i] * bp[k*NR + j]. ap and bp are packed
- * panels; only the first mr rows and nr columns are stored (the rest of the panel is padding
- * whose products are thrown away). */
+/* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr, ars, aks): the mr×nr tile at c (row
+ * stride ldc) = (beta ? tile : 0) + sum over k < kc of A(i, k) * bp[k*NR + j], where A(i, k)
+ * is ap[i*ars + k*aks]: a packed panel (ars 1, aks MR) or, unpacked, rows of a row-major A
+ * (ars its row stride, aks 1; rows past mr read row mr - 1). bp is a packed panel; only the
+ * first mr rows and nr columns are stored (the rest of the tile is padding whose products
+ * are thrown away). */
 static void emit_ukernel(Gemm *g) {
   int MR = g->mr, NV = g->nr / g->w;
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
-  LLVMTypeRef params[8] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64, g->i64, g->i64, g->i64};
-  LLVMValueRef fn = g->ukernel = function(g, "nn.gemm.ukernel", params, 8);
+  LLVMTypeRef params[10] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64,
+                            g->i64, g->i64, g->i64, g->i64, g->i64};
+  LLVMValueRef fn = g->ukernel = function(g, "nn.gemm.ukernel", params, 10);
   LLVMValueRef kc = LLVMGetParam(fn, 0), ap = LLVMGetParam(fn, 1), bp = LLVMGetParam(fn, 2);
   LLVMValueRef c = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 4), beta = LLVMGetParam(fn, 5);
   LLVMValueRef mr = LLVMGetParam(fn, 6), nr = LLVMGetParam(fn, 7);
+  LLVMValueRef ars = LLVMGetParam(fn, 8), aks = LLVMGetParam(fn, 9);
+  /* out of line: inlined into nn.gemm.work, with A's strides variables, its loop spilled */
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateEnumAttribute(g->ctx,
+                                                  LLVMGetEnumAttributeKindForName("noinline", 8),
+                                                  0));
   for (int i = 0; i < 3; i++) /* the packed panels and C never alias */
     LLVMAddAttributeAtIndex(fn, (unsigned)(2 + i),
                             LLVMCreateEnumAttribute(g->ctx,
@@ -258,6 +268,9 @@ static void emit_ukernel(Gemm *g) {
                                                     0));
   LLVMValueRef tile = entry_alloca(g, g->b, LLVMArrayType2(g->elem, (uint64_t)(MR * g->nr)),
                                    "tile");
+  LLVMValueRef arow_off[16]; /* A(i, 0) - A(0, 0) */
+  for (int i = 0; i < MR; i++)
+    arow_off[i] = mul(g, min64(g, c64(g, i), sub(g, mr, c64(g, 1))), ars);
   unsigned valign = (unsigned)(g->w * g->es);
   LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
   LLVMValueRef zero_mask = LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w));
@@ -284,10 +297,10 @@ static void emit_ukernel(Gemm *g) {
   LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k, kc, ""), body, done);
   LLVMPositionBuilderAtEnd(g->b, body);
   LLVMValueRef bv[8];
-  LLVMValueRef brow = at(g, bp, muli(g, k, g->nr)), arow = at(g, ap, muli(g, k, MR));
+  LLVMValueRef brow = at(g, bp, muli(g, k, g->nr)), arow = at(g, ap, mul(g, k, aks));
   for (int j = 0; j < NV; j++) bv[j] = load(g, vt, at(g, brow, c64(g, j * g->w)), valign);
   for (int i = 0; i < MR; i++) {
-    LLVMValueRef a = load(g, g->elem, at(g, arow, c64(g, i)), (unsigned)g->es);
+    LLVMValueRef a = load(g, g->elem, at(g, arow, arow_off[i]), (unsigned)g->es);
     LLVMValueRef one = LLVMBuildInsertElement(g->b, poison, a, LLVMConstInt(i32, 0, 0), "");
     LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, poison, zero_mask, "");
     for (int j = 0; j < NV; j++) {
@@ -487,6 +500,13 @@ static void call_epilogue(Gemm *g, LLVMValueRef job, LLVMValueRef r0, LLVMValueR
   if_end(g, &f);
 }
 
+/* The first row (column) of block i of `blocks` over `panels` panels of `size`: the panels
+ * are shared out evenly, so blocks differ by at most one panel and workers by little. */
+static LLVMValueRef block_start(Gemm *g, LLVMValueRef i, LLVMValueRef panels,
+                                LLVMValueRef blocks, int64_t size) {
+  return muli(g, LLVMBuildSDiv(g->b, mul(g, i, panels), blocks, ""), size);
+}
+
 /* nn.gemm.work(job, w): worker w takes tasks until none is left. */
 static void emit_work(Gemm *g) {
   LLVMTypeRef params[2] = {g->ptr, g->i64};
@@ -511,9 +531,13 @@ static void emit_work(Gemm *g) {
                                     LLVMBuildSDiv(g->b, r, v[J_NBLK], ""), "mi");
   LLVMValueRef ni = LLVMBuildSelect(g->b, wide, LLVMBuildSDiv(g->b, r, v[J_MBLK], ""),
                                     LLVMBuildSRem(g->b, r, v[J_NBLK], ""), "ni");
-  LLVMValueRef m0 = mul(g, mi, v[J_MROWS]), n0 = mul(g, ni, v[J_NCOLS]);
-  LLVMValueRef rows = min64(g, v[J_MROWS], sub(g, v[J_M], m0));
-  LLVMValueRef cols = min64(g, v[J_NCOLS], sub(g, v[J_N], n0));
+  LLVMValueRef m0 = block_start(g, mi, v[J_MPANELS], v[J_MBLK], g->mr);
+  LLVMValueRef n0 = block_start(g, ni, v[J_NPANELS], v[J_NBLK], g->nr);
+  LLVMValueRef one = c64(g, 1);
+  LLVMValueRef rows = sub(g, min64(g, v[J_M], block_start(g, add(g, mi, one), v[J_MPANELS],
+                                                          v[J_MBLK], g->mr)), m0);
+  LLVMValueRef cols = sub(g, min64(g, v[J_N], block_start(g, add(g, ni, one), v[J_NPANELS],
+                                                          v[J_NBLK], g->nr)), n0);
   LLVMValueRef A = at(g, v[J_A], mul(g, bi, v[J_SA])), B = at(g, v[J_B], mul(g, bi, v[J_SB]));
   LLVMValueRef C = at(g, v[J_C], mul(g, bi, v[J_SC]));
 
@@ -526,17 +550,26 @@ static void emit_work(Gemm *g) {
   LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
   kc = max64(g, kc, zero);
   pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
+  /* a row-major A is read in place by the micro-kernel: packing it (a transpose into k-major
+   * panels, element by element) cost more than it saved */
+  LLVMValueRef unpacked = LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), "unpacked");
+  GIf pa = if_begin(g, LLVMBuildNot(g->b, unpacked, ""), "pack_a");
   pack_a(g, ap, A, v[J_RSA], v[J_CSA], v[J_M], k0, kc, m0, rows);
+  if_end(g, &pa);
   LLVMValueRef beta = LLVMBuildOr(g->b, v[J_BETA],
                                   LLVMBuildZExt(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, k0, zero, ""),
                                                 g->i64, ""), "");
   GLoop lj = loop_begin(g, zero, cols, g->nr, "jr");
   GLoop li = loop_begin(g, zero, rows, g->mr, "ir");
   LLVMValueRef cp = at(g, C, add(g, mul(g, add(g, m0, li.i), v[J_LDC]), add(g, n0, lj.i)));
-  LLVMValueRef args[8] = {kc, at(g, ap, mul(g, li.i, kc)), at(g, bp, mul(g, lj.i, kc)), cp,
-                          v[J_LDC], beta, min64(g, c64(g, g->mr), sub(g, rows, li.i)),
-                          min64(g, c64(g, g->nr), sub(g, cols, lj.i))};
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel), g->ukernel, args, 8, "");
+  LLVMValueRef a_in_place = at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_RSA]), k0));
+  LLVMValueRef args[10] = {
+      kc, LLVMBuildSelect(g->b, unpacked, a_in_place, at(g, ap, mul(g, li.i, kc)), ""),
+      at(g, bp, mul(g, lj.i, kc)), cp, v[J_LDC], beta,
+      min64(g, c64(g, g->mr), sub(g, rows, li.i)), min64(g, c64(g, g->nr), sub(g, cols, lj.i)),
+      LLVMBuildSelect(g->b, unpacked, v[J_RSA], c64(g, 1), ""),
+      LLVMBuildSelect(g->b, unpacked, c64(g, 1), c64(g, g->mr), "")};
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel), g->ukernel, args, 10, "");
   loop_end(g, &li);
   loop_end(g, &lj);
   LLVMValueRef k1 = add(g, k0, c64(g, KC));
@@ -743,8 +776,10 @@ static void emit_direct(Gemm *g) {
 }
 
 /* nn.gemm(job, threads): the blocking, then the work. Blocks are as large as the scratch
- * allows, then split (columns first: that shares A's packing least) until there are two
- * tasks per worker, so that a worker delayed by the machine's other load costs less. */
+ * allows, then split (columns first: that shares A's packing least) until there are at least
+ * two tasks per worker, so that a worker delayed by the machine's other load costs less, and
+ * a multiple of the workers where the panels allow (7 equal tasks on 2 workers take 4 task
+ * times; 8 take 3.5). */
 static void emit_gemm(Gemm *g) {
   LLVMTypeRef params[2] = {g->ptr, g->ptr};
   LLVMValueRef fn = g->gemm = function(g, "nn.gemm", params, 2);
@@ -784,19 +819,19 @@ static void emit_gemm(Gemm *g) {
   LLVMValueRef parallel = LLVMBuildAnd(
       g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
       LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), "");
-  LLVMValueRef want = LLVMBuildSelect(g->b, parallel, muli(g, workers, 2), one, "");
   LLVMValueRef total = mul(g, batch, mul(g, mblk, nblk));
+  LLVMValueRef even = mul(g, cdiv(g, max64(g, total, muli(g, workers, 2)), workers), workers);
+  LLVMValueRef want = LLVMBuildSelect(g->b, parallel, even, one, "");
   LLVMValueRef few = LLVMBuildICmp(g->b, LLVMIntSLT, total, want, "");
   nblk = LLVMBuildSelect(g->b, few, min64(g, np, cdiv(g, want, mul(g, batch, mblk))), nblk, "");
   total = mul(g, batch, mul(g, mblk, nblk));
   few = LLVMBuildICmp(g->b, LLVMIntSLT, total, want, "");
   mblk = LLVMBuildSelect(g->b, few, min64(g, mp, cdiv(g, want, mul(g, batch, nblk))), mblk, "");
-  LLVMValueRef mpp = cdiv(g, mp, mblk), npp = cdiv(g, np, nblk); /* panels per block */
   LLVMBuilderRef b = g->b;
-  set(g, b, J, job, J_MROWS, muli(g, mpp, g->mr));
-  set(g, b, J, job, J_NCOLS, muli(g, npp, g->nr));
-  set(g, b, J, job, J_MBLK, cdiv(g, mp, mpp));
-  set(g, b, J, job, J_NBLK, cdiv(g, np, npp));
+  set(g, b, J, job, J_MPANELS, mp);
+  set(g, b, J, job, J_NPANELS, np);
+  set(g, b, J, job, J_MBLK, mblk);
+  set(g, b, J, job, J_NBLK, nblk);
   set(g, b, J, job, J_NEXT, zero);
   dispatch(g, g->work, job, threads, parallel);
   LLVMBuildRetVoid(g->b);
