@@ -64,6 +64,7 @@ enum {
   CJ_OUT, CJ_SRC0, CJ_SRC1,     /* the node's result and operands */
   CJ_BATCH, CJ_SCRATCH, CJ_SSTRIDE, CJ_NEXT, CJ_WORKERS,
   CJ_EPI, CJ_EPI_CTX,           /* conv2d's epilogue (or null) and its context */
+  CJ_CHUNKS,                    /* conv2d: tasks per sample, each a range of output pixels */
   CJ_COUNT
 };
 
@@ -928,22 +929,24 @@ static ConvGeom geometry(const Node *n) {
                     (int64_t)c->kh * c->kw};
 }
 
-/* For every output position and tap whose input pixel is inside the image, body(row, tap, pixel):
- * row = oh*OW + ow (a row of the im2col matrix), tap = kh*KW + kw, pixel = ih*W + iw. When
- * `outside` is set it is called for the taps in the padding instead (pixel undefined). */
+/* For every output position oh*OW + ow in [r0, r1) and tap whose input pixel is inside the
+ * image, body(row, tap, pixel): row = oh*OW + ow - r0 (a row of the im2col matrix), tap =
+ * kh*KW + kw, pixel = ih*W + iw. When `outside` is set it is called for the taps in the
+ * padding instead (pixel undefined). */
 typedef void (*TapBody)(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRef pixel,
                         bool inside, const void *ctx);
 
-static void for_taps(Gemm *g, const ConvGeom *q, TapBody body, bool outside, const void *ctx) {
+static void for_taps(Gemm *g, const ConvGeom *q, LLVMValueRef r0, LLVMValueRef r1,
+                     TapBody body, bool outside, const void *ctx) {
   const ConvAttr *c = q->c;
   LLVMValueRef zero = c64(g, 0);
-  GLoop oh = loop_begin(g, zero, c64(g, q->OH), 1, "oh");
-  GLoop ow = loop_begin(g, zero, c64(g, q->OW), 1, "ow");
-  LLVMValueRef row = add(g, muli(g, oh.i, q->OW), ow.i);
+  GLoop lr = loop_begin(g, r0, r1, 1, "pix"); /* output pixels; the body's rows count from r0 */
+  LLVMValueRef oh = LLVMBuildUDiv(g->b, lr.i, c64(g, q->OW), "oh");
+  LLVMValueRef ow = sub(g, lr.i, muli(g, oh, q->OW)), row = sub(g, lr.i, r0);
   GLoop kh = loop_begin(g, zero, c64(g, c->kh), 1, "kh");
-  LLVMValueRef ih = add(g, add(g, muli(g, oh.i, c->sh), muli(g, kh.i, c->dh)), c64(g, -c->pt));
+  LLVMValueRef ih = add(g, add(g, muli(g, oh, c->sh), muli(g, kh.i, c->dh)), c64(g, -c->pt));
   GLoop kw = loop_begin(g, zero, c64(g, c->kw), 1, "kw");
-  LLVMValueRef iw = add(g, add(g, muli(g, ow.i, c->sw), muli(g, kw.i, c->dw)), c64(g, -c->pl));
+  LLVMValueRef iw = add(g, add(g, muli(g, ow, c->sw), muli(g, kw.i, c->dw)), c64(g, -c->pl));
   LLVMValueRef tap = add(g, muli(g, kh.i, c->kw), kw.i);
   LLVMValueRef in = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntULT, ih, c64(g, q->H), ""),
                                  LLVMBuildICmp(g->b, LLVMIntULT, iw, c64(g, q->W), ""), "");
@@ -954,8 +957,7 @@ static void for_taps(Gemm *g, const ConvGeom *q, TapBody body, bool outside, con
   if_end(g, &f);
   loop_end(g, &kw);
   loop_end(g, &kh);
-  loop_end(g, &ow);
-  loop_end(g, &oh);
+  loop_end(g, &lr);
 }
 
 typedef struct ColCtx {
@@ -1009,25 +1011,26 @@ static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThre
 }
 
 /* One sample s of node n on the worker whose scratch is `scr` (or on the threads t, from
- * worker 0's scratch); `dst` and `first` are for the filter gradient (its per-worker sum and
- * whether s is the worker's first sample). */
+ * worker 0's scratch); conv2d: only its output pixels [r0, r1); `dst` and `first` are for the
+ * filter gradient (its per-worker sum and whether s is the worker's first sample). */
 static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef s,
-                        LLVMValueRef p[3], LLVMValueRef scr, LLVMValueRef dst, LLVMValueRef first,
-                        ConvThreads t, GemmEpilogue epi) {
+                        LLVMValueRef r0, LLVMValueRef r1, LLVMValueRef p[3], LLVMValueRef scr,
+                        LLVMValueRef dst, LLVMValueRef first, ConvThreads t, GemmEpilogue epi) {
   int64_t TC = q->T * q->C, rows = q->OH * q->OW;
   LLVMValueRef col = scr, gs = at(g, scr, c64(g, round16(rows * TC)));
-  LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
+  LLVMValueRef one = c64(g, 1), zero = c64(g, 0), all = c64(g, rows);
   LLVMValueRef img_elems = c64(g, q->H * q->W * q->C), out_elems = c64(g, rows * q->F);
   GemmArgs a = {.batch = one, .sa = zero, .sb = zero, .sc = zero};
   switch (n->op) {
   case OP_CONV2D: { /* y[s] = im2col(x[s]) · w */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
-    for_taps(g, q, im2col_body, true, &x);
-    a.m = c64(g, rows), a.n = c64(g, q->F), a.k = c64(g, TC);
+    for_taps(g, q, r0, r1, im2col_body, true, &x);
+    a.m = sub(g, r1, r0), a.n = c64(g, q->F), a.k = c64(g, TC);
     a.a = col, a.rsa = c64(g, TC), a.csa = one;
     a.b = p[2], a.rsb = c64(g, q->F), a.csb = one;
-    a.c = at(g, p[0], mul(g, s, out_elems)), a.ldc = c64(g, q->F);
-    a.epilogue = epi.fn, a.epilogue_ctx = epi.ctx, a.epilogue_row = mul(g, s, c64(g, rows));
+    a.c = at(g, p[0], add(g, mul(g, s, out_elems), muli(g, r0, q->F))), a.ldc = c64(g, q->F);
+    a.epilogue = epi.fn, a.epilogue_ctx = epi.ctx;
+    a.epilogue_row = add(g, mul(g, s, c64(g, rows)), r0);
     conv_gemm(g, &a, gs, t);
     break;
   }
@@ -1041,12 +1044,12 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     LLVMBuildMemSet(g->b, img, LLVMConstInt(LLVMInt8TypeInContext(g->ctx), 0, 0),
                     c64(g, q->H * q->W * q->C * g->es), (unsigned)g->es);
     ColCtx x = {q, col, img};
-    for_taps(g, q, col2im_body, false, &x);
+    for_taps(g, q, zero, all, col2im_body, false, &x);
     break;
   }
   case OP_CONV2D_BWD_FILTER: { /* dw (+)= im2col(x[s])ᵀ · g[s] */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
-    for_taps(g, q, im2col_body, true, &x);
+    for_taps(g, q, zero, all, im2col_body, true, &x);
     a.m = c64(g, TC), a.n = c64(g, q->F), a.k = c64(g, rows);
     a.a = col, a.rsa = one, a.csa = c64(g, TC);
     a.b = at(g, p[2], mul(g, s, out_elems)), a.rsb = c64(g, q->F), a.csb = one;
@@ -1102,15 +1105,22 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
                                        p[0], byte_at(g, base, mul(g, k, sstride)), "");
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
-    conv_sample(g, n, q, ls.i, p, rest, dst, LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""),
-                (ConvThreads){0}, (GemmEpilogue){0});
+    conv_sample(g, n, q, ls.i, NULL, NULL, p, rest, dst,
+                LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""), (ConvThreads){0}, (GemmEpilogue){0});
     loop_end(g, &ls);
     tasks_end(g, &share_k);
-  } else { /* samples handed out one at a time */
-    TaskLoop sample = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), batch);
+  } else { /* samples handed out one at a time; conv2d's in `chunks` ranges of output pixels,
+            * on mr-row panel boundaries, each im2col'ed by the worker that multiplies it */
+    LLVMValueRef chunks = get(g, J, job, CJ_CHUNKS);
+    TaskLoop task = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), mul(g, batch, chunks));
+    LLVMValueRef s = LLVMBuildSDiv(g->b, task.i, chunks, "s");
+    LLVMValueRef ci = sub(g, task.i, mul(g, s, chunks));
+    LLVMValueRef rows = c64(g, q->OH * q->OW), panels = cdiv(g, rows, c64(g, g->mr));
+    LLVMValueRef r0 = min64(g, rows, block_start(g, ci, panels, chunks, g->mr));
+    LLVMValueRef r1 = min64(g, rows, block_start(g, add(g, ci, c64(g, 1)), panels, chunks, g->mr));
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
-    conv_sample(g, n, q, sample.i, p, scr, NULL, NULL, (ConvThreads){0}, epi);
-    tasks_end(g, &sample);
+    conv_sample(g, n, q, s, r0, r1, p, scr, NULL, NULL, (ConvThreads){0}, epi);
+    tasks_end(g, &task);
   }
   LLVMBuildRetVoid(g->b);
   return fn;
@@ -1133,24 +1143,36 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   LLVMValueRef parallel = LLVMBuildICmp(b, LLVMIntSGT, min64(g, workers, batch), c64(g, 1), "");
   LLVMValueRef sstride = LLVMBuildLoad2(b, g->i64, g->scratch_bytes, "");
   GIf by_sample = {0};
-  if (n->op != OP_CONV2D_BWD_FILTER) {
-    /* fewer samples than workers (one sample's inference): the caller takes the samples one
-     * by one and splits each one's GEMM across the workers instead */
+  LLVMValueRef few = LLVMBuildAnd(b, LLVMBuildICmp(b, LLVMIntSGT, workers, c64(g, 1), ""),
+                                  LLVMBuildICmp(b, LLVMIntSLT, batch, workers, ""), "");
+  LLVMValueRef chunks = c64(g, 1);
+  if (n->op == OP_CONV2D && q.OH * q.OW * q.T * q.C * q.F >= SERIAL_FMAS) {
+    /* fewer samples than workers (one sample's inference): each sample in ranges of output
+     * pixels, enough for every worker (a small one stays with the caller: sharing it would
+     * move its result between the cores' caches, which costs more than the multiply) */
+    chunks = LLVMBuildSelect(b, few, cdiv(g, workers, max64(g, batch, c64(g, 1))), chunks, "");
+    parallel = LLVMBuildICmp(b, LLVMIntSGT, min64(g, workers, mul(g, batch, chunks)),
+                             c64(g, 1), "");
+  }
+  if (n->op == OP_CONV2D_BWD_DATA) {
+    /* fewer samples than workers: the caller takes the samples one by one and splits each
+     * one's GEMM across the workers instead (the col2im adds overlap between pixels) */
     LLVMValueRef few = LLVMBuildAnd(b, LLVMBuildICmp(b, LLVMIntSGT, workers, c64(g, 1), ""),
                                     LLVMBuildICmp(b, LLVMIntSLT, batch, workers, ""), "");
     by_sample = if_begin(g, few, "few");
     LLVMValueRef p[3] = {out, src0, src1};
     GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
-    conv_sample(g, n, &q, ls.i, p, scratch, NULL, NULL, (ConvThreads){threads, sstride}, epi);
+    conv_sample(g, n, &q, ls.i, NULL, NULL, p, scratch, NULL, NULL,
+                (ConvThreads){threads, sstride}, epi);
     loop_end(g, &ls);
     if_else(g, &by_sample);
   }
   workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
   LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers,
-                              epi.fn, epi.ctx};
+                              epi.fn, epi.ctx, chunks};
   for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
   dispatch(g, work, job, threads, parallel);
-  if (n->op != OP_CONV2D_BWD_FILTER) if_end(g, &by_sample);
+  if (n->op == OP_CONV2D_BWD_DATA) if_end(g, &by_sample);
   if (n->op == OP_CONV2D_BWD_FILTER) { /* out += the other workers' sums, in worker order */
     int64_t TC = q.T * q.C, elems = TC * q.F;
     LLVMValueRef sstride = v[CJ_SSTRIDE];
