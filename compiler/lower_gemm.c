@@ -186,15 +186,26 @@ static void if_end(Gemm *g, GIf *f) { /* also closes an if without an else */
 /* The tasks 0..count-1 of a job, each taken from the atomic counter at `next` (set to 0 by the
  * caller) by whichever worker comes first: the builder is in the body, at task `i`, until
  * tasks_end. A worker that joins late finds the tasks gone (runtime/pool.c). */
-static TaskLoop tasks_begin(Gemm *g, LLVMValueRef next, LLVMValueRef count) {
+/* Tasks 0..count-1 shared by the workers through the atomic i64 at `next` (0 at first),
+ * from both ends: worker 0 takes them in order from the front (counted in next's low 32
+ * bits), the others from the back (the high 32 bits). A claim stands while front + back
+ * taken before it is below count, so every task is taken once; and the same worker takes
+ * about the same tasks call after call, so what a task reads (a strip of a layer's weights)
+ * stays in that core's cache. */
+static TaskLoop tasks_begin(Gemm *g, LLVMValueRef next, LLVMValueRef count, LLVMValueRef w) {
   TaskLoop t = {.head = block(g, "task")};
   LLVMBasicBlockRef body = block(g, "task.body");
   t.done = block(g, "tasks.done");
+  LLVMValueRef front = LLVMBuildICmp(g->b, LLVMIntEQ, w, c64(g, 0), "front");
+  LLVMValueRef step = LLVMBuildSelect(g->b, front, c64(g, 1), c64(g, 1LL << 32), "");
   LLVMBuildBr(g->b, t.head);
   LLVMPositionBuilderAtEnd(g->b, t.head);
-  t.i = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, next, c64(g, 1),
-                           LLVMAtomicOrderingMonotonic, 0);
-  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, t.i, count, ""), body, t.done);
+  LLVMValueRef was = LLVMBuildAtomicRMW(g->b, LLVMAtomicRMWBinOpAdd, next, step,
+                                        LLVMAtomicOrderingMonotonic, 0);
+  LLVMValueRef lo = LLVMBuildAnd(g->b, was, c64(g, 0xffffffffLL), "");
+  LLVMValueRef hi = LLVMBuildLShr(g->b, was, c64(g, 32), "");
+  t.i = LLVMBuildSelect(g->b, front, lo, sub(g, sub(g, count, hi), c64(g, 1)), "task");
+  LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, add(g, lo, hi), count, ""), body, t.done);
   LLVMPositionBuilderAtEnd(g->b, body);
   return t;
 }
@@ -522,7 +533,7 @@ static void emit_work(Gemm *g) {
   LLVMValueRef per = mul(g, v[J_MBLK], v[J_NBLK]);
   LLVMValueRef tasks = mul(g, v[J_BATCH], per);
 
-  TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks);
+  TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks, w);
   LLVMValueRef t = task.i;
   LLVMValueRef bi = LLVMBuildSDiv(g->b, t, per, ""), r = sub(g, t, mul(g, bi, per));
   /* wide C (more column blocks than row blocks: GPT's vocabulary head): the row blocks are
@@ -618,10 +629,11 @@ static LLVMValueRef workers_of(Gemm *g, LLVMValueRef threads) {
 
 /* ---- the same for lower_llvm.c's own parallel loops, at its builder b ---- */
 
-TaskLoop lower_tasks_begin(Gemm *g, LLVMBuilderRef b, LLVMValueRef next, LLVMValueRef count) {
+TaskLoop lower_tasks_begin(Gemm *g, LLVMBuilderRef b, LLVMValueRef next, LLVMValueRef count,
+                           LLVMValueRef worker) {
   LLVMBuilderRef own = g->b;
   g->b = b;
-  TaskLoop t = tasks_begin(g, next, count);
+  TaskLoop t = tasks_begin(g, next, count, worker);
   g->b = own;
   return t;
 }
@@ -716,7 +728,7 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef per_row = cdiv(g, v[J_N], c64(g, strip));
   LLVMValueRef tasks = mul(g, mul(g, v[J_BATCH], v[J_M]), per_row);
   /* the task's strip s of row i of matrix t */
-  TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks);
+  TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks, worker);
   LLVMValueRef s = LLVMBuildSRem(g->b, task.i, per_row, "s");
   LLVMValueRef row = LLVMBuildSDiv(g->b, task.i, per_row, "");
   LLVMValueRef i = LLVMBuildSRem(g->b, row, v[J_M], "i");
@@ -1098,7 +1110,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     LLVMValueRef base = get(g, J, job, CJ_SCRATCH), sstride = get(g, J, job, CJ_SSTRIDE);
     LLVMValueRef workers = get(g, J, job, CJ_WORKERS);
     LLVMValueRef rest = at(g, scr, c64(g, round16(q->T * q->C * q->F)));
-    TaskLoop share_k = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), workers);
+    TaskLoop share_k = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), workers, w);
     LLVMValueRef k = share_k.i;
     LLVMValueRef lo = share(g, k, batch, workers);
     LLVMValueRef hi = share(g, add(g, k, c64(g, 1)), batch, workers);
@@ -1112,7 +1124,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
   } else { /* samples handed out one at a time; conv2d's in `chunks` ranges of output pixels,
             * on mr-row panel boundaries, each im2col'ed by the worker that multiplies it */
     LLVMValueRef chunks = get(g, J, job, CJ_CHUNKS);
-    TaskLoop task = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), mul(g, batch, chunks));
+    TaskLoop task = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), mul(g, batch, chunks), w);
     LLVMValueRef s = LLVMBuildSDiv(g->b, task.i, chunks, "s");
     LLVMValueRef ci = sub(g, task.i, mul(g, s, chunks));
     LLVMValueRef rows = c64(g, q->OH * q->OW), panels = cdiv(g, rows, c64(g, g->mr));

@@ -62,13 +62,15 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
                      LLVMValueRef scratch, GemmEpilogue epilogue);
 /* Parallel work for lower_llvm.c's loops, with the GEMM's machinery. A job is a struct the
  * caller fills on its stack; its work function, void (ptr job, i64 worker), runs on every
- * worker and takes tasks 0..count-1 from an atomic i64 counter in the job (set to 0 first):
+ * worker and takes tasks 0..count-1 from an atomic i64 counter in the job (set to 0 first;
+ * worker 0 takes them from the front, the others from the back):
  * between lower_tasks_begin and lower_tasks_end the builder is in the body, at task `i`. */
 typedef struct TaskLoop {
   LLVMValueRef i;                 /* the task taken */
   LLVMBasicBlockRef head, done;   /* the take-next block, the way out */
 } TaskLoop;
-TaskLoop lower_tasks_begin(Gemm *g, LLVMBuilderRef b, LLVMValueRef next, LLVMValueRef count);
+TaskLoop lower_tasks_begin(Gemm *g, LLVMBuilderRef b, LLVMValueRef next, LLVMValueRef count,
+                           LLVMValueRef worker);
 void lower_tasks_end(Gemm *g, LLVMBuilderRef b, const TaskLoop *t);
 /* The workers of io's `threads` (1 when it is NULL). */
 LLVMValueRef lower_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef threads);

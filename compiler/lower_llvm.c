@@ -522,7 +522,8 @@ static void emit_split_apart(Lower *L, Extent outer, int64_t rows, int64_t inner
   }
   LLVMValueRef end = extent_value(L, outer);
   TaskLoop t = lower_tasks_begin(&L->gemm, L->b,
-                                 LLVMBuildStructGEP2(L->b, job_ty, fjob, SJ_NEXT, ""), targs[2]);
+                                 LLVMBuildStructGEP2(L->b, job_ty, fjob, SJ_NEXT, ""), targs[2],
+                                 LLVMGetParam(split, 1));
   LLVMValueRef lo = LLVMBuildNSWMul(L->b, t.i, i64c(L, rows), "lo");
   LLVMValueRef hi = LLVMBuildNSWAdd(L->b, lo, i64c(L, rows), "");
   targs[2] = lo;
@@ -576,7 +577,7 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
   LLVMValueRef fjob = LLVMGetParam(fn, 0);
   LLVMValueRef end = extent_value(L, outer);
   TaskLoop task = lower_tasks_begin(&L->gemm, L->b, split_field(L, fjob, SJ_NEXT),
-                                    split_get(L, fjob, SJ_TASKS));
+                                    split_get(L, fjob, SJ_TASKS), LLVMGetParam(fn, 1));
   LLVMValueRef lo = LLVMBuildNSWMul(L->b, task.i, i64c(L, rows), "lo");
   LLVMValueRef hi = LLVMBuildNSWAdd(L->b, lo, i64c(L, rows), "");
   hi = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, hi, end, ""), hi, end, "hi");
