@@ -29,7 +29,7 @@
 enum {
   MAX_LOOPS = MAX_RANK + 2, /* matmul: leading dims, then m, k, n */
   MAX_OPERANDS = FUSE_MAX_PORTS, /* a fused loop's stores and reads (fuse.c bounds them) */
-  SPLIT_ELEMS = 1 << 16, /* a loop nest over fewer elements is not worth waking threads for */
+  SPLIT_ELEMS = 1 << 14, /* a loop nest over fewer elements is not worth waking threads for */
   TASK_ELEMS = 1 << 13,  /* elements of one task of a split nest: enough to outweigh taking it */
   MAX_PARTIALS = 16,     /* most tasks of a reduction over the outer loop (one partial each) */
   PARTIAL_ELEMS = 1 << 16, /* most elements of all of one reduction's partials (in scratch) */
