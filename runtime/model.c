@@ -107,25 +107,40 @@ static void widen_row(const NnData *data, const ByteTable *t, int64_t row, void 
       ((double *)to)[j] = t->f64[from[j]];
 }
 
-void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
+typedef struct Gather {
+  const NnData *data;
+  const int64_t *rows;
+  void **io;
+  ByteTable table; /* when x is stored as bytes */
+} Gather;
+
+enum { GATHER_GRAIN = 16 }; /* samples one worker gathers at a time */
+
+static void gather_range(void *ctx, int64_t lo, int64_t hi) {
+  const Gather *g = ctx;
+  const NnData *data = g->data;
   size_t xb = (size_t)(data->x_size * data->elem_size);
   size_t yb = (size_t)(data->y_size * data->elem_size);
-  char *x = io[NN_IO_X], *y = io[NN_IO_Y];
   size_t stored = data->x_store == NNRT_STORE_ELEM ? xb : (size_t)data->x_size; /* row bytes */
-  ByteTable table;
-  if (data->x_store != NNRT_STORE_ELEM)
-    byte_table(data, &table);
-  for (int64_t i = 0; i < n; i++) {
-    if (i + 2 < n) /* rows are random: fetch one two rows ahead while this one is widened */
+  char *x = g->io[NN_IO_X], *y = g->io[NN_IO_Y];
+  for (int64_t i = lo; i < hi; i++) {
+    if (i + 2 < hi) /* rows are random: fetch one two rows ahead while this one is widened */
       for (size_t b = 0; b < stored; b += 64)
-        __builtin_prefetch((const char *)data->x + (size_t)rows[i + 2] * stored + b);
+        __builtin_prefetch((const char *)data->x + (size_t)g->rows[i + 2] * stored + b);
     if (data->x_store == NNRT_STORE_ELEM)
-      memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)rows[i] * xb, xb);
+      memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)g->rows[i] * xb, xb);
     else
-      widen_row(data, &table, rows[i], x + (size_t)i * xb);
+      widen_row(data, &g->table, g->rows[i], x + (size_t)i * xb);
     if (yb)
-      memcpy(y + (size_t)i * yb, (const char *)data->y + (size_t)rows[i] * yb, yb);
+      memcpy(y + (size_t)i * yb, (const char *)data->y + (size_t)g->rows[i] * yb, yb);
   }
+}
+
+void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
+  Gather g = {.data = data, .rows = rows, .io = io};
+  if (data->x_store != NNRT_STORE_ELEM)
+    byte_table(data, &g.table);
+  nnrt_split(io[NN_IO_THREADS], n, GATHER_GRAIN, gather_range, &g);
 }
 
 int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name) {

@@ -143,6 +143,34 @@ NnPool *nnrt_pool_new(int workers) {
 
 NnThreads *nnrt_pool_threads(NnPool *p) { return &p->threads; }
 
+typedef struct Split {
+  int64_t n, grain;
+  void (*fn)(void *ctx, int64_t lo, int64_t hi);
+  void *ctx;
+  atomic_llong next; /* the next range to take */
+} Split;
+
+static void split_work(void *arg, int64_t w) {
+  Split *s = arg;
+  (void)w;
+  for (;;) {
+    int64_t lo = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed) * s->grain;
+    if (lo >= s->n) return;
+    s->fn(s->ctx, lo, lo + s->grain < s->n ? lo + s->grain : s->n);
+  }
+}
+
+void nnrt_split(NnThreads *t, int64_t n, int64_t grain,
+                void (*fn)(void *ctx, int64_t lo, int64_t hi), void *ctx) {
+  if (!t || t->workers < 2 || n <= grain) {
+    if (n > 0) fn(ctx, 0, n);
+    return;
+  }
+  Split s = {.n = n, .grain = grain, .fn = fn, .ctx = ctx};
+  atomic_init(&s.next, 0);
+  t->run(t->ctx, split_work, &s);
+}
+
 void nnrt_pool_free(NnPool *p) {
   if (!p) return;
   pthread_mutex_lock(&p->lock);

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +357,26 @@ NNRT_NORETURN static void stop_nonfinite(const Run *r, const char *what, int64_t
              nnrt_hyper_index(d, "lr") >= 0 ? "lower the learning rate (--lr), " : "", kept);
 }
 
+typedef struct Finite {
+  const char *base;
+  int64_t elem_size;
+  atomic_bool bad;
+} Finite;
+
+static void finite_range(void *ctx, int64_t lo, int64_t hi) {
+  Finite *f = ctx;
+  if (!nnrt_all_finite(f->base + lo * f->elem_size, hi - lo, f->elem_size))
+    atomic_store_explicit(&f->bad, true, memory_order_relaxed);
+}
+
+/* nnrt_all_finite of the gradient, shared out to the pool's workers in ranges of 2^16 */
+static bool gradient_finite(const Run *r) {
+  Finite f = {.base = r->io[NN_IO_GRAD], .elem_size = r->d->elem_size};
+  atomic_init(&f.bad, false);
+  nnrt_split(r->io[NN_IO_THREADS], r->d->param_size, 1 << 16, finite_range, &f);
+  return !atomic_load(&f.bad);
+}
+
 /* After a grad call: NULL if loss and gradient are finite, else what is not (in buf). */
 static const char *nonfinite(const Run *r, double loss, char *buf, size_t cap) {
   const NnModelDesc *d = r->d;
@@ -363,7 +384,7 @@ static const char *nonfinite(const Run *r, double loss, char *buf, size_t cap) {
     snprintf(buf, cap, "loss is %s", isnan(loss) ? "nan" : loss > 0 ? "inf" : "-inf");
     return buf;
   }
-  if (nnrt_all_finite(r->io[NN_IO_GRAD], d->param_size, d->elem_size))
+  if (gradient_finite(r))
     return NULL;
   snprintf(buf, cap, "the gradient of '%s' is not finite", bad_gradient(d, r->io));
   return buf;
