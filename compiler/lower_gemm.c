@@ -374,13 +374,40 @@ static void pack_a(Gemm *g, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef rsa, 
                    LLVMValueRef rows) {
   int MR = g->mr;
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0);
-  GLoop lp = loop_begin(g, zero, rows, MR, "pa");
+  LLVMValueRef transposed = LLVMBuildICmp(g->b, LLVMIntEQ, rsa, one, "");
+  /* A transposed, two whole panels at a time: each k's 2·mr values are one vector, whose
+   * halves go to the two panels (one load per cache line's worth, not two) */
+  LLVMValueRef inside = min64(g, rows, sub(g, M, m0));
+  LLVMValueRef paired = LLVMBuildSelect(
+      g->b, transposed, muli(g, LLVMBuildSDiv(g->b, inside, c64(g, 2 * MR), ""), 2 * MR), zero,
+      "paired");
+  {
+    LLVMTypeRef pair_t = LLVMVectorType(g->elem, (unsigned)(2 * MR));
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+    LLVMValueRef lo_idx[16], hi_idx[16];
+    for (int i = 0; i < MR; i++) {
+      lo_idx[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
+      hi_idx[i] = LLVMConstInt(i32, (unsigned long long)(MR + i), 0);
+    }
+    LLVMValueRef lo_mask = LLVMConstVector(lo_idx, (unsigned)MR);
+    LLVMValueRef hi_mask = LLVMConstVector(hi_idx, (unsigned)MR);
+    GLoop lq = loop_begin(g, zero, paired, 2 * MR, "pa2");
+    LLVMValueRef first = at(g, dst, mul(g, lq.i, kc)), second = at(g, first, muli(g, kc, MR));
+    LLVMValueRef src = at(g, a, add(g, add(g, m0, lq.i), mul(g, k0, csa)));
+    GLoop lk = loop_begin(g, zero, kc, 1, "pa2.k");
+    LLVMValueRef v = load(g, pair_t, at(g, src, mul(g, lk.i, csa)), (unsigned)g->es);
+    LLVMValueRef d = muli(g, lk.i, MR);
+    store(g, LLVMBuildShuffleVector(g->b, v, v, lo_mask, ""), at(g, first, d), (unsigned)g->es);
+    store(g, LLVMBuildShuffleVector(g->b, v, v, hi_mask, ""), at(g, second, d), (unsigned)g->es);
+    loop_end(g, &lk);
+    loop_end(g, &lq);
+  }
+  GLoop lp = loop_begin(g, paired, rows, MR, "pa");
   LLVMValueRef panel = at(g, dst, mul(g, lp.i, kc));
   LLVMValueRef row0 = add(g, m0, lp.i);
   LLVMValueRef colbase = mul(g, k0, csa);
   LLVMValueRef whole = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, row0, c64(g, MR)), M, "");
-  LLVMValueRef contiguous = LLVMBuildICmp(g->b, LLVMIntEQ, rsa, one, "");
-  GIf f = if_begin(g, LLVMBuildAnd(g->b, whole, contiguous, ""), "pa.t");
+  GIf f = if_begin(g, LLVMBuildAnd(g->b, whole, transposed, ""), "pa.t");
   { /* A transposed (rsa = 1): each k's mr values are adjacent, one vector (loaded whole:
      * element by element, the loads could not move above the stores into the panel) */
     LLVMValueRef src = at(g, a, add(g, row0, colbase));
