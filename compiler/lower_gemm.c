@@ -183,15 +183,13 @@ static void if_end(Gemm *g, GIf *f) { /* also closes an if without an else */
   LLVMPositionBuilderAtEnd(g->b, f->join);
 }
 
-/* The tasks 0..count-1 of a job, each taken from the atomic counter at `next` (set to 0 by the
- * caller) by whichever worker comes first: the builder is in the body, at task `i`, until
- * tasks_end. A worker that joins late finds the tasks gone (runtime/pool.c). */
-/* Tasks 0..count-1 shared by the workers through the atomic i64 at `next` (0 at first),
- * from both ends: worker 0 takes them in order from the front (counted in next's low 32
- * bits), the others from the back (the high 32 bits). A claim stands while front + back
- * taken before it is below count, so every task is taken once; and the same worker takes
- * about the same tasks call after call, so what a task reads (a strip of a layer's weights)
- * stays in that core's cache. */
+/* The tasks 0..count-1 of a job, shared by the workers through the atomic i64 at `next` (set
+ * to 0 by the caller) from both ends: worker w = 0 takes them in order from the front
+ * (counted in next's low 32 bits), the others from the back (the high 32 bits). A claim
+ * stands while front + back taken before it is below count, so every task is taken once; and
+ * the same worker takes about the same tasks call after call, so what a task reads (a strip
+ * of a layer's weights) stays in that core's cache. The builder is in the body, at task `i`,
+ * until tasks_end. A worker that joins late finds the tasks gone (runtime/pool.c). */
 static TaskLoop tasks_begin(Gemm *g, LLVMValueRef next, LLVMValueRef count, LLVMValueRef w) {
   TaskLoop t = {.head = block(g, "task")};
   LLVMBasicBlockRef body = block(g, "task.body");
@@ -579,6 +577,9 @@ static void emit_work(Gemm *g) {
                                                           v[J_NBLK], g->nr)), n0);
   LLVMValueRef A = at(g, v[J_A], mul(g, bi, v[J_SA])), B = at(g, v[J_B], mul(g, bi, v[J_SB]));
   LLVMValueRef C = at(g, v[J_C], mul(g, bi, v[J_SC]));
+  /* a row-major A is read in place by the micro-kernel: packing it (a transpose into k-major
+   * panels, element by element) cost more than it saved */
+  LLVMValueRef unpacked = LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), "unpacked");
 
   /* K blocks; at least one, so that K = 0 still writes C = 0 */
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(g->b), kb = block(g, "kblock");
@@ -589,9 +590,6 @@ static void emit_work(Gemm *g) {
   LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
   kc = max64(g, kc, zero);
   pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
-  /* a row-major A is read in place by the micro-kernel: packing it (a transpose into k-major
-   * panels, element by element) cost more than it saved */
-  LLVMValueRef unpacked = LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), "unpacked");
   GIf pa = if_begin(g, LLVMBuildNot(g->b, unpacked, ""), "pack_a");
   pack_a(g, ap, A, v[J_RSA], v[J_CSA], v[J_M], k0, kc, m0, rows);
   if_end(g, &pa);
