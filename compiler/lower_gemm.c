@@ -39,7 +39,11 @@ enum {
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   SERIAL_FMAS = 1 << 18, /* fewer multiply-adds than this are not worth waking threads */
   DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
-  DIRECT_VECTORS = 8,  /* vectors of C's row a task of nn.gemm.direct sums in registers */
+  DIRECT_VECTORS = 16, /* most vectors of C's row a task of nn.gemm.direct sums in registers
+                        * (Gemm.dv: 16 with 32 registers, else 8): a 256-wide layer's weights
+                        * then stream row after whole row, through all of L2's sets */
+  DIRECT_PARTIALS = 64, /* bytes into worker p's scratch where K part p's block sums start
+                         * (before them: the worker's few-column sums) */
   DIRECT_SPLIT_FMAS = 1 << 16, /* a direct GEMM with fewer is not split (one sample's layer
                                 * of 256 x 256 is: the weights stream from two caches) */
 };
@@ -56,6 +60,7 @@ enum {
   J_MBLK, J_NBLK,               /* blocks along M and N: panels shared out evenly */
   J_NEXT,                       /* the next task to take (atomic) */
   J_EPI, J_EPI_CTX, J_EPI_ROW,  /* the epilogue (or null), its context, C's first row in it */
+  J_KPARTS,                     /* nn.gemm.direct: K blocks shared out in this many parts */
   J_COUNT
 };
 
@@ -728,14 +733,32 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
   }
 }
 
-/* nn.gemm.direct(job, w): C with a few rows, without packing. A task is one strip of
- * DIRECT_VECTORS vectors of one row of one matrix of C (the last strip of a row: the columns
- * left over, their whole vectors in registers as a full strip's, then the last few columns one
- * by one), taken from the job's counter, so one sample's dense layer splits across the
- * workers by columns. K block by K block, each column's sum over the block is accumulated from
- * zero with llvm.fmuladd, k ascending, then stored (first block, beta 0) or added to C: the
- * micro-kernel's order, so the results are the same bits as the packed path's, at any thread
- * count. The last few columns sum into worker w's scratch. */
+/* The K blocks [b0, b1) of part `part` of nparts of nb: every part at least one block when
+ * nb >= nparts. */
+static void part_blocks(Gemm *g, LLVMValueRef part, LLVMValueRef nparts, LLVMValueRef nb,
+                        LLVMValueRef *b0, LLVMValueRef *b1) {
+  *b0 = LLVMBuildSDiv(g->b, mul(g, part, nb), nparts, "b0");
+  *b1 = LLVMBuildSDiv(g->b, mul(g, add(g, part, c64(g, 1)), nb), nparts, "b1");
+}
+
+/* Where K part p (p >= 1) of a split direct GEMM keeps its block sums: rows × N elements per
+ * block, in worker p's scratch after its few-column sums. */
+static LLVMValueRef part_sums(Gemm *g, LLVMValueRef scratch, LLVMValueRef sstride,
+                              LLVMValueRef part) {
+  return byte_at(g, scratch, add(g, mul(g, part, sstride), c64(g, DIRECT_PARTIALS)));
+}
+
+/* nn.gemm.direct(job, w): C with a few rows, without packing. A task is one strip of up to
+ * g->dv vectors of one row of one matrix of C (the last strip of a row: the columns left
+ * over, their whole vectors in registers as a full strip's, then the last few columns one by
+ * one) over one part of K's blocks, taken from the job's counter: one sample's dense layer
+ * splits across the workers by columns, and, when a row has fewer strips than there are
+ * workers, by K blocks (J_KPARTS parts). K block by K block, each column's sum over the block
+ * is accumulated from zero with llvm.fmuladd, k ascending; part 0 stores it (first block, beta
+ * 0) or adds it to C, the micro-kernel's order; a later part stores each block's sums apart
+ * (part_sums), and nn.gemm adds them to C in block order after the workers are done. So the
+ * results are the same bits as the packed path's, at any thread count. The last few columns
+ * sum into worker w's scratch. */
 static void emit_direct(Gemm *g) {
   LLVMTypeRef params[2] = {g->ptr, g->i64};
   LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 2);
@@ -748,46 +771,55 @@ static void emit_direct(Gemm *g) {
   unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
   LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &et, 1);
   LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &et, 1);
-  int64_t strip = (int64_t)DIRECT_VECTORS * g->w;
+  int64_t strip = (int64_t)g->dv * g->w;
   LLVMValueRef whole = LLVMBuildSDiv(g->b, v[J_N], c64(g, strip), ""); /* full strips a row */
   LLVMValueRef per_row = cdiv(g, v[J_N], c64(g, strip));
-  LLVMValueRef tasks = mul(g, mul(g, v[J_BATCH], v[J_M]), per_row);
-  /* the task's strip s of row i of matrix t */
+  LLVMValueRef rows = mul(g, v[J_BATCH], v[J_M]), strips = mul(g, rows, per_row);
+  LLVMValueRef tasks = mul(g, strips, v[J_KPARTS]);
+  LLVMValueRef blocks = max64(g, cdiv(g, v[J_K], c64(g, KC)), c64(g, 1)); /* K = 0: C = 0 */
+  /* the task's strip s of row i of matrix t, over part `part` of the K blocks */
   TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks, worker);
-  LLVMValueRef s = LLVMBuildSRem(g->b, task.i, per_row, "s");
-  LLVMValueRef row = LLVMBuildSDiv(g->b, task.i, per_row, "");
+  LLVMValueRef part = LLVMBuildSDiv(g->b, task.i, strips, "part");
+  LLVMValueRef in_part = LLVMBuildSRem(g->b, task.i, strips, "");
+  LLVMValueRef s = LLVMBuildSRem(g->b, in_part, per_row, "s");
+  LLVMValueRef row = LLVMBuildSDiv(g->b, in_part, per_row, "");
   LLVMValueRef i = LLVMBuildSRem(g->b, row, v[J_M], "i");
   LLVMValueRef t = LLVMBuildSDiv(g->b, row, v[J_M], "t");
   LLVMValueRef A = at(g, v[J_A], mul(g, t, v[J_SA])), B = at(g, v[J_B], mul(g, t, v[J_SB]));
   LLVMValueRef C = at(g, v[J_C], mul(g, t, v[J_SC]));
   LLVMValueRef arow = at(g, A, mul(g, i, v[J_RSA])), crow = at(g, C, mul(g, i, v[J_LDC]));
   LLVMValueRef col0 = muli(g, s, strip);
-  /* K blocks; at least one, so that K = 0 still writes C = 0 */
-  LLVMValueRef blocks = max64(g, cdiv(g, v[J_K], c64(g, KC)), c64(g, 1));
-  GLoop lb = loop_begin(g, zero, blocks, 1, "kb");
+  LLVMValueRef first = LLVMBuildICmp(g->b, LLVMIntEQ, part, zero, "");
+  LLVMValueRef sums = part_sums(g, v[J_SCRATCH], v[J_SSTRIDE], part), b0, b1;
+  part_blocks(g, part, v[J_KPARTS], blocks, &b0, &b1);
+  GLoop lb = loop_begin(g, b0, b1, 1, "kb");
   LLVMValueRef k0 = muli(g, lb.i, KC), k1 = min64(g, add(g, k0, c64(g, KC)), v[J_K]);
+  LLVMValueRef own = at(g, sums, mul(g, add(g, mul(g, sub(g, lb.i, b0), rows), row), v[J_N]));
+  LLVMValueRef dest = LLVMBuildSelect(g->b, first, crow, own, "dest");
   LLVMValueRef store_c = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], zero, ""),
                                       LLVMBuildICmp(g->b, LLVMIntEQ, k0, zero, ""), "");
+  store_c = LLVMBuildOr(g->b, store_c, LLVMBuildNot(g->b, first, ""), "");
   GIf full = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, s, whole, ""), "strip");
-  direct_strip(g, DIRECT_VECTORS, arow, v[J_CSA], B, v[J_RSB], crow, col0, k0, k1, store_c);
+  direct_strip(g, g->dv, arow, v[J_CSA], B, v[J_RSB], dest, col0, k0, k1, store_c);
   if_else(g, &full);
   /* the columns left over: their whole vectors (fewer than a strip's) in registers, picked by a
    * switch on their count, which the strip's loop needs as a constant */
   LLVMValueRef vecs = LLVMBuildSDiv(g->b, LLVMBuildNSWSub(g->b, v[J_N], col0, ""), c64(g, g->w),
                                     "vecs");
   LLVMBasicBlockRef tail = block(g, "tail");
-  LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, DIRECT_VECTORS - 1);
-  for (int nv = 1; nv < DIRECT_VECTORS; nv++) {
+  LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, (unsigned)g->dv - 1);
+  for (int nv = 1; nv < g->dv; nv++) {
     LLVMBasicBlockRef bb = block(g, "vectors");
     LLVMAddCase(sw, c64(g, nv), bb);
     LLVMPositionBuilderAtEnd(g->b, bb);
-    direct_strip(g, nv, arow, v[J_CSA], B, v[J_RSB], crow, col0, k0, k1, store_c);
+    direct_strip(g, nv, arow, v[J_CSA], B, v[J_RSB], dest, col0, k0, k1, store_c);
     LLVMBuildBr(g->b, tail);
   }
   LLVMPositionBuilderAtEnd(g->b, tail);
-  /* then the last few columns, one by one, their sums in C or the worker's scratch */
+  /* then the last few columns, one by one, their sums in the destination or the worker's
+   * scratch */
   LLVMValueRef col1 = add(g, col0, muli(g, vecs, g->w));
-  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, at(g, crow, col1), acc, "sums");
+  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, at(g, dest, col1), acc, "sums");
   LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col1, "");
   GLoop lz = loop_begin(g, zero, left, 1, "z");
   store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
@@ -803,7 +835,7 @@ static void emit_direct(Gemm *g) {
   loop_end(g, &lk2);
   GIf f = if_begin(g, LLVMBuildNot(g->b, store_c, ""), "add");
   GLoop la = loop_begin(g, zero, left, 1, "a");
-  LLVMValueRef cp = at(g, crow, add(g, col1, la.i));
+  LLVMValueRef cp = at(g, dest, add(g, col1, la.i));
   store(g, LLVMBuildFAdd(g->b, load(g, et, cp, 0), load(g, et, at(g, acc, la.i), 0), ""), cp, 0);
   loop_end(g, &la);
   if_end(g, &f);
@@ -811,6 +843,50 @@ static void emit_direct(Gemm *g) {
   loop_end(g, &lb);
   tasks_end(g, &task);
   LLVMBuildRetVoid(g->b);
+}
+
+/* How many parts nn.gemm.direct shares K's blocks out in: one, unless the GEMM is split and
+ * has fewer strips than workers (one sample's 784 x 256 layer: each worker then streams whole
+ * rows of half the weights, which stay in its L2 from call to call), and each part's block
+ * sums fit its worker's scratch. */
+static LLVMValueRef direct_kparts(Gemm *g, LLVMValueRef job, LLVMValueRef parallel,
+                                  LLVMValueRef workers, LLVMValueRef rows) {
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef N = get(g, J, job, J_N), K = get(g, J, job, J_K);
+  LLVMValueRef strips = mul(g, rows, cdiv(g, N, c64(g, (int64_t)g->dv * g->w)));
+  LLVMValueRef blocks = max64(g, cdiv(g, K, c64(g, KC)), c64(g, 1));
+  LLVMValueRef parts = min64(g, workers, blocks);
+  LLVMValueRef bytes = muli(g, mul(g, mul(g, cdiv(g, blocks, parts), rows), N), g->es);
+  LLVMValueRef fits = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, bytes, c64(g, DIRECT_PARTIALS)),
+                                    get(g, J, job, J_SSTRIDE), "");
+  LLVMValueRef split = LLVMBuildAnd(g->b, parallel,
+                                    LLVMBuildICmp(g->b, LLVMIntSLT, strips, workers, ""), "");
+  return LLVMBuildSelect(g->b, LLVMBuildAnd(g->b, split, fits, ""), parts, c64(g, 1), "kparts");
+}
+
+/* After a split direct GEMM: C += each later part's block sums, in block order. */
+static void add_part_sums(Gemm *g, LLVMValueRef job, LLVMValueRef kparts, LLVMValueRef rows) {
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef M = get(g, J, job, J_M), N = get(g, J, job, J_N), K = get(g, J, job, J_K);
+  LLVMValueRef C = get(g, J, job, J_C), sc = get(g, J, job, J_SC), ldc = get(g, J, job, J_LDC);
+  LLVMValueRef scratch = get(g, J, job, J_SCRATCH), sstride = get(g, J, job, J_SSTRIDE);
+  LLVMValueRef blocks = max64(g, cdiv(g, K, c64(g, KC)), c64(g, 1)), b0, b1;
+  GLoop lp = loop_begin(g, c64(g, 1), kparts, 1, "part");
+  LLVMValueRef sums = part_sums(g, scratch, sstride, lp.i);
+  part_blocks(g, lp.i, kparts, blocks, &b0, &b1);
+  GLoop lb = loop_begin(g, c64(g, 0), sub(g, b1, b0), 1, "block");
+  GLoop lr = loop_begin(g, c64(g, 0), rows, 1, "row");
+  LLVMValueRef t = LLVMBuildSDiv(g->b, lr.i, M, ""), i = LLVMBuildSRem(g->b, lr.i, M, "");
+  LLVMValueRef crow = at(g, C, add(g, mul(g, t, sc), mul(g, i, ldc)));
+  LLVMValueRef srow = at(g, sums, mul(g, add(g, mul(g, lb.i, rows), lr.i), N));
+  GLoop lj = loop_begin(g, c64(g, 0), N, 1, "j");
+  LLVMValueRef cp = at(g, crow, lj.i);
+  store(g, LLVMBuildFAdd(g->b, load(g, g->elem, cp, 0), load(g, g->elem, at(g, srow, lj.i), 0),
+                         ""), cp, 0);
+  loop_end(g, &lj);
+  loop_end(g, &lr);
+  loop_end(g, &lb);
+  loop_end(g, &lp);
 }
 
 /* nn.gemm(job, threads): the blocking, then the work. Blocks are as large as the scratch
@@ -838,15 +914,20 @@ static void emit_gemm(Gemm *g) {
       LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_CSB), one, ""), "");
   direct = LLVMBuildAnd(g->b, direct,
                         LLVMBuildICmp(g->b, LLVMIntSLE, N, c64(g, gemm_scratch(g)), ""), "");
-  LLVMBasicBlockRef rows = block(g, "direct"), packed = block(g, "packed");
-  LLVMBuildCondBr(g->b, direct, rows, packed);
-  LLVMPositionBuilderAtEnd(g->b, rows);
+  LLVMBasicBlockRef few_rows = block(g, "direct"), packed = block(g, "packed");
+  LLVMBuildCondBr(g->b, direct, few_rows, packed);
+  LLVMPositionBuilderAtEnd(g->b, few_rows);
   LLVMValueRef workers = workers_of(g, threads);
   LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
+  LLVMValueRef split = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
+      LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
+  LLVMValueRef rows = mul(g, batch, M);
+  LLVMValueRef kparts = direct_kparts(g, job, split, workers, rows);
+  set(g, g->b, J, job, J_KPARTS, kparts);
   set(g, g->b, J, job, J_NEXT, zero);
-  dispatch(g, g->direct, job, threads,
-           LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
-                        LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), ""));
+  dispatch(g, g->direct, job, threads, split);
+  add_part_sums(g, job, kparts, rows);
   call_epilogue(g, job, zero, mul(g, batch, M), zero, N); /* a few rows: after all of C */
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, packed);
@@ -888,6 +969,7 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
   g->w = (int)(vector_bits / 8 / g->es);
   if (g->w < 1) g->w = 1;
   g->nr = 2 * g->w;
+  g->dv = registers >= 32 ? DIRECT_VECTORS : DIRECT_VECTORS / 2; /* + 1 broadcast */
   /* mr × 2 accumulators + 2 of B + 1 broadcast must fit the vector registers */
   g->mr = registers >= 32 ? 8 : 6;
   g->kc = KC;

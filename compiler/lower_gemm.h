@@ -20,6 +20,7 @@ typedef struct Gemm {
   int mr, nr;                /* micro-tile: mr rows of C by nr columns (nr = 2w) */
   int kc;                    /* depth of a packed block of A and B */
   int mb, nb;                /* most rows of A / columns of B one task packs */
+  int dv;                    /* vectors of C's row in one task of nn.gemm.direct */
   LLVMTypeRef job_type;      /* %nn.gemm.job */
   LLVMTypeRef conv_type;     /* %nn.conv.job */
   LLVMTypeRef epilogue_type; /* void (ptr ctx, i64 r0, i64 r1, i64 c0, i64 c1) */
