@@ -1115,6 +1115,58 @@ static void col2im_body(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRe
   loop_end(g, &lc);
 }
 
+/* A filter of fewer than TAP_MAJOR_C input channels (a grey or RGB image) is im2col'ed tap
+ * by tap: the row-major matrix would be built from copies of C elements each. */
+enum { TAP_MAJOR_C = 4 };
+
+static LLVMValueRef clamp64(Gemm *g, LLVMValueRef v, LLVMValueRef lo, LLVMValueRef hi) {
+  return min64(g, max64(g, v, lo), hi);
+}
+
+/* im2col, transposed, for small C: colt[(tap*C + c) * n + p - r0] = img[pixel(p, tap), c] (0 in
+ * the padding) for the output pixels p in [r0, r1), n = r1 - r0: each (tap, channel, output
+ * row) a run of the image's row (contiguous when C is 1 and the stride 1) between two runs of
+ * zeros for the columns in the padding. */
+static void im2col_tap_major(Gemm *g, const ConvGeom *q, LLVMValueRef colt, LLVMValueRef img,
+                             LLVMValueRef r0, LLVMValueRef r1) {
+  const ConvAttr *c = q->c;
+  LLVMValueRef zero = c64(g, 0), ow_n = c64(g, q->OW), n = sub(g, r1, r0);
+  LLVMValueRef oh0 = LLVMBuildSDiv(g->b, r0, ow_n, ""), oh1 = cdiv(g, r1, ow_n);
+  GLoop kh = loop_begin(g, zero, c64(g, c->kh), 1, "kh");
+  GLoop kw = loop_begin(g, zero, c64(g, c->kw), 1, "kw");
+  /* input column of output column ow: ow*sw + off; inside the image for ow in [a, b) */
+  LLVMValueRef off = add(g, muli(g, kw.i, c->dw), c64(g, -c->pl));
+  LLVMValueRef a = cdiv(g, max64(g, sub(g, zero, off), zero), c64(g, c->sw));
+  LLVMValueRef b = cdiv(g, max64(g, sub(g, c64(g, q->W), off), zero), c64(g, c->sw));
+  a = min64(g, a, ow_n), b = clamp64(g, b, a, ow_n);
+  LLVMValueRef tap = add(g, muli(g, kh.i, c->kw), kw.i);
+  GLoop ch = loop_begin(g, zero, c64(g, q->C), 1, "c");
+  LLVMValueRef krow = at(g, colt, mul(g, add(g, muli(g, tap, q->C), ch.i), n));
+  GLoop oh = loop_begin(g, oh0, oh1, 1, "oh");
+  LLVMValueRef first = muli(g, oh.i, q->OW); /* output pixel of column 0 */
+  LLVMValueRef lo = max64(g, sub(g, r0, first), zero), hi = min64(g, sub(g, r1, first), ow_n);
+  LLVMValueRef ih = add(g, add(g, muli(g, oh.i, c->sh), muli(g, kh.i, c->dh)), c64(g, -c->pt));
+  LLVMValueRef in_row = LLVMBuildICmp(g->b, LLVMIntULT, ih, c64(g, q->H), "");
+  LLVMValueRef in_lo = LLVMBuildSelect(g->b, in_row, clamp64(g, a, lo, hi), hi, "");
+  LLVMValueRef in_hi = LLVMBuildSelect(g->b, in_row, clamp64(g, b, in_lo, hi), hi, "");
+  LLVMValueRef dst = at(g, krow, sub(g, first, r0));
+  LLVMValueRef row_px = mul(g, LLVMBuildSelect(g->b, in_row, ih, zero, ""), c64(g, q->W));
+  LLVMValueRef zeros[2][2] = {{lo, in_lo}, {in_hi, hi}};
+  for (int z = 0; z < 2; z++) {
+    GLoop lz = loop_begin(g, zeros[z][0], zeros[z][1], 1, "pad");
+    store(g, LLVMConstNull(g->elem), at(g, dst, lz.i), 0);
+    loop_end(g, &lz);
+  }
+  GLoop lw = loop_begin(g, in_lo, in_hi, 1, "ow");
+  LLVMValueRef px = add(g, row_px, add(g, muli(g, lw.i, c->sw), off));
+  store(g, load(g, g->elem, at(g, img, add(g, muli(g, px, q->C), ch.i)), 0), at(g, dst, lw.i), 0);
+  loop_end(g, &lw);
+  loop_end(g, &oh);
+  loop_end(g, &ch);
+  loop_end(g, &kw);
+  loop_end(g, &kh);
+}
+
 /* A GEMM from a conv: fills a job on this function's stack and calls nn.gemm, on one worker
  * (inside a conv worker: threads NULL, so the scratch stride does not matter) or on the
  * threads, each worker packing at scratch + w * sstride. */
@@ -1140,12 +1192,18 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0), all = c64(g, rows);
   LLVMValueRef img_elems = c64(g, q->H * q->W * q->C), out_elems = c64(g, rows * q->F);
   GemmArgs a = {.batch = one, .sa = zero, .sb = zero, .sc = zero};
+  bool tap_major = q->C < TAP_MAJOR_C;
   switch (n->op) {
   case OP_CONV2D: { /* y[s] = im2col(x[s]) · w */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
-    for_taps(g, q, r0, r1, im2col_body, true, &x);
     a.m = sub(g, r1, r0), a.n = c64(g, q->F), a.k = c64(g, TC);
-    a.a = col, a.rsa = c64(g, TC), a.csa = one;
+    if (tap_major) { /* A is the transposed matrix's transpose */
+      im2col_tap_major(g, q, col, x.img, r0, r1);
+      a.a = col, a.rsa = one, a.csa = a.m;
+    } else {
+      for_taps(g, q, r0, r1, im2col_body, true, &x);
+      a.a = col, a.rsa = c64(g, TC), a.csa = one;
+    }
     a.b = p[2], a.rsb = c64(g, q->F), a.csb = one;
     a.c = at(g, p[0], add(g, mul(g, s, out_elems), muli(g, r0, q->F))), a.ldc = c64(g, q->F);
     a.epilogue = epi.fn, a.epilogue_ctx = epi.ctx;
@@ -1168,9 +1226,14 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   }
   case OP_CONV2D_BWD_FILTER: { /* dw (+)= im2col(x[s])ᵀ · g[s] */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
-    for_taps(g, q, zero, all, im2col_body, true, &x);
     a.m = c64(g, TC), a.n = c64(g, q->F), a.k = c64(g, rows);
-    a.a = col, a.rsa = one, a.csa = c64(g, TC);
+    if (tap_major) { /* A is row-major: the micro-kernel reads it in place */
+      im2col_tap_major(g, q, col, x.img, zero, all);
+      a.a = col, a.rsa = all, a.csa = one;
+    } else {
+      for_taps(g, q, zero, all, im2col_body, true, &x);
+      a.a = col, a.rsa = one, a.csa = c64(g, TC);
+    }
     a.b = at(g, p[2], mul(g, s, out_elems)), a.rsb = c64(g, q->F), a.csb = one;
     a.c = dst, a.ldc = c64(g, q->F);
     /* beta is a runtime value here: the job's field is overwritten after filling */
