@@ -187,6 +187,10 @@ static Node *make(Builder *b, OpKind op, Node *x, Node *y, Attr attr, Shape give
 Node *ir_unary(Builder *b, OpKind op, Node *a) { return make(b, op, a, NULL, (Attr){0}, a ? a->shape : (Shape){0}); }
 Node *ir_binary(Builder *b, OpKind op, Node *a, Node *c) { return make(b, op, a, c, (Attr){0}, (Shape){0}); }
 Node *ir_reduce(Builder *b, OpKind op, Node *a, unsigned axes) {
+  /* maxpool_bwd puts each of its gradients on one element of its window, so summing its
+   * result over (at least) the pooled axes 1 and 2 sums its gradient, a quarter of the size
+   * for 2x2 windows, to the same shape: the bias gradient of a conv before max pooling */
+  if (op == OP_SUM && a && a->op == OP_MAXPOOL_BWD && (axes & 6u) == 6u) a = a->src[1];
   return make(b, op, a, NULL, (Attr){.axes = axes}, (Shape){0});
 }
 Node *ir_expand(Builder *b, Node *a, Shape to) {

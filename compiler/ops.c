@@ -156,7 +156,19 @@ GRAD(grad_pow) {
  * reads the value the forward pass stores anyway (relu's output), not its operand too. */
 GRAD(grad_max) {
   Node *pick_a = ir_binary(b, OP_CMPGT, n, B);
-  d[0] = ir_unbroadcast(b, ir_mul(b, g, pick_a), A->shape);
+  if (g->op == OP_MAXPOOL_BWD && g->src[0] == n && B->shape.rank == 0) {
+    /* relu then max pooling: each window's gradient lands on its maximum, which is also the
+     * pooled value, so the mask is taken on the pooled tensor (a quarter of the size for 2x2
+     * windows) before the routing: maxpool_bwd(c, gy) * (c > b) =
+     * maxpool_bwd(c, gy * (maxpool(c) > b)), the same products (ir_reduce then sums the bias
+     * gradient on the pooled tensor too) */
+    Node *pooled = ir_window(b, OP_MAXPOOL, n, NULL, g->attr.conv, (Shape){0});
+    Node *gy = ir_mul(b, g->src[1], ir_binary(b, OP_CMPGT, pooled, B));
+    d[0] = ir_unbroadcast(b, ir_window(b, OP_MAXPOOL_BWD, n, gy, g->attr.conv, n->shape),
+                          A->shape);
+  } else {
+    d[0] = ir_unbroadcast(b, ir_mul(b, g, pick_a), A->shape);
+  }
   d[1] = ir_unbroadcast(b, ir_mul(b, g, ir_sub(b, ONE, pick_a)), B->shape);
 }
 /* c = min(a, b): the gradient goes to the smaller; ties go to b (a < b exactly when b > c) */
