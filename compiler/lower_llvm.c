@@ -1461,6 +1461,8 @@ static bool windows_tile(const ConvAttr *c, Shape img) {
  * maximum and its position are kept for all channels at once (channels innermost), so the
  * loops over channels vectorise. When the windows tile the image, each window writes all its
  * taps (g or 0), every pixel once, and dx needs no zeroing first. */
+enum { UNROLLED_TAPS = 16 }; /* tiling windows of at most this many taps: taps unrolled */
+
 static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0], *gn = n->src[1];
   int64_t C = xn->shape.dim[3];
@@ -1468,6 +1470,49 @@ static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
   LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
   bool tile = windows_tile(v.c, xn->shape);
+  int es = L->elem == LLVMDoubleTypeInContext(L->ctx) ? 8 : 4;
+  int w = L->vector_bits / 8 / es;
+  if (tile && v.c->kh * v.c->kw <= UNROLLED_TAPS && w > 1 && w <= 16 && C % w == 0) {
+    /* vectors of channels, the taps unrolled: the running maximum and its tap are registers */
+    int taps = v.c->kh * v.c->kw;
+    LLVMTypeRef vt = LLVMVectorType(L->elem, (unsigned)w), i32 = LLVMInt32TypeInContext(L->ctx);
+    LLVMTypeRef it = LLVMVectorType(i32, (unsigned)w);
+    LLVMValueRef xo[UNROLLED_TAPS], tap_no[UNROLLED_TAPS], lanes[16];
+    positions_open(L, &v);
+    LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
+    for (int t = 0; t < taps; t++) {
+      LLVMValueRef ih = ix_add(L, ix_mul(L, v.oh.i, v.c->kh), i64c(L, t / v.c->kw));
+      LLVMValueRef iw = ix_add(L, ix_mul(L, v.ow.i, v.c->kw), i64c(L, t % v.c->kw));
+      xo[t] = offset4(L, xn->shape, v.b.i, ih, iw);
+      for (int i = 0; i < w; i++) lanes[i] = LLVMConstInt(i32, (unsigned long long)t, 0);
+      tap_no[t] = LLVMConstVector(lanes, (unsigned)w);
+    }
+    for (int i = 0; i < w; i++) lanes[i] = elemc(L, -INFINITY);
+    LLVMValueRef ninf = LLVMConstVector(lanes, (unsigned)w);
+    LLVMValueRef vzero = LLVMConstNull(vt);
+    Loop cv = loop_open(L, i64c(L, C / w), "cv");
+    LLVMValueRef c0 = ix_mul(L, cv.i, w);
+    LLVMValueRef best = ninf, arg = LLVMConstAllOnes(it);
+    for (int t = 0; t < taps; t++) {
+      LLVMValueRef xv = LLVMBuildLoad2(L->b, vt, elem_ptr(L, x, ix_add(L, xo[t], c0)), "");
+      LLVMSetAlignment(xv, (unsigned)es);
+      LLVMValueRef more = LLVMBuildFCmp(L->b, LLVMRealOGT, xv, best, "");
+      best = LLVMBuildSelect(L->b, more, xv, best, "");
+      arg = LLVMBuildSelect(L->b, more, tap_no[t], arg, "");
+    }
+    LLVMValueRef gv = LLVMBuildLoad2(L->b, vt, elem_ptr(L, g, ix_add(L, go, c0)), "");
+    LLVMSetAlignment(gv, (unsigned)es);
+    LLVMValueRef hit_g = LLVMBuildFAdd(L->b, vzero, gv, ""); /* as the sum into zeros */
+    for (int t = 0; t < taps; t++) {
+      LLVMValueRef hit = LLVMBuildICmp(L->b, LLVMIntEQ, arg, tap_no[t], "");
+      LLVMValueRef st = LLVMBuildStore(L->b, LLVMBuildSelect(L->b, hit, hit_g, vzero, ""),
+                                       elem_ptr(L, dx, ix_add(L, xo[t], c0)));
+      LLVMSetAlignment(st, (unsigned)es);
+    }
+    loop_close(L, &cv);
+    positions_close(L, &v);
+    return;
+  }
   if (!tile) fill_samples(L, &v, n, 0);
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
