@@ -12,9 +12,9 @@
  *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
  *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
  *   nn.gemm.direct(job, w)     C with a few rows and B's rows contiguous (a dense layer on
- *                              one sample): strips of a row as tasks, no packing, which
- *                              would cost more than the multiply; the same sums in the same
- *                              order
+ *                              one sample): strips of a row (and parts of K, when there are
+ *                              fewer strips than workers) as tasks, no packing, which would
+ *                              cost more than the multiply; the same sums in the same order
  *   nn.conv.N(job, w)          one per convolution node: per sample, im2col into scratch and a
  *                              GEMM (conv2d, filter gradient) or a GEMM and col2im (data
  *                              gradient)
