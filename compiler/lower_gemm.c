@@ -61,6 +61,7 @@ enum {
   J_NEXT,                       /* the next task to take (atomic) */
   J_EPI, J_EPI_CTX, J_EPI_ROW,  /* the epilogue (or null), its context, C's first row in it */
   J_KPARTS,                     /* nn.gemm.direct: K blocks shared out in this many parts */
+  J_APANELS,                    /* 1: A is in mr-row panels already (GemmArgs.a_panels) */
   J_COUNT
 };
 
@@ -584,7 +585,10 @@ static void emit_work(Gemm *g) {
   LLVMValueRef C = at(g, v[J_C], mul(g, bi, v[J_SC]));
   /* a row-major A is read in place by the micro-kernel: packing it (a transpose into k-major
    * panels, element by element) cost more than it saved */
-  LLVMValueRef unpacked = LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), "unpacked");
+  LLVMValueRef panels = LLVMBuildICmp(g->b, LLVMIntNE, v[J_APANELS], c64(g, 0), "panels");
+  LLVMValueRef unpacked = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), ""),
+      LLVMBuildNot(g->b, panels, ""), "unpacked");
 
   /* K blocks; at least one, so that K = 0 still writes C = 0 */
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(g->b), kb = block(g, "kblock");
@@ -595,7 +599,7 @@ static void emit_work(Gemm *g) {
   LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
   kc = max64(g, kc, zero);
   pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
-  GIf pa = if_begin(g, LLVMBuildNot(g->b, unpacked, ""), "pack_a");
+  GIf pa = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, unpacked, panels, ""), ""), "pack_a");
   pack_a(g, ap, A, v[J_RSA], v[J_CSA], v[J_M], k0, kc, m0, rows);
   if_end(g, &pa);
   LLVMValueRef beta = LLVMBuildOr(g->b, v[J_BETA],
@@ -605,8 +609,11 @@ static void emit_work(Gemm *g) {
   GLoop li = loop_begin(g, zero, rows, g->mr, "ir");
   LLVMValueRef cp = at(g, C, add(g, mul(g, add(g, m0, li.i), v[J_LDC]), add(g, n0, lj.i)));
   LLVMValueRef a_in_place = at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_RSA]), k0));
+  /* the caller's panels: row m0 + li starts a panel, (m0 + li) * K elements in */
+  LLVMValueRef a_panel = at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_K]), muli(g, k0, g->mr)));
+  LLVMValueRef a_packed = LLVMBuildSelect(g->b, panels, a_panel, at(g, ap, mul(g, li.i, kc)), "");
   LLVMValueRef args[10] = {
-      kc, LLVMBuildSelect(g->b, unpacked, a_in_place, at(g, ap, mul(g, li.i, kc)), ""),
+      kc, LLVMBuildSelect(g->b, unpacked, a_in_place, a_packed, ""),
       at(g, bp, mul(g, lj.i, kc)), cp, v[J_LDC], beta,
       min64(g, c64(g, g->mr), sub(g, rows, li.i)), min64(g, c64(g, g->nr), sub(g, cols, lj.i)),
       LLVMBuildSelect(g->b, unpacked, v[J_RSA], c64(g, 1), ""),
@@ -914,6 +921,8 @@ static void emit_gemm(Gemm *g) {
       LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_CSB), one, ""), "");
   direct = LLVMBuildAnd(g->b, direct,
                         LLVMBuildICmp(g->b, LLVMIntSLE, N, c64(g, gemm_scratch(g)), ""), "");
+  direct = LLVMBuildAnd(g->b, direct,
+                        LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_APANELS), zero, ""), "");
   LLVMBasicBlockRef few_rows = block(g, "direct"), packed = block(g, "packed");
   LLVMBuildCondBr(g->b, direct, few_rows, packed);
   LLVMPositionBuilderAtEnd(g->b, few_rows);
@@ -1012,6 +1021,7 @@ static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs
       [J_B] = a->b, [J_RSB] = a->rsb, [J_CSB] = a->csb, [J_SB] = a->sb,
       [J_C] = a->c, [J_LDC] = a->ldc, [J_SC] = a->sc,
       [J_BETA] = c64(g, a->accumulate), [J_SCRATCH] = scratch, [J_SSTRIDE] = sstride,
+      [J_APANELS] = c64(g, a->a_panels),
       [J_EPI] = a->epilogue ? a->epilogue : LLVMConstNull(g->ptr),
       [J_EPI_CTX] = a->epilogue ? a->epilogue_ctx : LLVMConstNull(g->ptr),
       [J_EPI_ROW] = a->epilogue ? a->epilogue_row : c64(g, 0),
@@ -1097,6 +1107,35 @@ static void im2col_body(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRe
   else
     LLVMBuildMemSet(g->b, dst, LLVMConstInt(LLVMInt8TypeInContext(g->ctx), 0, 0), bytes,
                     (unsigned)g->es);
+}
+
+/* im2col's transpose straight into the micro-kernel's A panels (C a multiple of mr, so a panel's
+ * mr rows are mr channels of one tap): panel (tap*C + j*mr) / mr holds, for each output pixel
+ * `row` of `rows`, the pixel's mr channels j*mr .. at row*mr, or zeros in the padding. The
+ * filter gradient's GEMM reads them as they are (GemmArgs.a_panels), with no im2col matrix to
+ * write and pack. */
+typedef struct PanelCtx {
+  const ConvGeom *q;
+  LLVMValueRef panels, img;
+  int64_t mr;
+} PanelCtx;
+
+static void im2col_panels_body(Gemm *g, LLVMValueRef row, LLVMValueRef tap, LLVMValueRef pixel,
+                               bool inside, const void *ctx) {
+  const PanelCtx *x = ctx;
+  int64_t C = x->q->C, rows = x->q->OH * x->q->OW, per = C / x->mr;
+  LLVMValueRef bytes = c64(g, x->mr * g->es);
+  for (int64_t j = 0; j < per; j++) {
+    LLVMValueRef panel = add(g, muli(g, tap, per), c64(g, j));
+    LLVMValueRef dst = at(g, x->panels, add(g, muli(g, panel, x->mr * rows), muli(g, row, x->mr)));
+    if (inside)
+      LLVMBuildMemCpy(g->b, dst, (unsigned)g->es,
+                      at(g, x->img, add(g, muli(g, pixel, C), c64(g, j * x->mr))),
+                      (unsigned)g->es, bytes);
+    else
+      LLVMBuildMemSet(g->b, dst, LLVMConstInt(LLVMInt8TypeInContext(g->ctx), 0, 0), bytes,
+                      (unsigned)g->es);
+  }
 }
 
 /* col2im: img[pixel, 0 .. C] += col[row, tap*C .. +C] */
@@ -1230,6 +1269,10 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     if (tap_major) { /* A is row-major: the micro-kernel reads it in place */
       im2col_tap_major(g, q, col, x.img, zero, all);
       a.a = col, a.rsa = all, a.csa = one;
+    } else if (q->C % g->mr == 0) { /* A in the micro-kernel's panels already */
+      PanelCtx pc = {q, col, x.img, g->mr};
+      for_taps(g, q, zero, all, im2col_panels_body, true, &pc);
+      a.a = col, a.rsa = zero, a.csa = zero, a.a_panels = true;
     } else {
       for_taps(g, q, zero, all, im2col_body, true, &x);
       a.a = col, a.rsa = one, a.csa = c64(g, TC);

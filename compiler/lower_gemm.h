@@ -39,6 +39,8 @@ typedef struct GemmArgs {
   LLVMValueRef b, rsb, csb, sb;
   LLVMValueRef c, ldc, sc;
   bool accumulate;
+  bool a_panels; /* A is already in the micro-kernel's mr-row panels over all of K (rsa, csa unused):
+                  * A(i, k) = a[(i / mr) * mr * k + k * mr + i % mr] */
   LLVMValueRef epilogue, epilogue_ctx, epilogue_row; /* see GemmEpilogue; NULL: none */
 } GemmArgs;
 
