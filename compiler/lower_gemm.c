@@ -62,6 +62,7 @@ enum {
   J_EPI, J_EPI_CTX, J_EPI_ROW,  /* the epilogue (or null), its context, C's first row in it */
   J_KPARTS,                     /* nn.gemm.direct: K blocks shared out in this many parts */
   J_APANELS,                    /* 1: A is in mr-row panels already (GemmArgs.a_panels) */
+  J_BPANELS,                    /* 1: B is in nr-column panels already (GemmArgs.b_panels) */
   J_COUNT
 };
 
@@ -71,6 +72,7 @@ enum {
   CJ_BATCH, CJ_SCRATCH, CJ_SSTRIDE, CJ_NEXT, CJ_WORKERS,
   CJ_EPI, CJ_EPI_CTX,           /* conv2d's epilogue (or null) and its context */
   CJ_CHUNKS,                    /* conv2d: tasks per sample, each a range of output pixels */
+  CJ_WPANELS,                   /* the filter in B panels (worker 0's first region), or null */
   CJ_COUNT
 };
 
@@ -598,7 +600,10 @@ static void emit_work(Gemm *g) {
   LLVMAddIncoming(k0, &zero, &pre, 1);
   LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
   kc = max64(g, kc, zero);
+  LLVMValueRef b_panels = LLVMBuildICmp(g->b, LLVMIntNE, v[J_BPANELS], c64(g, 0), "b.panels");
+  GIf pb = if_begin(g, LLVMBuildNot(g->b, b_panels, ""), "pack_b");
   pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
+  if_end(g, &pb);
   GIf pa = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, unpacked, panels, ""), ""), "pack_a");
   pack_a(g, ap, A, v[J_RSA], v[J_CSA], v[J_M], k0, kc, m0, rows);
   if_end(g, &pa);
@@ -614,7 +619,10 @@ static void emit_work(Gemm *g) {
   LLVMValueRef a_packed = LLVMBuildSelect(g->b, panels, a_panel, at(g, ap, mul(g, li.i, kc)), "");
   LLVMValueRef args[10] = {
       kc, LLVMBuildSelect(g->b, unpacked, a_in_place, a_packed, ""),
-      at(g, bp, mul(g, lj.i, kc)), cp, v[J_LDC], beta,
+      LLVMBuildSelect(g->b, b_panels,
+                      at(g, B, add(g, mul(g, add(g, n0, lj.i), v[J_K]), muli(g, k0, g->nr))),
+                      at(g, bp, mul(g, lj.i, kc)), ""),
+      cp, v[J_LDC], beta,
       min64(g, c64(g, g->mr), sub(g, rows, li.i)), min64(g, c64(g, g->nr), sub(g, cols, lj.i)),
       LLVMBuildSelect(g->b, unpacked, v[J_RSA], c64(g, 1), ""),
       LLVMBuildSelect(g->b, unpacked, c64(g, 1), c64(g, g->mr), "")};
@@ -992,7 +1000,8 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
   LLVMStructSetBody(g->job_type, jt, J_COUNT, 0);
   LLVMTypeRef ct[CJ_COUNT];
   for (int f = 0; f < CJ_COUNT; f++)
-    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH || f == CJ_EPI || f == CJ_EPI_CTX ? g->ptr : g->i64;
+    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH || f == CJ_EPI || f == CJ_EPI_CTX || f == CJ_WPANELS
+                ? g->ptr : g->i64;
   g->conv_type = LLVMStructCreateNamed(ctx, "nn.conv.job");
   LLVMStructSetBody(g->conv_type, ct, CJ_COUNT, 0);
   LLVMTypeRef ep[5] = {g->ptr, g->i64, g->i64, g->i64, g->i64};
@@ -1021,7 +1030,7 @@ static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs
       [J_B] = a->b, [J_RSB] = a->rsb, [J_CSB] = a->csb, [J_SB] = a->sb,
       [J_C] = a->c, [J_LDC] = a->ldc, [J_SC] = a->sc,
       [J_BETA] = c64(g, a->accumulate), [J_SCRATCH] = scratch, [J_SSTRIDE] = sstride,
-      [J_APANELS] = c64(g, a->a_panels),
+      [J_APANELS] = c64(g, a->a_panels), [J_BPANELS] = a->b_panels ? a->b_panels : c64(g, 0),
       [J_EPI] = a->epilogue ? a->epilogue : LLVMConstNull(g->ptr),
       [J_EPI_CTX] = a->epilogue ? a->epilogue_ctx : LLVMConstNull(g->ptr),
       [J_EPI_ROW] = a->epilogue ? a->epilogue_row : c64(g, 0),
@@ -1220,17 +1229,28 @@ static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThre
                  (LLVMValueRef[]){job, t.threads ? t.threads : LLVMConstNull(g->ptr)}, 2, "");
 }
 
-/* One sample s of node n on the worker whose scratch is `scr` (or on the threads t, from
- * worker 0's scratch); conv2d: only its output pixels [r0, r1); `dst` and `first` are for the
- * filter gradient (its per-worker sum and whether s is the worker's first sample). */
+/* One sample s of node n on the worker whose scratch (past the first region, conv_region0) is
+ * `scr` (or on the threads t, from worker 0's scratch); conv2d: only its output pixels [r0,
+ * r1); conv2d and the data gradient: `wp` is the filter in the GEMM's B panels (the caller
+ * packs it once for all samples); `dst` and `first` are for the filter gradient (its
+ * per-worker sum and whether s is the worker's first sample). */
 static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef s,
                         LLVMValueRef r0, LLVMValueRef r1, LLVMValueRef p[3], LLVMValueRef scr,
-                        LLVMValueRef dst, LLVMValueRef first, ConvThreads t, GemmEpilogue epi) {
+                        LLVMValueRef wp, LLVMValueRef dst, LLVMValueRef first, ConvThreads t,
+                        GemmEpilogue epi) {
   int64_t TC = q->T * q->C, rows = q->OH * q->OW;
   LLVMValueRef col = scr, gs = at(g, scr, c64(g, round16(rows * TC)));
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0), all = c64(g, rows);
   LLVMValueRef img_elems = c64(g, q->H * q->W * q->C), out_elems = c64(g, rows * q->F);
   GemmArgs a = {.batch = one, .sa = zero, .sb = zero, .sc = zero};
+  LLVMValueRef panels = wp ? LLVMBuildIsNotNull(g->b, wp, "") : NULL;
+  bool fwd = n->op == OP_CONV2D;
+  if (panels) { /* B: the filter's panels, or the filter through its strides */
+    a.b = LLVMBuildSelect(g->b, panels, wp, p[2], "");
+    a.rsb = LLVMBuildSelect(g->b, panels, zero, c64(g, fwd ? q->F : 1), "");
+    a.csb = LLVMBuildSelect(g->b, panels, zero, c64(g, fwd ? 1 : q->F), "");
+    a.b_panels = LLVMBuildZExt(g->b, panels, g->i64, "");
+  }
   bool tap_major = q->C < TAP_MAJOR_C;
   switch (n->op) {
   case OP_CONV2D: { /* y[s] = im2col(x[s]) · w */
@@ -1243,7 +1263,6 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
       for_taps(g, q, r0, r1, im2col_body, true, &x);
       a.a = col, a.rsa = c64(g, TC), a.csa = one;
     }
-    a.b = p[2], a.rsb = c64(g, q->F), a.csb = one;
     a.c = at(g, p[0], add(g, mul(g, s, out_elems), muli(g, r0, q->F))), a.ldc = c64(g, q->F);
     a.epilogue = epi.fn, a.epilogue_ctx = epi.ctx;
     a.epilogue_row = add(g, mul(g, s, c64(g, rows)), r0);
@@ -1253,7 +1272,6 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   case OP_CONV2D_BWD_DATA: { /* dx[s] = col2im(g[s] · wᵀ) */
     a.m = c64(g, rows), a.n = c64(g, TC), a.k = c64(g, q->F);
     a.a = at(g, p[1], mul(g, s, out_elems)), a.rsa = c64(g, q->F), a.csa = one;
-    a.b = p[2], a.rsb = one, a.csb = c64(g, q->F);
     a.c = col, a.ldc = c64(g, TC);
     conv_gemm(g, &a, gs, t);
     LLVMValueRef img = at(g, p[0], mul(g, s, img_elems));
@@ -1292,11 +1310,25 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   }
 }
 
-/* Scratch elements one worker of node n uses: the filter gradient's partial sum, the im2col
- * matrix, the GEMM's packing. */
-static int64_t conv_scratch(const Gemm *g, const ConvGeom *q) {
-  int64_t TC = q->T * q->C;
-  return round16(q->OH * q->OW * TC) + round16(TC * q->F) + gemm_scratch(g);
+/* B of a conv2d (the filter, TC x F) or data gradient (its transpose, F x TC) as K x N. */
+static void conv_b(const Node *n, const ConvGeom *q, int64_t *k, int64_t *cols) {
+  bool fwd = n->op == OP_CONV2D;
+  *k = fwd ? q->T * q->C : q->F, *cols = fwd ? q->F : q->T * q->C;
+}
+
+/* Elements of a worker's first scratch region: the filter gradient's partial sum, or (worker
+ * 0's) the filter in B panels, packed once per call for every sample's GEMM. */
+static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
+  int64_t k, cols;
+  conv_b(n, q, &k, &cols);
+  int64_t panels = k * ((cols + g->nr - 1) / g->nr) * g->nr, sum = q->T * q->C * q->F;
+  return round16(panels > sum ? panels : sum);
+}
+
+/* Scratch elements one worker of node n uses: the first region, the im2col matrix, the GEMM's
+ * packing. */
+static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q) {
+  return conv_region0(g, n, q) + round16(q->OH * q->OW * q->T * q->C) + gemm_scratch(g);
 }
 
 /* Share k of the filter gradient's samples: [ceil(k*B/W), ceil((k+1)*B/W)), so share 0
@@ -1322,7 +1354,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
      * comes first; the im2col and packing space is the taker's own */
     LLVMValueRef base = get(g, J, job, CJ_SCRATCH), sstride = get(g, J, job, CJ_SSTRIDE);
     LLVMValueRef workers = get(g, J, job, CJ_WORKERS);
-    LLVMValueRef rest = at(g, scr, c64(g, round16(q->T * q->C * q->F)));
+    LLVMValueRef rest = at(g, scr, c64(g, conv_region0(g, n, q)));
     TaskLoop share_k = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), workers, w);
     LLVMValueRef k = share_k.i;
     LLVMValueRef lo = share(g, k, batch, workers);
@@ -1330,7 +1362,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
                                        p[0], byte_at(g, base, mul(g, k, sstride)), "");
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
-    conv_sample(g, n, q, ls.i, NULL, NULL, p, rest, dst,
+    conv_sample(g, n, q, ls.i, NULL, NULL, p, rest, NULL, dst,
                 LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""), (ConvThreads){0}, (GemmEpilogue){0});
     loop_end(g, &ls);
     tasks_end(g, &share_k);
@@ -1344,7 +1376,9 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     LLVMValueRef r0 = min64(g, rows, block_start(g, ci, panels, chunks, g->mr));
     LLVMValueRef r1 = min64(g, rows, block_start(g, add(g, ci, c64(g, 1)), panels, chunks, g->mr));
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
-    conv_sample(g, n, q, s, r0, r1, p, scr, NULL, NULL, (ConvThreads){0}, epi);
+    LLVMValueRef wp = get(g, J, job, CJ_WPANELS);
+    conv_sample(g, n, q, s, r0, r1, p, at(g, scr, c64(g, conv_region0(g, n, q))), wp, NULL,
+                NULL, (ConvThreads){0}, epi);
     tasks_end(g, &task);
   }
   LLVMBuildRetVoid(g->b);
@@ -1357,7 +1391,7 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   ensure_gemm(g);
   if (!epi.fn) epi = (GemmEpilogue){LLVMConstNull(g->ptr), LLVMConstNull(g->ptr)};
   ConvGeom q = geometry(n);
-  need_scratch(g, conv_scratch(g, &q));
+  need_scratch(g, conv_scratch(g, n, &q));
   LLVMValueRef work = emit_conv_work(g, n, &q);
   /* from here on, build in the caller's function */
   LLVMBuilderRef own = g->b;
@@ -1370,6 +1404,20 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   GIf by_sample = {0};
   LLVMValueRef few = LLVMBuildAnd(b, LLVMBuildICmp(b, LLVMIntSGT, workers, c64(g, 1), ""),
                                   LLVMBuildICmp(b, LLVMIntSLT, batch, workers, ""), "");
+  LLVMValueRef wpanels = LLVMConstNull(g->ptr);
+  if (n->op != OP_CONV2D_BWD_FILTER) {
+    /* the filter in B panels, packed once for all the samples, unless there are fewer samples
+     * than workers (one sample's inference): each worker then packs its own from the filter,
+     * which stays in its cache from call to call, rather than read the caller's */
+    int64_t k, cols;
+    conv_b(n, &q, &k, &cols);
+    bool fwd = n->op == OP_CONV2D;
+    GIf once = if_begin(g, LLVMBuildNot(b, few, ""), "pack.w");
+    pack_b(g, scratch, src1, c64(g, fwd ? q.F : 1), c64(g, fwd ? 1 : q.F), c64(g, cols),
+           c64(g, 0), c64(g, k), c64(g, 0), c64(g, cols));
+    if_end(g, &once);
+    wpanels = LLVMBuildSelect(b, few, LLVMConstNull(g->ptr), scratch, "wpanels");
+  }
   LLVMValueRef chunks = c64(g, 1);
   if (n->op == OP_CONV2D && q.OH * q.OW * q.T * q.C * q.F >= SERIAL_FMAS) {
     /* fewer samples than workers (one sample's inference): each sample in ranges of output
@@ -1387,14 +1435,15 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     by_sample = if_begin(g, few, "few");
     LLVMValueRef p[3] = {out, src0, src1};
     GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
-    conv_sample(g, n, &q, ls.i, NULL, NULL, p, scratch, NULL, NULL,
+    conv_sample(g, n, &q, ls.i, NULL, NULL, p, at(g, scratch, c64(g, conv_region0(g, n, &q))),
+                wpanels, NULL, NULL,
                 (ConvThreads){threads, sstride}, epi);
     loop_end(g, &ls);
     if_else(g, &by_sample);
   }
   workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
   LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers,
-                              epi.fn, epi.ctx, chunks};
+                              epi.fn, epi.ctx, chunks, wpanels};
   for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
   dispatch(g, work, job, threads, parallel);
   if (n->op == OP_CONV2D_BWD_DATA) if_end(g, &by_sample);

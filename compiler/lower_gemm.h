@@ -41,6 +41,9 @@ typedef struct GemmArgs {
   bool accumulate;
   bool a_panels; /* A is already in the micro-kernel's mr-row panels over all of K (rsa, csa unused):
                   * A(i, k) = a[(i / mr) * mr * k + k * mr + i % mr] */
+  LLVMValueRef b_panels; /* i64 1 when B is likewise in nr-column panels (rsb, csb unused; csb 0
+                          * keeps it off the direct path), B(k, j) = b[(j / nr) * nr * k +
+                          * k * nr + j % nr]; 0 or NULL: strides */
   LLVMValueRef epilogue, epilogue_ctx, epilogue_row; /* see GemmEpilogue; NULL: none */
 } GemmArgs;
 
