@@ -42,8 +42,6 @@ enum {
   DIRECT_VECTORS = 16, /* most vectors of C's row a task of nn.gemm.direct sums in registers
                         * (Gemm.dv: 16 with 32 registers, else 8): a 256-wide layer's weights
                         * then stream row after whole row, through all of L2's sets */
-  DIRECT_PARTIALS = 64, /* bytes into worker p's scratch where K part p's block sums start
-                         * (before them: the worker's few-column sums) */
   DIRECT_SPLIT_FMAS = 1 << 16, /* a direct GEMM with fewer is not split (one sample's layer
                                 * of 256 x 256 is: the weights stream from two caches) */
 };
@@ -706,12 +704,36 @@ void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRe
   g->b = own;
 }
 
-/* The columns [col0, col0 + nv * w) of C's row crow over the K block [k0, k1): their sums
- * accumulated from zero in nv vector registers (SROA makes the slots registers) with
- * llvm.fmuladd, k ascending, then stored (store_c: first block, beta 0) or added to C. */
+/* A vector at p, or only the lanes `mask` (NULL: all) sets (0 in the others), or stores it. */
+static LLVMValueRef load_lanes(Gemm *g, LLVMTypeRef vt, LLVMValueRef p, LLVMValueRef mask) {
+  if (!mask) return load(g, vt, p, (unsigned)g->es);
+  LLVMTypeRef types[2] = {vt, g->ptr};
+  unsigned id = LLVMLookupIntrinsicID("llvm.masked.load", 16);
+  LLVMValueRef args[4] = {p, LLVMConstInt(LLVMInt32TypeInContext(g->ctx), (unsigned)g->es, 0),
+                          mask, LLVMConstNull(vt)};
+  return LLVMBuildCall2(g->b, LLVMIntrinsicGetType(g->ctx, id, types, 2),
+                        LLVMGetIntrinsicDeclaration(g->mod, id, types, 2), args, 4, "");
+}
+static void store_lanes(Gemm *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef mask) {
+  if (!mask) {
+    store(g, v, p, (unsigned)g->es);
+    return;
+  }
+  LLVMTypeRef types[2] = {LLVMTypeOf(v), g->ptr};
+  unsigned id = LLVMLookupIntrinsicID("llvm.masked.store", 17);
+  LLVMValueRef args[4] = {v, p, LLVMConstInt(LLVMInt32TypeInContext(g->ctx), (unsigned)g->es, 0),
+                          mask};
+  LLVMBuildCall2(g->b, LLVMIntrinsicGetType(g->ctx, id, types, 2),
+                 LLVMGetIntrinsicDeclaration(g->mod, id, types, 2), args, 4, "");
+}
+
+/* The columns [col0, col0 + nv * w) of C's row crow over the K block [k0, k1), the last vector
+ * only in the lanes `last` sets (NULL: all): their sums accumulated from zero in nv vector
+ * registers (SROA makes the slots registers) with llvm.fmuladd, k ascending, then stored
+ * (store_c: first block, beta 0) or added to C. */
 static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, LLVMValueRef B,
                          LLVMValueRef rsb, LLVMValueRef crow, LLVMValueRef col0, LLVMValueRef k0,
-                         LLVMValueRef k1, LLVMValueRef store_c) {
+                         LLVMValueRef k1, LLVMValueRef store_c, LLVMValueRef last) {
   LLVMValueRef zero = c64(g, 0);
   LLVMTypeRef et = g->elem, vt = LLVMVectorType(et, (unsigned)g->w);
   unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
@@ -733,17 +755,18 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
   LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt), lanes0, "");
   LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, rsb), col0));
   for (int q = 0; q < nv; q++) {
-    LLVMValueRef bv = load(g, vt, at(g, brow, c64(g, q * g->w)), (unsigned)g->es);
+    LLVMValueRef bv = load_lanes(g, vt, at(g, brow, c64(g, q * g->w)), q == nv - 1 ? last : NULL);
     LLVMValueRef args[3] = {splat, bv, load(g, vt, slot[q], 0)};
     store(g, LLVMBuildCall2(g->b, vfma_ty, vfma, args, 3, ""), slot[q], 0);
   }
   loop_end(g, &lk);
   for (int q = 0; q < nv; q++) {
     LLVMValueRef cp = at(g, crow, add(g, col0, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
+    LLVMValueRef mask = q == nv - 1 ? last : NULL;
     GIf f = if_begin(g, store_c, "set");
-    store(g, sum, cp, (unsigned)g->es);
+    store_lanes(g, sum, cp, mask);
     if_else(g, &f);
-    store(g, LLVMBuildFAdd(g->b, load(g, vt, cp, (unsigned)g->es), sum, ""), cp, (unsigned)g->es);
+    store_lanes(g, LLVMBuildFAdd(g->b, load_lanes(g, vt, cp, mask), sum, ""), cp, mask);
     if_end(g, &f);
   }
 }
@@ -757,23 +780,22 @@ static void part_blocks(Gemm *g, LLVMValueRef part, LLVMValueRef nparts, LLVMVal
 }
 
 /* Where K part p (p >= 1) of a split direct GEMM keeps its block sums: rows × N elements per
- * block, in worker p's scratch after its few-column sums. */
+ * block, in worker p's scratch. */
 static LLVMValueRef part_sums(Gemm *g, LLVMValueRef scratch, LLVMValueRef sstride,
                               LLVMValueRef part) {
-  return byte_at(g, scratch, add(g, mul(g, part, sstride), c64(g, DIRECT_PARTIALS)));
+  return byte_at(g, scratch, mul(g, part, sstride));
 }
 
 /* nn.gemm.direct(job, w): C with a few rows, without packing. A task is one strip of up to
  * g->dv vectors of one row of one matrix of C (the last strip of a row: the columns left
- * over, their whole vectors in registers as a full strip's, then the last few columns one by
- * one) over one part of K's blocks, taken from the job's counter: one sample's dense layer
+ * over, in as many vectors, the last one masked to the columns there are) over one part of
+ * K's blocks, taken from the job's counter: one sample's dense layer
  * splits across the workers by columns, and, when a row has fewer strips than there are
  * workers, by K blocks (J_KPARTS parts). K block by K block, each column's sum over the block
  * is accumulated from zero with llvm.fmuladd, k ascending; part 0 stores it (first block, beta
  * 0) or adds it to C, the micro-kernel's order; a later part stores each block's sums apart
  * (part_sums), and nn.gemm adds them to C in block order after the workers are done. So the
- * results are the same bits as the packed path's, at any thread count. The last few columns
- * sum into worker w's scratch. */
+ * results are the same bits as the packed path's, at any thread count. */
 static void emit_direct(Gemm *g) {
   LLVMTypeRef params[2] = {g->ptr, g->i64};
   LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 2);
@@ -781,11 +803,6 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef job = LLVMGetParam(fn, 0), worker = LLVMGetParam(fn, 1), v[J_COUNT];
   for (int f = 0; f < J_COUNT; f++) v[f] = get(g, J, job, f);
   LLVMValueRef zero = c64(g, 0);
-  LLVMValueRef acc = byte_at(g, v[J_SCRATCH], mul(g, worker, v[J_SSTRIDE]));
-  LLVMTypeRef et = g->elem;
-  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
-  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &et, 1);
-  LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &et, 1);
   int64_t strip = (int64_t)g->dv * g->w;
   LLVMValueRef whole = LLVMBuildSDiv(g->b, v[J_N], c64(g, strip), ""); /* full strips a row */
   LLVMValueRef per_row = cdiv(g, v[J_N], c64(g, strip));
@@ -815,45 +832,33 @@ static void emit_direct(Gemm *g) {
                                       LLVMBuildICmp(g->b, LLVMIntEQ, k0, zero, ""), "");
   store_c = LLVMBuildOr(g->b, store_c, LLVMBuildNot(g->b, first, ""), "");
   GIf full = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, s, whole, ""), "strip");
-  direct_strip(g, g->dv, arow, v[J_CSA], B, v[J_RSB], dest, col0, k0, k1, store_c);
+  direct_strip(g, g->dv, arow, v[J_CSA], B, v[J_RSB], dest, col0, k0, k1, store_c, NULL);
   if_else(g, &full);
-  /* the columns left over: their whole vectors (fewer than a strip's) in registers, picked by a
-   * switch on their count, which the strip's loop needs as a constant */
-  LLVMValueRef vecs = LLVMBuildSDiv(g->b, LLVMBuildNSWSub(g->b, v[J_N], col0, ""), c64(g, g->w),
-                                    "vecs");
+  /* the columns left over: their vectors (fewer than a strip's, the last one masked to the
+   * columns there are) in registers, picked by a switch on their count, which the strip's loop
+   * needs as a constant */
+  LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col0, "left");
+  LLVMValueRef vecs = cdiv(g, left, c64(g, g->w));
+  LLVMValueRef in_last = sub(g, left, muli(g, sub(g, vecs, c64(g, 1)), g->w));
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx), lanes_t = LLVMVectorType(i32, (unsigned)g->w);
+  LLVMValueRef lane[64];
+  for (int i = 0; i < g->w; i++) lane[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
+  LLVMValueRef n_in = LLVMBuildInsertElement(g->b, LLVMGetPoison(lanes_t),
+                                             LLVMBuildTrunc(g->b, in_last, i32, ""),
+                                             LLVMConstInt(i32, 0, 0), "");
+  n_in = LLVMBuildShuffleVector(g->b, n_in, LLVMGetPoison(lanes_t), LLVMConstNull(lanes_t), "");
+  LLVMValueRef mask = LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w), n_in,
+                                    "last");
   LLVMBasicBlockRef tail = block(g, "tail");
-  LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, (unsigned)g->dv - 1);
-  for (int nv = 1; nv < g->dv; nv++) {
+  LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, (unsigned)g->dv);
+  for (int nv = 1; nv <= g->dv; nv++) {
     LLVMBasicBlockRef bb = block(g, "vectors");
     LLVMAddCase(sw, c64(g, nv), bb);
     LLVMPositionBuilderAtEnd(g->b, bb);
-    direct_strip(g, nv, arow, v[J_CSA], B, v[J_RSB], dest, col0, k0, k1, store_c);
+    direct_strip(g, nv, arow, v[J_CSA], B, v[J_RSB], dest, col0, k0, k1, store_c, mask);
     LLVMBuildBr(g->b, tail);
   }
   LLVMPositionBuilderAtEnd(g->b, tail);
-  /* then the last few columns, one by one, their sums in the destination or the worker's
-   * scratch */
-  LLVMValueRef col1 = add(g, col0, muli(g, vecs, g->w));
-  LLVMValueRef dst = LLVMBuildSelect(g->b, store_c, at(g, dest, col1), acc, "sums");
-  LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col1, "");
-  GLoop lz = loop_begin(g, zero, left, 1, "z");
-  store(g, LLVMConstNull(et), at(g, dst, lz.i), 0);
-  loop_end(g, &lz);
-  GLoop lk2 = loop_begin(g, k0, k1, 1, "k");
-  LLVMValueRef a2 = load(g, et, at(g, arow, mul(g, lk2.i, v[J_CSA])), 0);
-  LLVMValueRef brow2 = at(g, B, add(g, mul(g, lk2.i, v[J_RSB]), col1));
-  GLoop lj = loop_begin(g, zero, left, 1, "j");
-  LLVMValueRef d = at(g, dst, lj.i);
-  LLVMValueRef args[3] = {a2, load(g, et, at(g, brow2, lj.i), 0), load(g, et, d, 0)};
-  store(g, LLVMBuildCall2(g->b, fma_ty, fma, args, 3, ""), d, 0);
-  loop_end(g, &lj);
-  loop_end(g, &lk2);
-  GIf f = if_begin(g, LLVMBuildNot(g->b, store_c, ""), "add");
-  GLoop la = loop_begin(g, zero, left, 1, "a");
-  LLVMValueRef cp = at(g, dest, add(g, col1, la.i));
-  store(g, LLVMBuildFAdd(g->b, load(g, et, cp, 0), load(g, et, at(g, acc, la.i), 0), ""), cp, 0);
-  loop_end(g, &la);
-  if_end(g, &f);
   if_end(g, &full);
   loop_end(g, &lb);
   tasks_end(g, &task);
@@ -872,8 +877,7 @@ static LLVMValueRef direct_kparts(Gemm *g, LLVMValueRef job, LLVMValueRef parall
   LLVMValueRef blocks = max64(g, cdiv(g, K, c64(g, KC)), c64(g, 1));
   LLVMValueRef parts = min64(g, workers, blocks);
   LLVMValueRef bytes = muli(g, mul(g, mul(g, cdiv(g, blocks, parts), rows), N), g->es);
-  LLVMValueRef fits = LLVMBuildICmp(g->b, LLVMIntSLE, add(g, bytes, c64(g, DIRECT_PARTIALS)),
-                                    get(g, J, job, J_SSTRIDE), "");
+  LLVMValueRef fits = LLVMBuildICmp(g->b, LLVMIntSLE, bytes, get(g, J, job, J_SSTRIDE), "");
   LLVMValueRef split = LLVMBuildAnd(g->b, parallel,
                                     LLVMBuildICmp(g->b, LLVMIntSLT, strips, workers, ""), "");
   return LLVMBuildSelect(g->b, LLVMBuildAnd(g->b, split, fits, ""), parts, c64(g, 1), "kparts");
