@@ -144,18 +144,24 @@ NnPool *nnrt_pool_new(int workers) {
 NnThreads *nnrt_pool_threads(NnPool *p) { return &p->threads; }
 
 typedef struct Split {
-  int64_t n, grain;
+  int64_t n, grain, count; /* count ranges of grain elements (the last one shorter) */
   void (*fn)(void *ctx, int64_t lo, int64_t hi);
   void *ctx;
-  atomic_llong next; /* the next range to take */
+  atomic_ullong taken; /* ranges taken from the front (low 32 bits) and from the back (high) */
 } Split;
 
+/* As the generated kernels share their tasks (lower_gemm.c, tasks_begin): worker 0 takes the
+ * ranges from the front, the others from the back, so that a core reads about the part of a
+ * buffer it wrote (the gradient's finiteness check after the weight-gradient GEMM, whose row
+ * blocks are shared the same way). */
 static void split_work(void *arg, int64_t w) {
   Split *s = arg;
-  (void)w;
+  unsigned long long step = w == 0 ? 1 : 1ull << 32;
   for (;;) {
-    int64_t lo = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed) * s->grain;
-    if (lo >= s->n) return;
+    unsigned long long was = atomic_fetch_add_explicit(&s->taken, step, memory_order_relaxed);
+    int64_t front = (int64_t)(was & 0xffffffffull), back = (int64_t)(was >> 32);
+    if (front + back >= s->count) return;
+    int64_t lo = (w == 0 ? front : s->count - 1 - back) * s->grain;
     s->fn(s->ctx, lo, lo + s->grain < s->n ? lo + s->grain : s->n);
   }
 }
@@ -166,8 +172,8 @@ void nnrt_split(NnThreads *t, int64_t n, int64_t grain,
     if (n > 0) fn(ctx, 0, n);
     return;
   }
-  Split s = {.n = n, .grain = grain, .fn = fn, .ctx = ctx};
-  atomic_init(&s.next, 0);
+  Split s = {.n = n, .grain = grain, .count = (n + grain - 1) / grain, .fn = fn, .ctx = ctx};
+  atomic_init(&s.taken, 0);
   t->run(t->ctx, split_work, &s);
 }
 
