@@ -213,7 +213,8 @@ NnPool *nnrt_pool_new(int workers);     /* workers - 1 threads; the caller is wo
 NnThreads *nnrt_pool_threads(NnPool *p); /* what goes into io[NN_IO_THREADS] */
 void nnrt_pool_free(NnPool *p);
 /* fn(ctx, lo, hi) over [0, n) in ranges of at most `grain`, taken by t's workers (serially
- * when t is NULL or n <= grain): the runtime's own loops over a batch or a buffer. */
+ * when t is NULL or n <= grain; worker 0 from the front, the others from the back, as the
+ * generated kernels take their tasks): the runtime's own loops over a batch or a buffer. */
 void nnrt_split(NnThreads *t, int64_t n, int64_t grain,
                 void (*fn)(void *ctx, int64_t lo, int64_t hi), void *ctx);
 
