@@ -100,6 +100,18 @@ static LLVMValueRef max64(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
 static LLVMValueRef cdiv(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
   return LLVMBuildSDiv(g->b, add(g, a, sub(g, b, c64(g, 1))), b, "");
 }
+/* Blocks of KC along K; at least one, so that K = 0 still writes C = 0. */
+static LLVMValueRef k_blocks(Gemm *g, LLVMValueRef K) {
+  return max64(g, cdiv(g, K, c64(g, KC)), c64(g, 1));
+}
+/* x (a scalar) in every lane of a vector of g->w */
+static LLVMValueRef splat(Gemm *g, LLVMValueRef x) {
+  LLVMTypeRef vt = LLVMVectorType(LLVMTypeOf(x), (unsigned)g->w);
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), x, LLVMConstInt(i32, 0, 0), "");
+  return LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
+                                LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
+}
 static LLVMValueRef at(Gemm *g, LLVMValueRef base, LLVMValueRef i) {
   return LLVMBuildInBoundsGEP2(g->b, g->elem, base, &i, 1, "");
 }
@@ -288,9 +300,6 @@ static void emit_ukernel(Gemm *g) {
   for (int i = 0; i < MR; i++)
     arow_off[i] = mul(g, min64(g, c64(g, i), sub(g, mr, c64(g, 1))), ars);
   unsigned valign = (unsigned)(g->w * g->es);
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef zero_mask = LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w));
-  LLVMValueRef poison = LLVMGetPoison(vt);
   unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
   LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
   LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
@@ -317,10 +326,9 @@ static void emit_ukernel(Gemm *g) {
   for (int j = 0; j < NV; j++) bv[j] = load(g, vt, at(g, brow, c64(g, j * g->w)), valign);
   for (int i = 0; i < MR; i++) {
     LLVMValueRef a = load(g, g->elem, at(g, arow, arow_off[i]), (unsigned)g->es);
-    LLVMValueRef one = LLVMBuildInsertElement(g->b, poison, a, LLVMConstInt(i32, 0, 0), "");
-    LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, poison, zero_mask, "");
+    LLVMValueRef va = splat(g, a);
     for (int j = 0; j < NV; j++) {
-      LLVMValueRef args[3] = {splat, bv[j], acc[i][j]};
+      LLVMValueRef args[3] = {va, bv[j], acc[i][j]};
       next[i][j] = LLVMBuildCall2(g->b, fma_ty, fma, args, 3, "");
     }
   }
@@ -747,16 +755,11 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
     store(g, LLVMConstNull(vt), slot[q], 0);
   }
   GLoop lk = loop_begin(g, k0, k1, 1, "k");
-  LLVMValueRef a = load(g, et, at(g, arow, mul(g, lk.i, csa)), 0);
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef one = LLVMBuildInsertElement(g->b, LLVMGetPoison(vt), a,
-                                            LLVMConstInt(i32, 0, 0), "");
-  LLVMValueRef lanes0 = LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w));
-  LLVMValueRef splat = LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt), lanes0, "");
+  LLVMValueRef va = splat(g, load(g, et, at(g, arow, mul(g, lk.i, csa)), 0));
   LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, rsb), col0));
   for (int q = 0; q < nv; q++) {
     LLVMValueRef bv = load_lanes(g, vt, at(g, brow, c64(g, q * g->w)), q == nv - 1 ? last : NULL);
-    LLVMValueRef args[3] = {splat, bv, load(g, vt, slot[q], 0)};
+    LLVMValueRef args[3] = {va, bv, load(g, vt, slot[q], 0)};
     store(g, LLVMBuildCall2(g->b, vfma_ty, vfma, args, 3, ""), slot[q], 0);
   }
   loop_end(g, &lk);
@@ -808,7 +811,7 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef per_row = cdiv(g, v[J_N], c64(g, strip));
   LLVMValueRef rows = mul(g, v[J_BATCH], v[J_M]), strips = mul(g, rows, per_row);
   LLVMValueRef tasks = mul(g, strips, v[J_KPARTS]);
-  LLVMValueRef blocks = max64(g, cdiv(g, v[J_K], c64(g, KC)), c64(g, 1)); /* K = 0: C = 0 */
+  LLVMValueRef blocks = k_blocks(g, v[J_K]);
   /* the task's strip s of row i of matrix t, over part `part` of the K blocks */
   TaskLoop task = tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks, worker);
   LLVMValueRef part = LLVMBuildSDiv(g->b, task.i, strips, "part");
@@ -840,15 +843,11 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col0, "left");
   LLVMValueRef vecs = cdiv(g, left, c64(g, g->w));
   LLVMValueRef in_last = sub(g, left, muli(g, sub(g, vecs, c64(g, 1)), g->w));
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx), lanes_t = LLVMVectorType(i32, (unsigned)g->w);
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
   LLVMValueRef lane[64];
   for (int i = 0; i < g->w; i++) lane[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
-  LLVMValueRef n_in = LLVMBuildInsertElement(g->b, LLVMGetPoison(lanes_t),
-                                             LLVMBuildTrunc(g->b, in_last, i32, ""),
-                                             LLVMConstInt(i32, 0, 0), "");
-  n_in = LLVMBuildShuffleVector(g->b, n_in, LLVMGetPoison(lanes_t), LLVMConstNull(lanes_t), "");
-  LLVMValueRef mask = LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w), n_in,
-                                    "last");
+  LLVMValueRef mask = LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w),
+                                    splat(g, LLVMBuildTrunc(g->b, in_last, i32, "")), "last");
   LLVMBasicBlockRef tail = block(g, "tail");
   LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, (unsigned)g->dv);
   for (int nv = 1; nv <= g->dv; nv++) {
@@ -874,7 +873,7 @@ static LLVMValueRef direct_kparts(Gemm *g, LLVMValueRef job, LLVMValueRef parall
   LLVMTypeRef J = g->job_type;
   LLVMValueRef N = get(g, J, job, J_N), K = get(g, J, job, J_K);
   LLVMValueRef strips = mul(g, rows, cdiv(g, N, c64(g, (int64_t)g->dv * g->w)));
-  LLVMValueRef blocks = max64(g, cdiv(g, K, c64(g, KC)), c64(g, 1));
+  LLVMValueRef blocks = k_blocks(g, K);
   LLVMValueRef parts = min64(g, workers, blocks);
   LLVMValueRef bytes = muli(g, mul(g, mul(g, cdiv(g, blocks, parts), rows), N), g->es);
   LLVMValueRef fits = LLVMBuildICmp(g->b, LLVMIntSLE, bytes, get(g, J, job, J_SSTRIDE), "");
@@ -889,7 +888,7 @@ static void add_part_sums(Gemm *g, LLVMValueRef job, LLVMValueRef kparts, LLVMVa
   LLVMValueRef M = get(g, J, job, J_M), N = get(g, J, job, J_N), K = get(g, J, job, J_K);
   LLVMValueRef C = get(g, J, job, J_C), sc = get(g, J, job, J_SC), ldc = get(g, J, job, J_LDC);
   LLVMValueRef scratch = get(g, J, job, J_SCRATCH), sstride = get(g, J, job, J_SSTRIDE);
-  LLVMValueRef blocks = max64(g, cdiv(g, K, c64(g, KC)), c64(g, 1)), b0, b1;
+  LLVMValueRef blocks = k_blocks(g, K), b0, b1;
   GLoop lp = loop_begin(g, c64(g, 1), kparts, 1, "part");
   LLVMValueRef sums = part_sums(g, scratch, sstride, lp.i);
   part_blocks(g, lp.i, kparts, blocks, &b0, &b1);
@@ -1233,6 +1232,17 @@ static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThre
                  (LLVMValueRef[]){job, t.threads ? t.threads : LLVMConstNull(g->ptr)}, 2, "");
 }
 
+/* B of a conv2d (the filter, TC x F) or data gradient (its transpose, F x TC): K x N, read
+ * through the filter with strides rsb, csb. */
+typedef struct ConvB {
+  int64_t k, cols, rsb, csb;
+} ConvB;
+
+static ConvB conv_b(const Node *n, const ConvGeom *q) {
+  int64_t TC = q->T * q->C;
+  return n->op == OP_CONV2D ? (ConvB){TC, q->F, q->F, 1} : (ConvB){q->F, TC, 1, q->F};
+}
+
 /* One sample s of node n on the worker whose scratch (past the first region, conv_region0) is
  * `scr` (or on the threads t, from worker 0's scratch); conv2d: only its output pixels [r0,
  * r1); conv2d and the data gradient: `wp` is the filter in the GEMM's B panels (the caller
@@ -1248,11 +1258,11 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   LLVMValueRef img_elems = c64(g, q->H * q->W * q->C), out_elems = c64(g, rows * q->F);
   GemmArgs a = {.batch = one, .sa = zero, .sb = zero, .sc = zero};
   LLVMValueRef panels = wp ? LLVMBuildIsNotNull(g->b, wp, "") : NULL;
-  bool fwd = n->op == OP_CONV2D;
   if (panels) { /* B: the filter's panels, or the filter through its strides */
+    ConvB cb = conv_b(n, q);
     a.b = LLVMBuildSelect(g->b, panels, wp, p[2], "");
-    a.rsb = LLVMBuildSelect(g->b, panels, zero, c64(g, fwd ? q->F : 1), "");
-    a.csb = LLVMBuildSelect(g->b, panels, zero, c64(g, fwd ? 1 : q->F), "");
+    a.rsb = LLVMBuildSelect(g->b, panels, zero, c64(g, cb.rsb), "");
+    a.csb = LLVMBuildSelect(g->b, panels, zero, c64(g, cb.csb), "");
     a.b_panels = LLVMBuildZExt(g->b, panels, g->i64, "");
   }
   bool tap_major = q->C < TAP_MAJOR_C;
@@ -1314,18 +1324,11 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   }
 }
 
-/* B of a conv2d (the filter, TC x F) or data gradient (its transpose, F x TC) as K x N. */
-static void conv_b(const Node *n, const ConvGeom *q, int64_t *k, int64_t *cols) {
-  bool fwd = n->op == OP_CONV2D;
-  *k = fwd ? q->T * q->C : q->F, *cols = fwd ? q->F : q->T * q->C;
-}
-
 /* Elements of a worker's first scratch region: the filter gradient's partial sum, or (worker
  * 0's) the filter in B panels, packed once per call for every sample's GEMM. */
 static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
-  int64_t k, cols;
-  conv_b(n, q, &k, &cols);
-  int64_t panels = k * ((cols + g->nr - 1) / g->nr) * g->nr, sum = q->T * q->C * q->F;
+  ConvB cb = conv_b(n, q);
+  int64_t panels = cb.k * ((cb.cols + g->nr - 1) / g->nr) * g->nr, sum = q->T * q->C * q->F;
   return round16(panels > sum ? panels : sum);
 }
 
@@ -1413,12 +1416,10 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     /* the filter in B panels, packed once for all the samples, unless there are fewer samples
      * than workers (one sample's inference): each worker then packs its own from the filter,
      * which stays in its cache from call to call, rather than read the caller's */
-    int64_t k, cols;
-    conv_b(n, &q, &k, &cols);
-    bool fwd = n->op == OP_CONV2D;
+    ConvB cb = conv_b(n, &q);
     GIf once = if_begin(g, LLVMBuildNot(b, few, ""), "pack.w");
-    pack_b(g, scratch, src1, c64(g, fwd ? q.F : 1), c64(g, fwd ? 1 : q.F), c64(g, cols),
-           c64(g, 0), c64(g, k), c64(g, 0), c64(g, cols));
+    pack_b(g, scratch, src1, c64(g, cb.rsb), c64(g, cb.csb), c64(g, cb.cols), c64(g, 0),
+           c64(g, cb.k), c64(g, 0), c64(g, cb.cols));
     if_end(g, &once);
     wpanels = LLVMBuildSelect(b, few, LLVMConstNull(g->ptr), scratch, "wpanels");
   }

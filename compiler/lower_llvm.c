@@ -1467,11 +1467,8 @@ static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0], *gn = n->src[1];
   int64_t C = xn->shape.dim[3];
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
-  LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
-  LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
   bool tile = windows_tile(v.c, xn->shape);
-  int es = L->elem == LLVMDoubleTypeInContext(L->ctx) ? 8 : 4;
-  int w = L->vector_bits / 8 / es;
+  int es = (int)L->gemm.es, w = L->gemm.w;
   if (tile && v.c->kh * v.c->kw <= UNROLLED_TAPS && w > 1 && w <= 16 && C % w == 0) {
     /* vectors of channels, the taps unrolled: the running maximum and its tap are registers */
     int taps = v.c->kh * v.c->kw;
@@ -1513,6 +1510,8 @@ static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
     positions_close(L, &v);
     return;
   }
+  LLVMValueRef best = entry_slot(L, LLVMArrayType2(L->elem, (uint64_t)C), "best"); /* [C] */
+  LLVMValueRef at = entry_slot(L, LLVMArrayType2(L->i64, (uint64_t)C), "argmax");  /* [C] */
   if (!tile) fill_samples(L, &v, n, 0);
   positions_open(L, &v);
   LLVMValueRef go = offset4(L, gn->shape, v.b.i, v.oh.i, v.ow.i);
