@@ -38,6 +38,7 @@ enum {
   MB_PANELS = 16,      /* most mr-row panels of A one task packs (about 128 KB: L2) */
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   SERIAL_FMAS = 1 << 18, /* fewer multiply-adds than this are not worth waking threads */
+  B_SPAN = 32 << 10,   /* most bytes a K block's rows of a B read in place may span */
   DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
   DIRECT_VECTORS = 16, /* most vectors of C's row a task of nn.gemm.direct sums in registers
                         * (Gemm.dv: 16 with 32 registers, else 8): a 256-wide layer's weights
@@ -268,22 +269,24 @@ static void need_scratch(Gemm *g, int64_t elems) {
 
 /* ============================== the micro-kernel ============================== */
 
-/* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr, ars, aks): the mr×nr tile at c (row
- * stride ldc) = (beta ? tile : 0) + sum over k < kc of A(i, k) * bp[k*NR + j], where A(i, k)
+/* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr, ars, aks, bks): the mr×nr tile at c (row
+ * stride ldc) = (beta ? tile : 0) + sum over k < kc of A(i, k) * bp[k*bks + j], where A(i, k)
  * is ap[i*ars + k*aks]: a packed panel (ars 1, aks MR) or, unpacked, rows of a row-major A
- * (ars its row stride, aks 1; rows past mr read row mr - 1). bp is a packed panel; only the
- * first mr rows and nr columns are stored (the rest of the tile is padding whose products
- * are thrown away). */
+ * (ars its row stride, aks 1; rows past mr read row mr - 1). bp is a packed panel (bks NR)
+ * or NR columns of a row-major B read in place (bks its row stride); only the first mr rows
+ * and nr columns are stored (the rest of the tile is padding whose products are thrown
+ * away). */
 static void emit_ukernel(Gemm *g) {
   int MR = g->mr, NV = g->nr / g->w;
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
-  LLVMTypeRef params[10] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64,
+  LLVMTypeRef params[11] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64, g->i64,
                             g->i64, g->i64, g->i64, g->i64, g->i64};
-  LLVMValueRef fn = g->ukernel = function(g, "nn.gemm.ukernel", params, 10);
+  LLVMValueRef fn = g->ukernel = function(g, "nn.gemm.ukernel", params, 11);
   LLVMValueRef kc = LLVMGetParam(fn, 0), ap = LLVMGetParam(fn, 1), bp = LLVMGetParam(fn, 2);
   LLVMValueRef c = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 4), beta = LLVMGetParam(fn, 5);
   LLVMValueRef mr = LLVMGetParam(fn, 6), nr = LLVMGetParam(fn, 7);
   LLVMValueRef ars = LLVMGetParam(fn, 8), aks = LLVMGetParam(fn, 9);
+  LLVMValueRef bks = LLVMGetParam(fn, 10);
   /* out of line: inlined into nn.gemm.work, with A's strides variables, its loop spilled */
   LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
                           LLVMCreateEnumAttribute(g->ctx,
@@ -322,8 +325,9 @@ static void emit_ukernel(Gemm *g) {
   LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, k, kc, ""), body, done);
   LLVMPositionBuilderAtEnd(g->b, body);
   LLVMValueRef bv[8];
-  LLVMValueRef brow = at(g, bp, muli(g, k, g->nr)), arow = at(g, ap, mul(g, k, aks));
-  for (int j = 0; j < NV; j++) bv[j] = load(g, vt, at(g, brow, c64(g, j * g->w)), valign);
+  LLVMValueRef brow = at(g, bp, mul(g, k, bks)), arow = at(g, ap, mul(g, k, aks));
+  /* (a B read in place need not be aligned to a vector) */
+  for (int j = 0; j < NV; j++) bv[j] = load(g, vt, at(g, brow, c64(g, j * g->w)), (unsigned)g->es);
   for (int i = 0; i < MR; i++) {
     LLVMValueRef a = load(g, g->elem, at(g, arow, arow_off[i]), (unsigned)g->es);
     LLVMValueRef va = splat(g, a);
@@ -598,6 +602,21 @@ static void emit_work(Gemm *g) {
       g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), ""),
       LLVMBuildNot(g->b, panels, ""), "unpacked");
 
+  /* a row-major B whose columns are whole panels is read in place by the micro-kernel when
+   * a K block's rows of it span at most B_SPAN bytes (they then stay in L1 from one tile to
+   * the next, as a packed panel would), or when its rows are panels already (N = nr): a
+   * filter gradient's output gradient, a dense layer's weight gradient; packing it was a
+   * copy of every element for nothing */
+  LLVMValueRef kspan = mul(g, min64(g, v[J_K], c64(g, KC)), muli(g, v[J_RSB], g->es));
+  LLVMValueRef b_rows = LLVMBuildAnd(
+      g->b,
+      LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSB], c64(g, 1), ""),
+                   LLVMBuildICmp(g->b, LLVMIntEQ, LLVMBuildSRem(g->b, v[J_N], c64(g, g->nr), ""),
+                                 c64(g, 0), ""), ""),
+      LLVMBuildOr(g->b, LLVMBuildICmp(g->b, LLVMIntSLE, kspan, c64(g, B_SPAN), ""),
+                  LLVMBuildICmp(g->b, LLVMIntEQ, v[J_RSB], c64(g, g->nr), ""), ""),
+      "b.rows");
+
   /* K blocks; at least one, so that K = 0 still writes C = 0 */
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(g->b), kb = block(g, "kblock");
   LLVMBuildBr(g->b, kb);
@@ -607,7 +626,7 @@ static void emit_work(Gemm *g) {
   LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
   kc = max64(g, kc, zero);
   LLVMValueRef b_panels = LLVMBuildICmp(g->b, LLVMIntNE, v[J_BPANELS], c64(g, 0), "b.panels");
-  GIf pb = if_begin(g, LLVMBuildNot(g->b, b_panels, ""), "pack_b");
+  GIf pb = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, b_panels, b_rows, ""), ""), "pack_b");
   pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
   if_end(g, &pb);
   GIf pa = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, unpacked, panels, ""), ""), "pack_a");
@@ -623,16 +642,19 @@ static void emit_work(Gemm *g) {
   /* the caller's panels: row m0 + li starts a panel, (m0 + li) * K elements in */
   LLVMValueRef a_panel = at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_K]), muli(g, k0, g->mr)));
   LLVMValueRef a_packed = LLVMBuildSelect(g->b, panels, a_panel, at(g, ap, mul(g, li.i, kc)), "");
-  LLVMValueRef args[10] = {
+  LLVMValueRef b_packed = LLVMBuildSelect(
+      g->b, b_panels, at(g, B, add(g, mul(g, add(g, n0, lj.i), v[J_K]), muli(g, k0, g->nr))),
+      at(g, bp, mul(g, lj.i, kc)), "");
+  LLVMValueRef b_in_place = at(g, B, add(g, mul(g, k0, v[J_RSB]), add(g, n0, lj.i)));
+  LLVMValueRef args[11] = {
       kc, LLVMBuildSelect(g->b, unpacked, a_in_place, a_packed, ""),
-      LLVMBuildSelect(g->b, b_panels,
-                      at(g, B, add(g, mul(g, add(g, n0, lj.i), v[J_K]), muli(g, k0, g->nr))),
-                      at(g, bp, mul(g, lj.i, kc)), ""),
+      LLVMBuildSelect(g->b, b_rows, b_in_place, b_packed, ""),
       cp, v[J_LDC], beta,
       min64(g, c64(g, g->mr), sub(g, rows, li.i)), min64(g, c64(g, g->nr), sub(g, cols, lj.i)),
       LLVMBuildSelect(g->b, unpacked, v[J_RSA], c64(g, 1), ""),
-      LLVMBuildSelect(g->b, unpacked, c64(g, 1), c64(g, g->mr), "")};
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel), g->ukernel, args, 10, "");
+      LLVMBuildSelect(g->b, unpacked, c64(g, 1), c64(g, g->mr), ""),
+      LLVMBuildSelect(g->b, b_rows, v[J_RSB], c64(g, g->nr), "")};
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel), g->ukernel, args, 11, "");
   loop_end(g, &li);
   loop_end(g, &lj);
   LLVMValueRef k1 = add(g, k0, c64(g, KC));
