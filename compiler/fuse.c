@@ -216,6 +216,27 @@ static void take_epilogues(Fuser *f) {
   }
 }
 
+/* Each filter gradient whose output gradient is a pooling gradient that nothing else reads
+ * takes it as its prologue: made per sample into the worker's scratch right before the
+ * sample's GEMM, which reads it from cache (it keeps its arena slot, for lowerings that run
+ * the two apart). No cycle can follow: only the filter gradient reads the pooling gradient. */
+static void take_prologues(Fuser *f) {
+  for (int gi = 0; gi < f->n_groups; gi++) {
+    Group *G = &f->groups[gi];
+    if (G->kind != GROUP_SINGLE || G->members[0]->op != OP_CONV2D_BWD_FILTER) continue;
+    Node *d = G->members[0]->src[1];
+    if ((d->op != OP_MAXPOOL_BWD && d->op != OP_AVGPOOL_BWD) || f->is_output[d->id] ||
+        f->n_users[d->id] != 1 || d->group < 0)
+      continue;
+    Group *H = &f->groups[d->group];
+    if (H->kind != GROUP_SINGLE || H->n_members != 1) continue;
+    H->n_members = 0;
+    d->group = gi;
+    add_member(G, d);
+    G->kind = GROUP_PROLOGUE;
+  }
+}
+
 /* Depth first: the groups a group reads from go before it. */
 static void order_group(Fuser *f, int gi, int *state, Group *out, int *n_out, int *rank) {
   if (state[gi] == 2) return;
@@ -260,7 +281,7 @@ void fuse_graph(Graph *g, bool enabled) {
   }
   for (int i = 0; i < n; i++) g->nodes[i]->group = -1;
   for (int i = n - 1; i >= 0; i--) place(&f, g->nodes[i]);
-  if (enabled) take_epilogues(&f);
+  if (enabled) take_epilogues(&f), take_prologues(&f);
 
   /* lowering order: dependencies first, otherwise roughly the graph's order */
   int *state = xalloc(sizeof *state * ((size_t)f.n_groups + 1));
@@ -271,8 +292,8 @@ void fuse_graph(Graph *g, bool enabled) {
     if (f.groups[gi].n_members) order_group(&f, gi, state, out, &n_out, rank); /* not emptied */
   for (int i = 0; i < n; i++)
     if (g->nodes[i]->group >= 0) g->nodes[i]->group = rank[g->nodes[i]->group];
-  for (int gi = 0; gi < n_out; gi++) { /* an epilogue's matmul or conv2d stays first */
-    int head = out[gi].kind == GROUP_EPILOGUE;
+  for (int gi = 0; gi < n_out; gi++) { /* an epilogue's or prologue's head stays first */
+    int head = out[gi].kind == GROUP_EPILOGUE || out[gi].kind == GROUP_PROLOGUE;
     qsort(out[gi].members + head, (size_t)(out[gi].n_members - head), sizeof *out[gi].members,
           by_id);
   }
@@ -321,6 +342,8 @@ void fuse_print(FILE *out, const Graph *g) {
       if (G->kind == GROUP_EPILOGUE) {
         fprintf(out, " epilogue ");
         print_dims(out, G->loop);
+      } else if (G->kind == GROUP_PROLOGUE) {
+        fprintf(out, " prologue");
       }
     }
     fprintf(out, " {\n");

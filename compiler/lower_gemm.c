@@ -72,6 +72,7 @@ enum {
   CJ_EPI, CJ_EPI_CTX,           /* conv2d's epilogue (or null) and its context */
   CJ_CHUNKS,                    /* conv2d: tasks per sample, each a range of output pixels */
   CJ_WPANELS,                   /* the filter in B panels (worker 0's first region), or null */
+  CJ_HOOK_CTX,                  /* the ConvHook's context (or null) */
   CJ_COUNT
 };
 
@@ -1025,12 +1026,15 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
   LLVMStructSetBody(g->job_type, jt, J_COUNT, 0);
   LLVMTypeRef ct[CJ_COUNT];
   for (int f = 0; f < CJ_COUNT; f++)
-    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH || f == CJ_EPI || f == CJ_EPI_CTX || f == CJ_WPANELS
+    ct[f] = f <= CJ_SRC1 || f == CJ_SCRATCH || f == CJ_EPI || f == CJ_EPI_CTX ||
+                    f == CJ_WPANELS || f == CJ_HOOK_CTX
                 ? g->ptr : g->i64;
   g->conv_type = LLVMStructCreateNamed(ctx, "nn.conv.job");
   LLVMStructSetBody(g->conv_type, ct, CJ_COUNT, 0);
   LLVMTypeRef ep[5] = {g->ptr, g->i64, g->i64, g->i64, g->i64};
   g->epilogue_type = LLVMFunctionType(g->vd, ep, 5, 0);
+  LLVMTypeRef sp[3] = {g->ptr, g->i64, g->ptr};
+  g->sample_type = LLVMFunctionType(g->vd, sp, 3, 0);
   g->scratch_bytes = LLVMAddGlobal(mod, g->i64, "nn.scratch.bytes");
   LLVMSetLinkage(g->scratch_bytes, LLVMPrivateLinkage);
   LLVMSetGlobalConstant(g->scratch_bytes, 1);
@@ -1273,7 +1277,7 @@ static ConvB conv_b(const Node *n, const ConvGeom *q) {
 static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef s,
                         LLVMValueRef r0, LLVMValueRef r1, LLVMValueRef p[3], LLVMValueRef scr,
                         LLVMValueRef wp, LLVMValueRef dst, LLVMValueRef first, ConvThreads t,
-                        GemmEpilogue epi) {
+                        GemmEpilogue epi, ConvHook hook) {
   int64_t TC = q->T * q->C, rows = q->OH * q->OW;
   LLVMValueRef col = scr, gs = at(g, scr, c64(g, round16(rows * TC)));
   LLVMValueRef one = c64(g, 1), zero = c64(g, 0), all = c64(g, rows);
@@ -1332,6 +1336,10 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
       a.a = col, a.rsa = one, a.csa = c64(g, TC);
     }
     a.b = at(g, p[2], mul(g, s, out_elems)), a.rsb = c64(g, q->F), a.csb = one;
+    if (hook.fn) { /* the sample's output gradient, made here, past the GEMM's packing */
+      a.b = at(g, gs, c64(g, gemm_scratch(g)));
+      LLVMBuildCall2(g->b, g->sample_type, hook.fn, (LLVMValueRef[]){hook.ctx, s, a.b}, 3, "");
+    }
     a.c = dst, a.ldc = c64(g, q->F);
     /* beta is a runtime value here: the job's field is overwritten after filling */
     LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
@@ -1356,8 +1364,9 @@ static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
 
 /* Scratch elements one worker of node n uses: the first region, the im2col matrix, the GEMM's
  * packing. */
-static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q) {
-  return conv_region0(g, n, q) + round16(q->OH * q->OW * q->T * q->C) + gemm_scratch(g);
+static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q, bool hook) {
+  return conv_region0(g, n, q) + round16(q->OH * q->OW * q->T * q->C) + gemm_scratch(g) +
+         (hook ? round16(q->OH * q->OW * q->F) : 0);
 }
 
 /* Share k of the filter gradient's samples: [ceil(k*B/W), ceil((k+1)*B/W)), so share 0
@@ -1367,7 +1376,7 @@ static LLVMValueRef share(Gemm *g, LLVMValueRef w, LLVMValueRef batch, LLVMValue
 }
 
 /* nn.conv.N(job, w) */
-static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
+static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef hook) {
   char name[48];
   snprintf(name, sizeof name, "nn.conv.%d", n->id);
   LLVMTypeRef params[2] = {g->ptr, g->i64};
@@ -1376,6 +1385,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
   LLVMValueRef job = LLVMGetParam(fn, 0), w = LLVMGetParam(fn, 1);
   LLVMValueRef p[3] = {get(g, J, job, CJ_OUT), get(g, J, job, CJ_SRC0), get(g, J, job, CJ_SRC1)};
   LLVMValueRef batch = get(g, J, job, CJ_BATCH);
+  ConvHook h = {hook, hook ? get(g, J, job, CJ_HOOK_CTX) : NULL};
   LLVMValueRef scr = byte_at(g, get(g, J, job, CJ_SCRATCH), mul(g, w, get(g, J, job, CJ_SSTRIDE)));
   if (n->op == OP_CONV2D_BWD_FILTER) {
     /* `workers` fixed shares of the batch, each summed into its own buffer (share 0 straight
@@ -1392,7 +1402,8 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
                                        p[0], byte_at(g, base, mul(g, k, sstride)), "");
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
     conv_sample(g, n, q, ls.i, NULL, NULL, p, rest, NULL, dst,
-                LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""), (ConvThreads){0}, (GemmEpilogue){0});
+                LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""), (ConvThreads){0}, (GemmEpilogue){0},
+                h);
     loop_end(g, &ls);
     tasks_end(g, &share_k);
   } else { /* samples handed out one at a time; conv2d's in `chunks` ranges of output pixels,
@@ -1407,7 +1418,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
     LLVMValueRef wp = get(g, J, job, CJ_WPANELS);
     conv_sample(g, n, q, s, r0, r1, p, at(g, scr, c64(g, conv_region0(g, n, q))), wp, NULL,
-                NULL, (ConvThreads){0}, epi);
+                NULL, (ConvThreads){0}, epi, h);
     tasks_end(g, &task);
   }
   LLVMBuildRetVoid(g->b);
@@ -1416,12 +1427,13 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q) {
 
 void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
                      LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
-                     LLVMValueRef scratch, GemmEpilogue epi) {
+                     LLVMValueRef scratch, GemmEpilogue epi, ConvHook hook) {
   ensure_gemm(g);
   if (!epi.fn) epi = (GemmEpilogue){LLVMConstNull(g->ptr), LLVMConstNull(g->ptr)};
+  if (hook.fn && n->op != OP_CONV2D_BWD_FILTER) unreachable();
   ConvGeom q = geometry(n);
-  need_scratch(g, conv_scratch(g, n, &q));
-  LLVMValueRef work = emit_conv_work(g, n, &q);
+  need_scratch(g, conv_scratch(g, n, &q, hook.fn));
+  LLVMValueRef work = emit_conv_work(g, n, &q, hook.fn);
   /* from here on, build in the caller's function */
   LLVMBuilderRef own = g->b;
   g->b = b;
@@ -1464,13 +1476,14 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
     conv_sample(g, n, &q, ls.i, NULL, NULL, p, at(g, scratch, c64(g, conv_region0(g, n, &q))),
                 wpanels, NULL, NULL,
-                (ConvThreads){threads, sstride}, epi);
+                (ConvThreads){threads, sstride}, epi, (ConvHook){0});
     loop_end(g, &ls);
     if_else(g, &by_sample);
   }
   workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
   LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers,
-                              epi.fn, epi.ctx, chunks, wpanels};
+                              epi.fn, epi.ctx, chunks, wpanels,
+                              hook.fn ? hook.ctx : LLVMConstNull(g->ptr)};
   for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
   dispatch(g, work, job, threads, parallel);
   if (n->op == OP_CONV2D_BWD_DATA) if_end(g, &by_sample);

@@ -24,6 +24,7 @@ typedef struct Gemm {
   LLVMTypeRef job_type;      /* %nn.gemm.job */
   LLVMTypeRef conv_type;     /* %nn.conv.job */
   LLVMTypeRef epilogue_type; /* void (ptr ctx, i64 r0, i64 r1, i64 c0, i64 c1) */
+  LLVMTypeRef sample_type;   /* void (ptr ctx, i64 s, ptr dst): a ConvHook */
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
   LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */
@@ -55,6 +56,15 @@ typedef struct GemmEpilogue {
   LLVMValueRef fn, ctx; /* NULL: none */
 } GemmEpilogue;
 
+/* A convolution's per-sample hook, fn(ctx, s, dst), of type Gemm.sample_type, run by the
+ * worker that takes sample s: for conv2d_bwd_filter, before the sample's GEMM, writing the
+ * sample's output gradient [OH*OW, F] at dst (the worker's scratch), which the GEMM then
+ * reads instead of src1's (a pooling gradient only the filter gradient reads: made and used
+ * while in cache, never written to memory). */
+typedef struct ConvHook {
+  LLVMValueRef fn, ctx; /* NULL: none */
+} ConvHook;
+
 /* vector_bits / registers: the target's SIMD width and vector register count. */
 void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef elem,
                      int vector_bits, int registers);
@@ -65,7 +75,7 @@ void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef 
  * im2col / col2im and GEMMs, parallel over the batch: out = n(src0, src1). */
 void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out, LLVMValueRef src0,
                      LLVMValueRef src1, LLVMValueRef batch, LLVMValueRef threads,
-                     LLVMValueRef scratch, GemmEpilogue epilogue);
+                     LLVMValueRef scratch, GemmEpilogue epilogue, ConvHook hook);
 /* Parallel work for lower_llvm.c's loops, with the GEMM's machinery. A job is a struct the
  * caller fills on its stack; its work function, void (ptr job, i64 worker), runs on every
  * worker and takes tasks 0..count-1 from an atomic i64 counter in the job (set to 0 first;

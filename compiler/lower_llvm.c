@@ -85,6 +85,7 @@ typedef struct Lower {
   LLVMTypeRef split_job;             /* %nn.split.job */
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
   GemmEpilogue epilogue;             /* for the matmul or conv2d being lowered, or none */
+  ConvHook conv_hook;                /* for the filter gradient being lowered, or none */
   bool apart;                        /* emitting a group function: no node ids in names */
   const Places *places;              /* while apart: the group function's places */
   struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */
@@ -1214,7 +1215,7 @@ static void taps_close(Lower *L, Win *v) {
 static void lower_conv(Lower *L, const Node *n) {
   lower_conv_call(&L->gemm, L->b, n, node_ptr(L, n), node_ptr(L, n->src[0]),
                   node_ptr(L, n->src[1]), L->batch, L->region[NN_IO_THREADS],
-                  L->region[NN_IO_SCRATCH], L->epilogue);
+                  L->region[NN_IO_SCRATCH], L->epilogue, L->conv_hook);
 }
 
 /* ============================== int8 sites (quant.c) ============================== */
@@ -1890,6 +1891,36 @@ static void lower_epilogue_group(Lower *L, int gi, const bool *need) {
   L->epilogue = (GemmEpilogue){0};
 }
 
+/* A filter gradient with its prologue (fuse.c): a side function makes sample s of the
+ * pooling gradient at dst, its operands read at sample s, and the convolution calls it per
+ * sample; in a group function, the two one after the other. */
+static void lower_prologue_group(Lower *L, int gi) {
+  const Group *G = &L->g->groups[gi];
+  const Node *n = G->members[0], *d = G->members[1];
+  if (L->apart) {
+    lower_site_or_node(L, d);
+    lower_site_or_node(L, n);
+    return;
+  }
+  set_tag(L, "p", gi);
+  LLVMValueRef fn = side_fn_new(L, L->gemm.sample_type);
+  SideFn side = side_fn_enter(L, fn);
+  LLVMValueRef s = LLVMGetParam(fn, 1);
+  for (int k = 0; k < op_info[d->op].arity; k++) { /* sample s as the batch's first */
+    const Node *x = d->src[k];
+    int64_t per = elems_extent(x->shape).n / dim_extent(x->shape.dim[0]).n;
+    LLVMValueRef base = node_ptr(L, x);
+    L->at[x->id] = elem_ptr(L, base, ix_mul(L, s, per));
+  }
+  L->at[d->id] = LLVMGetParam(fn, 2);
+  lower_pool_samples(L, d, i64c(L, 0), i64c(L, 1));
+  LLVMBuildRetVoid(L->b);
+  side_fn_leave(L, &side);
+  L->conv_hook = (ConvHook){fn, side_job(L, i64c(L, 0))};
+  lower_site_or_node(L, n);
+  L->conv_hook = (ConvHook){0};
+}
+
 static void lower_node(Lower *L, const Node *n) {
   if (class_of(n) != CLASS_SCALAR && (n->io < 0 || n->io >= NN_IO_COUNT))
     diag_internal(__FILE__, __LINE__, "node %%%d (%s) has no planned region", n->id,
@@ -2029,6 +2060,7 @@ static void lower_group(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
   if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
   else if (G->kind == GROUP_EPILOGUE) lower_epilogue_group(L, gi, need);
+  else if (G->kind == GROUP_PROLOGUE) lower_prologue_group(L, gi);
   else lower_site_or_node(L, G->members[0]);
 }
 

@@ -221,6 +221,9 @@ typedef enum GroupKind {
   GROUP_EPILOGUE, /* a matmul or conv2d (members[0]) and the elementwise loop over its result
                    * (the rest, over `loop`), which the GEMM applies to each block of C it
                    * finishes, while the block is in cache */
+  GROUP_PROLOGUE, /* a conv2d_bwd_filter (members[0]) and the pooling gradient only it reads
+                   * (members[1]), made sample by sample just before that sample's GEMM, in
+                   * the worker's scratch (lower_gemm.h's ConvHook) */
 } GroupKind;
 
 /* A unit of lowering made by fuse.c: the nodes computed together, in one loop nest for
@@ -230,7 +233,8 @@ typedef struct Group {
   GroupKind kind;
   Shape loop;      /* GROUP_LOOP: the iteration space (the members' shape, 1-dims dropped; for
                       a reduction, its operand's) */
-  Node **members;  /* n_members, in topological order (an epilogue's matmul or conv2d first) */
+  Node **members;  /* n_members, in topological order (an epilogue's matmul or conv2d, and a
+                      prologue's filter gradient, first) */
   int n_members, cap;
   int ports;       /* loop operands so far: stored members and reads of outside memory */
 } Group;
