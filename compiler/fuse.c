@@ -237,6 +237,30 @@ static void take_prologues(Fuser *f) {
   }
 }
 
+/* Each conv2d group (with or without an epilogue) whose result is max- or average-pooled
+ * takes the pooling along (Group.pooled): the convolution pools each sample as soon as the
+ * sample is done. No cycle can follow: the pooling reads only the group's result. */
+static void take_pools(Fuser *f) {
+  for (int gi = 0; gi < f->n_groups; gi++) {
+    Group *G = &f->groups[gi];
+    if ((G->kind != GROUP_SINGLE && G->kind != GROUP_EPILOGUE) || !G->n_members ||
+        G->members[0]->op != OP_CONV2D)
+      continue;
+    for (int i = 0; i < G->n_members && !G->pooled; i++) {
+      const Node *m = G->members[i];
+      for (int k = 0; k < f->n_users[m->id] && !G->pooled; k++) {
+        Node *u = f->users[m->id][k];
+        if ((u->op != OP_MAXPOOL && u->op != OP_AVGPOOL) || u->group < 0) continue;
+        Group *H = &f->groups[u->group];
+        if (H->kind != GROUP_SINGLE || H->n_members != 1) continue;
+        H->n_members = 0;
+        u->group = gi;
+        G->pooled = u;
+      }
+    }
+  }
+}
+
 /* Depth first: the groups a group reads from go before it. */
 static void order_group(Fuser *f, int gi, int *state, Group *out, int *n_out, int *rank) {
   if (state[gi] == 2) return;
@@ -281,7 +305,7 @@ void fuse_graph(Graph *g, bool enabled) {
   }
   for (int i = 0; i < n; i++) g->nodes[i]->group = -1;
   for (int i = n - 1; i >= 0; i--) place(&f, g->nodes[i]);
-  if (enabled) take_epilogues(&f), take_prologues(&f);
+  if (enabled) take_epilogues(&f), take_prologues(&f), take_pools(&f);
 
   /* lowering order: dependencies first, otherwise roughly the graph's order */
   int *state = xalloc(sizeof *state * ((size_t)f.n_groups + 1));
@@ -345,10 +369,11 @@ void fuse_print(FILE *out, const Graph *g) {
       } else if (G->kind == GROUP_PROLOGUE) {
         fprintf(out, " prologue");
       }
+      if (G->pooled) fprintf(out, " pooled");
     }
     fprintf(out, " {\n");
-    for (int i = 0; i < G->n_members; i++) {
-      const Node *m = G->members[i];
+    for (int i = 0; i < G->n_members + !!G->pooled; i++) {
+      const Node *m = i < G->n_members ? G->members[i] : G->pooled;
       fprintf(out, "    ");
       ir_print_node(out, m);
       if (m->stored) print_place(out, m);

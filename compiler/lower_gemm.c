@@ -1419,6 +1419,12 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
     LLVMValueRef wp = get(g, J, job, CJ_WPANELS);
     conv_sample(g, n, q, s, r0, r1, p, at(g, scr, c64(g, conv_region0(g, n, q))), wp, NULL,
                 NULL, (ConvThreads){0}, epi, h);
+    if (hook) { /* conv2d: the sample is done, unless cut into pixel ranges */
+      GIf whole = if_begin(g, LLVMBuildICmp(g->b, LLVMIntEQ, chunks, c64(g, 1), ""), "hook");
+      LLVMBuildCall2(g->b, g->sample_type, hook, (LLVMValueRef[]){h.ctx, s, LLVMConstNull(g->ptr)},
+                     3, "");
+      if_end(g, &whole);
+    }
     tasks_end(g, &task);
   }
   LLVMBuildRetVoid(g->b);
@@ -1430,9 +1436,9 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
                      LLVMValueRef scratch, GemmEpilogue epi, ConvHook hook) {
   ensure_gemm(g);
   if (!epi.fn) epi = (GemmEpilogue){LLVMConstNull(g->ptr), LLVMConstNull(g->ptr)};
-  if (hook.fn && n->op != OP_CONV2D_BWD_FILTER) unreachable();
+  if (hook.fn && n->op == OP_CONV2D_BWD_DATA) unreachable();
   ConvGeom q = geometry(n);
-  need_scratch(g, conv_scratch(g, n, &q, hook.fn));
+  need_scratch(g, conv_scratch(g, n, &q, hook.fn && n->op == OP_CONV2D_BWD_FILTER));
   LLVMValueRef work = emit_conv_work(g, n, &q, hook.fn);
   /* from here on, build in the caller's function */
   LLVMBuilderRef own = g->b;
@@ -1486,6 +1492,14 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
                               hook.fn ? hook.ctx : LLVMConstNull(g->ptr)};
   for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
   dispatch(g, work, job, threads, parallel);
+  if (n->op == OP_CONV2D && hook.fn) { /* samples cut into pixel ranges: hooked here */
+    GIf cut = if_begin(g, LLVMBuildICmp(b, LLVMIntSGT, chunks, c64(g, 1), ""), "hook.after");
+    GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
+    LLVMBuildCall2(b, g->sample_type, hook.fn,
+                   (LLVMValueRef[]){hook.ctx, ls.i, LLVMConstNull(g->ptr)}, 3, "");
+    loop_end(g, &ls);
+    if_end(g, &cut);
+  }
   if (n->op == OP_CONV2D_BWD_DATA) if_end(g, &by_sample);
   if (n->op == OP_CONV2D_BWD_FILTER) { /* out += the other workers' sums, in worker order */
     int64_t TC = q.T * q.C, elems = TC * q.F;

@@ -57,10 +57,13 @@ typedef struct GemmEpilogue {
 } GemmEpilogue;
 
 /* A convolution's per-sample hook, fn(ctx, s, dst), of type Gemm.sample_type, run by the
- * worker that takes sample s: for conv2d_bwd_filter, before the sample's GEMM, writing the
- * sample's output gradient [OH*OW, F] at dst (the worker's scratch), which the GEMM then
- * reads instead of src1's (a pooling gradient only the filter gradient reads: made and used
- * while in cache, never written to memory). */
+ * worker that takes sample s: for conv2d, after the sample's GEMM and epilogue (dst NULL;
+ * the pooling of its result, read while in cache; with the sample cut into pixel ranges
+ * for several workers, the caller runs it on every sample after them); for
+ * conv2d_bwd_filter, before the sample's GEMM, writing the sample's output gradient
+ * [OH*OW, F] at dst (the worker's scratch), which the GEMM then reads instead of src1's (a
+ * pooling gradient only the filter gradient reads: made and used while in cache, never
+ * written to memory). */
 typedef struct ConvHook {
   LLVMValueRef fn, ctx; /* NULL: none */
 } ConvHook;

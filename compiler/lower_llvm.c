@@ -1891,32 +1891,43 @@ static void lower_epilogue_group(Lower *L, int gi, const bool *need) {
   L->epilogue = (GemmEpilogue){0};
 }
 
-/* A filter gradient with its prologue (fuse.c): a side function makes sample s of the
- * pooling gradient at dst, its operands read at sample s, and the convolution calls it per
- * sample; in a group function, the two one after the other. */
-static void lower_prologue_group(Lower *L, int gi) {
-  const Group *G = &L->g->groups[gi];
-  const Node *n = G->members[0], *d = G->members[1];
-  if (L->apart) {
-    lower_site_or_node(L, d);
-    lower_site_or_node(L, n);
-    return;
-  }
+/* A convolution's hook (lower_gemm.h ConvHook) that runs pooling or pooling gradient d on
+ * sample s: a side function in which d's operands, and d itself unless `to_dst` (then it is
+ * written at the hook's dst), are sample s taken as the batch's first. */
+static ConvHook sample_hook(Lower *L, int gi, const Node *d, bool to_dst) {
   set_tag(L, "p", gi);
   LLVMValueRef fn = side_fn_new(L, L->gemm.sample_type);
   SideFn side = side_fn_enter(L, fn);
   LLVMValueRef s = LLVMGetParam(fn, 1);
-  for (int k = 0; k < op_info[d->op].arity; k++) { /* sample s as the batch's first */
-    const Node *x = d->src[k];
+  for (int k = -1; k < op_info[d->op].arity; k++) {
+    const Node *x = k < 0 ? d : d->src[k];
     int64_t per = elems_extent(x->shape).n / dim_extent(x->shape.dim[0]).n;
     LLVMValueRef base = node_ptr(L, x);
-    L->at[x->id] = elem_ptr(L, base, ix_mul(L, s, per));
+    L->at[x->id] = k < 0 && to_dst ? LLVMGetParam(fn, 2) : elem_ptr(L, base, ix_mul(L, s, per));
   }
-  L->at[d->id] = LLVMGetParam(fn, 2);
   lower_pool_samples(L, d, i64c(L, 0), i64c(L, 1));
   LLVMBuildRetVoid(L->b);
   side_fn_leave(L, &side);
-  L->conv_hook = (ConvHook){fn, side_job(L, i64c(L, 0))};
+  return (ConvHook){fn, side_job(L, i64c(L, 0))};
+}
+
+/* Can the convolution n run a hook? Not in a group function (the hook would need its own
+ * places), nor at an int8 site. */
+static bool takes_hook(Lower *L, const Node *n) {
+  return !L->apart && !(L->quant_on && quant_site(L->quant, n));
+}
+
+/* A filter gradient with its prologue (fuse.c): the convolution makes each sample's pooling
+ * gradient in its scratch; where it cannot, the two one after the other. */
+static void lower_prologue_group(Lower *L, int gi) {
+  const Group *G = &L->g->groups[gi];
+  const Node *n = G->members[0], *d = G->members[1];
+  if (!takes_hook(L, n)) {
+    lower_site_or_node(L, d);
+    lower_site_or_node(L, n);
+    return;
+  }
+  L->conv_hook = sample_hook(L, gi, d, true);
   lower_site_or_node(L, n);
   L->conv_hook = (ConvHook){0};
 }
@@ -2058,10 +2069,17 @@ static void rebind_scalars(Lower *L, const Graph *g, const bool *need) {
 
 static void lower_group(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
+  /* a conv2d's pooling (fuse.c take_pools): run by the convolution sample by sample, or
+   * after it */
+  const Node *pool = G->pooled && need[G->pooled->id] ? G->pooled : NULL;
+  bool hooked = pool && takes_hook(L, G->members[0]);
+  if (hooked) L->conv_hook = sample_hook(L, gi, pool, false);
   if (G->kind == GROUP_LOOP) lower_loop_group(L, gi, need);
   else if (G->kind == GROUP_EPILOGUE) lower_epilogue_group(L, gi, need);
   else if (G->kind == GROUP_PROLOGUE) lower_prologue_group(L, gi);
   else lower_site_or_node(L, G->members[0]);
+  L->conv_hook = (ConvHook){0};
+  if (pool && !hooked) lower_site_or_node(L, pool);
 }
 
 /* A group function, found again by its text: the number of tensors it takes, then its
@@ -2172,12 +2190,12 @@ static int places_apart(Lower *L, const Node *const *touch, int nt, int *param, 
  * every group alike; noalias where places do not overlap, so that LLVM can vectorise. */
 static void lower_group_apart(Lower *L, int gi, const bool *need) {
   const Group *G = &L->g->groups[gi];
-  const Node **touch = xalloc(sizeof *touch * (size_t)G->n_members * 4);
-  const Node **scalars = xalloc(sizeof *scalars * (size_t)G->n_members * 4);
+  const Node **touch = xalloc(sizeof *touch * (size_t)(G->n_members + 1) * 4);
+  const Node **scalars = xalloc(sizeof *scalars * (size_t)(G->n_members + 1) * 4);
   int nt = 0, ns = 0;
   unsigned regions = 0;
-  for (int i = 0; i < G->n_members; i++) {
-    const Node *m = G->members[i];
+  for (int i = 0; i < G->n_members + !!G->pooled; i++) { /* the members, the pooling */
+    const Node *m = i < G->n_members ? G->members[i] : G->pooled;
     if (!need[m->id]) continue;
     regions |= regions_read(m);
     for (int k = -1; k < op_info[m->op].arity; k++) { /* m itself, then its operands */

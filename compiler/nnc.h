@@ -237,6 +237,9 @@ typedef struct Group {
                       prologue's filter gradient, first) */
   int n_members, cap;
   int ports;       /* loop operands so far: stored members and reads of outside memory */
+  Node *pooled;    /* a conv2d's group: the pooling (maxpool, avgpool) of its result that the
+                      convolution runs on each sample once the sample's GEMM and epilogue are
+                      done, while its result is in cache; in the group, not in members */
 } Group;
 
 /* A function: a DAG of nodes in creation (hence topological) order, and its results. */
