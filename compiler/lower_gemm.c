@@ -11,6 +11,7 @@
  *                              worker w's scratch, then calls the micro-kernel on every tile
  *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
  *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
+ *                              (nn.gemm.ukernel.half: the same on mr/2 rows, for edge tiles)
  *   nn.gemm.direct(job, w)     C with a few rows and B's rows contiguous (a dense layer on
  *                              one sample): strips of a row (and parts of K, when there are
  *                              fewer strips than workers) as tasks, no packing, which would
@@ -277,12 +278,12 @@ static void need_scratch(Gemm *g, int64_t elems) {
  * or NR columns of a row-major B read in place (bks its row stride); only the first mr rows
  * and nr columns are stored (the rest of the tile is padding whose products are thrown
  * away). */
-static void emit_ukernel(Gemm *g) {
-  int MR = g->mr, NV = g->nr / g->w;
+static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
+  int NV = g->nr / g->w;
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
   LLVMTypeRef params[11] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64, g->i64,
                             g->i64, g->i64, g->i64, g->i64, g->i64};
-  LLVMValueRef fn = g->ukernel = function(g, "nn.gemm.ukernel", params, 11);
+  LLVMValueRef fn = function(g, name, params, 11);
   LLVMValueRef kc = LLVMGetParam(fn, 0), ap = LLVMGetParam(fn, 1), bp = LLVMGetParam(fn, 2);
   LLVMValueRef c = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 4), beta = LLVMGetParam(fn, 5);
   LLVMValueRef mr = LLVMGetParam(fn, 6), nr = LLVMGetParam(fn, 7);
@@ -379,6 +380,7 @@ static void emit_ukernel(Gemm *g) {
   loop_end(g, &li);
   if_end(g, &f);
   LLVMBuildRetVoid(g->b);
+  return fn;
 }
 
 /* ============================== packing ============================== */
@@ -655,7 +657,11 @@ static void emit_work(Gemm *g) {
       LLVMBuildSelect(g->b, unpacked, v[J_RSA], c64(g, 1), ""),
       LLVMBuildSelect(g->b, unpacked, c64(g, 1), c64(g, g->mr), ""),
       LLVMBuildSelect(g->b, b_rows, v[J_RSB], c64(g, g->nr), "")};
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel), g->ukernel, args, 11, "");
+  /* a tile of at most half of mr rows (121 rows: the 16th tile holds 1) on a kernel of half
+   * the rows: half the multiply-adds for nothing, in the same order (the same bits) */
+  LLVMValueRef low = LLVMBuildICmp(g->b, LLVMIntSLE, sub(g, rows, li.i), c64(g, g->mr / 2), "");
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel),
+                 LLVMBuildSelect(g->b, low, g->ukernel_half, g->ukernel, ""), args, 11, "");
   loop_end(g, &li);
   loop_end(g, &lj);
   LLVMValueRef k1 = add(g, k0, c64(g, KC));
@@ -1042,7 +1048,8 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
 
 static void ensure_gemm(Gemm *g) {
   if (g->gemm) return;
-  emit_ukernel(g);
+  g->ukernel = emit_ukernel(g, g->mr, "nn.gemm.ukernel");
+  g->ukernel_half = emit_ukernel(g, g->mr / 2, "nn.gemm.ukernel.half");
   emit_work(g);
   emit_direct(g);
   emit_gemm(g);

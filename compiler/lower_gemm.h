@@ -26,6 +26,7 @@ typedef struct Gemm {
   LLVMTypeRef epilogue_type; /* void (ptr ctx, i64 r0, i64 r1, i64 c0, i64 c1) */
   LLVMTypeRef sample_type;   /* void (ptr ctx, i64 s, ptr dst): a ConvHook */
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
+  LLVMValueRef ukernel_half; /* the micro-kernel on mr / 2 rows, for the tiles of that few */
   LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */
   int64_t scratch_elems;     /* per worker: the most any kernel of the module uses */
