@@ -1241,10 +1241,19 @@ static void im2col_tap_major(Gemm *g, const ConvGeom *q, LLVMValueRef colt, LLVM
     store(g, LLVMConstNull(g->elem), at(g, dst, lz.i), 0);
     loop_end(g, &lz);
   }
-  GLoop lw = loop_begin(g, in_lo, in_hi, 1, "ow");
-  LLVMValueRef px = add(g, row_px, add(g, muli(g, lw.i, c->sw), off));
-  store(g, load(g, g->elem, at(g, img, add(g, muli(g, px, q->C), ch.i)), 0), at(g, dst, lw.i), 0);
-  loop_end(g, &lw);
+  if (q->C == 1 && c->sw == 1) { /* the run is contiguous in the image: one copy (a loop of
+                                   * element copies stayed scalar: LLVM cannot tell the two
+                                   * buffers apart) */
+    LLVMValueRef src = at(g, img, add(g, row_px, add(g, in_lo, off)));
+    LLVMBuildMemCpy(g->b, at(g, dst, in_lo), (unsigned)g->es, src, (unsigned)g->es,
+                    muli(g, sub(g, in_hi, in_lo), g->es));
+  } else {
+    GLoop lw = loop_begin(g, in_lo, in_hi, 1, "ow");
+    LLVMValueRef px = add(g, row_px, add(g, muli(g, lw.i, c->sw), off));
+    store(g, load(g, g->elem, at(g, img, add(g, muli(g, px, q->C), ch.i)), 0), at(g, dst, lw.i),
+          0);
+    loop_end(g, &lw);
+  }
   loop_end(g, &oh);
   loop_end(g, &ch);
   loop_end(g, &kw);
