@@ -1450,19 +1450,26 @@ static void lower_avgpool_bwd(Lower *L, const Node *n, Win v) {
   positions_close(L, &v);
 }
 
-/* Do the windows of c tile an image of [H, W] exactly (stride = window, no padding or
- * dilation, sizes divisible), so that every pixel is in exactly one window? */
-static bool windows_tile(const ConvAttr *c, Shape img) {
+/* Do the windows of c cover an image without overlapping (stride = window, no padding or
+ * dilation), so that every pixel is in at most one window? */
+static bool windows_apart(const ConvAttr *c) {
   return c->sh == c->kh && c->sw == c->kw && c->dh == 1 && c->dw == 1 &&
-         !(c->pt | c->pl | c->pb | c->pr) && img.dim[1] % c->kh == 0 && img.dim[2] % c->kw == 0;
+         !(c->pt | c->pl | c->pb | c->pr);
+}
+
+/* ... and tile an image of [H, W] exactly (sizes divisible), so every pixel is in one? */
+static bool windows_tile(const ConvAttr *c, Shape img) {
+  return windows_apart(c) && img.dim[1] % c->kh == 0 && img.dim[2] % c->kw == 0;
 }
 
 /* dx[B,H,W,C] = maxpool_bwd(x[B,H,W,C], g[B,OH,OW,C]): per channel, the taps in order; the
  * first one holding the window's maximum receives g (PyTorch's choice on ties). The running
  * maximum and its position are kept for all channels at once (channels innermost), so the
  * loops over channels vectorise. When the windows tile the image, each window writes all its
- * taps (g or 0), every pixel once, and dx needs no zeroing first. */
-enum { UNROLLED_TAPS = 16 }; /* tiling windows of at most this many taps: taps unrolled */
+ * taps (g or 0), every pixel once, and dx needs no zeroing first; windows that do not overlap
+ * but leave an odd last row or column (conv2's 11x11 under 2x2) write theirs the same way
+ * after the zeroing. */
+enum { UNROLLED_TAPS = 16 }; /* windows apart of at most this many taps: taps unrolled */
 
 static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   const Node *xn = n->src[0], *gn = n->src[1];
@@ -1470,9 +1477,12 @@ static void lower_maxpool_bwd(Lower *L, const Node *n, Win v) {
   LLVMValueRef dx = node_ptr(L, n), x = node_ptr(L, xn), g = node_ptr(L, gn);
   bool tile = windows_tile(v.c, xn->shape);
   int es = (int)L->gemm.es, w = L->gemm.w;
-  if (tile && v.c->kh * v.c->kw <= UNROLLED_TAPS && w > 1 && w <= 16 && C % w == 0) {
-    /* vectors of channels, the taps unrolled: the running maximum and its tap are registers */
+  if (windows_apart(v.c) && v.c->kh * v.c->kw <= UNROLLED_TAPS && w > 1 && w <= 16 &&
+      C % w == 0) {
+    /* vectors of channels, the taps unrolled: the running maximum and its tap are registers;
+     * the pixels no window covers (the last row or column of an odd size) are zeroed first */
     int taps = v.c->kh * v.c->kw;
+    if (!tile) fill_samples(L, &v, n, 0);
     LLVMTypeRef vt = LLVMVectorType(L->elem, (unsigned)w), i32 = LLVMInt32TypeInContext(L->ctx);
     LLVMTypeRef it = LLVMVectorType(i32, (unsigned)w);
     LLVMValueRef xo[UNROLLED_TAPS], tap_no[UNROLLED_TAPS], lanes[16];
