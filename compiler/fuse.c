@@ -216,6 +216,16 @@ static void take_epilogues(Fuser *f) {
   }
 }
 
+/* Moves x into group gi when x is alone in a group of its own (emptied then); else false. */
+static bool take_alone(Fuser *f, Node *x, int gi) {
+  if (x->group < 0) return false;
+  Group *H = &f->groups[x->group];
+  if (H->kind != GROUP_SINGLE || H->n_members != 1) return false;
+  H->n_members = 0;
+  x->group = gi;
+  return true;
+}
+
 /* Each filter gradient whose output gradient is a pooling gradient that nothing else reads
  * takes it as its prologue: made per sample into the worker's scratch right before the
  * sample's GEMM, which reads it from cache (it keeps its arena slot, for lowerings that run
@@ -226,12 +236,8 @@ static void take_prologues(Fuser *f) {
     if (G->kind != GROUP_SINGLE || G->members[0]->op != OP_CONV2D_BWD_FILTER) continue;
     Node *d = G->members[0]->src[1];
     if ((d->op != OP_MAXPOOL_BWD && d->op != OP_AVGPOOL_BWD) || f->is_output[d->id] ||
-        f->n_users[d->id] != 1 || d->group < 0)
+        f->n_users[d->id] != 1 || !take_alone(f, d, gi))
       continue;
-    Group *H = &f->groups[d->group];
-    if (H->kind != GROUP_SINGLE || H->n_members != 1) continue;
-    H->n_members = 0;
-    d->group = gi;
     add_member(G, d);
     G->kind = GROUP_PROLOGUE;
   }
@@ -250,12 +256,7 @@ static void take_pools(Fuser *f) {
       const Node *m = G->members[i];
       for (int k = 0; k < f->n_users[m->id] && !G->pooled; k++) {
         Node *u = f->users[m->id][k];
-        if ((u->op != OP_MAXPOOL && u->op != OP_AVGPOOL) || u->group < 0) continue;
-        Group *H = &f->groups[u->group];
-        if (H->kind != GROUP_SINGLE || H->n_members != 1) continue;
-        H->n_members = 0;
-        u->group = gi;
-        G->pooled = u;
+        if ((u->op == OP_MAXPOOL || u->op == OP_AVGPOOL) && take_alone(f, u, gi)) G->pooled = u;
       }
     }
   }

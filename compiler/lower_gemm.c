@@ -1285,6 +1285,12 @@ static ConvB conv_b(const Node *n, const ConvGeom *q) {
   return n->op == OP_CONV2D ? (ConvB){TC, q->F, q->F, 1} : (ConvB){q->F, TC, 1, q->F};
 }
 
+/* Calls hook h on sample s, with dst (NULL: none). */
+static void run_hook(Gemm *g, ConvHook h, LLVMValueRef s, LLVMValueRef dst) {
+  LLVMBuildCall2(g->b, g->sample_type, h.fn,
+                 (LLVMValueRef[]){h.ctx, s, dst ? dst : LLVMConstNull(g->ptr)}, 3, "");
+}
+
 /* One sample s of node n on the worker whose scratch (past the first region, conv_region0) is
  * `scr` (or on the threads t, from worker 0's scratch); conv2d: only its output pixels [r0,
  * r1); conv2d and the data gradient: `wp` is the filter in the GEMM's B panels (the caller
@@ -1354,7 +1360,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     a.b = at(g, p[2], mul(g, s, out_elems)), a.rsb = c64(g, q->F), a.csb = one;
     if (hook.fn) { /* the sample's output gradient, made here, past the GEMM's packing */
       a.b = at(g, gs, c64(g, gemm_scratch(g)));
-      LLVMBuildCall2(g->b, g->sample_type, hook.fn, (LLVMValueRef[]){hook.ctx, s, a.b}, 3, "");
+      run_hook(g, hook, s, a.b);
     }
     a.c = dst, a.ldc = c64(g, q->F);
     /* beta is a runtime value here: the job's field is overwritten after filling */
@@ -1437,8 +1443,7 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
                 NULL, (ConvThreads){0}, epi, h);
     if (hook) { /* conv2d: the sample is done, unless cut into pixel ranges */
       GIf whole = if_begin(g, LLVMBuildICmp(g->b, LLVMIntEQ, chunks, c64(g, 1), ""), "hook");
-      LLVMBuildCall2(g->b, g->sample_type, hook, (LLVMValueRef[]){h.ctx, s, LLVMConstNull(g->ptr)},
-                     3, "");
+      run_hook(g, h, s, NULL);
       if_end(g, &whole);
     }
     tasks_end(g, &task);
@@ -1511,8 +1516,7 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   if (n->op == OP_CONV2D && hook.fn) { /* samples cut into pixel ranges: hooked here */
     GIf cut = if_begin(g, LLVMBuildICmp(b, LLVMIntSGT, chunks, c64(g, 1), ""), "hook.after");
     GLoop ls = loop_begin(g, c64(g, 0), batch, 1, "s");
-    LLVMBuildCall2(b, g->sample_type, hook.fn,
-                   (LLVMValueRef[]){hook.ctx, ls.i, LLVMConstNull(g->ptr)}, 3, "");
+    run_hook(g, hook, ls.i, NULL);
     loop_end(g, &ls);
     if_end(g, &cut);
   }

@@ -85,7 +85,7 @@ typedef struct Lower {
   LLVMTypeRef split_job;             /* %nn.split.job */
   Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
   GemmEpilogue epilogue;             /* for the matmul or conv2d being lowered, or none */
-  ConvHook conv_hook;                /* for the filter gradient being lowered, or none */
+  ConvHook conv_hook;                /* for the convolution being lowered, or none */
   bool apart;                        /* emitting a group function: no node ids in names */
   const Places *places;              /* while apart: the group function's places */
   struct GroupFn *group_fns;         /* n_group_fns group functions made so far, by text */

@@ -109,10 +109,15 @@ static void widen_u8_f32(const uint8_t *restrict from, float *restrict to, int64
     to[j] = (float)((double)from[j] * scale);
 }
 
+/* Are data's bytes widened by widen_u8_f32 (else through the table)? */
+static bool widens_in_vectors(const NnData *data) {
+  return data->elem_size == 4 && data->x_store == NNRT_STORE_U8;
+}
+
 static void widen_row(const NnData *data, const ByteTable *t, int64_t row, void *to) {
   int64_t xs = data->x_size;
   const uint8_t *from = (const uint8_t *)data->x + row * xs;
-  if (data->elem_size == 4 && data->x_store == NNRT_STORE_U8)
+  if (widens_in_vectors(data))
     widen_u8_f32(from, to, xs, data->x_scale);
   else if (data->elem_size == 4)
     for (int64_t j = 0; j < xs; j++)
@@ -153,7 +158,7 @@ static void gather_range(void *ctx, int64_t lo, int64_t hi) {
 
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
   Gather g = {.data = data, .rows = rows, .io = io};
-  if (data->x_store != NNRT_STORE_ELEM)
+  if (data->x_store != NNRT_STORE_ELEM && !widens_in_vectors(data))
     byte_table(data, &g.table);
   nnrt_split(io[NN_IO_THREADS], n, GATHER_GRAIN, gather_range, &g);
 }
