@@ -121,6 +121,7 @@ static Node **table_slot(Graph *g, const Node *n) {
 
 static void table_grow(Graph *g) {
   g->table_cap = g->table_cap ? 2 * g->table_cap : 256;
+  while (g->table_cap < 2 * (g->n_nodes + 1)) g->table_cap *= 2; /* dropped by ir_prune, trim.c */
   g->table = xalloc(g->table_cap * sizeof *g->table);
   for (int i = 0; i < g->n_nodes; i++) *table_slot(g, g->nodes[i]) = g->nodes[i];
 }

@@ -1186,12 +1186,13 @@ static void positions_close(Lower *L, Win *v) {
 }
 
 /* i = o*stride - pad_before + k*dilation, and a test that it is in [0, n) when padding can
- * put it outside (without padding the output size keeps every tap inside). */
+ * put it outside (without padding, or with a negative one after, from trim.c, the output size
+ * keeps every tap inside). */
 static LLVMValueRef tap(Lower *L, LLVMValueRef o, LLVMValueRef k, int stride, int dil, int p0,
                         int p1, int64_t n, LLVMBasicBlockRef *join, const char *name) {
   LLVMValueRef i = ix_add(L, ix_mul(L, o, stride), ix_mul(L, k, dil));
   if (p0) i = ix_add(L, i, i64c(L, -p0));
-  *join = p0 || p1 ? if_open(L, LLVMBuildICmp(L->b, LLVMIntULT, i, i64c(L, n), ""), name) : NULL;
+  *join = p0 || p1 > 0 ? if_open(L, LLVMBuildICmp(L->b, LLVMIntULT, i, i64c(L, n), ""), name) : NULL;
   return i;
 }
 

@@ -1,6 +1,6 @@
 /* main.c — the nnc command line and the pipeline, one call per stage:
  *
- *   parse_source → sema → ad_gradients → fuse_graph → plan_memory → lower_llvm
+ *   parse_source → sema → trim_graph → ad_gradients → fuse_graph → plan_memory → lower_llvm
  *   → link_executable
  *
  * --emit=STAGE stops after a stage and prints what it made. */
@@ -32,6 +32,7 @@ static void usage(FILE *out) {
           "  --dtype=f32|f64    element type of every tensor (default f32; f64 for gradient checks)\n"
           "  --target-cpu=CPU   generate code for CPU instead of this machine's (e.g. x86-64-v3)\n"
           "  --no-fuse          one loop nest per op (to measure what fusion gains)\n"
+          "  --no-trim          compute the rows and columns of images that nothing reads\n"
           "  --name=NAME        header: prefix of every symbol (default: the -o file's name)\n"
           "  --weights=FILE     header: bake these trained weights (safetensors) into the object\n"
           "  --prune=F          header: zero the fraction F of each baked weight matrix, smallest\n"
@@ -82,6 +83,8 @@ static int parse_args(int argc, char **argv, Options *o) {
       o->f64 = !strcmp(a, "--dtype=f64");
     } else if (!strcmp(a, "--no-fuse")) {
       o->no_fuse = true;
+    } else if (!strcmp(a, "--no-trim")) {
+      o->no_trim = true;
     } else if (!strncmp(a, "--target-cpu=", 13) && a[13]) {
       o->target_cpu = a + 13;
     } else if (!strncmp(a, "--name=", 7)) {
@@ -300,6 +303,8 @@ static int compile(const Options *o) {
     close_dump(f);
     return 0;
   }
+  for (int i = 0; i < n && !o->no_trim; i++)
+    if (!update[i]) trim_graph(gs[i]);
   if (u->has_train && !ad_gradients(u)) return 1;
   if (o->emit == EMIT_GRAD_IR) {
     FILE *f = open_dump(o);

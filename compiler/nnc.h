@@ -1,6 +1,6 @@
 /* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
  * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
- * → ir.c + ops.c (IR, op table) → autodiff.c (IR → IR) → fuse.c (loop groups)
+ * → ir.c + ops.c (IR, op table) → trim.c (bounds) → autodiff.c (IR → IR) → fuse.c (loop groups)
  * → plan.c (memory) → lower_llvm.c (LLVM; lower_gemm.c, behind lower_gemm.h, emits its matmul
  * and convolutions)
  * → link.c (executable). main.c runs them in order. */
@@ -393,6 +393,14 @@ typedef struct Unit {
  * Returns NULL after reporting errors. `prelude` is std.nn (may be NULL if not used). */
 Unit *sema(Ast *program, Ast *prelude);
 
+/* ============================== trim.c ============================== */
+
+/* Bounds inference on a forward graph (before autodiff): every image-valued convolution,
+ * pooling or elementwise op computes only the rows and columns its readers read (a
+ * convolution or pooling through a smaller bottom or right padding, negative if need be).
+ * Returns how many nodes it shrank. */
+int trim_graph(Graph *g);
+
 /* ============================== autodiff.c ============================== */
 
 /* Reverse mode: appends to u->train the gradient of the loss output with respect to every
@@ -525,6 +533,7 @@ struct Options {
   const char *target_cpu; /* --target-cpu; NULL = host */
   bool keep_obj;        /* --keep-obj: leave the .o next to the executable */
   bool no_fuse;         /* --no-fuse: one loop nest per node (for measuring fusion) */
+  bool no_trim;         /* --no-trim: every row of every image computed (trim.c) */
   const char *name;     /* --name: C prefix of --emit=header's symbols; NULL = from -o */
   const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
   int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */

@@ -233,7 +233,7 @@ static Shape window_shape(Shape x, const ConvAttr *c, int64_t channels) {
 static void check_geometry(const Node *n) {
   const ConvAttr *c = &n->attr.conv;
   if (c->kh < 1 || c->kw < 1 || c->sh < 1 || c->sw < 1 || c->dh < 1 || c->dw < 1 || c->pt < 0 ||
-      c->pl < 0 || c->pb < 0 || c->pr < 0)
+      c->pl < 0) /* pb, pr < 0: trim.c cut the last rows or columns off the result */
     diag_internal(__FILE__, __LINE__, "%s with a bad window", op_info[n->op].text);
 }
 
