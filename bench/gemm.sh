@@ -70,10 +70,10 @@ nn 64 256 128 1 mlp-fwd2
 tn 784 64 256 1 mlp-dW1
 tn 256 64 128 1 mlp-dW2
 nt 64 128 256 1 mlp-dX2
-nn 676 9 32 1 cnn-conv1
-nn 121 288 64 1 cnn-conv2
-tn 288 121 64 1 cnn-conv2-dW
-nt 121 64 288 1 cnn-conv2-dX
+nn 576 9 32 1 cnn-conv1
+nn 100 288 64 1 cnn-conv2
+tn 288 100 64 1 cnn-conv2-dW
+nt 100 64 288 1 cnn-conv2-dX
 nn 64 1600 64 1 cnn-dense
 tn 1600 64 64 1 cnn-dense-dW
 nn 1024 1024 1024 1 square-1024

@@ -18,7 +18,8 @@
  *                              cost more than the multiply; the same sums in the same order
  *   nn.conv.N(job, w)          one per convolution node: per sample, im2col into scratch and a
  *                              GEMM (conv2d, filter gradient) or a GEMM and col2im (data
- *                              gradient)
+ *                              gradient); a conv2d of fewer than 4 input channels sums its
+ *                              taps directly (conv_direct), the GEMM's sums without im2col
  *
  * Transposes are strides: packing reads A and B through (row, column) strides, so every form
  * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code;
@@ -1260,6 +1261,96 @@ static void im2col_tap_major(Gemm *g, const ConvGeom *q, LLVMValueRef colt, LLVM
   loop_end(g, &kh);
 }
 
+/* A convolution of few input channels (a grey or RGB image) with a small filter: direct, not
+ * im2col + GEMM. With K = KH*KW*C at most DIRECT_CONV_K, the GEMM's tiles would run a short k
+ * loop each, behind an im2col as large as the output; here each output pixel's F channels are
+ * NV vectors summed over the K taps straight from the image, DIRECT_CONV_PIXELS pixels at once
+ * (independent sums to hide the multiply-add latency), the filter's K x NV vectors loaded once.
+ * Each sum is the micro-kernel's: from 0, k ascending, one llvm.fmuladd per k, a tap in the
+ * padding adding x = 0, so the bits are those of the GEMM path. The epilogue runs on each block
+ * of DIRECT_CONV_BLOCK pixels as it is done, while the block is in L1. */
+enum { DIRECT_CONV_K = 32, DIRECT_CONV_PIXELS = 4, DIRECT_CONV_BLOCK = 64 };
+
+static bool conv_direct_ok(const Gemm *g, const ConvGeom *q) {
+  return q->C < TAP_MAJOR_C && q->T * q->C <= DIRECT_CONV_K && q->F % g->w == 0 &&
+         q->F / g->w <= 4;
+}
+
+/* y's rows [r0, r1) (output pixels of one sample; y points at row r0) from the sample's image
+ * and the filter w ([K, F] row-major); then epilogue rows erow + [r0, r1) block by block. */
+static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueRef w,
+                        LLVMValueRef y, LLVMValueRef r0, LLVMValueRef r1, GemmEpilogue epi,
+                        LLVMValueRef erow) {
+  const ConvAttr *c = q->c;
+  int NV = (int)(q->F / g->w), K = (int)(q->T * q->C);
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
+  LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
+  bool padded = c->pt || c->pl || c->pb > 0 || c->pr > 0; /* can a tap leave the image? */
+  LLVMValueRef wv[DIRECT_CONV_K][4];
+  for (int k = 0; k < K; k++)
+    for (int j = 0; j < NV; j++)
+      wv[k][j] = load(g, vt, at(g, w, c64(g, k * q->F + j * g->w)), (unsigned)g->es);
+  LLVMValueRef zero = c64(g, 0), fzero = LLVMConstNull(g->elem);
+  GLoop lb = loop_begin(g, r0, r1, DIRECT_CONV_BLOCK, "dc.block");
+  LLVMValueRef b1 = min64(g, add(g, lb.i, c64(g, DIRECT_CONV_BLOCK)), r1);
+  /* the block's pixels P at a time, then the rest one at a time */
+  LLVMValueRef whole =
+      sub(g, b1, LLVMBuildSRem(g->b, sub(g, b1, lb.i), c64(g, DIRECT_CONV_PIXELS), ""));
+  for (int pass = 0; pass < 2; pass++) {
+    int P = pass ? 1 : DIRECT_CONV_PIXELS;
+    GLoop lp = pass ? loop_begin(g, whole, b1, 1, "dc.px1") : loop_begin(g, lb.i, whole, P, "dc.px");
+    LLVMValueRef ih0[DIRECT_CONV_PIXELS], iw0[DIRECT_CONV_PIXELS], acc[DIRECT_CONV_PIXELS][4];
+    for (int i = 0; i < P; i++) {
+      LLVMValueRef px = add(g, lp.i, c64(g, i));
+      LLVMValueRef oh = LLVMBuildUDiv(g->b, px, c64(g, q->OW), "");
+      LLVMValueRef ow = sub(g, px, muli(g, oh, q->OW));
+      ih0[i] = add(g, muli(g, oh, c->sh), c64(g, -c->pt));
+      iw0[i] = add(g, muli(g, ow, c->sw), c64(g, -c->pl));
+      for (int j = 0; j < NV; j++) acc[i][j] = LLVMConstNull(vt);
+    }
+    for (int kh = 0; kh < c->kh; kh++)
+      for (int kw = 0; kw < c->kw; kw++)
+        for (int i = 0; i < P; i++) {
+          LLVMValueRef ih = add(g, ih0[i], c64(g, (int64_t)kh * c->dh));
+          LLVMValueRef iw = add(g, iw0[i], c64(g, (int64_t)kw * c->dw));
+          LLVMValueRef inside = NULL;
+          if (padded) { /* a tap in the padding reads pixel 0 and adds x = 0 */
+            inside = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntULT, ih, c64(g, q->H), ""),
+                                  LLVMBuildICmp(g->b, LLVMIntULT, iw, c64(g, q->W), ""), "");
+            ih = LLVMBuildSelect(g->b, inside, ih, zero, "");
+            iw = LLVMBuildSelect(g->b, inside, iw, zero, "");
+          }
+          LLVMValueRef pix = muli(g, add(g, muli(g, ih, q->W), iw), q->C);
+          for (int ch = 0; ch < q->C; ch++) {
+            LLVMValueRef x = load(g, g->elem, at(g, img, add(g, pix, c64(g, ch))), (unsigned)g->es);
+            if (inside) x = LLVMBuildSelect(g->b, inside, x, fzero, "");
+            LLVMValueRef xv = splat(g, x);
+            int k = (kh * c->kw + kw) * (int)q->C + ch;
+            for (int j = 0; j < NV; j++)
+              acc[i][j] = LLVMBuildCall2(g->b, fma_ty, fma,
+                                         (LLVMValueRef[]){xv, wv[k][j], acc[i][j]}, 3, "");
+          }
+        }
+    for (int i = 0; i < P; i++)
+      for (int j = 0; j < NV; j++) {
+        LLVMValueRef row = sub(g, add(g, lp.i, c64(g, i)), r0);
+        store(g, acc[i][j], at(g, y, add(g, muli(g, row, q->F), c64(g, j * g->w))),
+              (unsigned)g->es);
+      }
+    loop_end(g, &lp);
+  }
+  if (epi.fn) {
+    GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, epi.fn, ""), "dc.epilogue");
+    LLVMValueRef args[5] = {epi.ctx, add(g, erow, sub(g, lb.i, r0)), add(g, erow, sub(g, b1, r0)),
+                            zero, c64(g, q->F)};
+    LLVMBuildCall2(g->b, g->epilogue_type, epi.fn, args, 5, "");
+    if_end(g, &f);
+  }
+  loop_end(g, &lb);
+}
+
 /* A GEMM from a conv: fills a job on this function's stack and calls nn.gemm, on one worker
  * (inside a conv worker: threads NULL, so the scratch stride does not matter) or on the
  * threads, each worker packing at scratch + w * sstride. */
@@ -1318,6 +1409,11 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   case OP_CONV2D: { /* y[s] = im2col(x[s]) · w */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
     a.m = sub(g, r1, r0), a.n = c64(g, q->F), a.k = c64(g, TC);
+    if (conv_direct_ok(g, q)) {
+      conv_direct(g, q, x.img, p[2], at(g, p[0], add(g, mul(g, s, out_elems), muli(g, r0, q->F))),
+                  r0, r1, epi, add(g, mul(g, s, c64(g, rows)), r0));
+      break;
+    }
     if (tap_major) { /* A is the transposed matrix's transpose */
       im2col_tap_major(g, q, col, x.img, r0, r1);
       a.a = col, a.rsa = one, a.csa = a.m;
