@@ -1,11 +1,11 @@
 /* trim.c — bounds inference: the rows and columns of an image that nothing reads are never
  * computed.
  *
- * A window that stops short of its image's end leaves the image's last rows unread: 2x2 max
- * pooling of conv2's 11x11 result in the textbook CNN (floor mode drops the last row and
- * column), and then a valid 3x3 convolution of the 5x5 ... For each image-valued node
- * (a batched [B, H, W, C]) this pass finds the extent [0, E) of each spatial axis that its
- * readers need, and shrinks the node to it:
+ * A window that stops short of its image's end leaves the image's last rows unread (2x2 max
+ * pooling in floor mode of conv2's 11x11 result in the textbook CNN leaves the last row and
+ * column), and so on up the chain. For each image-valued node (a batched [B, H, W, C]) this
+ * pass finds the extent [0, E) of each spatial axis that its readers need, and shrinks the
+ * node to it:
  *   - a convolution or pooling makes fewer output rows through a smaller (possibly negative)
  *     bottom or right padding: the outputs it keeps read the same taps, so keep their values;
  *   - an elementwise op takes the extent of its image operands, which shrink alike;
@@ -100,10 +100,15 @@ int trim_graph(Graph *g) {
   for (int i = 0; i < n; i++)
     shrunk[i] = !fixed[i] && (ext[i][0] < g->nodes[i]->shape.dim[1] ||
                               ext[i][1] < g->nodes[i]->shape.dim[2]);
+  /* the nodes to redo: the shrunk ones, and the window ops reading one (an output's too,
+   * whose own extent stays whole) */
+  bool *redo = xalloc(sizeof *redo * (size_t)(n + 1));
+  for (int i = 0; i < n; i++)
+    redo[i] = shrunk[i] || (is_window(g->nodes[i]) && shrunk[g->nodes[i]->src[0]->id]);
   int trimmed = 0;
   for (int i = 0; i < n; i++) { /* in order: a window's operand has its new shape */
     Node *x = g->nodes[i];
-    if (fixed[i] || !(shrunk[i] || (is_window(x) && shrunk[x->src[0]->id]))) continue;
+    if (!redo[i]) continue;
     x->shape.dim[1] = ext[i][0], x->shape.dim[2] = ext[i][1];
     if (is_window(x)) /* the padding after that gives this extent, nearest 0 */
       for (int a = 0; a < 2; a++) {
@@ -116,11 +121,11 @@ int trim_graph(Graph *g) {
       }
     trimmed += shrunk[i];
   }
-  /* every shrunk node's shape rule must agree with what was set */
+  /* every node redone must still fit its shape rule */
   Builder b = {g, (Loc){0}, true};
   for (int i = 0; i < n; i++) {
     Node *x = g->nodes[i];
-    if (fixed[i]) continue;
+    if (!redo[i]) continue;
     Shape s = {0};
     if (!op_info[x->op].shape(&b, x, &s) || !shape_eq(s, x->shape))
       diag_internal(__FILE__, __LINE__, "trim: %%%d no longer fits its operands", x->id);
