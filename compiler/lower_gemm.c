@@ -116,6 +116,15 @@ static LLVMValueRef splat(Gemm *g, LLVMValueRef x) {
   return LLVMBuildShuffleVector(g->b, one, LLVMGetPoison(vt),
                                 LLVMConstNull(LLVMVectorType(i32, (unsigned)g->w)), "");
 }
+/* a * b + acc on vectors of g->w, with llvm.fmuladd: the one multiply-add of every kernel here
+ * (micro-kernel, direct GEMM, direct convolution), so that their sums have the same bits */
+static LLVMValueRef vfmuladd(Gemm *g, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  unsigned id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+  return LLVMBuildCall2(g->b, LLVMIntrinsicGetType(g->ctx, id, &vt, 1),
+                        LLVMGetIntrinsicDeclaration(g->mod, id, &vt, 1),
+                        (LLVMValueRef[]){a, b, acc}, 3, "");
+}
 static LLVMValueRef at(Gemm *g, LLVMValueRef base, LLVMValueRef i) {
   return LLVMBuildInBoundsGEP2(g->b, g->elem, base, &i, 1, "");
 }
@@ -306,9 +315,6 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
   for (int i = 0; i < MR; i++)
     arow_off[i] = mul(g, min64(g, c64(g, i), sub(g, mr, c64(g, 1))), ars);
   unsigned valign = (unsigned)(g->w * g->es);
-  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
-  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
-  LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
 
   /* the k loop, with the accumulators as phis */
   LLVMBasicBlockRef entry = LLVMGetInsertBlock(g->b);
@@ -334,10 +340,7 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
   for (int i = 0; i < MR; i++) {
     LLVMValueRef a = load(g, g->elem, at(g, arow, arow_off[i]), (unsigned)g->es);
     LLVMValueRef va = splat(g, a);
-    for (int j = 0; j < NV; j++) {
-      LLVMValueRef args[3] = {va, bv[j], acc[i][j]};
-      next[i][j] = LLVMBuildCall2(g->b, fma_ty, fma, args, 3, "");
-    }
+    for (int j = 0; j < NV; j++) next[i][j] = vfmuladd(g, va, bv[j], acc[i][j]);
   }
   LLVMValueRef k1 = add(g, k, c64(g, 1));
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
@@ -774,9 +777,6 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
                          LLVMValueRef k1, LLVMValueRef store_c, LLVMValueRef last) {
   LLVMValueRef zero = c64(g, 0);
   LLVMTypeRef et = g->elem, vt = LLVMVectorType(et, (unsigned)g->w);
-  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
-  LLVMValueRef vfma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
-  LLVMTypeRef vfma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
   LLVMTypeRef arr = LLVMArrayType2(vt, (uint64_t)nv);
   LLVMValueRef sums = entry_alloca(g, g->b, arr, "strip");
   LLVMValueRef slot[DIRECT_VECTORS];
@@ -789,8 +789,7 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
   LLVMValueRef brow = at(g, B, add(g, mul(g, lk.i, rsb), col0));
   for (int q = 0; q < nv; q++) {
     LLVMValueRef bv = load_lanes(g, vt, at(g, brow, c64(g, q * g->w)), q == nv - 1 ? last : NULL);
-    LLVMValueRef args[3] = {va, bv, load(g, vt, slot[q], 0)};
-    store(g, LLVMBuildCall2(g->b, vfma_ty, vfma, args, 3, ""), slot[q], 0);
+    store(g, vfmuladd(g, va, bv, load(g, vt, slot[q], 0)), slot[q], 0);
   }
   loop_end(g, &lk);
   for (int q = 0; q < nv; q++) {
@@ -1284,9 +1283,6 @@ static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueR
   const ConvAttr *c = q->c;
   int NV = (int)(q->F / g->w), K = (int)(q->T * q->C);
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
-  unsigned fma_id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
-  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(g->mod, fma_id, &vt, 1);
-  LLVMTypeRef fma_ty = LLVMIntrinsicGetType(g->ctx, fma_id, &vt, 1);
   bool padded = c->pt || c->pl || c->pb > 0 || c->pr > 0; /* can a tap leave the image? */
   LLVMValueRef wv[DIRECT_CONV_K][4];
   for (int k = 0; k < K; k++)
@@ -1328,9 +1324,7 @@ static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueR
             if (inside) x = LLVMBuildSelect(g->b, inside, x, fzero, "");
             LLVMValueRef xv = splat(g, x);
             int k = (kh * c->kw + kw) * (int)q->C + ch;
-            for (int j = 0; j < NV; j++)
-              acc[i][j] = LLVMBuildCall2(g->b, fma_ty, fma,
-                                         (LLVMValueRef[]){xv, wv[k][j], acc[i][j]}, 3, "");
+            for (int j = 0; j < NV; j++) acc[i][j] = vfmuladd(g, xv, wv[k][j], acc[i][j]);
           }
         }
     for (int i = 0; i < P; i++)
@@ -1569,7 +1563,8 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   LLVMValueRef few = LLVMBuildAnd(b, LLVMBuildICmp(b, LLVMIntSGT, workers, c64(g, 1), ""),
                                   LLVMBuildICmp(b, LLVMIntSLT, batch, workers, ""), "");
   LLVMValueRef wpanels = LLVMConstNull(g->ptr);
-  if (n->op != OP_CONV2D_BWD_FILTER) {
+  bool direct = n->op == OP_CONV2D && conv_direct_ok(g, &q); /* reads the filter as it is */
+  if (n->op != OP_CONV2D_BWD_FILTER && !direct) {
     /* the filter in B panels, packed once for all the samples, unless there are fewer samples
      * than workers (one sample's inference): each worker then packs its own from the filter,
      * which stays in its cache from call to call, rather than read the caller's */
