@@ -21,6 +21,7 @@ typedef struct Gemm {
   int kc;                    /* depth of a packed block of A and B */
   int mb, nb;                /* most rows of A / columns of B one task packs */
   int dv;                    /* vectors of C's row in one task of nn.gemm.direct */
+  bool winograd;             /* 3x3 conv2d by Winograd's F(2x2, 3x3) where it applies */
   LLVMTypeRef job_type;      /* %nn.gemm.job */
   LLVMTypeRef conv_type;     /* %nn.conv.job */
   LLVMTypeRef epilogue_type; /* void (ptr ctx, i64 r0, i64 r1, i64 c0, i64 c1) */
@@ -69,9 +70,10 @@ typedef struct ConvHook {
   LLVMValueRef fn, ctx; /* NULL: none */
 } ConvHook;
 
-/* vector_bits / registers: the target's SIMD width and vector register count. */
+/* vector_bits / registers: the target's SIMD width and vector register count; winograd: a 3x3
+ * conv2d of stride 1 over whole vectors of channels by Winograd's F(2x2, 3x3). */
 void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef elem,
-                     int vector_bits, int registers);
+                     int vector_bits, int registers, bool winograd);
 /* Emits at b's position a call of the module's GEMM on io's threads and scratch. */
 void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef threads,
                      LLVMValueRef scratch);

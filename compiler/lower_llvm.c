@@ -100,6 +100,7 @@ typedef struct Lower {
   LLVMValueRef calibration;          /* QUANT_CALIBRATE: nn_calibration (NnCalibration) */
   LLVMTypeRef i8, i32;
   bool vnni;                         /* the target has AVX-512 VNNI (vpdpbusd) */
+  bool winograd;                     /* 3x3 conv2d by Winograd (no --no-winograd) */
 } Lower;
 
 /* ============================== small helpers ============================== */
@@ -2705,7 +2706,8 @@ static bool write_output(LLVMModuleRef mod, LLVMTargetMachineRef tm, Emit emit, 
 static void build_module(Lower *L) {
   const Unit *u = L->u;
   LLVMValueRef kernel[4];
-  lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers);
+  lower_gemm_init(&L->gemm, L->ctx, L->mod, L->elem, L->vector_bits, L->registers,
+                  L->winograd);
   LLVMTypeRef sj[SJ_COUNT];
   for (int f = 0; f < SJ_COUNT; f++) sj[f] = f == SJ_IO ? L->ptr : L->i64;
   L->split_job = LLVMStructCreateNamed(L->ctx, "nn.split.job");
@@ -2744,7 +2746,7 @@ bool lower_llvm(const Unit *u, const Options *opts, Emit emit, const char *path)
   LLVMTargetMachineRef tm = target_machine(opts, &bits, &regs, &vnni);
   if (!tm) return false;
   Lower L = {.u = u, .embed = opts->embed, .ctx = LLVMContextCreate(), .vector_bits = bits,
-             .registers = regs, .quant = opts->quant, .vnni = vnni};
+             .registers = regs, .quant = opts->quant, .vnni = vnni, .winograd = !opts->no_winograd};
   L.baked = xalloc(sizeof *L.baked * ((size_t)u->n_params + 1));
   L.i8 = LLVMInt8TypeInContext(L.ctx);
   L.i32 = LLVMInt32TypeInContext(L.ctx);

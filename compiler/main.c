@@ -33,6 +33,7 @@ static void usage(FILE *out) {
           "  --target-cpu=CPU   generate code for CPU instead of this machine's (e.g. x86-64-v3)\n"
           "  --no-fuse          one loop nest per op (to measure what fusion gains)\n"
           "  --no-trim          compute the rows and columns of images that nothing reads\n"
+          "  --no-winograd      3x3 convolutions by im2col and GEMM, not Winograd's F(2x2, 3x3)\n"
           "  --name=NAME        header: prefix of every symbol (default: the -o file's name)\n"
           "  --weights=FILE     header: bake these trained weights (safetensors) into the object\n"
           "  --prune=F          header: zero the fraction F of each baked weight matrix, smallest\n"
@@ -85,6 +86,8 @@ static int parse_args(int argc, char **argv, Options *o) {
       o->no_fuse = true;
     } else if (!strcmp(a, "--no-trim")) {
       o->no_trim = true;
+    } else if (!strcmp(a, "--no-winograd")) {
+      o->no_winograd = true;
     } else if (!strncmp(a, "--target-cpu=", 13) && a[13]) {
       o->target_cpu = a + 13;
     } else if (!strncmp(a, "--name=", 7)) {

@@ -534,6 +534,7 @@ struct Options {
   bool keep_obj;        /* --keep-obj: leave the .o next to the executable */
   bool no_fuse;         /* --no-fuse: one loop nest per node (for measuring fusion) */
   bool no_trim;         /* --no-trim: every row of every image computed (trim.c) */
+  bool no_winograd;     /* --no-winograd: 3x3 convolutions by im2col + GEMM (lower_gemm.c) */
   const char *name;     /* --name: C prefix of --emit=header's symbols; NULL = from -o */
   const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
   int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */
