@@ -1345,46 +1345,63 @@ static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueR
   loop_end(g, &lb);
 }
 
-/* A GEMM from a conv: fills a job on this function's stack and calls nn.gemm, on one worker
- * (inside a conv worker: threads NULL, so the scratch stride does not matter) or on the
- * threads, each worker packing at scratch + w * sstride. */
-typedef struct ConvThreads {
-  LLVMValueRef threads, sstride; /* NULL: the conv is one worker's */
-} ConvThreads;
-
-static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThreads t) {
-  LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
-  fill_job(g, g->b, job, a, scratch, t.threads ? t.sstride : c64(g, 0));
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
-                 (LLVMValueRef[]){job, t.threads ? t.threads : LLVMConstNull(g->ptr)}, 2, "");
-}
-
 /* ============================== Winograd F(2x2, 3x3) ============================== */
 
 /* A 3x3 conv2d of stride and dilation 1, over whole vectors of input and output channels (the
  * textbook CNN's conv2), by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, 2016):
  * each 2x2 block of output pixels (a tile) is Aᵀ [U ⊙ V] A, with V = Bᵀ d B from the tile's 4x4
  * input patch d and U = G w Gᵀ from the 3x3 filter, for every pair of channels. Summed over the
- * input channels, the 16 elementwise products of a tile are 16 GEMMs [tiles, C] x [C, F]: 2.25x
- * fewer multiply-adds than im2col's [pixels, 9C] x [9C, F]. The transforms are additions (and
- * the filter's halvings), vectorized over the channels, which NHWC keeps contiguous. The caller
- * transforms the filter once per call (U, [16][C][F], read by the GEMMs in place); a task
- * transforms its tiles' patches (V, [16][tiles][C]), runs the 16 GEMMs into [16][tiles][F] and
- * transforms those back, keeping the pixels inside the output. Every sum has a fixed order,
- * so the results do not depend on the threads; they differ from im2col's in rounding only
- * (B and A hold 0 and ±1, G halves, which is exact). --no-winograd turns it off. */
+ * input channels, the 16 elementwise products of a tile are 16 GEMMs [tiles, Ci] x [Ci, Co]:
+ * 2.25x fewer multiply-adds than im2col's [pixels, 9Ci] x [9Ci, Co]. The transforms are
+ * additions (and the filter's halvings), vectorized over the channels, which NHWC keeps
+ * contiguous. The caller transforms the filter once per call (U, [16][Ci][Co], read by the
+ * GEMMs in place); a task transforms its tiles' patches (V, [16][tiles][Ci]), runs the 16 GEMMs
+ * into [16][tiles][Co] and transforms those back, keeping the pixels inside the output.
+ *
+ * The data gradient of such a conv2d is one too: dx = conv2d(dy, w') with w' the filter turned
+ * by 180 degrees and its channels swapped (w'[i, j, f, c] = w[2-i, 2-j, c, f]), padded by 2 - p
+ * before. Every sum has a fixed order, so the results do not depend on the threads; they
+ * differ from im2col's in rounding only (B and A hold 0 and ±1, G halves, which is exact).
+ * --no-winograd turns it off. */
 enum { WINOGRAD_MIN_C = 16 }; /* fewer channels: the transforms cost more than they save */
 
 static bool winograd_ok(const Gemm *g, const Node *n, const ConvGeom *q) {
   const ConvAttr *c = q->c;
-  return g->winograd && n->op == OP_CONV2D && c->kh == 3 && c->kw == 3 && c->sh == 1 &&
-         c->sw == 1 && c->dh == 1 && c->dw == 1 && q->C >= WINOGRAD_MIN_C &&
-         q->F >= WINOGRAD_MIN_C && q->C % g->w == 0 && q->F % g->w == 0;
+  return g->winograd && (n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA) && c->kh == 3 &&
+         c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 && c->dw == 1 &&
+         q->C >= WINOGRAD_MIN_C && q->F >= WINOGRAD_MIN_C && q->C % g->w == 0 &&
+         q->F % g->w == 0;
+}
+
+/* The convolution Winograd computes: image [H, W, Ci] to output [OH, OW, Co], the patch of
+ * output pixel (oh, ow) starting at input pixel (oh - pt, ow - pl). */
+typedef struct Wino {
+  int64_t H, W, Ci, OH, OW, Co, pt, pl;
+  bool data_grad; /* the filter is read turned and with its channels swapped */
+} Wino;
+
+static Wino wino_of(const Node *n, const ConvGeom *q) {
+  const ConvAttr *c = q->c;
+  if (n->op == OP_CONV2D_BWD_DATA)
+    return (Wino){q->OH, q->OW, q->F, q->H, q->W, q->C, 2 - c->pt, 2 - c->pl, true};
+  return (Wino){q->H, q->W, q->C, q->OH, q->OW, q->F, c->pt, c->pl, false};
 }
 
 /* Tile rows and tiles per row of the output. */
-static int64_t tile_rows(const ConvGeom *q) { return (q->OH + 1) / 2; }
-static int64_t tile_cols(const ConvGeom *q) { return (q->OW + 1) / 2; }
+static int64_t tile_rows(const Wino *z) { return (z->OH + 1) / 2; }
+static int64_t tile_cols(const Wino *z) { return (z->OW + 1) / 2; }
+
+/* Elements from one of U's 16 matrices to the next: Ci x Co and a vector, so that the 16 rows
+ * a step of winograd_filter stores (and the 9 it loads, Ci x Co apart) do not all share their
+ * address's low 12 bits, which stalls loads behind unrelated stores (4K aliasing: it cost 2.8
+ * of the CNN's 23 us at batch 1, with Ci x Co = 2048 elements, 8 KB, apart) */
+static int64_t u_plane(const Gemm *g, const Wino *z) { return z->Ci * z->Co + g->w; }
+
+/* Scratch elements of one worker's V and M for a whole sample. */
+static int64_t winograd_scratch(const Wino *z) {
+  int64_t tiles = tile_rows(z) * tile_cols(z);
+  return round16(16 * tiles * z->Ci) + round16(16 * tiles * z->Co);
+}
 
 static LLVMValueRef fadd(Gemm *g, LLVMValueRef a, LLVMValueRef b) {
   return LLVMBuildFAdd(g->b, a, b, "");
@@ -1426,55 +1443,65 @@ static void wino_2d(Gemm *g, Transform1 f, int n, int m, const LLVMValueRef *in,
   }
 }
 
-/* Elements from one of U's 16 matrices to the next: C x F and a vector, so that the 16 rows
- * a step of winograd_filter stores (and the 9 it loads, C x F apart) do not all share their
- * address's low 12 bits, which stalls loads behind unrelated stores (4K aliasing): 4.3 us of
- * the CNN's 23 at batch 1 with C x F = 2048 elements, 8 KB, apart */
-static int64_t u_plane(const Gemm *g, const ConvGeom *q) { return q->C * q->F + g->w; }
-
-/* u[e][c][f] = (G w[.., .., c, f] Gᵀ)[e] for the filter w [3, 3, C, F] */
-static void winograd_filter(Gemm *g, const ConvGeom *q, LLVMValueRef u, LLVMValueRef w) {
+/* u[e][i][o] = (G w'[.., .., i, o] Gᵀ)[e] for the conv2d's filter w [3, 3, C, F]: w' = w, or
+ * for the data gradient w' [3, 3, F, C] turned and swapped, its vectors over o = c gathered
+ * from F apart (once per call, for a batch). */
+static void winograd_filter(Gemm *g, const Wino *z, LLVMValueRef u, LLVMValueRef w) {
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
-  int64_t CF = q->C * q->F;
-  GLoop lf = loop_begin(g, c64(g, 0), c64(g, CF), g->w, "wf"); /* c * F + f, w at a time */
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  int64_t taps = z->Ci * z->Co; /* elements of w from one tap to the next */
+  GLoop li = loop_begin(g, c64(g, 0), c64(g, z->Ci), 1, "wf.i");
+  GLoop lo = loop_begin(g, c64(g, 0), c64(g, z->Co), g->w, "wf.o");
   LLVMValueRef tap[9], e[16];
-  for (int t = 0; t < 9; t++)
-    tap[t] = load(g, vt, at(g, w, add(g, lf.i, c64(g, t * CF))), (unsigned)g->es);
+  for (int t = 0; t < 9; t++) {
+    if (!z->data_grad) {
+      LLVMValueRef at_io = add(g, muli(g, li.i, z->Co), lo.i);
+      tap[t] = load(g, vt, at(g, w, add(g, at_io, c64(g, t * taps))), (unsigned)g->es);
+      continue;
+    }
+    LLVMValueRef base = add(g, muli(g, lo.i, z->Ci), add(g, li.i, c64(g, (8 - t) * taps)));
+    tap[t] = LLVMGetPoison(vt);
+    for (int l = 0; l < g->w; l++)
+      tap[t] = LLVMBuildInsertElement(
+          g->b, tap[t], load(g, g->elem, at(g, w, add(g, base, c64(g, l * z->Ci))), (unsigned)g->es),
+          LLVMConstInt(i32, (unsigned)l, 0), "");
+  }
   wino_2d(g, wino_g, 3, 4, tap, e);
+  LLVMValueRef at_io = add(g, muli(g, li.i, z->Co), lo.i);
   for (int k = 0; k < 16; k++)
-    store(g, e[k], at(g, u, add(g, lf.i, c64(g, k * u_plane(g, q)))), (unsigned)g->es);
-  loop_end(g, &lf);
+    store(g, e[k], at(g, u, add(g, at_io, c64(g, k * u_plane(g, z)))), (unsigned)g->es);
+  loop_end(g, &lo);
+  loop_end(g, &li);
 }
 
 /* v[e][t][c] = (Bᵀ d B)[e] for the tiles t of tile rows [tr0, tr1) (nt of them), d the tile's
- * 4x4 patch of the sample's image img [H, W, C], 0 outside it */
-static void winograd_input(Gemm *g, const ConvGeom *q, LLVMValueRef v, LLVMValueRef img,
+ * 4x4 patch of the sample's image img [H, W, Ci], 0 outside it */
+static void winograd_input(Gemm *g, const Wino *z, LLVMValueRef v, LLVMValueRef img,
                            LLVMValueRef tr0, LLVMValueRef tr1, LLVMValueRef nt) {
-  const ConvAttr *c = q->c;
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
-  int64_t TW = tile_cols(q);
-  LLVMValueRef zero = c64(g, 0), vzero = LLVMConstNull(vt), plane = mul(g, nt, c64(g, q->C));
+  int64_t TW = tile_cols(z);
+  LLVMValueRef zero = c64(g, 0), vzero = LLVMConstNull(vt), plane = muli(g, nt, z->Ci);
   GLoop lh = loop_begin(g, tr0, tr1, 1, "wi.th");
   GLoop lw = loop_begin(g, zero, c64(g, TW), 1, "wi.tw");
   LLVMValueRef t = add(g, muli(g, sub(g, lh.i, tr0), TW), lw.i);
   LLVMValueRef ih[4], iw[4], hin[4], win[4];
   for (int i = 0; i < 4; i++) { /* the patch's rows and columns, and whether inside */
-    ih[i] = add(g, muli(g, lh.i, 2), c64(g, i - c->pt));
-    iw[i] = add(g, muli(g, lw.i, 2), c64(g, i - c->pl));
-    hin[i] = LLVMBuildICmp(g->b, LLVMIntULT, ih[i], c64(g, q->H), "");
-    win[i] = LLVMBuildICmp(g->b, LLVMIntULT, iw[i], c64(g, q->W), "");
+    ih[i] = add(g, muli(g, lh.i, 2), c64(g, i - z->pt));
+    iw[i] = add(g, muli(g, lw.i, 2), c64(g, i - z->pl));
+    hin[i] = LLVMBuildICmp(g->b, LLVMIntULT, ih[i], c64(g, z->H), "");
+    win[i] = LLVMBuildICmp(g->b, LLVMIntULT, iw[i], c64(g, z->W), "");
   }
-  GLoop lc = loop_begin(g, zero, c64(g, q->C), g->w, "wi.c");
+  GLoop lc = loop_begin(g, zero, c64(g, z->Ci), g->w, "wi.c");
   LLVMValueRef d[16], e[16];
   for (int i = 0; i < 4; i++)
     for (int j = 0; j < 4; j++) { /* outside: read pixel 0, keep 0 */
       LLVMValueRef in = LLVMBuildAnd(g->b, hin[i], win[j], "");
-      LLVMValueRef pix = LLVMBuildSelect(g->b, in, add(g, muli(g, ih[i], q->W), iw[j]), zero, "");
-      LLVMValueRef x = load(g, vt, at(g, img, add(g, muli(g, pix, q->C), lc.i)), (unsigned)g->es);
+      LLVMValueRef pix = LLVMBuildSelect(g->b, in, add(g, muli(g, ih[i], z->W), iw[j]), zero, "");
+      LLVMValueRef x = load(g, vt, at(g, img, add(g, muli(g, pix, z->Ci), lc.i)), (unsigned)g->es);
       d[i * 4 + j] = LLVMBuildSelect(g->b, in, x, vzero, "");
     }
   wino_2d(g, wino_bt, 4, 4, d, e);
-  LLVMValueRef at_t = add(g, muli(g, t, q->C), lc.i);
+  LLVMValueRef at_t = add(g, muli(g, t, z->Ci), lc.i);
   for (int k = 0; k < 16; k++)
     store(g, e[k], at(g, v, add(g, mul(g, c64(g, k), plane), at_t)), (unsigned)g->es);
   loop_end(g, &lc);
@@ -1482,25 +1509,25 @@ static void winograd_input(Gemm *g, const ConvGeom *q, LLVMValueRef v, LLVMValue
   loop_end(g, &lh);
 }
 
-/* The sample's output y [OH, OW, F] for tile rows [tr0, tr1) from m[e][t][f] (nt tiles):
+/* The sample's output y [OH, OW, Co] for tile rows [tr0, tr1) from m[e][t][o] (nt tiles):
  * Aᵀ m A per tile, the pixels past the output's last row or column dropped. */
-static void winograd_output(Gemm *g, const ConvGeom *q, LLVMValueRef y, LLVMValueRef m,
+static void winograd_output(Gemm *g, const Wino *z, LLVMValueRef y, LLVMValueRef m,
                             LLVMValueRef tr0, LLVMValueRef tr1, LLVMValueRef nt) {
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
-  int64_t TW = tile_cols(q);
-  LLVMValueRef zero = c64(g, 0), plane = mul(g, nt, c64(g, q->F));
+  int64_t TW = tile_cols(z);
+  LLVMValueRef zero = c64(g, 0), plane = muli(g, nt, z->Co);
   GLoop lh = loop_begin(g, tr0, tr1, 1, "wo.th");
   GLoop lw = loop_begin(g, zero, c64(g, TW), 1, "wo.tw");
   LLVMValueRef t = add(g, muli(g, sub(g, lh.i, tr0), TW), lw.i);
   LLVMValueRef oh = muli(g, lh.i, 2), ow = muli(g, lw.i, 2);
   /* an odd extent's last tile row (column) has one output row (column) */
-  LLVMValueRef row2 = q->OH % 2 ? LLVMBuildICmp(g->b, LLVMIntSLT, add(g, oh, c64(g, 1)),
-                                                c64(g, q->OH), "") : NULL;
-  LLVMValueRef col2 = q->OW % 2 ? LLVMBuildICmp(g->b, LLVMIntSLT, add(g, ow, c64(g, 1)),
-                                                c64(g, q->OW), "") : NULL;
-  GLoop lf = loop_begin(g, zero, c64(g, q->F), g->w, "wo.f");
+  LLVMValueRef row2 = z->OH % 2 ? LLVMBuildICmp(g->b, LLVMIntSLT, add(g, oh, c64(g, 1)),
+                                                c64(g, z->OH), "") : NULL;
+  LLVMValueRef col2 = z->OW % 2 ? LLVMBuildICmp(g->b, LLVMIntSLT, add(g, ow, c64(g, 1)),
+                                                c64(g, z->OW), "") : NULL;
+  GLoop lf = loop_begin(g, zero, c64(g, z->Co), g->w, "wo.o");
   LLVMValueRef e[16], o[4];
-  LLVMValueRef at_t = add(g, muli(g, t, q->F), lf.i);
+  LLVMValueRef at_t = add(g, muli(g, t, z->Co), lf.i);
   for (int k = 0; k < 16; k++)
     e[k] = load(g, vt, at(g, m, add(g, mul(g, c64(g, k), plane), at_t)), (unsigned)g->es);
   wino_2d(g, wino_at, 4, 2, e, o);
@@ -1510,8 +1537,8 @@ static void winograd_output(Gemm *g, const ConvGeom *q, LLVMValueRef y, LLVMValu
       if (b && col2) keep = keep ? LLVMBuildAnd(g->b, keep, col2, "") : col2;
       GIf f = {0};
       if (keep) f = if_begin(g, keep, "wo.keep");
-      LLVMValueRef pix = add(g, muli(g, add(g, oh, c64(g, a)), q->OW), add(g, ow, c64(g, b)));
-      store(g, o[a * 2 + b], at(g, y, add(g, muli(g, pix, q->F), lf.i)), (unsigned)g->es);
+      LLVMValueRef pix = add(g, muli(g, add(g, oh, c64(g, a)), z->OW), add(g, ow, c64(g, b)));
+      store(g, o[a * 2 + b], at(g, y, add(g, muli(g, pix, z->Co), lf.i)), (unsigned)g->es);
       if (keep) if_end(g, &f);
     }
   loop_end(g, &lf);
@@ -1519,33 +1546,42 @@ static void winograd_output(Gemm *g, const ConvGeom *q, LLVMValueRef y, LLVMValu
   loop_end(g, &lh);
 }
 
-/* Scratch elements of one worker's V and M for a whole sample. */
-static int64_t winograd_scratch(const ConvGeom *q) {
-  int64_t tiles = tile_rows(q) * tile_cols(q);
-  return round16(16 * tiles * q->C) + round16(16 * tiles * q->F);
+/* A GEMM from a conv: fills a job on this function's stack and calls nn.gemm, on one worker
+ * (inside a conv worker: threads NULL, so the scratch stride does not matter) or on the
+ * threads, each worker packing at scratch + w * sstride. */
+typedef struct ConvThreads {
+  LLVMValueRef threads, sstride; /* NULL: the conv is one worker's */
+} ConvThreads;
+
+static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThreads t) {
+  LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
+  fill_job(g, g->b, job, a, scratch, t.threads ? t.sstride : c64(g, 0));
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
+                 (LLVMValueRef[]){job, t.threads ? t.threads : LLVMConstNull(g->ptr)}, 2, "");
 }
 
 /* Output pixels [r0, r1) of one sample (tile-row boundaries, or r1 = OH*OW) into y, the
  * sample's output, from its image img and the transformed filter u, in the worker's scratch
- * scr (V, then M, then the GEMM's own); then the epilogue on rows erow + [0, r1 - r0). */
-static void winograd_sample(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueRef u,
+ * scr (V, then M, then the GEMM's own), the GEMMs on the threads t; then the epilogue on rows
+ * erow + [0, r1 - r0). */
+static void winograd_sample(Gemm *g, const Wino *z, LLVMValueRef img, LLVMValueRef u,
                             LLVMValueRef y, LLVMValueRef r0, LLVMValueRef r1, LLVMValueRef scr,
-                            GemmEpilogue epi, LLVMValueRef erow) {
-  int64_t TW = tile_cols(q), tiles = tile_rows(q) * TW;
-  LLVMValueRef tr0 = LLVMBuildSDiv(g->b, r0, c64(g, 2 * q->OW), "tr0");
-  LLVMValueRef tr1 = cdiv(g, r1, c64(g, 2 * q->OW)), nt = muli(g, sub(g, tr1, tr0), TW);
-  LLVMValueRef v = scr, m = at(g, scr, c64(g, round16(16 * tiles * q->C)));
-  winograd_input(g, q, v, img, tr0, tr1, nt);
-  GemmArgs a = {.m = nt, .n = c64(g, q->F), .k = c64(g, q->C), .batch = c64(g, 16),
-                .a = v, .rsa = c64(g, q->C), .csa = c64(g, 1), .sa = muli(g, nt, q->C),
-                .b = u, .rsb = c64(g, q->F), .csb = c64(g, 1), .sb = c64(g, u_plane(g, q)),
-                .c = m, .ldc = c64(g, q->F), .sc = muli(g, nt, q->F)};
-  conv_gemm(g, &a, at(g, scr, c64(g, winograd_scratch(q))), (ConvThreads){0});
-  winograd_output(g, q, y, m, tr0, tr1, nt);
+                            ConvThreads th, GemmEpilogue epi, LLVMValueRef erow) {
+  int64_t TW = tile_cols(z), tiles = tile_rows(z) * TW;
+  LLVMValueRef tr0 = LLVMBuildSDiv(g->b, r0, c64(g, 2 * z->OW), "tr0");
+  LLVMValueRef tr1 = cdiv(g, r1, c64(g, 2 * z->OW)), nt = muli(g, sub(g, tr1, tr0), TW);
+  LLVMValueRef v = scr, m = at(g, scr, c64(g, round16(16 * tiles * z->Ci)));
+  winograd_input(g, z, v, img, tr0, tr1, nt);
+  GemmArgs a = {.m = nt, .n = c64(g, z->Co), .k = c64(g, z->Ci), .batch = c64(g, 16),
+                .a = v, .rsa = c64(g, z->Ci), .csa = c64(g, 1), .sa = muli(g, nt, z->Ci),
+                .b = u, .rsb = c64(g, z->Co), .csb = c64(g, 1), .sb = c64(g, u_plane(g, z)),
+                .c = m, .ldc = c64(g, z->Co), .sc = muli(g, nt, z->Co)};
+  conv_gemm(g, &a, at(g, scr, c64(g, winograd_scratch(z))), th);
+  winograd_output(g, z, y, m, tr0, tr1, nt);
   if (epi.fn) {
     GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, epi.fn, ""), "wino.epilogue");
     LLVMValueRef args[5] = {epi.ctx, erow, add(g, erow, sub(g, r1, r0)), c64(g, 0),
-                            c64(g, q->F)};
+                            c64(g, z->Co)};
     LLVMBuildCall2(g->b, g->epilogue_type, epi.fn, args, 5, "");
     if_end(g, &f);
   }
@@ -1596,7 +1632,8 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
     a.m = sub(g, r1, r0), a.n = c64(g, q->F), a.k = c64(g, TC);
     if (winograd_ok(g, n, q)) { /* wp: the transformed filter */
-      winograd_sample(g, q, x.img, wp, at(g, p[0], mul(g, s, out_elems)), r0, r1, scr, epi,
+      Wino z = wino_of(n, q);
+      winograd_sample(g, &z, x.img, wp, at(g, p[0], mul(g, s, out_elems)), r0, r1, scr, t, epi,
                       add(g, mul(g, s, c64(g, rows)), r0));
       break;
     }
@@ -1619,6 +1656,13 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     break;
   }
   case OP_CONV2D_BWD_DATA: { /* dx[s] = col2im(g[s] · wᵀ) */
+    if (winograd_ok(g, n, q)) { /* a conv2d of g[s] (wp: the turned filter, transformed) */
+      Wino z = wino_of(n, q);
+      winograd_sample(g, &z, at(g, p[1], mul(g, s, out_elems)), wp,
+                      at(g, p[0], mul(g, s, img_elems)), zero, c64(g, q->H * q->W), scr, t,
+                      (GemmEpilogue){0}, NULL);
+      break;
+    }
     a.m = c64(g, rows), a.n = c64(g, TC), a.k = c64(g, q->F);
     a.a = at(g, p[1], mul(g, s, out_elems)), a.rsa = c64(g, q->F), a.csa = one;
     a.c = col, a.ldc = c64(g, TC);
@@ -1668,7 +1712,8 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
 static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
   ConvB cb = conv_b(n, q);
   int64_t panels = cb.k * ((cb.cols + g->nr - 1) / g->nr) * g->nr, sum = q->T * q->C * q->F;
-  if (winograd_ok(g, n, q)) panels = 16 * u_plane(g, q); /* the transformed filter */
+  Wino z = wino_of(n, q);
+  if (winograd_ok(g, n, q)) panels = 16 * u_plane(g, &z); /* the transformed filter */
   return round16(panels > sum ? panels : sum);
 }
 
@@ -1676,7 +1721,8 @@ static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
  * packing. */
 static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q, bool hook) {
   int64_t col = round16(q->OH * q->OW * q->T * q->C);
-  if (winograd_ok(g, n, q) && winograd_scratch(q) > col) col = winograd_scratch(q);
+  Wino z = wino_of(n, q);
+  if (winograd_ok(g, n, q) && winograd_scratch(&z) > col) col = winograd_scratch(&z);
   return conv_region0(g, n, q) + col + gemm_scratch(g) +
          (hook ? round16(q->OH * q->OW * q->F) : 0);
 }
@@ -1726,7 +1772,8 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
     LLVMValueRef ci = sub(g, task.i, mul(g, s, chunks));
     LLVMValueRef rows = c64(g, q->OH * q->OW), panels = cdiv(g, rows, c64(g, g->mr));
     int64_t size = g->mr; /* a range: whole panels of the GEMM's rows, or Winograd's tile rows */
-    if (winograd_ok(g, n, q)) panels = c64(g, tile_rows(q)), size = 2 * q->OW;
+    Wino z = wino_of(n, q);
+    if (winograd_ok(g, n, q)) panels = c64(g, tile_rows(&z)), size = 2 * q->OW;
     LLVMValueRef r0 = min64(g, rows, block_start(g, ci, panels, chunks, size));
     LLVMValueRef r1 = min64(g, rows, block_start(g, add(g, ci, c64(g, 1)), panels, chunks, size));
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
@@ -1767,8 +1814,9 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   LLVMValueRef wpanels = LLVMConstNull(g->ptr);
   bool direct = n->op == OP_CONV2D && conv_direct_ok(g, &q); /* reads the filter as it is */
   bool wino = winograd_ok(g, n, &q);
+  Wino z = wino_of(n, &q);
   if (wino) { /* the filter transformed once, for every sample and worker */
-    winograd_filter(g, &q, scratch, src1);
+    winograd_filter(g, &z, scratch, src1);
     wpanels = scratch;
   } else if (n->op != OP_CONV2D_BWD_FILTER && !direct) {
     /* the filter in B panels, packed once for all the samples, unless there are fewer samples
@@ -1787,7 +1835,7 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
      * pixels, enough for every worker (a small one stays with the caller: sharing it would
      * move its result between the cores' caches, which costs more than the multiply) */
     chunks = LLVMBuildSelect(b, few, cdiv(g, workers, max64(g, batch, c64(g, 1))), chunks, "");
-    if (wino) chunks = min64(g, chunks, c64(g, tile_rows(&q)));
+    if (wino) chunks = min64(g, chunks, c64(g, tile_rows(&z)));
     parallel = LLVMBuildICmp(b, LLVMIntSGT, min64(g, workers, mul(g, batch, chunks)),
                              c64(g, 1), "");
   }
