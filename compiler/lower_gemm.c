@@ -1767,6 +1767,9 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
   } else { /* samples handed out one at a time; conv2d's in `chunks` ranges of output pixels,
             * on mr-row panel boundaries, each im2col'ed by the worker that multiplies it */
     LLVMValueRef chunks = get(g, J, job, CJ_CHUNKS);
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(g->ctx);
+    LLVMValueRef own_u = entry_alloca(g, g->b, i1, "own.u"); /* the worker transformed w */
+    store(g, LLVMConstInt(i1, 0, 0), own_u, 0);
     TaskLoop task = tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), mul(g, batch, chunks), w);
     LLVMValueRef s = LLVMBuildSDiv(g->b, task.i, chunks, "s");
     LLVMValueRef ci = sub(g, task.i, mul(g, s, chunks));
@@ -1778,6 +1781,15 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
     LLVMValueRef r1 = min64(g, rows, block_start(g, add(g, ci, c64(g, 1)), panels, chunks, size));
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
     LLVMValueRef wp = get(g, J, job, CJ_WPANELS);
+    if (winograd_ok(g, n, q)) { /* no filter from the caller: the worker's own, once */
+      LLVMValueRef none = LLVMBuildIsNull(g->b, wp, "");
+      LLVMValueRef done = load(g, i1, own_u, 0);
+      GIf f = if_begin(g, LLVMBuildAnd(g->b, none, LLVMBuildNot(g->b, done, ""), ""), "wino.own");
+      winograd_filter(g, &z, scr, p[2]);
+      store(g, LLVMConstInt(i1, 1, 0), own_u, 0);
+      if_end(g, &f);
+      wp = LLVMBuildSelect(g->b, none, scr, wp, "");
+    }
     conv_sample(g, n, q, s, r0, r1, p, at(g, scr, c64(g, conv_region0(g, n, q))), wp, NULL,
                 NULL, (ConvThreads){0}, epi, h);
     if (hook) { /* conv2d: the sample is done, unless cut into pixel ranges */
@@ -1815,9 +1827,16 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
   bool direct = n->op == OP_CONV2D && conv_direct_ok(g, &q); /* reads the filter as it is */
   bool wino = winograd_ok(g, n, &q);
   Wino z = wino_of(n, &q);
-  if (wino) { /* the filter transformed once, for every sample and worker */
+  if (wino) {
+    /* the filter transformed once for all the samples, unless a conv2d has fewer samples than
+     * workers (one sample's inference): each worker then transforms its own (emit_conv_work),
+     * which stays in its cache, rather than read the caller's, which the caller's next call
+     * would take back line by line (50 us a call instead of 20) */
+    LLVMValueRef own = n->op == OP_CONV2D ? few : LLVMConstInt(LLVMInt1TypeInContext(g->ctx), 0, 0);
+    GIf once = if_begin(g, LLVMBuildNot(b, own, ""), "wino.u");
     winograd_filter(g, &z, scratch, src1);
-    wpanels = scratch;
+    if_end(g, &once);
+    wpanels = LLVMBuildSelect(b, own, LLVMConstNull(g->ptr), scratch, "wpanels");
   } else if (n->op != OP_CONV2D_BWD_FILTER && !direct) {
     /* the filter in B panels, packed once for all the samples, unless there are fewer samples
      * than workers (one sample's inference): each worker then packs its own from the filter,
