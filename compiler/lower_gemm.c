@@ -1360,15 +1360,19 @@ static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueR
  *
  * The data gradient of such a conv2d is one too: dx = conv2d(dy, w') with w' the filter turned
  * by 180 degrees and its channels swapped (w'[i, j, f, c] = w[2-i, 2-j, c, f]), padded by 2 - p
- * before. Every sum has a fixed order, so the results do not depend on the threads; they
+ * before. And its filter gradient is F(3x3, 2x2), the same idea with the roles turned: per
+ * tile, the 3x3 taps of dw[.., .., c, f] are the correlation of the 4x4 patch of x with the 2x2
+ * of dy, so dw = A'ᵀ [Σ_tiles (B'ᵀ d B') ⊙ (G' dy G'ᵀ)] A' (B'ᵀ is Bᵀ with its last row negated,
+ * G' 4x2, A'ᵀ 3x4): 16 GEMMs [C, tiles] x [tiles, F] summed over a worker's samples in the
+ * transformed domain, transformed back once per share. Every sum has a fixed order, so the
+ * results do not depend on the threads; they
  * differ from im2col's in rounding only (B and A hold 0 and ±1, G halves, which is exact).
  * --no-winograd turns it off. */
 enum { WINOGRAD_MIN_C = 16 }; /* fewer channels: the transforms cost more than they save */
 
-static bool winograd_ok(const Gemm *g, const Node *n, const ConvGeom *q) {
+static bool winograd_ok(const Gemm *g, const ConvGeom *q) {
   const ConvAttr *c = q->c;
-  return g->winograd && (n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA) && c->kh == 3 &&
-         c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 && c->dw == 1 &&
+  return g->winograd && c->kh == 3 && c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 && c->dw == 1 &&
          q->C >= WINOGRAD_MIN_C && q->F >= WINOGRAD_MIN_C && q->C % g->w == 0 &&
          q->F % g->w == 0;
 }
@@ -1427,6 +1431,21 @@ static void wino_at(Gemm *g, const LLVMValueRef *m, LLVMValueRef *o) {
   o[0] = fadd(g, fadd(g, m[0], m[1]), m[2]);
   o[1] = fsub(g, fsub(g, m[1], m[2]), m[3]);
 }
+/* F(3x3, 2x2)'s, for the filter gradient: B'ᵀ (4x4), G' (4x2), A'ᵀ (3x4) */
+static void wino_bt3(Gemm *g, const LLVMValueRef *d, LLVMValueRef *o) {
+  o[0] = fsub(g, d[0], d[2]), o[1] = fadd(g, d[1], d[2]);
+  o[2] = fsub(g, d[2], d[1]), o[3] = fsub(g, d[3], d[1]);
+}
+static void wino_g2(Gemm *g, const LLVMValueRef *y, LLVMValueRef *o) {
+  LLVMValueRef half = splat(g, LLVMConstReal(g->elem, 0.5));
+  o[0] = y[0], o[3] = y[1];
+  o[1] = LLVMBuildFMul(g->b, fadd(g, y[0], y[1]), half, "");
+  o[2] = LLVMBuildFMul(g->b, fsub(g, y[0], y[1]), half, "");
+}
+static void wino_at3(Gemm *g, const LLVMValueRef *m, LLVMValueRef *o) {
+  LLVMValueRef mid = fadd(g, m[1], m[2]);
+  o[0] = fadd(g, m[0], mid), o[1] = fsub(g, m[1], m[2]), o[2] = fadd(g, mid, m[3]);
+}
 
 /* out = L · in · Lᵀ for in n x n (row-major) and L m x n: the columns, then the rows. */
 static void wino_2d(Gemm *g, Transform1 f, int n, int m, const LLVMValueRef *in,
@@ -1474,10 +1493,10 @@ static void winograd_filter(Gemm *g, const Wino *z, LLVMValueRef u, LLVMValueRef
   loop_end(g, &li);
 }
 
-/* v[e][t][c] = (Bᵀ d B)[e] for the tiles t of tile rows [tr0, tr1) (nt of them), d the tile's
+/* v[e][t][c] = (Bᵀ d B)[e] (or B'ᵀ's) for the tiles t of tile rows [tr0, tr1) (nt of them), d the tile's
  * 4x4 patch of the sample's image img [H, W, Ci], 0 outside it */
-static void winograd_input(Gemm *g, const Wino *z, LLVMValueRef v, LLVMValueRef img,
-                           LLVMValueRef tr0, LLVMValueRef tr1, LLVMValueRef nt) {
+static void winograd_input(Gemm *g, const Wino *z, Transform1 bt, LLVMValueRef v,
+                           LLVMValueRef img, LLVMValueRef tr0, LLVMValueRef tr1, LLVMValueRef nt) {
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
   int64_t TW = tile_cols(z);
   LLVMValueRef zero = c64(g, 0), vzero = LLVMConstNull(vt), plane = muli(g, nt, z->Ci);
@@ -1500,7 +1519,7 @@ static void winograd_input(Gemm *g, const Wino *z, LLVMValueRef v, LLVMValueRef 
       LLVMValueRef x = load(g, vt, at(g, img, add(g, muli(g, pix, z->Ci), lc.i)), (unsigned)g->es);
       d[i * 4 + j] = LLVMBuildSelect(g->b, in, x, vzero, "");
     }
-  wino_2d(g, wino_bt, 4, 4, d, e);
+  wino_2d(g, bt, 4, 4, d, e);
   LLVMValueRef at_t = add(g, muli(g, t, z->Ci), lc.i);
   for (int k = 0; k < 16; k++)
     store(g, e[k], at(g, v, add(g, mul(g, c64(g, k), plane), at_t)), (unsigned)g->es);
@@ -1546,6 +1565,52 @@ static void winograd_output(Gemm *g, const Wino *z, LLVMValueRef y, LLVMValueRef
   loop_end(g, &lh);
 }
 
+/* yh[e][t][f] = (G' dy G'ᵀ)[e] for every tile t of the sample's output gradient dy [OH, OW,
+ * Co], 0 past its last row and column */
+static void winograd_dy(Gemm *g, const Wino *z, LLVMValueRef yh, LLVMValueRef dy) {
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  int64_t TW = tile_cols(z), plane = tile_rows(z) * TW * z->Co;
+  LLVMValueRef zero = c64(g, 0);
+  GLoop lh = loop_begin(g, zero, c64(g, tile_rows(z)), 1, "wy.th");
+  GLoop lw = loop_begin(g, zero, c64(g, TW), 1, "wy.tw");
+  LLVMValueRef t = add(g, muli(g, lh.i, TW), lw.i);
+  LLVMValueRef oh = muli(g, lh.i, 2), ow = muli(g, lw.i, 2);
+  GLoop lf = loop_begin(g, zero, c64(g, z->Co), g->w, "wy.f");
+  LLVMValueRef d[4], e[16];
+  for (int a = 0; a < 2; a++)
+    for (int b = 0; b < 2; b++) { /* past the end: read pixel 0, keep 0 */
+      LLVMValueRef ih = add(g, oh, c64(g, a)), iw = add(g, ow, c64(g, b));
+      LLVMValueRef in = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ih, c64(g, z->OH), ""),
+                                     LLVMBuildICmp(g->b, LLVMIntSLT, iw, c64(g, z->OW), ""), "");
+      LLVMValueRef pix = LLVMBuildSelect(g->b, in, add(g, muli(g, ih, z->OW), iw), zero, "");
+      LLVMValueRef x = load(g, vt, at(g, dy, add(g, muli(g, pix, z->Co), lf.i)), (unsigned)g->es);
+      d[a * 2 + b] = LLVMBuildSelect(g->b, in, x, LLVMConstNull(vt), "");
+    }
+  wino_2d(g, wino_g2, 2, 4, d, e);
+  LLVMValueRef at_t = add(g, muli(g, t, z->Co), lf.i);
+  for (int k = 0; k < 16; k++)
+    store(g, e[k], at(g, yh, add(g, at_t, c64(g, k * plane))), (unsigned)g->es);
+  loop_end(g, &lf);
+  loop_end(g, &lw);
+  loop_end(g, &lh);
+}
+
+/* dw [3, 3, Ci, Co] = (A'ᵀ m A') from a share's sum m[e][c][f] (u_plane apart) */
+static void winograd_dw(Gemm *g, const Wino *z, LLVMValueRef dw, LLVMValueRef m) {
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  int64_t CF = z->Ci * z->Co;
+  GLoop lf = loop_begin(g, c64(g, 0), c64(g, CF), g->w, "ww"); /* c * Co + f, w at a time */
+  LLVMValueRef e[16], o[9];
+  for (int k = 0; k < 16; k++)
+    e[k] = load(g, vt, at(g, m, add(g, lf.i, c64(g, k * u_plane(g, z)))), (unsigned)g->es);
+  wino_2d(g, wino_at3, 4, 3, e, o);
+  for (int t = 0; t < 9; t++) store(g, o[t], at(g, dw, add(g, lf.i, c64(g, t * CF))), (unsigned)g->es);
+  loop_end(g, &lf);
+}
+
+/* Scratch elements of a filter gradient's sum in the transformed domain. */
+static int64_t winograd_sum(const Gemm *g, const Wino *z) { return round16(16 * u_plane(g, z)); }
+
 /* A GEMM from a conv: fills a job on this function's stack and calls nn.gemm, on one worker
  * (inside a conv worker: threads NULL, so the scratch stride does not matter) or on the
  * threads, each worker packing at scratch + w * sstride. */
@@ -1571,7 +1636,7 @@ static void winograd_sample(Gemm *g, const Wino *z, LLVMValueRef img, LLVMValueR
   LLVMValueRef tr0 = LLVMBuildSDiv(g->b, r0, c64(g, 2 * z->OW), "tr0");
   LLVMValueRef tr1 = cdiv(g, r1, c64(g, 2 * z->OW)), nt = muli(g, sub(g, tr1, tr0), TW);
   LLVMValueRef v = scr, m = at(g, scr, c64(g, round16(16 * tiles * z->Ci)));
-  winograd_input(g, z, v, img, tr0, tr1, nt);
+  winograd_input(g, z, wino_bt, v, img, tr0, tr1, nt);
   GemmArgs a = {.m = nt, .n = c64(g, z->Co), .k = c64(g, z->Ci), .batch = c64(g, 16),
                 .a = v, .rsa = c64(g, z->Ci), .csa = c64(g, 1), .sa = muli(g, nt, z->Ci),
                 .b = u, .rsb = c64(g, z->Co), .csb = c64(g, 1), .sb = c64(g, u_plane(g, z)),
@@ -1631,7 +1696,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   case OP_CONV2D: { /* y[s] = im2col(x[s]) · w */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
     a.m = sub(g, r1, r0), a.n = c64(g, q->F), a.k = c64(g, TC);
-    if (winograd_ok(g, n, q)) { /* wp: the transformed filter */
+    if (winograd_ok(g, q)) { /* wp: the transformed filter */
       Wino z = wino_of(n, q);
       winograd_sample(g, &z, x.img, wp, at(g, p[0], mul(g, s, out_elems)), r0, r1, scr, t, epi,
                       add(g, mul(g, s, c64(g, rows)), r0));
@@ -1656,7 +1721,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
     break;
   }
   case OP_CONV2D_BWD_DATA: { /* dx[s] = col2im(g[s] · wᵀ) */
-    if (winograd_ok(g, n, q)) { /* a conv2d of g[s] (wp: the turned filter, transformed) */
+    if (winograd_ok(g, q)) { /* a conv2d of g[s] (wp: the turned filter, transformed) */
       Wino z = wino_of(n, q);
       winograd_sample(g, &z, at(g, p[1], mul(g, s, out_elems)), wp,
                       at(g, p[0], mul(g, s, img_elems)), zero, c64(g, q->H * q->W), scr, t,
@@ -1676,6 +1741,30 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
   }
   case OP_CONV2D_BWD_FILTER: { /* dw (+)= im2col(x[s])ᵀ · g[s] */
     ColCtx x = {q, col, at(g, p[1], mul(g, s, img_elems))};
+    if (winograd_ok(g, q)) { /* m (+)= Σ_e V[e]ᵀ Yh[e] in scr; emit_conv_work turns it */
+      Wino z = wino_of(n, q);
+      int64_t tiles = tile_rows(&z) * tile_cols(&z);
+      LLVMValueRef v = at(g, scr, c64(g, winograd_sum(g, &z)));
+      LLVMValueRef yh = at(g, v, c64(g, round16(16 * tiles * z.Ci)));
+      LLVMValueRef wgs = at(g, v, c64(g, winograd_scratch(&z))), dy = at(g, p[2], mul(g, s, out_elems));
+      if (hook.fn) { /* the sample's output gradient, made here, past the GEMM's packing */
+        dy = at(g, wgs, c64(g, gemm_scratch(g)));
+        run_hook(g, hook, s, dy);
+      }
+      winograd_input(g, &z, wino_bt3, v, x.img, zero, c64(g, tile_rows(&z)), c64(g, tiles));
+      winograd_dy(g, &z, yh, dy);
+      GemmArgs wa = {.m = c64(g, z.Ci), .n = c64(g, z.Co), .k = c64(g, tiles), .batch = c64(g, 16),
+                     .a = v, .rsa = one, .csa = c64(g, z.Ci), .sa = c64(g, tiles * z.Ci),
+                     .b = yh, .rsb = c64(g, z.Co), .csb = one, .sb = c64(g, tiles * z.Co),
+                     .c = scr, .ldc = c64(g, z.Co), .sc = c64(g, u_plane(g, &z))};
+      LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
+      fill_job(g, g->b, job, &wa, wgs, c64(g, 0));
+      set(g, g->b, g->job_type, job, J_BETA,
+          LLVMBuildZExt(g->b, LLVMBuildNot(g->b, first, ""), g->i64, ""));
+      LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
+                     (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+      break;
+    }
     a.m = c64(g, TC), a.n = c64(g, q->F), a.k = c64(g, rows);
     if (tap_major) { /* A is row-major: the micro-kernel reads it in place */
       im2col_tap_major(g, q, col, x.img, zero, all);
@@ -1713,7 +1802,8 @@ static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
   ConvB cb = conv_b(n, q);
   int64_t panels = cb.k * ((cb.cols + g->nr - 1) / g->nr) * g->nr, sum = q->T * q->C * q->F;
   Wino z = wino_of(n, q);
-  if (winograd_ok(g, n, q)) panels = 16 * u_plane(g, &z); /* the transformed filter */
+  if (winograd_ok(g, q) && n->op != OP_CONV2D_BWD_FILTER)
+    panels = 16 * u_plane(g, &z); /* the transformed filter */
   return round16(panels > sum ? panels : sum);
 }
 
@@ -1722,7 +1812,10 @@ static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
 static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q, bool hook) {
   int64_t col = round16(q->OH * q->OW * q->T * q->C);
   Wino z = wino_of(n, q);
-  if (winograd_ok(g, n, q) && winograd_scratch(&z) > col) col = winograd_scratch(&z);
+  if (winograd_ok(g, q)) { /* V and M; the filter gradient's sum first, and Yh for M */
+    int64_t wino = winograd_scratch(&z) + (n->op == OP_CONV2D_BWD_FILTER ? winograd_sum(g, &z) : 0);
+    if (wino > col) col = wino;
+  }
   return conv_region0(g, n, q) + col + gemm_scratch(g) +
          (hook ? round16(q->OH * q->OW * q->F) : 0);
 }
@@ -1763,6 +1856,12 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
                 LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""), (ConvThreads){0}, (GemmEpilogue){0},
                 h);
     loop_end(g, &ls);
+    if (winograd_ok(g, q)) { /* the share's sum, transformed back */
+      Wino z = wino_of(n, q);
+      GIf some = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, lo, hi, ""), "wino.dw");
+      winograd_dw(g, &z, dst, rest);
+      if_end(g, &some);
+    }
     tasks_end(g, &share_k);
   } else { /* samples handed out one at a time; conv2d's in `chunks` ranges of output pixels,
             * on mr-row panel boundaries, each im2col'ed by the worker that multiplies it */
@@ -1776,12 +1875,12 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
     LLVMValueRef rows = c64(g, q->OH * q->OW), panels = cdiv(g, rows, c64(g, g->mr));
     int64_t size = g->mr; /* a range: whole panels of the GEMM's rows, or Winograd's tile rows */
     Wino z = wino_of(n, q);
-    if (winograd_ok(g, n, q)) panels = c64(g, tile_rows(&z)), size = 2 * q->OW;
+    if (winograd_ok(g, q)) panels = c64(g, tile_rows(&z)), size = 2 * q->OW;
     LLVMValueRef r0 = min64(g, rows, block_start(g, ci, panels, chunks, size));
     LLVMValueRef r1 = min64(g, rows, block_start(g, add(g, ci, c64(g, 1)), panels, chunks, size));
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
     LLVMValueRef wp = get(g, J, job, CJ_WPANELS);
-    if (winograd_ok(g, n, q)) { /* no filter from the caller: the worker's own, once */
+    if (winograd_ok(g, q)) { /* no filter from the caller: the worker's own, once */
       LLVMValueRef none = LLVMBuildIsNull(g->b, wp, "");
       LLVMValueRef done = load(g, i1, own_u, 0);
       GIf f = if_begin(g, LLVMBuildAnd(g->b, none, LLVMBuildNot(g->b, done, ""), ""), "wino.own");
@@ -1825,7 +1924,7 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
                                   LLVMBuildICmp(b, LLVMIntSLT, batch, workers, ""), "");
   LLVMValueRef wpanels = LLVMConstNull(g->ptr);
   bool direct = n->op == OP_CONV2D && conv_direct_ok(g, &q); /* reads the filter as it is */
-  bool wino = winograd_ok(g, n, &q);
+  bool wino = winograd_ok(g, &q) && n->op != OP_CONV2D_BWD_FILTER;
   Wino z = wino_of(n, &q);
   if (wino) {
     /* the filter transformed once for all the samples, unless a conv2d has fewer samples than
