@@ -19,7 +19,10 @@
  *   nn.conv.N(job, w)          one per convolution node: per sample, im2col into scratch and a
  *                              GEMM (conv2d, filter gradient) or a GEMM and col2im (data
  *                              gradient); a conv2d of fewer than 4 input channels sums its
- *                              taps directly (conv_direct), the GEMM's sums without im2col
+ *                              taps directly (conv_direct), the GEMM's sums without im2col;
+ *                              a 3x3 stride-1 convolution over whole vectors of at least 16
+ *                              channels runs Winograd's F(2x2, 3x3) (F(3x3, 2x2) for the
+ *                              filter gradient): transforms and 16 GEMMs (winograd_*)
  *
  * Transposes are strides: packing reads A and B through (row, column) strides, so every form
  * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code;
@@ -1625,6 +1628,18 @@ static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThre
                  (LLVMValueRef[]){job, t.threads ? t.threads : LLVMConstNull(g->ptr)}, 2, "");
 }
 
+/* A filter gradient's GEMM on one worker: C = A·B for a share's first sample (`first`, an
+ * i1), C += A·B for the others (beta is a runtime value: the job's field is overwritten after
+ * filling). */
+static void gemm_sum(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, LLVMValueRef first) {
+  LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
+  fill_job(g, g->b, job, a, scratch, c64(g, 0));
+  set(g, g->b, g->job_type, job, J_BETA,
+      LLVMBuildZExt(g->b, LLVMBuildNot(g->b, first, ""), g->i64, ""));
+  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
+                 (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+}
+
 /* Output pixels [r0, r1) of one sample (tile-row boundaries, or r1 = OH*OW) into y, the
  * sample's output, from its image img and the transformed filter u, in the worker's scratch
  * scr (V, then M, then the GEMM's own), the GEMMs on the threads t; then the epilogue on rows
@@ -1757,12 +1772,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
                      .a = v, .rsa = one, .csa = c64(g, z.Ci), .sa = c64(g, tiles * z.Ci),
                      .b = yh, .rsb = c64(g, z.Co), .csb = one, .sb = c64(g, tiles * z.Co),
                      .c = scr, .ldc = c64(g, z.Co), .sc = c64(g, u_plane(g, &z))};
-      LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
-      fill_job(g, g->b, job, &wa, wgs, c64(g, 0));
-      set(g, g->b, g->job_type, job, J_BETA,
-          LLVMBuildZExt(g->b, LLVMBuildNot(g->b, first, ""), g->i64, ""));
-      LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
-                     (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+      gemm_sum(g, &wa, wgs, first);
       break;
     }
     a.m = c64(g, TC), a.n = c64(g, q->F), a.k = c64(g, rows);
@@ -1783,13 +1793,7 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
       run_hook(g, hook, s, a.b);
     }
     a.c = dst, a.ldc = c64(g, q->F);
-    /* beta is a runtime value here: the job's field is overwritten after filling */
-    LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
-    fill_job(g, g->b, job, &a, gs, c64(g, 0));
-    set(g, g->b, g->job_type, job, J_BETA,
-        LLVMBuildZExt(g->b, LLVMBuildNot(g->b, first, ""), g->i64, ""));
-    LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
-                   (LLVMValueRef[]){job, LLVMConstNull(g->ptr)}, 2, "");
+    gemm_sum(g, &a, gs, first);
     break;
   }
   default: unreachable();
@@ -1811,6 +1815,7 @@ static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
  * packing. */
 static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q, bool hook) {
   int64_t col = round16(q->OH * q->OW * q->T * q->C);
+  if (n->op == OP_CONV2D && conv_direct_ok(g, q)) col = 0; /* no im2col */
   Wino z = wino_of(n, q);
   if (winograd_ok(g, q)) { /* V and M; the filter gradient's sum first, and Yh for M */
     int64_t wino = winograd_scratch(&z) + (n->op == OP_CONV2D_BWD_FILTER ? winograd_sum(g, &z) : 0);
