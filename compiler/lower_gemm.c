@@ -1880,7 +1880,11 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
     LLVMValueRef rows = c64(g, q->OH * q->OW), panels = cdiv(g, rows, c64(g, g->mr));
     int64_t size = g->mr; /* a range: whole panels of the GEMM's rows, or Winograd's tile rows */
     Wino z = wino_of(n, q);
-    if (winograd_ok(g, q)) panels = c64(g, tile_rows(&z)), size = 2 * q->OW;
+    if (winograd_ok(g, q)) { /* the first ranges a tile row longer (worker 0 takes them, and
+                               * it starts first): 3 + 2 of 5, not 2 + 3 */
+      panels = c64(g, tile_rows(&z)), size = 2 * q->OW;
+      ci = sub(g, chunks, add(g, ci, c64(g, 1))); /* counted from the end */
+    }
     LLVMValueRef r0 = min64(g, rows, block_start(g, ci, panels, chunks, size));
     LLVMValueRef r1 = min64(g, rows, block_start(g, add(g, ci, c64(g, 1)), panels, chunks, size));
     GemmEpilogue epi = {get(g, J, job, CJ_EPI), get(g, J, job, CJ_EPI_CTX)};
