@@ -1368,15 +1368,14 @@ static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueR
  * of dy, so dw = A'ᵀ [Σ_tiles (B'ᵀ d B') ⊙ (G' dy G'ᵀ)] A' (B'ᵀ is Bᵀ with its last row negated,
  * G' 4x2, A'ᵀ 3x4): 16 GEMMs [C, tiles] x [tiles, F] summed over a worker's samples in the
  * transformed domain, transformed back once per share. Every sum has a fixed order, so the
- * results do not depend on the threads; they
- * differ from im2col's in rounding only (B and A hold 0 and ±1, G halves, which is exact).
- * --no-winograd turns it off. */
+ * results do not depend on the threads; they differ from im2col's in rounding only (B and A
+ * hold 0 and ±1, G halves, which is exact). --no-winograd turns it off. */
 enum { WINOGRAD_MIN_C = 16 }; /* fewer channels: the transforms cost more than they save */
 
 static bool winograd_ok(const Gemm *g, const ConvGeom *q) {
   const ConvAttr *c = q->c;
-  return g->winograd && c->kh == 3 && c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 && c->dw == 1 &&
-         q->C >= WINOGRAD_MIN_C && q->F >= WINOGRAD_MIN_C && q->C % g->w == 0 &&
+  return g->winograd && c->kh == 3 && c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 &&
+         c->dw == 1 && q->C >= WINOGRAD_MIN_C && q->F >= WINOGRAD_MIN_C && q->C % g->w == 0 &&
          q->F % g->w == 0;
 }
 
@@ -1483,10 +1482,10 @@ static void winograd_filter(Gemm *g, const Wino *z, LLVMValueRef u, LLVMValueRef
     }
     LLVMValueRef base = add(g, muli(g, lo.i, z->Ci), add(g, li.i, c64(g, (8 - t) * taps)));
     tap[t] = LLVMGetPoison(vt);
-    for (int l = 0; l < g->w; l++)
-      tap[t] = LLVMBuildInsertElement(
-          g->b, tap[t], load(g, g->elem, at(g, w, add(g, base, c64(g, l * z->Ci))), (unsigned)g->es),
-          LLVMConstInt(i32, (unsigned)l, 0), "");
+    for (int l = 0; l < g->w; l++) {
+      LLVMValueRef x = load(g, g->elem, at(g, w, add(g, base, c64(g, l * z->Ci))), (unsigned)g->es);
+      tap[t] = LLVMBuildInsertElement(g->b, tap[t], x, LLVMConstInt(i32, (unsigned)l, 0), "");
+    }
   }
   wino_2d(g, wino_g, 3, 4, tap, e);
   LLVMValueRef at_io = add(g, muli(g, li.i, z->Co), lo.i);
@@ -1496,8 +1495,8 @@ static void winograd_filter(Gemm *g, const Wino *z, LLVMValueRef u, LLVMValueRef
   loop_end(g, &li);
 }
 
-/* v[e][t][c] = (Bᵀ d B)[e] (or B'ᵀ's) for the tiles t of tile rows [tr0, tr1) (nt of them), d the tile's
- * 4x4 patch of the sample's image img [H, W, Ci], 0 outside it */
+/* v[e][t][c] = (Bᵀ d B)[e] (or B'ᵀ's) for the tiles t of tile rows [tr0, tr1) (nt of them),
+ * d the tile's 4x4 patch of the sample's image img [H, W, Ci], 0 outside it */
 static void winograd_input(Gemm *g, const Wino *z, Transform1 bt, LLVMValueRef v,
                            LLVMValueRef img, LLVMValueRef tr0, LLVMValueRef tr1, LLVMValueRef nt) {
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
@@ -1607,7 +1606,8 @@ static void winograd_dw(Gemm *g, const Wino *z, LLVMValueRef dw, LLVMValueRef m)
   for (int k = 0; k < 16; k++)
     e[k] = load(g, vt, at(g, m, add(g, lf.i, c64(g, k * u_plane(g, z)))), (unsigned)g->es);
   wino_2d(g, wino_at3, 4, 3, e, o);
-  for (int t = 0; t < 9; t++) store(g, o[t], at(g, dw, add(g, lf.i, c64(g, t * CF))), (unsigned)g->es);
+  for (int t = 0; t < 9; t++)
+    store(g, o[t], at(g, dw, add(g, lf.i, c64(g, t * CF))), (unsigned)g->es);
   loop_end(g, &lf);
 }
 
@@ -1761,7 +1761,8 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
       int64_t tiles = tile_rows(&z) * tile_cols(&z);
       LLVMValueRef v = at(g, scr, c64(g, winograd_sum(g, &z)));
       LLVMValueRef yh = at(g, v, c64(g, round16(16 * tiles * z.Ci)));
-      LLVMValueRef wgs = at(g, v, c64(g, winograd_scratch(&z))), dy = at(g, p[2], mul(g, s, out_elems));
+      LLVMValueRef wgs = at(g, v, c64(g, winograd_scratch(&z)));
+      LLVMValueRef dy = at(g, p[2], mul(g, s, out_elems));
       if (hook.fn) { /* the sample's output gradient, made here, past the GEMM's packing */
         dy = at(g, wgs, c64(g, gemm_scratch(g)));
         run_hook(g, hook, s, dy);
