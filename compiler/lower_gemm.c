@@ -553,16 +553,24 @@ static void pack_b(Gemm *g, LLVMValueRef dst, LLVMValueRef b, LLVMValueRef rsb, 
 
 /* ============================== the driver ============================== */
 
-/* Calls the job's epilogue, if any, on rows [r0, r1) × columns [c0, c1) of C, rows counted
- * from the epilogue's first row. */
+/* Calls epilogue e (its fn a null pointer at run time: none) on rows [r0, r1) × columns
+ * [c0, c1) of its output. */
+static void run_epilogue(Gemm *g, GemmEpilogue e, LLVMValueRef r0, LLVMValueRef r1,
+                         LLVMValueRef c0, LLVMValueRef c1) {
+  GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, e.fn, ""), "epilogue");
+  LLVMValueRef args[5] = {e.ctx, r0, r1, c0, c1};
+  LLVMBuildCall2(g->b, g->epilogue_type, e.fn, args, 5, "");
+  if_end(g, &f);
+}
+
+/* The job's epilogue on rows [r0, r1) × columns [c0, c1) of C, rows counted from the
+ * epilogue's first row. */
 static void call_epilogue(Gemm *g, LLVMValueRef job, LLVMValueRef r0, LLVMValueRef r1,
                           LLVMValueRef c0, LLVMValueRef c1) {
   LLVMTypeRef J = g->job_type;
-  LLVMValueRef fn = get(g, J, job, J_EPI), row = get(g, J, job, J_EPI_ROW);
-  GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, fn, ""), "epilogue");
-  LLVMValueRef args[5] = {get(g, J, job, J_EPI_CTX), add(g, row, r0), add(g, row, r1), c0, c1};
-  LLVMBuildCall2(g->b, g->epilogue_type, fn, args, 5, "");
-  if_end(g, &f);
+  LLVMValueRef row = get(g, J, job, J_EPI_ROW);
+  GemmEpilogue e = {get(g, J, job, J_EPI), get(g, J, job, J_EPI_CTX)};
+  run_epilogue(g, e, add(g, row, r0), add(g, row, r1), c0, c1);
 }
 
 /* The first row (column) of block i of `blocks` over `panels` panels of `size`: the panels
@@ -1338,13 +1346,9 @@ static void conv_direct(Gemm *g, const ConvGeom *q, LLVMValueRef img, LLVMValueR
       }
     loop_end(g, &lp);
   }
-  if (epi.fn) {
-    GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, epi.fn, ""), "dc.epilogue");
-    LLVMValueRef args[5] = {epi.ctx, add(g, erow, sub(g, lb.i, r0)), add(g, erow, sub(g, b1, r0)),
-                            zero, c64(g, q->F)};
-    LLVMBuildCall2(g->b, g->epilogue_type, epi.fn, args, 5, "");
-    if_end(g, &f);
-  }
+  if (epi.fn)
+    run_epilogue(g, epi, add(g, erow, sub(g, lb.i, r0)), add(g, erow, sub(g, b1, r0)), zero,
+                 c64(g, q->F));
   loop_end(g, &lb);
 }
 
@@ -1473,10 +1477,9 @@ static void winograd_filter(Gemm *g, const Wino *z, LLVMValueRef u, LLVMValueRef
   int64_t taps = z->Ci * z->Co; /* elements of w from one tap to the next */
   GLoop li = loop_begin(g, c64(g, 0), c64(g, z->Ci), 1, "wf.i");
   GLoop lo = loop_begin(g, c64(g, 0), c64(g, z->Co), g->w, "wf.o");
-  LLVMValueRef tap[9], e[16];
+  LLVMValueRef tap[9], e[16], at_io = add(g, muli(g, li.i, z->Co), lo.i);
   for (int t = 0; t < 9; t++) {
     if (!z->data_grad) {
-      LLVMValueRef at_io = add(g, muli(g, li.i, z->Co), lo.i);
       tap[t] = load(g, vt, at(g, w, add(g, at_io, c64(g, t * taps))), (unsigned)g->es);
       continue;
     }
@@ -1488,20 +1491,29 @@ static void winograd_filter(Gemm *g, const Wino *z, LLVMValueRef u, LLVMValueRef
     }
   }
   wino_2d(g, wino_g, 3, 4, tap, e);
-  LLVMValueRef at_io = add(g, muli(g, li.i, z->Co), lo.i);
   for (int k = 0; k < 16; k++)
     store(g, e[k], at(g, u, add(g, at_io, c64(g, k * u_plane(g, z)))), (unsigned)g->es);
   loop_end(g, &lo);
   loop_end(g, &li);
 }
 
+/* The w channels from c of pixel (r, x) of an image [., width, channels], or 0 where `in` (the
+ * pixel is inside) is false: pixel 0 is read then, and dropped. */
+static LLVMValueRef pixel_or_zero(Gemm *g, LLVMValueRef img, LLVMValueRef in, LLVMValueRef r,
+                                  LLVMValueRef x, int64_t width, int64_t channels,
+                                  LLVMValueRef c) {
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  LLVMValueRef pix = LLVMBuildSelect(g->b, in, add(g, muli(g, r, width), x), c64(g, 0), "");
+  LLVMValueRef v = load(g, vt, at(g, img, add(g, muli(g, pix, channels), c)), (unsigned)g->es);
+  return LLVMBuildSelect(g->b, in, v, LLVMConstNull(vt), "");
+}
+
 /* v[e][t][c] = (Bᵀ d B)[e] (or B'ᵀ's) for the tiles t of tile rows [tr0, tr1) (nt of them),
  * d the tile's 4x4 patch of the sample's image img [H, W, Ci], 0 outside it */
 static void winograd_input(Gemm *g, const Wino *z, Transform1 bt, LLVMValueRef v,
                            LLVMValueRef img, LLVMValueRef tr0, LLVMValueRef tr1, LLVMValueRef nt) {
-  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
   int64_t TW = tile_cols(z);
-  LLVMValueRef zero = c64(g, 0), vzero = LLVMConstNull(vt), plane = muli(g, nt, z->Ci);
+  LLVMValueRef zero = c64(g, 0), plane = muli(g, nt, z->Ci);
   GLoop lh = loop_begin(g, tr0, tr1, 1, "wi.th");
   GLoop lw = loop_begin(g, zero, c64(g, TW), 1, "wi.tw");
   LLVMValueRef t = add(g, muli(g, sub(g, lh.i, tr0), TW), lw.i);
@@ -1515,12 +1527,9 @@ static void winograd_input(Gemm *g, const Wino *z, Transform1 bt, LLVMValueRef v
   GLoop lc = loop_begin(g, zero, c64(g, z->Ci), g->w, "wi.c");
   LLVMValueRef d[16], e[16];
   for (int i = 0; i < 4; i++)
-    for (int j = 0; j < 4; j++) { /* outside: read pixel 0, keep 0 */
-      LLVMValueRef in = LLVMBuildAnd(g->b, hin[i], win[j], "");
-      LLVMValueRef pix = LLVMBuildSelect(g->b, in, add(g, muli(g, ih[i], z->W), iw[j]), zero, "");
-      LLVMValueRef x = load(g, vt, at(g, img, add(g, muli(g, pix, z->Ci), lc.i)), (unsigned)g->es);
-      d[i * 4 + j] = LLVMBuildSelect(g->b, in, x, vzero, "");
-    }
+    for (int j = 0; j < 4; j++)
+      d[i * 4 + j] = pixel_or_zero(g, img, LLVMBuildAnd(g->b, hin[i], win[j], ""), ih[i], iw[j],
+                                   z->W, z->Ci, lc.i);
   wino_2d(g, bt, 4, 4, d, e);
   LLVMValueRef at_t = add(g, muli(g, t, z->Ci), lc.i);
   for (int k = 0; k < 16; k++)
@@ -1570,7 +1579,6 @@ static void winograd_output(Gemm *g, const Wino *z, LLVMValueRef y, LLVMValueRef
 /* yh[e][t][f] = (G' dy G'ᵀ)[e] for every tile t of the sample's output gradient dy [OH, OW,
  * Co], 0 past its last row and column */
 static void winograd_dy(Gemm *g, const Wino *z, LLVMValueRef yh, LLVMValueRef dy) {
-  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
   int64_t TW = tile_cols(z), plane = tile_rows(z) * TW * z->Co;
   LLVMValueRef zero = c64(g, 0);
   GLoop lh = loop_begin(g, zero, c64(g, tile_rows(z)), 1, "wy.th");
@@ -1580,13 +1588,11 @@ static void winograd_dy(Gemm *g, const Wino *z, LLVMValueRef yh, LLVMValueRef dy
   GLoop lf = loop_begin(g, zero, c64(g, z->Co), g->w, "wy.f");
   LLVMValueRef d[4], e[16];
   for (int a = 0; a < 2; a++)
-    for (int b = 0; b < 2; b++) { /* past the end: read pixel 0, keep 0 */
+    for (int b = 0; b < 2; b++) { /* 0 past the end */
       LLVMValueRef ih = add(g, oh, c64(g, a)), iw = add(g, ow, c64(g, b));
       LLVMValueRef in = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ih, c64(g, z->OH), ""),
                                      LLVMBuildICmp(g->b, LLVMIntSLT, iw, c64(g, z->OW), ""), "");
-      LLVMValueRef pix = LLVMBuildSelect(g->b, in, add(g, muli(g, ih, z->OW), iw), zero, "");
-      LLVMValueRef x = load(g, vt, at(g, dy, add(g, muli(g, pix, z->Co), lf.i)), (unsigned)g->es);
-      d[a * 2 + b] = LLVMBuildSelect(g->b, in, x, LLVMConstNull(vt), "");
+      d[a * 2 + b] = pixel_or_zero(g, dy, in, ih, iw, z->OW, z->Co, lf.i);
     }
   wino_2d(g, wino_g2, 2, 4, d, e);
   LLVMValueRef at_t = add(g, muli(g, t, z->Co), lf.i);
@@ -1658,13 +1664,7 @@ static void winograd_sample(Gemm *g, const Wino *z, LLVMValueRef img, LLVMValueR
                 .c = m, .ldc = c64(g, z->Co), .sc = muli(g, nt, z->Co)};
   conv_gemm(g, &a, at(g, scr, c64(g, winograd_scratch(z))), th);
   winograd_output(g, z, y, m, tr0, tr1, nt);
-  if (epi.fn) {
-    GIf f = if_begin(g, LLVMBuildIsNotNull(g->b, epi.fn, ""), "wino.epilogue");
-    LLVMValueRef args[5] = {epi.ctx, erow, add(g, erow, sub(g, r1, r0)), c64(g, 0),
-                            c64(g, z->Co)};
-    LLVMBuildCall2(g->b, g->epilogue_type, epi.fn, args, 5, "");
-    if_end(g, &f);
-  }
+  if (epi.fn) run_epilogue(g, epi, erow, add(g, erow, sub(g, r1, r0)), c64(g, 0), c64(g, z->Co));
 }
 
 /* B of a conv2d (the filter, TC x F) or data gradient (its transpose, F x TC): K x N, read
@@ -1940,7 +1940,7 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     /* the filter transformed once for all the samples, unless a conv2d has fewer samples than
      * workers (one sample's inference): each worker then transforms its own (emit_conv_work),
      * which stays in its cache, rather than read the caller's, which the caller's next call
-     * would take back line by line (50 us a call instead of 20) */
+     * would take back line by line (50 us a call instead of 18) */
     LLVMValueRef own = n->op == OP_CONV2D ? few : LLVMConstInt(LLVMInt1TypeInContext(g->ctx), 0, 0);
     GIf once = if_begin(g, LLVMBuildNot(b, own, ""), "wino.u");
     winograd_filter(g, &z, scratch, src1);

@@ -397,9 +397,8 @@ Unit *sema(Ast *program, Ast *prelude);
 
 /* Bounds inference on a forward graph (before autodiff): every image-valued convolution,
  * pooling or elementwise op computes only the rows and columns its readers read (a
- * convolution or pooling through a smaller bottom or right padding, negative if need be).
- * Returns how many nodes it shrank. */
-int trim_graph(Graph *g);
+ * convolution or pooling through a smaller bottom or right padding, negative if need be). */
+void trim_graph(Graph *g);
 
 /* ============================== autodiff.c ============================== */
 

@@ -55,7 +55,7 @@ static int64_t reads(const Node *x, int k, int a, int64_t e) {
   return last + 1 < 1 ? 1 : last + 1 > all ? all : last + 1;
 }
 
-int trim_graph(Graph *g) {
+void trim_graph(Graph *g) {
   int n = g->n_nodes;
   int64_t (*ext)[2] = xalloc(sizeof *ext * (size_t)(n + 1));
   bool *fixed = xalloc(sizeof *fixed * (size_t)(n + 1)); /* keeps its full extent */
@@ -105,7 +105,6 @@ int trim_graph(Graph *g) {
   bool *redo = xalloc(sizeof *redo * (size_t)(n + 1));
   for (int i = 0; i < n; i++)
     redo[i] = shrunk[i] || (is_window(g->nodes[i]) && shrunk[g->nodes[i]->src[0]->id]);
-  int trimmed = 0;
   for (int i = 0; i < n; i++) { /* in order: a window's operand has its new shape */
     Node *x = g->nodes[i];
     if (!redo[i]) continue;
@@ -119,7 +118,6 @@ int trim_graph(Graph *g) {
         int64_t hi = lo + s - 1;
         *p1 = (int)(lo > 0 ? lo : hi < 0 ? hi : 0);
       }
-    trimmed += shrunk[i];
   }
   /* every node redone must still fit its shape rule */
   Builder b = {g, (Loc){0}, true};
@@ -131,5 +129,4 @@ int trim_graph(Graph *g) {
       diag_internal(__FILE__, __LINE__, "trim: %%%d no longer fits its operands", x->id);
   }
   g->table = NULL, g->table_cap = 0; /* shapes and attrs changed: rehashed on the next node */
-  return trimmed;
 }
