@@ -8,7 +8,9 @@
  * mask that no masked value equals. The words left over after the vectors are OR-ed the same
  * way. The pass is cloned for AVX-512 and AVX2 (GCC's ifunc picks one when the program
  * starts; the runtime is built for any x86-64): with SSE2's 16-byte vectors it was bound by
- * its instructions at 12 bytes a cycle, even on data in L1, and took 2.6% of an MLP step. */
+ * its instructions at 12 bytes a cycle, even on data in L1, and took 2.6% of an MLP step.
+ * Not in libnnembed.a (NNRT_NO_IFUNC), whose object links with nothing but libc: the
+ * clones' resolver needs libgcc's __cpu_model. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -59,7 +61,7 @@ static inline __attribute__((always_inline)) bool any_word(const char *p, int64_
   return any >> 31;
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(NNRT_NO_IFUNC)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 bool nnrt_all_finite(const void *base, int64_t n, int64_t elem_size) {
