@@ -1,5 +1,5 @@
 /* lower_gemm.h — the interface between lower_llvm.c and lower_gemm.c (the generated matrix
- * multiply, and the convolutions built on it). With lower_llvm.c, the only code that includes
+ * multiply) and lower_conv.c (the convolutions built on it). With lower_llvm.c, the only code that includes
  * llvm-c; nothing outside the lowering stage sees it. */
 #ifndef LOWER_GEMM_H
 #define LOWER_GEMM_H
@@ -13,7 +13,7 @@
 typedef struct Gemm {
   LLVMContextRef ctx;
   LLVMModuleRef mod;
-  LLVMBuilderRef b;          /* positioned in whichever function lower_gemm.c is emitting */
+  LLVMBuilderRef b;          /* in whichever function lower_gemm.c or lower_conv.c is emitting */
   LLVMTypeRef elem, i64, ptr, vd;
   int64_t es;                /* bytes per element */
   int w;                     /* elements per vector register */

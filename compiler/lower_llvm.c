@@ -9,7 +9,7 @@
  * stored ones (a reduction's loop runs over its input); matmul and convolution call the GEMM
  * that lower_gemm.c emits, pooling loops over samples, positions and taps. Loop nests are
  * plain counted loops that LLVM's O2/O3 pipeline (vectoriser included) then optimises for the
- * target CPU. With lower_gemm.c, the only code that includes llvm-c. */
+ * target CPU. With lower_gemm.c and lower_conv.c, the only code that includes llvm-c. */
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -83,7 +83,8 @@ typedef struct Lower {
   const bool *need;                  /* by node id: the kernel being emitted needs it */
   LLVMValueRef *split_val, *split_at; /* val and at while emitting a split nest's function */
   LLVMTypeRef split_job;             /* %nn.split.job */
-  Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c) */
+  Gemm gemm;                         /* the module's matmul and convolutions (lower_gemm.c,
+                                      * lower_conv.c) */
   GemmEpilogue epilogue;             /* for the matmul or conv2d being lowered, or none */
   ConvHook conv_hook;                /* for the convolution being lowered, or none */
   bool apart;                        /* emitting a group function: no node ids in names */
@@ -1213,7 +1214,7 @@ static void taps_close(Lower *L, Win *v) {
 }
 
 /* conv2d, conv2d_bwd_data, conv2d_bwd_filter: per-sample im2col and the generated GEMM,
- * parallel over the batch (lower_gemm.c). */
+ * parallel over the batch (lower_conv.c). */
 static void lower_conv(Lower *L, const Node *n) {
   lower_conv_call(&L->gemm, L->b, n, node_ptr(L, n), node_ptr(L, n->src[0]),
                   node_ptr(L, n->src[1]), L->batch, L->region[NN_IO_THREADS],

@@ -1,8 +1,8 @@
 /* nnc.h — the one header of the compiler, a section per stage, in pipeline order:
  * diag.c (sources, errors, memory) → grammar/nn.l, nn.y + ast.c (AST) → sema.c (AST → IR)
  * → ir.c + ops.c (IR, op table) → trim.c (bounds) → autodiff.c (IR → IR) → fuse.c (loop groups)
- * → plan.c (memory) → lower_llvm.c (LLVM; lower_gemm.c, behind lower_gemm.h, emits its matmul
- * and convolutions)
+ * → plan.c (memory) → lower_llvm.c (LLVM; behind lower_gemm.h, lower_gemm.c emits its matmul
+ * and lower_conv.c its convolutions)
  * → link.c (executable). main.c runs them in order. */
 #ifndef NNC_H
 #define NNC_H
@@ -533,7 +533,7 @@ struct Options {
   bool keep_obj;        /* --keep-obj: leave the .o next to the executable */
   bool no_fuse;         /* --no-fuse: one loop nest per node (for measuring fusion) */
   bool no_trim;         /* --no-trim: every row of every image computed (trim.c) */
-  bool no_winograd;     /* --no-winograd: 3x3 convolutions by im2col + GEMM (lower_gemm.c) */
+  bool no_winograd;     /* --no-winograd: 3x3 convolutions by im2col + GEMM (lower_conv.c) */
   const char *name;     /* --name: C prefix of --emit=header's symbols; NULL = from -o */
   const char *weights;  /* --weights: safetensors file baked into --emit=header's object */
   int64_t max_batch;    /* --max-batch: overrides the train block's batch; 0 = keep it */
