@@ -17,8 +17,8 @@ fi
 "$nnc" examples/fashion_cnn.nn --emit=header --weights "$ckpt" --name=f32m -o "$dir/f32m.h"
 "$nnc" examples/fashion_cnn.nn --emit=header --weights "$ckpt" --name=i8m --quantize=int8 \
   --calibrate train -o "$dir/i8m.h"
-cc -O2 -std=c99 -Wall -Wextra -Werror -I"$dir" bench/int8_bench.c "$dir/f32m.o" "$dir/i8m.o" \
-  -lm -o "$dir/bench"
+cc -O2 -std=c11 -Wall -Wextra -Werror -I"$dir" bench/int8_bench.c "$dir/f32m.o" "$dir/i8m.o" \
+  -lm -pthread -o "$dir/bench"
 echo "object bytes: f32 $(stat -c %s "$dir/f32m.o"), int8 $(stat -c %s "$dir/i8m.o")"
 echo "vpdpbusd instructions in the int8 object: $(objdump -d "$dir/i8m.o" | grep -c vpdpbusd || true)"
 uptime

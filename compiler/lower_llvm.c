@@ -1231,7 +1231,9 @@ static void lower_conv(Lower *L, const Node *n) {
  * takes four codes of the row, broadcast, against four weights of 16 channels and adds to 16
  * int32 sums, so a row needs no horizontal sums. Rows are padded to KP (a multiple of 4) with
  * qx = 128 against qw = 0, so the padding adds nothing; channels to NP (a multiple of 16).
- * Other targets run the same sums as plain loops. Serial: the thread hook is not used. */
+ * Other targets run the same sums as plain loops. A matmul site splits its rows among the
+ * workers, a convolution its samples (each row's sums are one worker's, in the same order, so
+ * the results do not depend on the thread count). */
 
 /* The site's max |x| over every call so far into nn_calibration (QUANT_CALIBRATE). */
 static void record_absmax(Lower *L, const Node *x, int site) {
@@ -1348,7 +1350,17 @@ static void site_row_vnni(Lower *L, const QuantSite *s, const SiteConsts *c, LLV
   loop_close(L, &nb);
 }
 
-static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
+/* The rows of a matmul site's x: every leading dim, batch included. */
+static Extent site_rows(const Node *n, const QuantSite *s) {
+  Extent rows = elems_extent(n->src[0]->shape);
+  rows.n /= s->k;
+  return rows;
+}
+
+/* Rows [lo, hi) of a matmul site's x (every leading dim, batch included, flattened), or
+ * samples [lo, hi) of a convolution site's (lo NULL: all). */
+static void int8_site_range(Lower *L, const Node *n, const QuantSite *s, LLVMValueRef lo,
+                            LLVMValueRef hi) {
   SiteConsts c = {
       .qw = bytes_const(L, s->qw, (size_t)(s->np * s->kp), "qw"),
       .colsum = bytes_const(L, s->colsum, sizeof *s->colsum * (size_t)s->np, "colsum"),
@@ -1358,18 +1370,16 @@ static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
       L->vnni ? site_row_vnni : site_row_scalar;
   LLVMValueRef row = entry_slot(L, LLVMArrayType2(L->i8, (uint64_t)s->kp), "codes");
   LLVMValueRef x = node_ptr(L, n->src[0]), y = node_ptr(L, n);
-  if (n->op == OP_MATMUL) { /* rows of x: every leading dim, batch included */
-    Extent rows = elems_extent(n->src[0]->shape);
-    rows.n /= s->k;
+  if (n->op == OP_MATMUL) {
     zero_codes(L, row, s->k, s->kp);
-    Loop m = loop_open(L, extent_value(L, rows), "m");
+    Loop m = lo ? loop_range(L, lo, hi, "m") : loop_open(L, extent_value(L, site_rows(n, s)), "m");
     quantize_row(L, row, elem_ptr(L, x, ix_mul(L, m.i, s->k)), s->k, s->inv_x_scale);
     site_row(L, s, &c, row, elem_ptr(L, y, ix_mul(L, m.i, s->n)));
     loop_close(L, &m);
     return;
   }
   /* conv2d: one patch (taps in the padding stay 0) per output position */
-  Win v = {.c = &n->attr.conv, .img = n->src[0]->shape, .out = n->shape};
+  Win v = {.c = &n->attr.conv, .img = n->src[0]->shape, .out = n->shape, .lo = lo, .hi = hi};
   int64_t ch = v.img.dim[3];
   positions_open(L, &v);
   zero_codes(L, row, 0, s->kp);
@@ -1380,6 +1390,26 @@ static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
   taps_close(L, &v);
   site_row(L, s, &c, row, elem_ptr(L, y, offset4(L, v.out, v.b.i, v.oh.i, v.ow.i)));
   positions_close(L, &v);
+}
+
+typedef struct Int8Task {
+  const Node *n;
+  const QuantSite *s;
+} Int8Task;
+
+static void int8_task(Lower *L, LLVMValueRef lo, LLVMValueRef hi, const void *ctx) {
+  const Int8Task *t = ctx;
+  int8_site_range(L, t->n, t->s, lo, hi);
+}
+
+/* An int8 site, its rows (or samples) shared out to the workers when there are enough: the
+ * work of a row counted as its 32-bit sums of four products (K/4 x N, a vpdpbusd lane each). */
+static void lower_int8_site(Lower *L, const Node *n, const QuantSite *s) {
+  Extent outer = n->op == OP_MATMUL ? site_rows(n, s) : dim_extent(n->src[0]->shape.dim[0]);
+  int64_t per = s->kp / 4 * s->np;
+  if (n->op != OP_MATMUL) per *= n->shape.dim[1] * n->shape.dim[2]; /* positions a sample */
+  Int8Task t = {n, s};
+  emit_split(L, outer, TASK_ELEMS / per > 1 ? TASK_ELEMS / per : 1, per, int8_task, &t);
 }
 
 /* Fills samples [v->lo, v->hi) of n (all when v->lo is NULL) with value x. */
