@@ -1308,46 +1308,78 @@ static void site_row_scalar(Lower *L, const QuantSite *s, const SiteConsts *c, L
   loop_close(L, &j);
 }
 
-/* The same, 16 channels per vpdpbusd chain (see above). */
-static void site_row_vnni(Lower *L, const QuantSite *s, const SiteConsts *c, LLVMValueRef row,
-                          LLVMValueRef out) {
+enum { INT8_ROWS = 4 }; /* rows (or output positions) of an int8 site's tile */
+
+/* R rows of codes into their outputs, 16 channels a vpdpbusd (see above), in tiles of R rows
+ * by NB blocks of 16 channels: per group of four codes, one broadcast of each row's and one
+ * load of each block's weights feed R x NB vpdpbusd into as many sums. One row at a time,
+ * each weight vector fed a single chain of sums: the loads of 400 KB of weights a row (the
+ * CNN's dense layer), and vpdpbusd's latency, bound it. */
+static void site_rows_vnni(Lower *L, const QuantSite *s, const SiteConsts *c,
+                           const LLVMValueRef *rows, const LLVMValueRef *outs, int R) {
   LLVMTypeRef v16 = LLVMVectorType(L->i32, 16), f16 = LLVMVectorType(L->elem, 16);
   const char *name = "llvm.x86.avx512.vpdpbusd.512";
   unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
   LLVMValueRef dpbusd = LLVMGetIntrinsicDeclaration(L->mod, id, NULL, 0);
   LLVMTypeRef dpbusd_type = LLVMIntrinsicGetType(L->ctx, id, NULL, 0);
-  LLVMValueRef acc = entry_slot(L, v16, "vacc"), ys = entry_slot(L, f16, "ys");
-  Loop nb = loop_open(L, i64c(L, s->np / 16), "nb");
-  LLVMBuildStore(L->b, LLVMConstNull(v16), acc);
+  int64_t blocks = s->np / 16;
+  int NB = blocks % 4 == 0 ? 4 : blocks % 2 == 0 ? 2 : 1;
+  LLVMValueRef acc[INT8_ROWS][4], ys = entry_slot(L, f16, "ys");
+  for (int r = 0; r < R; r++)
+    for (int q = 0; q < NB; q++) acc[r][q] = entry_slot(L, v16, "vacc");
+  Loop nb = loop_open(L, i64c(L, blocks / NB), "nb");
+  for (int r = 0; r < R; r++)
+    for (int q = 0; q < NB; q++) LLVMBuildStore(L->b, LLVMConstNull(v16), acc[r][q]);
   Loop k = loop_open(L, i64c(L, s->kp / 4), "k");
-  LLVMValueRef at = ix_mul(L, k.i, 4);
-  LLVMValueRef four = load_at(L, L->i32, L->i8, row, at); /* codes k*4 .. k*4+3 */
-  LLVMSetAlignment(four, 1);
-  LLVMValueRef splat = LLVMBuildShuffleVector(L->b,
-      LLVMBuildInsertElement(L->b, LLVMGetUndef(v16), four, LLVMConstInt(L->i32, 0, 0), ""),
-      LLVMGetUndef(v16), LLVMConstNull(v16), "");
-  LLVMValueRef wat = ix_mul(L, ix_add(L, ix_mul(L, k.i, s->np), ix_mul(L, nb.i, 16)), 4);
-  LLVMValueRef w = load_at(L, v16, L->i8, c->qw, wat);
-  LLVMValueRef args[3] = {LLVMBuildLoad2(L->b, v16, acc, ""), splat, w};
-  LLVMBuildStore(L->b, LLVMBuildCall2(L->b, dpbusd_type, dpbusd, args, 3, ""), acc);
+  LLVMValueRef w[4];
+  for (int q = 0; q < NB; q++) {
+    LLVMValueRef j = ix_add(L, ix_mul(L, nb.i, 16 * NB), i64c(L, 16 * q));
+    w[q] = load_at(L, v16, L->i8, c->qw, ix_mul(L, ix_add(L, ix_mul(L, k.i, s->np), j), 4));
+  }
+  for (int r = 0; r < R; r++) {
+    LLVMValueRef four = load_at(L, L->i32, L->i8, rows[r], ix_mul(L, k.i, 4)); /* 4 codes */
+    LLVMSetAlignment(four, 1);
+    LLVMValueRef splat = LLVMBuildShuffleVector(L->b,
+        LLVMBuildInsertElement(L->b, LLVMGetUndef(v16), four, LLVMConstInt(L->i32, 0, 0), ""),
+        LLVMGetUndef(v16), LLVMConstNull(v16), "");
+    for (int q = 0; q < NB; q++) {
+      LLVMValueRef args[3] = {LLVMBuildLoad2(L->b, v16, acc[r][q], ""), splat, w[q]};
+      LLVMBuildStore(L->b, LLVMBuildCall2(L->b, dpbusd_type, dpbusd, args, 3, ""), acc[r][q]);
+    }
+  }
   loop_close(L, &k);
-  LLVMValueRef j0 = ix_mul(L, nb.i, 16);
-  LLVMValueRef cs = load_at(L, v16, L->i32, c->colsum, j0);
-  LLVMValueRef sc = LLVMBuildLoad2(L->b, f16, elem_ptr(L, c->scale, j0), "");
   LLVMValueRef sevens[16];
   for (int i = 0; i < 16; i++) sevens[i] = LLVMConstInt(L->i32, 7, 0);
-  LLVMValueRef sum = LLVMBuildSub(L->b, LLVMBuildLoad2(L->b, v16, acc, ""),
-                                  LLVMBuildShl(L->b, cs, LLVMConstVector(sevens, 16), ""), "");
-  LLVMBuildStore(L->b, LLVMBuildFMul(L->b, LLVMBuildSIToFP(L->b, sum, f16, ""), sc, ""), ys);
-  /* the block's channels below N to out (a copy loop that LLVM turns into vector moves) */
-  LLVMValueRef left = LLVMBuildSub(L->b, i64c(L, s->n), j0, "");
-  LLVMValueRef lanes = LLVMBuildSelect(L->b, LLVMBuildICmp(L->b, LLVMIntSLT, left, i64c(L, 16), ""),
-                                       left, i64c(L, 16), "");
-  Loop t = loop_open(L, lanes, "t");
-  LLVMValueRef v = load_elem(L, elem_ptr(L, ys, t.i));
-  LLVMBuildStore(L->b, v, elem_ptr(L, out, ix_add(L, j0, t.i)));
-  loop_close(L, &t);
+  for (int q = 0; q < NB; q++) {
+    LLVMValueRef j0 = ix_add(L, ix_mul(L, nb.i, 16 * NB), i64c(L, 16 * q));
+    LLVMValueRef cs = LLVMBuildShl(L->b, load_at(L, v16, L->i32, c->colsum, j0),
+                                   LLVMConstVector(sevens, 16), "");
+    LLVMValueRef sc = LLVMBuildLoad2(L->b, f16, elem_ptr(L, c->scale, j0), "");
+    /* the block's channels below N to each row's out (a copy loop that LLVM turns into
+     * vector moves) */
+    LLVMValueRef left = LLVMBuildSub(L->b, i64c(L, s->n), j0, "");
+    LLVMValueRef lanes = LLVMBuildSelect(
+        L->b, LLVMBuildICmp(L->b, LLVMIntSLT, left, i64c(L, 16), ""), left, i64c(L, 16), "");
+    for (int r = 0; r < R; r++) {
+      LLVMValueRef sum = LLVMBuildSub(L->b, LLVMBuildLoad2(L->b, v16, acc[r][q], ""), cs, "");
+      LLVMBuildStore(L->b, LLVMBuildFMul(L->b, LLVMBuildSIToFP(L->b, sum, f16, ""), sc, ""), ys);
+      Loop t = loop_open(L, lanes, "t");
+      LLVMValueRef v = load_elem(L, elem_ptr(L, ys, t.i));
+      LLVMBuildStore(L->b, v, elem_ptr(L, outs[r], ix_add(L, j0, t.i)));
+      loop_close(L, &t);
+    }
+  }
   loop_close(L, &nb);
+}
+
+/* R rows of codes into their outputs: the VNNI tile, or row by row in plain loops. */
+static void site_tile(Lower *L, const QuantSite *s, const SiteConsts *c, const LLVMValueRef *rows,
+                      const LLVMValueRef *outs, int R) {
+  if (L->vnni) {
+    site_rows_vnni(L, s, c, rows, outs, R);
+    return;
+  }
+  for (int r = 0; r < R; r++) site_row_scalar(L, s, c, rows[r], outs[r]);
 }
 
 /* The rows of a matmul site's x: every leading dim, batch included. */
@@ -1358,7 +1390,8 @@ static Extent site_rows(const Node *n, const QuantSite *s) {
 }
 
 /* Rows [lo, hi) of a matmul site's x (every leading dim, batch included, flattened), or
- * samples [lo, hi) of a convolution site's (lo NULL: all). */
+ * samples [lo, hi) of a convolution site's (lo NULL: all), in tiles of INT8_ROWS rows (output
+ * positions), then the rows left over one by one. */
 static void int8_site_range(Lower *L, const Node *n, const QuantSite *s, LLVMValueRef lo,
                             LLVMValueRef hi) {
   SiteConsts c = {
@@ -1366,30 +1399,56 @@ static void int8_site_range(Lower *L, const Node *n, const QuantSite *s, LLVMVal
       .colsum = bytes_const(L, s->colsum, sizeof *s->colsum * (size_t)s->np, "colsum"),
       .scale = bytes_const(L, s->out_scale, sizeof *s->out_scale * (size_t)s->np, "scale"),
   };
-  void (*site_row)(Lower *, const QuantSite *, const SiteConsts *, LLVMValueRef, LLVMValueRef) =
-      L->vnni ? site_row_vnni : site_row_scalar;
-  LLVMValueRef row = entry_slot(L, LLVMArrayType2(L->i8, (uint64_t)s->kp), "codes");
+  LLVMValueRef rows[INT8_ROWS], outs[INT8_ROWS];
+  for (int r = 0; r < INT8_ROWS; r++)
+    rows[r] = entry_slot(L, LLVMArrayType2(L->i8, (uint64_t)s->kp), "codes");
   LLVMValueRef x = node_ptr(L, n->src[0]), y = node_ptr(L, n);
   if (n->op == OP_MATMUL) {
-    zero_codes(L, row, s->k, s->kp);
-    Loop m = lo ? loop_range(L, lo, hi, "m") : loop_open(L, extent_value(L, site_rows(n, s)), "m");
-    quantize_row(L, row, elem_ptr(L, x, ix_mul(L, m.i, s->k)), s->k, s->inv_x_scale);
-    site_row(L, s, &c, row, elem_ptr(L, y, ix_mul(L, m.i, s->n)));
-    loop_close(L, &m);
+    for (int r = 0; r < INT8_ROWS; r++) zero_codes(L, rows[r], s->k, s->kp);
+    if (!lo) lo = i64c(L, 0), hi = extent_value(L, site_rows(n, s));
+    LLVMValueRef count = LLVMBuildSub(L->b, hi, lo, "");
+    LLVMValueRef tiles = LLVMBuildSDiv(L->b, count, i64c(L, INT8_ROWS), "tiles");
+    for (int pass = 0; pass < 2; pass++) { /* tiles, then the rows left over */
+      int R = pass ? 1 : INT8_ROWS;
+      LLVMValueRef first = pass ? ix_add(L, lo, ix_mul(L, tiles, INT8_ROWS)) : lo;
+      Loop t = pass ? loop_range(L, first, hi, "m") : loop_open(L, tiles, "tile");
+      LLVMValueRef m = pass ? t.i : ix_add(L, lo, ix_mul(L, t.i, INT8_ROWS));
+      for (int r = 0; r < R; r++) {
+        LLVMValueRef i = ix_add(L, m, i64c(L, r));
+        quantize_row(L, rows[r], elem_ptr(L, x, ix_mul(L, i, s->k)), s->k, s->inv_x_scale);
+        outs[r] = elem_ptr(L, y, ix_mul(L, i, s->n));
+      }
+      site_tile(L, s, &c, rows, outs, R);
+      loop_close(L, &t);
+    }
     return;
   }
-  /* conv2d: one patch (taps in the padding stay 0) per output position */
+  /* conv2d: one patch (taps in the padding stay 0) per output position p = oh * OW + ow */
   Win v = {.c = &n->attr.conv, .img = n->src[0]->shape, .out = n->shape, .lo = lo, .hi = hi};
-  int64_t ch = v.img.dim[3];
-  positions_open(L, &v);
-  zero_codes(L, row, 0, s->kp);
-  taps_open(L, &v);
-  LLVMValueRef at = ix_mul(L, ix_add(L, ix_mul(L, v.kh.i, v.c->kw), v.kw.i), ch);
-  quantize_row(L, LLVMBuildInBoundsGEP2(L->b, L->i8, row, &at, 1, ""),
-               elem_ptr(L, x, offset4(L, v.img, v.b.i, v.ih, v.iw)), ch, s->inv_x_scale);
-  taps_close(L, &v);
-  site_row(L, s, &c, row, elem_ptr(L, y, offset4(L, v.out, v.b.i, v.oh.i, v.ow.i)));
-  positions_close(L, &v);
+  int64_t ch = v.img.dim[3], OW = v.out.dim[2], P = v.out.dim[1] * OW;
+  v.b = lo ? loop_range(L, lo, hi, "b")
+          : loop_open(L, extent_value(L, dim_extent(v.out.dim[0])), "b");
+  for (int pass = 0; pass < 2; pass++) { /* tiles of positions, then those left over */
+    int R = pass ? 1 : INT8_ROWS;
+    Loop t = pass ? loop_range(L, i64c(L, P / INT8_ROWS * INT8_ROWS), i64c(L, P), "p")
+                  : loop_open(L, i64c(L, P / INT8_ROWS), "tile");
+    LLVMValueRef p0 = pass ? t.i : ix_mul(L, t.i, INT8_ROWS);
+    for (int r = 0; r < R; r++) {
+      LLVMValueRef p = ix_add(L, p0, i64c(L, r));
+      v.oh.i = LLVMBuildSDiv(L->b, p, i64c(L, OW), "oh");
+      v.ow.i = LLVMBuildSRem(L->b, p, i64c(L, OW), "ow");
+      zero_codes(L, rows[r], 0, s->kp);
+      taps_open(L, &v);
+      LLVMValueRef at = ix_mul(L, ix_add(L, ix_mul(L, v.kh.i, v.c->kw), v.kw.i), ch);
+      quantize_row(L, LLVMBuildInBoundsGEP2(L->b, L->i8, rows[r], &at, 1, ""),
+                   elem_ptr(L, x, offset4(L, v.img, v.b.i, v.ih, v.iw)), ch, s->inv_x_scale);
+      taps_close(L, &v);
+      outs[r] = elem_ptr(L, y, offset4(L, v.out, v.b.i, v.oh.i, v.ow.i));
+    }
+    site_tile(L, s, &c, rows, outs, R);
+    loop_close(L, &t);
+  }
+  loop_close(L, &v.b);
 }
 
 typedef struct Int8Task {
