@@ -27,3 +27,10 @@ for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "HOME", "TMPDIR"):
 # Debian's dataset-fashion-mnist: tests on real images need it (tests/lit/Inputs/fashion_slice.py)
 if os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
     config.available_features.add("fashion-mnist")
+# A CPU with AVX-512 VNNI (vpdpbusd): nnc's int8 tiles need it (tests/lit/embed/int8-tiles.nn)
+try:
+    with open("/proc/cpuinfo") as cpuinfo:
+        if "avx512_vnni" in cpuinfo.read():
+            config.available_features.add("avx512vnni")
+except OSError:
+    pass
