@@ -1,7 +1,9 @@
 /* embed_threads.c — any embedded model (built with -DMODEL_H="x.h" -DPFX=x -DPFXU=X, the
  * header's symbol and macro prefixes) run on a batch of N pseudo-random inputs serially and
  * with W workers (a pthread per worker and parallel-for call), and each input alone: prints
- * whether the outputs are the same bits. usage: embed_threads N W */
+ * whether the outputs are the same bits; with `print`, each input's outputs (from the W-worker
+ * run, one line each, 9 digits) instead, for diff against another build of the model.
+ * usage: embed_threads N W [print] */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <pthread.h>
 #include <stdint.h>
@@ -52,10 +54,11 @@ static int forward(FN(_ctx) *ctx, int64_t *workers, void *scratch, const elem *i
 }
 
 int main(int argc, char **argv) {
-  long n = argc == 3 ? atol(argv[1]) : 0;
-  int64_t workers = argc == 3 ? atol(argv[2]) : 0, one = 1;
+  int print = argc == 4 && strcmp(argv[3], "print") == 0;
+  long n = argc == 3 || print ? atol(argv[1]) : 0;
+  int64_t workers = argc == 3 || print ? atol(argv[2]) : 0, one = 1;
   if (n < 1 || n > M(_MAX_BATCH) || workers < 1 || workers > MAX_WORKERS) {
-    fprintf(stderr, "usage: embed_threads N (1..%d) WORKERS (1..%d)\n", M(_MAX_BATCH),
+    fprintf(stderr, "usage: embed_threads N (1..%d) WORKERS (1..%d) [print]\n", M(_MAX_BATCH),
             MAX_WORKERS);
     return 2;
   }
@@ -90,8 +93,12 @@ int main(int argc, char **argv) {
   }
   int same = !memcmp(serial, threaded, sizeof *serial * out_n);
   int single = !memcmp(serial, alone, sizeof *serial * out_n);
-  printf("%ld inputs, %lld workers: %s serial's; one at a time: %s\n", n, (long long)workers,
-         same ? "bit-identical to" : "DIFFERENT from", single ? "bit-identical" : "DIFFERENT");
+  if (print)
+    for (size_t i = 0; i < out_n; i++)
+      printf("%.9g%c", (double)threaded[i], (i + 1) % M(_OUTPUT_SIZE) ? ' ' : '\n');
+  else
+    printf("%ld inputs, %lld workers: %s serial's; one at a time: %s\n", n, (long long)workers,
+           same ? "bit-identical to" : "DIFFERENT from", single ? "bit-identical" : "DIFFERENT");
   free(in), free(serial), free(threaded), free(alone), free(params), free(arena), free(scratch);
   return same && single ? 0 : 1;
 }
