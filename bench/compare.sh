@@ -10,9 +10,17 @@ unset OPENBLAS_CORETYPE
 export OPENBLAS_NUM_THREADS=1
 tunables=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824
 
+# The machine's phase: the round trip of a cache line between CPUs 0 and 1 (bench/pingpong.c;
+# about 100 ns on one die, 450 on two, where two threads run a third slower).
+dies() {
+  [ -x build/pingpong ] || cc -O2 -std=c11 bench/pingpong.c -pthread -o build/pingpong
+  build/pingpong
+}
+
 compare() {
   local ex=$1 peer=$2 rounds=${ROUNDS:-3}
   [ -x build/nnc ] || scripts/build.sh build
+  dies
   build/nnc "examples/$ex.nn" -o "build/$ex"
   local nnc_sps=0 nnc_acc="" nnc_rss="" best=0 torch_acc="" torch_rss="" torch_t=""
   local r t out sps line
@@ -36,6 +44,7 @@ compare() {
       fi
     done
   done
+  dies
   echo "nnc   samples/s=$nnc_sps test_acc=$nnc_acc peak_rss_mb=$nnc_rss (threads: $(nproc); best of $rounds rounds)"
   echo "torch samples/s=$best test_acc=$torch_acc peak_rss_mb=$torch_rss (best of 1, 2 threads: $torch_t; $rounds rounds)"
   awk -v a="$nnc_sps" -v b="$best" -v r="$nnc_rss" -v s="$torch_rss" \

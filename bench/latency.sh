@@ -13,6 +13,7 @@ iters=${ITERS:-5000}
 [ -x build/nnc ] || scripts/build.sh build
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+dies
 for which in mlp cnn; do
   ex=fashion_$which
   build/nnc "examples/$ex.nn" --emit=header --max-batch=1 -o "$tmp/$ex.h"
@@ -40,3 +41,4 @@ for which in mlp cnn; do
   awk -v a="$nnc_us" -v b="$best" -v w="$which" \
     'BEGIN { printf "ratio %s torch/nnc latency = %.2fx (nnc takes %.3f of torch'"'"'s time)\n", w, b / a, a / b }'
 done
+dies
