@@ -12,19 +12,28 @@
  *                              transforms and 16 GEMMs (winograd_*)
  *
  * parallel over the samples (or, for fewer samples than workers, over ranges of one sample's
- * output pixels); a filter gradient's workers each sum a share of the batch, and the shares
- * are added in worker order, so results depend on the thread count only there. */
+ * output pixels); a filter gradient sums FILTER_SHARES fixed shares of the batch apart and
+ * adds them in share order, so results do not depend on the thread count. */
 #include "gemm_build.h"
+
+/* A filter gradient's sum over the batch is cut into this many shares (fewer for a smaller
+ * batch), whatever the worker count: each share's sum is one worker's, in sample order, and
+ * the shares are added in order, so the result is the same bits at any thread count. 4: two
+ * tasks for each of this machine's two workers, and a worker's scratch keeps room for 3
+ * shares' sums (the CNN's conv2: 3 x 72 KB). */
+enum { FILTER_SHARES = 4 };
 
 /* Fields of %nn.conv.job. ORDER CONVJOB */
 enum {
   CJ_OUT, CJ_SRC0, CJ_SRC1,     /* the node's result and operands */
-  CJ_BATCH, CJ_SCRATCH, CJ_SSTRIDE, CJ_NEXT, CJ_WORKERS,
+  CJ_BATCH, CJ_SCRATCH, CJ_SSTRIDE, CJ_NEXT,
+  CJ_WORKERS,                   /* workers; a filter gradient's: its shares of the batch */
   CJ_EPI, CJ_EPI_CTX,           /* conv2d's epilogue (or null) and its context */
   CJ_CHUNKS,                    /* conv2d: tasks per sample, each a range of output pixels */
   CJ_WPANELS,                   /* the filter in B panels (worker 0's first region), or null */
   CJ_HOOK_CTX,                  /* the ConvHook's context (or null) */
-  CJ_COUNT
+  CJ_TAKER,                     /* a filter gradient: the worker that summed share k, k >= 1 */
+  CJ_COUNT = CJ_TAKER + FILTER_SHARES
 };
 
 void conv_init(Gemm *g) {
@@ -735,13 +744,18 @@ static void conv_sample(Gemm *g, const Node *n, const ConvGeom *q, LLVMValueRef 
 
 /* Elements of a worker's first scratch region: the filter gradient's partial sum, or (worker
  * 0's) the filter in B panels, packed once per call for every sample's GEMM. */
+/* Elements of one share's filter-gradient sum: the filter, rounded to a 64-byte multiple. */
+static int64_t share_sum(const ConvGeom *q) { return round16(q->T * q->C * q->F); }
+
 static int64_t conv_region0(const Gemm *g, const Node *n, const ConvGeom *q) {
   ConvB cb = conv_b(n, q);
-  int64_t panels = cb.k * ((cb.cols + g->nr - 1) / g->nr) * g->nr, sum = q->T * q->C * q->F;
+  int64_t panels = cb.k * ((cb.cols + g->nr - 1) / g->nr) * g->nr;
+  if (n->op == OP_CONV2D_BWD_FILTER) /* the sums of the shares the worker takes after share 0 */
+    return (FILTER_SHARES - 1) * share_sum(q);
   Wino z = wino_of(n, q);
-  if (winograd_ok(g, q) && n->op != OP_CONV2D_BWD_FILTER)
+  if (winograd_ok(g, q))
     panels = 16 * u_plane(g, &z); /* the transformed filter */
-  return round16(panels > sum ? panels : sum);
+  return round16(panels);
 }
 
 /* Scratch elements one worker of node n uses: the first region, the im2col matrix, the GEMM's
@@ -758,10 +772,18 @@ static int64_t conv_scratch(const Gemm *g, const Node *n, const ConvGeom *q, boo
          (hook ? round16(q->OH * q->OW * q->F) : 0);
 }
 
-/* Share k of the filter gradient's samples: [ceil(k*B/W), ceil((k+1)*B/W)), so share 0
- * always has one when B >= 1. */
-static LLVMValueRef share(Gemm *g, LLVMValueRef w, LLVMValueRef batch, LLVMValueRef workers) {
-  return cdiv(g, mul(g, w, batch), workers);
+/* Share k of the filter gradient's samples: [ceil(k*B/S), ceil((k+1)*B/S)) of S shares, so
+ * share 0 always has one when B >= 1. */
+static LLVMValueRef share(Gemm *g, LLVMValueRef k, LLVMValueRef batch, LLVMValueRef shares) {
+  return cdiv(g, mul(g, k, batch), shares);
+}
+
+/* Where share k >= 1 of a filter gradient keeps its sum: slot k - 1 of the first region of
+ * its taker's scratch. */
+static LLVMValueRef share_at(Gemm *g, const ConvGeom *q, LLVMValueRef scratch,
+                             LLVMValueRef sstride, LLVMValueRef taker, LLVMValueRef k) {
+  return at(g, byte_at(g, scratch, mul(g, taker, sstride)),
+            muli(g, sub(g, k, c64(g, 1)), share_sum(q)));
 }
 
 /* nn.conv.N(job, w) */
@@ -777,18 +799,22 @@ static LLVMValueRef emit_conv_work(Gemm *g, const Node *n, const ConvGeom *q, LL
   ConvHook h = {hook, hook ? get(g, J, job, CJ_HOOK_CTX) : NULL};
   LLVMValueRef scr = byte_at(g, get(g, J, job, CJ_SCRATCH), mul(g, w, get(g, J, job, CJ_SSTRIDE)));
   if (n->op == OP_CONV2D_BWD_FILTER) {
-    /* `workers` fixed shares of the batch, each summed into its own buffer (share 0 straight
-     * into the result, share k at the start of worker k's scratch), taken by whichever worker
-     * comes first; the im2col and packing space is the taker's own */
-    LLVMValueRef base = get(g, J, job, CJ_SCRATCH), sstride = get(g, J, job, CJ_SSTRIDE);
-    LLVMValueRef workers = get(g, J, job, CJ_WORKERS);
+    /* fixed shares of the batch (FILTER_SHARES), each summed into its own buffer (share 0
+     * straight into the result, share k in the taker's scratch, which it records), taken by
+     * whichever worker comes first; the im2col and packing space is the taker's own */
+    LLVMValueRef shares = get(g, J, job, CJ_WORKERS);
     LLVMValueRef rest = at(g, scr, c64(g, conv_region0(g, n, q)));
-    TaskLoop share_k = gemm_tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), workers, w);
+    TaskLoop share_k = gemm_tasks_begin(g, field_ptr(g, J, job, CJ_NEXT), shares, w);
     LLVMValueRef k = share_k.i;
-    LLVMValueRef lo = share(g, k, batch, workers);
-    LLVMValueRef hi = share(g, add(g, k, c64(g, 1)), batch, workers);
-    LLVMValueRef dst = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), ""),
-                                       p[0], byte_at(g, base, mul(g, k, sstride)), "");
+    LLVMValueRef lo = share(g, k, batch, shares);
+    LLVMValueRef hi = share(g, add(g, k, c64(g, 1)), batch, shares);
+    LLVMValueRef first = LLVMBuildICmp(g->b, LLVMIntEQ, k, c64(g, 0), "");
+    LLVMValueRef dst = LLVMBuildSelect(
+        g->b, first, p[0],
+        share_at(g, q, get(g, J, job, CJ_SCRATCH), get(g, J, job, CJ_SSTRIDE), w, k), "");
+    GIf later = if_begin(g, LLVMBuildNot(g->b, first, ""), "taker");
+    store(g, w, LLVMBuildInBoundsGEP2(g->b, g->i64, field_ptr(g, J, job, CJ_TAKER), &k, 1, ""), 0);
+    if_end(g, &later);
     GLoop ls = loop_begin(g, lo, hi, 1, "s");
     conv_sample(g, n, q, ls.i, NULL, NULL, p, rest, NULL, dst,
                 LLVMBuildICmp(g->b, LLVMIntEQ, ls.i, lo, ""), (ConvThreads){0}, (GemmEpilogue){0},
@@ -913,11 +939,15 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     loop_end(g, &ls);
     if_else(g, &by_sample);
   }
+  LLVMValueRef shares = min64(g, max64(g, batch, c64(g, 1)), c64(g, FILTER_SHARES));
+  if (n->op == OP_CONV2D_BWD_FILTER) /* its tasks: the shares of the batch, whoever takes them */
+    parallel = LLVMBuildICmp(b, LLVMIntSGT, min64(g, workers, shares), c64(g, 1), "");
   workers = LLVMBuildSelect(b, parallel, workers, c64(g, 1), "");
-  LLVMValueRef v[CJ_COUNT] = {out, src0, src1, batch, scratch, sstride, c64(g, 0), workers,
+  LLVMValueRef v[CJ_TAKER] = {out, src0, src1, batch, scratch, sstride, c64(g, 0),
+                              n->op == OP_CONV2D_BWD_FILTER ? shares : workers,
                               epi.fn, epi.ctx, chunks, wpanels,
                               hook.fn ? hook.ctx : LLVMConstNull(g->ptr)};
-  for (int f = 0; f < CJ_COUNT; f++) set(g, b, J, job, f, v[f]);
+  for (int f = 0; f < CJ_TAKER; f++) set(g, b, J, job, f, v[f]);
   gemm_dispatch(g, work, job, threads, parallel);
   if (n->op == OP_CONV2D && hook.fn) { /* samples cut into pixel ranges: hooked here */
     GIf cut = if_begin(g, LLVMBuildICmp(b, LLVMIntSGT, chunks, c64(g, 1), ""), "hook.after");
@@ -927,14 +957,16 @@ void lower_conv_call(Gemm *g, LLVMBuilderRef b, const Node *n, LLVMValueRef out,
     if_end(g, &cut);
   }
   if (n->op == OP_CONV2D_BWD_DATA) if_end(g, &by_sample);
-  if (n->op == OP_CONV2D_BWD_FILTER) { /* out += the other workers' sums, in worker order */
-    int64_t TC = q.T * q.C, elems = TC * q.F;
-    LLVMValueRef sstride = v[CJ_SSTRIDE];
-    GLoop lw = loop_begin(g, c64(g, 1), workers, 1, "w");
-    LLVMValueRef lo = share(g, lw.i, batch, workers);
-    LLVMValueRef hi = share(g, add(g, lw.i, c64(g, 1)), batch, workers);
+  if (n->op == OP_CONV2D_BWD_FILTER) { /* out += the other shares' sums, in share order */
+    int64_t elems = q.T * q.C * q.F;
+    GLoop lw = loop_begin(g, c64(g, 1), shares, 1, "k");
+    LLVMValueRef lo = share(g, lw.i, batch, shares);
+    LLVMValueRef hi = share(g, add(g, lw.i, c64(g, 1)), batch, shares);
     GIf f = if_begin(g, LLVMBuildICmp(b, LLVMIntSLT, lo, hi, ""), "some");
-    LLVMValueRef part = byte_at(g, scratch, mul(g, lw.i, sstride));
+    LLVMValueRef taker = load(g, g->i64, LLVMBuildInBoundsGEP2(b, g->i64,
+                                                               field_ptr(g, J, job, CJ_TAKER),
+                                                               &lw.i, 1, ""), 0);
+    LLVMValueRef part = share_at(g, &q, scratch, v[CJ_SSTRIDE], taker, lw.i);
     GLoop le = loop_begin(g, c64(g, 0), c64(g, elems), 1, "e");
     LLVMValueRef d = at(g, out, le.i);
     store(g, LLVMBuildFAdd(b, load(g, g->elem, d, 0), load(g, g->elem, at(g, part, le.i), 0), ""),

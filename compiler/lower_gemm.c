@@ -22,8 +22,8 @@
  * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code;
  * a transposed B (contiguous columns) is packed a W×W block at a time through registers.
  * Each C element is summed by one worker in a fixed order (K blocks of kc, k ascending), so
- * results do not depend on the thread count or the tiling (only a convolution's filter
- * gradient, whose sum runs over the batch, adds per-worker partial sums, in worker order).
+ * results do not depend on the thread count or the tiling (lower_conv.c's filter gradient,
+ * whose sum runs over the batch, adds fixed shares of it in order, and so keeps that too).
  *
  * A job may carry an epilogue (GemmEpilogue): the elementwise loop that follows the matmul
  * (bias, activation), called on each block of C by the worker that finished it, while the
