@@ -1238,9 +1238,21 @@ static bool call_builtin(Sema *s, Frame *f, const Ast *call, Value *out) {
 
 static bool is_int(Value v) { return v.kind == V_NUM && v.num == floor(v.num) && fabs(v.num) < 1e15; }
 
+/* A tensor type's element type: f32, or none (`[n, 4]`); the only one a program names, since
+ * nnc's --dtype=f64 makes every tensor f64. */
+static bool elem_type_ok(const Ast *type) {
+  if (!type->name || !strcmp(type->name, "f32")) return true;
+  diag_error(type->loc, "unknown element type '%s' (tensors are f32; nnc --dtype=f64 makes "
+             "every tensor f64)", type->name);
+  return false;
+}
+
+enum { MAX_SAMPLE_ELEMS = 1 << 30 }; /* in a declared type (per sample for an input): 4 GiB of f32 */
+
 /* Evaluates the dims of a type in frame f, binding unknown names when `bind_from` is given
  * (matching a formal's type against an argument's per-sample shape). */
 static bool dims_of(Sema *s, Frame *f, const Ast *type, Shape *out) {
+  if (!elem_type_ok(type)) return false;
   out->rank = type->kids.len;
   if (type->any_lead) {
     diag_error(type->loc, "'...' (any leading axes) is only allowed in a formal's type");
@@ -1250,6 +1262,7 @@ static bool dims_of(Sema *s, Frame *f, const Ast *type, Shape *out) {
     diag_error(type->loc, "at most %d dimensions are supported", MAX_RANK - 1);
     return false;
   }
+  double elems = 1;
   for (int i = 0; i < out->rank; i++) {
     const Ast *d = type->kids.items[i];
     Value v = eval(s, f, d);
@@ -1259,6 +1272,12 @@ static bool dims_of(Sema *s, Frame *f, const Ast *type, Shape *out) {
       return false;
     }
     out->dim[i] = (int64_t)v.num;
+    elems = v.num > MAX_SAMPLE_ELEMS ? MAX_SAMPLE_ELEMS + 1.0 : elems * v.num;
+    if (elems > MAX_SAMPLE_ELEMS) {
+      diag_error(d->loc, "a tensor of more than %d elements is too large",
+                 MAX_SAMPLE_ELEMS);
+      return false;
+    }
   }
   return true;
 }
@@ -1281,6 +1300,7 @@ static bool bind_formal(Sema *s, Frame *callee, const Ast *def, const Ast *forma
       return false;
     }
   } else if (type) {
+    if (!elem_type_ok(type)) return false;
     if (v.kind != V_TENSOR) {
       diag_error(loc, "argument '%s' of '%s' must be a tensor of shape %s", formal->name,
                  def->name, "given in its type");
