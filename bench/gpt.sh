@@ -65,6 +65,7 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
 }
 
 [ $# -gt 0 ] || set -- tiny small
+dies
 for size in "$@"; do
   case $size in
   tiny) bench tiny 256 128 4 4 8 40 3 ;;
@@ -73,3 +74,4 @@ for size in "$@"; do
   esac
 done
 uptime
+dies
