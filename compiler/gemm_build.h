@@ -201,11 +201,11 @@ void gemm_pack_b(Gemm *g, LLVMValueRef dst, LLVMValueRef b, LLVMValueRef rsb, LL
 /* Epilogue e (its fn a null pointer at run time: none) on rows [r0, r1) × columns [c0, c1). */
 void gemm_run_epilogue(Gemm *g, GemmEpilogue e, LLVMValueRef r0, LLVMValueRef r1,
                        LLVMValueRef c0, LLVMValueRef c1);
-/* A call of nn.gemm at g->b: a job on this function's stack, packing at scratch + w * sstride,
- * on `threads` (NULL: one worker, the caller); `beta` (an i64, or NULL: a->accumulate) says
+/* A call of nn.gemm at b: a job on b's function's stack, packing at scratch + w * sstride, on
+ * `threads` (NULL: one worker, the caller); `beta` (an i64, or NULL: a->accumulate) says
  * whether C is added to. */
-void gemm_call_at(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, LLVMValueRef sstride,
-                  LLVMValueRef threads, LLVMValueRef beta);
+void gemm_call_at(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef scratch,
+                  LLVMValueRef sstride, LLVMValueRef threads, LLVMValueRef beta);
 
 /* ============================== convolutions (lower_conv.c) ============================== */
 

@@ -576,14 +576,14 @@ typedef struct ConvThreads {
 } ConvThreads;
 
 static void conv_gemm(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, ConvThreads t) {
-  gemm_call_at(g, a, scratch, t.threads ? t.sstride : c64(g, 0), t.threads, NULL);
+  gemm_call_at(g, g->b, a, scratch, t.threads ? t.sstride : c64(g, 0), t.threads, NULL);
 }
 
 /* A filter gradient's GEMM on one worker: C = A·B for a share's first sample (`first`, an
  * i1), C += A·B for the others (beta is a runtime value: the job's field is overwritten after
  * filling). */
 static void gemm_sum(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, LLVMValueRef first) {
-  gemm_call_at(g, a, scratch, c64(g, 0), NULL,
+  gemm_call_at(g, g->b, a, scratch, c64(g, 0), NULL,
                LLVMBuildZExt(g->b, LLVMBuildNot(g->b, first, ""), g->i64, ""));
 }
 

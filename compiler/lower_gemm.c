@@ -904,23 +904,20 @@ static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs
     if (v[f]) set(g, b, J, job, f, v[f]);
 }
 
-void gemm_call_at(Gemm *g, const GemmArgs *a, LLVMValueRef scratch, LLVMValueRef sstride,
-                  LLVMValueRef threads, LLVMValueRef beta) {
-  LLVMValueRef job = entry_alloca(g, g->b, g->job_type, "gemm.job");
-  fill_job(g, g->b, job, a, scratch, sstride);
-  if (beta) set(g, g->b, g->job_type, job, J_BETA, beta);
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->gemm), g->gemm,
+void gemm_call_at(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef scratch,
+                  LLVMValueRef sstride, LLVMValueRef threads, LLVMValueRef beta) {
+  LLVMValueRef job = entry_alloca(g, b, g->job_type, "gemm.job");
+  fill_job(g, b, job, a, scratch, sstride);
+  if (beta) set(g, b, g->job_type, job, J_BETA, beta);
+  LLVMBuildCall2(b, LLVMGlobalGetValueType(g->gemm), g->gemm,
                  (LLVMValueRef[]){job, threads ? threads : LLVMConstNull(g->ptr)}, 2, "");
 }
 
 void lower_gemm_call(Gemm *g, LLVMBuilderRef b, const GemmArgs *a, LLVMValueRef threads,
                      LLVMValueRef scratch) {
   gemm_ensure(g);
-  LLVMValueRef job = entry_alloca(g, b, g->job_type, "gemm.job");
-  LLVMValueRef sstride = LLVMBuildLoad2(b, g->i64, g->scratch_bytes, "scratch.bytes");
-  fill_job(g, b, job, a, scratch, sstride);
-  LLVMBuildCall2(b, LLVMGlobalGetValueType(g->gemm), g->gemm, (LLVMValueRef[]){job, threads}, 2,
-                 "");
+  gemm_call_at(g, b, a, scratch, LLVMBuildLoad2(b, g->i64, g->scratch_bytes, "scratch.bytes"),
+               threads, NULL);
 }
 
 int64_t lower_gemm_finish(Gemm *g) {

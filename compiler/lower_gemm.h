@@ -1,6 +1,6 @@
 /* lower_gemm.h — the interface between lower_llvm.c and lower_gemm.c (the generated matrix
- * multiply) and lower_conv.c (the convolutions built on it). With lower_llvm.c, the only code that includes
- * llvm-c; nothing outside the lowering stage sees it. */
+ * multiply) and lower_conv.c (the convolutions built on it). With lower_llvm.c, they are the
+ * only code that includes llvm-c; nothing outside the lowering stage sees it. */
 #ifndef LOWER_GEMM_H
 #define LOWER_GEMM_H
 

@@ -1272,7 +1272,7 @@ static bool dims_of(Sema *s, Frame *f, const Ast *type, Shape *out) {
       return false;
     }
     out->dim[i] = (int64_t)v.num;
-    elems = v.num > MAX_SAMPLE_ELEMS ? MAX_SAMPLE_ELEMS + 1.0 : elems * v.num;
+    elems *= v.num; /* exact enough: it stops at the first product past 2^30 */
     if (elems > MAX_SAMPLE_ELEMS) {
       diag_error(d->loc, "a tensor of more than %d elements is too large",
                  MAX_SAMPLE_ELEMS);

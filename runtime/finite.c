@@ -4,9 +4,8 @@
  *
  * An element is inf or NaN exactly when its exponent bits are all ones. The test looks at
  * 32-bit words, sixteen at a time in a 64-byte vector (a GCC and clang extension), OR-ing the
- * results: every word of f32; the high word of f64 (little-endian), whose low word gets a
- * mask that no masked value equals. The words left over after the vectors are OR-ed the same
- * way. The pass is cloned for AVX-512 and AVX2 (GCC's ifunc picks one when the program
+ * results: every word of f32; the high word of f64 (little-endian), whose low word is masked
+ * to 0, which never counts. The words left over after the vectors are OR-ed the same way. The pass is cloned for AVX-512 and AVX2 (GCC's ifunc picks one when the program
  * starts; the runtime is built for any x86-64): with SSE2's 16-byte vectors it was bound by
  * its instructions at 12 bytes a cycle, even on data in L1, and took 2.6% of an MLP step.
  * Not in libnnembed.a (NNRT_NO_IFUNC), whose object links with nothing but libc: the
@@ -27,9 +26,9 @@ _Static_assert(WORDS == 16, "PAIRS below writes 16 lanes");
 /* Whether some word w of `words` at p has (w & mask) + bias >= 2^31, where mask and bias are
  * (m0, b0) for even words and (m1, b1) for odd ones: with mask 0x7fffffff (the sign dropped)
  * and bias 2^31 - 0x7f800000, exactly when w's exponent bits are all ones; with 0 and 0,
- * never. An and, an add and an or per vector,
- * with no compare: four vectors a round, each OR-ed into its own sum so that the ORs do not
- * wait on each other, and the top bits tested once at the end. mask and bias are constants
+ * never. An and, an add and an or per vector, with no compare: four vectors a round, each
+ * OR-ed into its own sum so that the ORs do not wait on each other, and the top bits tested
+ * once at the end. mask and bias are constants
  * where this is inlined (with a mask built at run time, GCC once compared lane by lane in
  * scalar code: 13% of an MLP step). */
 #define PAIRS(e, o) {e, o, e, o, e, o, e, o, e, o, e, o, e, o, e, o}
