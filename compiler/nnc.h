@@ -483,6 +483,7 @@ typedef struct QuantSite {
   const Node *node;    /* MATMUL or CONV2D of the forward graph */
   int param;           /* index of W in Unit.params */
   int64_t k, n;        /* reduction length (K, or kh*kw*C) and output channels */
+  bool transposed;     /* W is [N, K] (x @ transpose(W): dense) rather than [K, N] */
   int64_t kp, np;      /* k rounded up to a multiple of 4, n to one of 16 (zero padding) */
   double absmax;       /* calibrated: the largest |input| seen */
   /* QUANT_INT8, from quant_finish */

@@ -3,8 +3,8 @@
  * pass with their weights and scales, and runs the model at compile time to calibrate and to
  * measure what pruning or quantising costs.
  *
- * A site is a matmul x[.., K] @ W[K, N] or a convolution with filter W[kh, kw, C, N] whose W
- * is a parameter. Its weights become int8 with one symmetric scale per output channel
+ * A site is a matmul x[.., K] @ W[K, N] or x[.., K] @ transpose(W[N, K]) (dense's layout) or a
+ * convolution with filter W[kh, kw, C, N] whose W is a parameter. Its weights become int8 with one symmetric scale per output channel
  * (max |W[:, j]| / 127); its input becomes int8 with one symmetric scale, max |x| / 127, the
  * max taken over the calibration data (min/max calibration: no percentile clipping). The
  * products accumulate in int32 and are scaled back to f32 (lower_llvm.c emits the loops).
@@ -29,8 +29,7 @@ const Graph *quant_forward_graph(const Unit *u) { return u->infer ? u->infer : u
 /* The weight parameter of a matmul or convolution that can be an int8 site, else -1. */
 static int site_param(const Node *n) {
   const Node *w = n->src[1];
-  if (n->op == OP_MATMUL && w->op == OP_PARAM && w->shape.rank == 2 && !n->attr.ta &&
-      !n->attr.tb)
+  if (n->op == OP_MATMUL && w->op == OP_PARAM && w->shape.rank == 2 && !n->attr.ta)
     return w->attr.index;
   if (n->op == OP_CONV2D && w->op == OP_PARAM) return w->attr.index;
   return -1;
@@ -46,11 +45,12 @@ Quant *quant_new(const Unit *u, const double *w, QuantMode mode) {
     const Node *n = g->nodes[i];
     int p = site_param(n);
     if (p < 0) continue;
-    Shape ws = u->params[p].shape; /* [K, N] or [kh, kw, C, N]: row-major (K, N) either way */
+    Shape ws = u->params[p].shape; /* [K, N] or [kh, kw, C, N]: row-major (K, N); or [N, K] */
     QuantSite *s = &q->sites[q->n_sites++];
     s->node = n;
     s->param = p;
-    s->n = ws.dim[ws.rank - 1];
+    s->transposed = n->op == OP_MATMUL && n->attr.tb;
+    s->n = s->transposed ? ws.dim[0] : ws.dim[ws.rank - 1];
     s->k = shape_elems(ws, 1) / (s->n ? s->n : 1);
     s->kp = (s->k + 3) / 4 * 4;
     s->np = (s->n + 15) / 16 * 16;
@@ -69,7 +69,8 @@ static double scale_of(double absmax) { return absmax > 0 ? absmax / 127 : 1; }
 void quant_finish(const Unit *u, Quant *q) {
   for (int i = 0; i < q->n_sites; i++) {
     QuantSite *s = &q->sites[i];
-    const double *w = q->weights + u->params[s->param].offset; /* (k, n) */
+    const double *w = q->weights + u->params[s->param].offset; /* (k, n), or (n, k) */
+    int64_t ks = s->transposed ? 1 : s->n, js = s->transposed ? s->k : 1; /* W[k, j]'s strides */
     double x_scale = scale_of(s->absmax);
     s->qw = xalloc((size_t)(s->np * s->kp));
     s->colsum = xalloc(sizeof *s->colsum * (size_t)s->np);
@@ -77,10 +78,10 @@ void quant_finish(const Unit *u, Quant *q) {
     s->inv_x_scale = (float)(1 / x_scale);
     for (int64_t j = 0; j < s->n; j++) {
       double amax = 0;
-      for (int64_t k = 0; k < s->k; k++) amax = fmax(amax, fabs(w[k * s->n + j]));
+      for (int64_t k = 0; k < s->k; k++) amax = fmax(amax, fabs(w[k * ks + j * js]));
       double w_scale = scale_of(amax);
       for (int64_t k = 0; k < s->k; k++) {
-        double v = fmin(127, fmax(-127, nearbyint(w[k * s->n + j] / w_scale)));
+        double v = fmin(127, fmax(-127, nearbyint(w[k * ks + j * js] / w_scale)));
         s->qw[(k / 4 * s->np + j) * 4 + k % 4] = (int8_t)v;
         s->colsum[j] += (int32_t)v;
       }

@@ -241,9 +241,16 @@ import struct
 
 
 # Tensors as an F64 safetensors file under the given names (nnc --init-from reads it).
+def nnc_layout(name, t):
+    """t in nnc's layout: a dense layer's W, [n, units] here (x @ W), is [units, n] in nnc
+    (x @ transpose(W), PyTorch's Linear layout)."""
+    return t.t() if ".dense" in "." + name and name.endswith(".W") else t
+
+
 def write_safetensors(path, tensors):
     header, data = {}, b""
     for name, t in tensors.items():
+        t = nnc_layout(name, t)
         flat = t.detach().contiguous().reshape(-1).tolist()
         begin = len(data)
         data += struct.pack("<%dd" % len(flat), *flat)
@@ -296,7 +303,7 @@ with open(os.path.join(HERE, "transformer-block.golden"), "w") as f:
     f.write(f"loss {loss.item():.17g}\n")
     f.write("out " + " ".join(f"{v:.17g}" for v in out.detach().flatten().tolist()) + "\n")
     for k, t in W.items():
-        f.write(f"grad {k} " + " ".join(f"{v:.17g}" for v in t.grad.flatten().tolist()) + "\n")
+        f.write(f"grad {k} " + " ".join(f"{v:.17g}" for v in nnc_layout(k, t.grad).flatten().tolist()) + "\n")
 
 # ---- the tiny GPT of tests/lit/golden/gpt-steps.nn (2 blocks, 2 heads, width 16, context 16,
 # byte vocabulary, tied output head) on tests/lit/Inputs/tiny.txt: the loss before each of 5
