@@ -10,13 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/compare.sh
 iters=${ITERS:-5000}
-[ -x build/nnc ] || scripts/build.sh build
+nnc=${NNC:-build/nnc}
+[ -n "${NNC:-}" ] || [ -x build/nnc ] || scripts/build.sh build
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 dies
 for which in mlp cnn; do
   ex=fashion_$which
-  build/nnc "examples/$ex.nn" --emit=header --max-batch=1 -o "$tmp/$ex.h"
+  "$nnc" "examples/$ex.nn" --emit=header --max-batch=1 -o "$tmp/$ex.h"
   cc -O2 -std=c11 -I"$tmp" -DMODEL_H="\"$ex.h\"" -DPFX="$ex" -DPFXU="${ex^^}" bench/latency.c \
     "$tmp/$ex.o" -lm -pthread -o "$tmp/latency_$which"
   nnc_us="" nnc_t=""

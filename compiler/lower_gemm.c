@@ -17,6 +17,12 @@
  *                              one sample): strips of a row (and parts of K, when there are
  *                              fewer strips than workers) as tasks, no packing, which would
  *                              cost more than the multiply; the same sums in the same order
+ *   nn.gemm.dot(job, w)        C with a few rows and B transposed (x @ transpose(W), a dense
+ *                              layer on one sample): each C element a dot product of A's row
+ *                              and W's row, both contiguous, in vectors along K (its lanes
+ *                              summed in a fixed tree at the end: other bits than the packed
+ *                              path's, the same at any thread count); a run of outputs
+ *                              per worker
  *
  * Transposes are strides: packing reads A and B through (row, column) strides, so every form
  * the backward pass uses (ta, tb, batched, a rank-2 B shared by a batch) is the same code;
@@ -38,6 +44,7 @@ enum {
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   B_SPAN = 32 << 10,   /* most bytes a K block's rows of a B read in place may span */
   DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
+  DOT_VECTORS = 8,     /* vector sums of one output of nn.gemm.dot (the FMA's latency x pipes) */
   DIRECT_VECTORS = 16, /* most vectors of C's row a task of nn.gemm.direct sums in registers
                         * (Gemm.dv: 16 with 32 registers, else 8): a 256-wide layer's weights
                         * then stream row after whole row, through all of L2's sets */
@@ -57,7 +64,8 @@ enum {
   J_MBLK, J_NBLK,               /* blocks along M and N: panels shared out evenly */
   J_NEXT,                       /* the next task to take (atomic) */
   J_EPI, J_EPI_CTX, J_EPI_ROW,  /* the epilogue (or null), its context, C's first row in it */
-  J_KPARTS,                     /* nn.gemm.direct: K blocks shared out in this many parts */
+  J_KPARTS,                     /* nn.gemm.direct: K blocks shared out in this many parts;
+                                 * nn.gemm.dot: a row's outputs, likewise */
   J_APANELS,                    /* 1: A is in mr-row panels already (GemmArgs.a_panels) */
   J_BPANELS,                    /* 1: B is in nr-column panels already (GemmArgs.b_panels) */
   J_COUNT
@@ -728,6 +736,103 @@ static void emit_direct(Gemm *g) {
   LLVMBuildRetVoid(g->b);
 }
 
+/* The lanes of v added in a fixed tree (halves first): the same bits wherever it runs. */
+static LLVMValueRef lane_sum(Gemm *g, LLVMValueRef v) {
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  for (int n = g->w; n > 1; n /= 2) {
+    LLVMValueRef lo[32], hi[32];
+    for (int i = 0; i < n / 2; i++)
+      lo[i] = LLVMConstInt(i32, (unsigned)i, 0), hi[i] = LLVMConstInt(i32, (unsigned)(i + n / 2), 0);
+    LLVMValueRef none = LLVMGetPoison(LLVMTypeOf(v));
+    v = LLVMBuildFAdd(g->b, LLVMBuildShuffleVector(g->b, v, none, LLVMConstVector(lo, (unsigned)n / 2), ""),
+                      LLVMBuildShuffleVector(g->b, v, none, LLVMConstVector(hi, (unsigned)n / 2), ""),
+                      "");
+  }
+  return LLVMBuildExtractElement(g->b, v, LLVMConstInt(i32, 0, 0), "");
+}
+
+/* Output j of C's row crow: the dot product of A's row arow and W's row j (B transposed, row
+ * j at j * ldw), both contiguous, in DOT_VECTORS vector sums along K (vector h of each round
+ * into sum h; the whole vectors left into sum 0, then the last one masked to the K left),
+ * added in order and then across their lanes; stored (store_c) or added to C. */
+static void dot_output(Gemm *g, LLVMValueRef arow, LLVMValueRef W, LLVMValueRef ldw,
+                       LLVMValueRef K, LLVMValueRef crow, LLVMValueRef j, LLVMValueRef store_c) {
+  LLVMValueRef zero = c64(g, 0), wrow = at(g, W, mul(g, j, ldw));
+  unsigned es = (unsigned)g->es;
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  LLVMTypeRef arr = LLVMArrayType2(vt, DOT_VECTORS);
+  LLVMValueRef sums = entry_alloca(g, g->b, arr, "dot"), slot[DOT_VECTORS];
+  for (int h = 0; h < DOT_VECTORS; h++) {
+    slot[h] = LLVMBuildInBoundsGEP2(g->b, arr, sums, (LLVMValueRef[]){zero, c64(g, h)}, 2, "");
+    store(g, LLVMConstNull(vt), slot[h], 0);
+  }
+  LLVMValueRef whole = muli(g, LLVMBuildSDiv(g->b, K, c64(g, g->w), ""), g->w);
+  LLVMValueRef rounds = muli(g, LLVMBuildSDiv(g->b, K, c64(g, DOT_VECTORS * g->w), ""),
+                             DOT_VECTORS * g->w);
+  GLoop lk = loop_begin(g, zero, rounds, DOT_VECTORS * g->w, "k");
+  for (int h = 0; h < DOT_VECTORS; h++) {
+    LLVMValueRef k = add(g, lk.i, c64(g, h * g->w));
+    store(g, vfmuladd(g, load(g, vt, at(g, arow, k), es), load(g, vt, at(g, wrow, k), es),
+                      load(g, vt, slot[h], 0)), slot[h], 0);
+  }
+  loop_end(g, &lk);
+  GLoop lv = loop_begin(g, rounds, whole, g->w, "k.left");
+  store(g, vfmuladd(g, load(g, vt, at(g, arow, lv.i), es), load(g, vt, at(g, wrow, lv.i), es),
+                    load(g, vt, slot[0], 0)), slot[0], 0);
+  loop_end(g, &lv);
+  GIf tail = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, whole, K, ""), "k.tail");
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef lane[64];
+  for (int i = 0; i < g->w; i++) lane[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
+  LLVMValueRef mask = LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w),
+                                    splat(g, LLVMBuildTrunc(g->b, sub(g, K, whole), i32, "")), "");
+  store(g, vfmuladd(g, load_lanes(g, vt, at(g, arow, whole), mask),
+                    load_lanes(g, vt, at(g, wrow, whole), mask), load(g, vt, slot[0], 0)),
+        slot[0], 0);
+  if_end(g, &tail);
+  LLVMValueRef sum = load(g, vt, slot[0], 0);
+  for (int h = 1; h < DOT_VECTORS; h++)
+    sum = LLVMBuildFAdd(g->b, sum, load(g, vt, slot[h], 0), "");
+  sum = lane_sum(g, sum);
+  LLVMValueRef cp = at(g, crow, j);
+  GIf f = if_begin(g, store_c, "set");
+  store(g, sum, cp, 0);
+  if_else(g, &f);
+  store(g, LLVMBuildFAdd(g->b, load(g, g->elem, cp, 0), sum, ""), cp, 0);
+  if_end(g, &f);
+}
+
+/* nn.gemm.dot(job, w): C with a few rows, B transposed; a task is one of J_KPARTS equal runs
+ * of a row's outputs. Split, there is one run per worker, so each worker reads the same rows
+ * of W call after call, in its own cache (with a task per few outputs, taken from both ends,
+ * the rows a worker read moved between the cores from call to call, and two threads were no
+ * faster than one). One output at a time streams W's rows in order, as one pass: 8 outputs
+ * side by side (8 streams) took 10-20% longer at batch 1. */
+static void emit_dot(Gemm *g) {
+  LLVMTypeRef params[2] = {g->ptr, g->i64};
+  LLVMValueRef fn = g->dot = function(g, "nn.gemm.dot", params, 2);
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef job = LLVMGetParam(fn, 0), worker = LLVMGetParam(fn, 1), v[J_COUNT];
+  for (int f = 0; f < J_COUNT; f++) v[f] = get(g, J, job, f);
+  LLVMValueRef parts = v[J_KPARTS], rows = mul(g, v[J_BATCH], v[J_M]);
+  TaskLoop task = gemm_tasks_begin(g, field_ptr(g, J, job, J_NEXT), mul(g, rows, parts), worker);
+  LLVMValueRef part = LLVMBuildSRem(g->b, task.i, parts, "part");
+  LLVMValueRef row = LLVMBuildSDiv(g->b, task.i, parts, "");
+  LLVMValueRef i = LLVMBuildSRem(g->b, row, v[J_M], "i");
+  LLVMValueRef t = LLVMBuildSDiv(g->b, row, v[J_M], "t");
+  LLVMValueRef A = at(g, v[J_A], mul(g, t, v[J_SA])), W = at(g, v[J_B], mul(g, t, v[J_SB]));
+  LLVMValueRef arow = at(g, A, mul(g, i, v[J_RSA]));
+  LLVMValueRef crow = at(g, at(g, v[J_C], mul(g, t, v[J_SC])), mul(g, i, v[J_LDC]));
+  LLVMValueRef store_c = LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], c64(g, 0), "");
+  LLVMValueRef j0 = LLVMBuildSDiv(g->b, mul(g, part, v[J_N]), parts, "");
+  LLVMValueRef j1 = LLVMBuildSDiv(g->b, mul(g, add(g, part, c64(g, 1)), v[J_N]), parts, "");
+  GLoop lj = loop_begin(g, j0, j1, 1, "j");
+  dot_output(g, arow, W, v[J_CSB], v[J_K], crow, lj.i, store_c);
+  loop_end(g, &lj);
+  gemm_tasks_end(g, &task);
+  LLVMBuildRetVoid(g->b);
+}
+
 /* How many parts nn.gemm.direct shares K's blocks out in: one, unless the GEMM is split and
  * has fewer strips than workers (one sample's 784 x 256 layer: each worker then streams whole
  * rows of half the weights, which stay in its L2 from call to call), and each part's block
@@ -798,12 +903,33 @@ static void emit_gemm(Gemm *g) {
                         LLVMBuildICmp(g->b, LLVMIntSLE, N, c64(g, gemm_scratch(g)), ""), "");
   direct = LLVMBuildAnd(g->b, direct,
                         LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_APANELS), zero, ""), "");
+  /* a few rows of A (contiguous) times a transposed B (W's rows contiguous): dot products */
+  LLVMValueRef dot = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntSLE, M, c64(g, DIRECT_ROWS), ""),
+      LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_RSB), one, ""),
+                   LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_CSA), one, ""), ""), "");
+  dot = LLVMBuildAnd(g->b, dot, LLVMBuildNot(g->b, direct, ""), "");
+  dot = LLVMBuildAnd(g->b, dot, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_APANELS), zero, ""), "");
+  dot = LLVMBuildAnd(g->b, dot, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_BPANELS), zero, ""), "dot");
+  LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
+  LLVMBasicBlockRef dots = block(g, "dots"), not_dots = block(g, "not.dots");
+  LLVMBuildCondBr(g->b, dot, dots, not_dots);
+  LLVMPositionBuilderAtEnd(g->b, dots);
+  LLVMValueRef workers = gemm_workers(g, threads);
+  LLVMValueRef split = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
+      LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
+  set(g, g->b, J, job, J_KPARTS, LLVMBuildSelect(g->b, split, min64(g, workers, N), one, ""));
+  set(g, g->b, J, job, J_NEXT, zero);
+  gemm_dispatch(g, g->dot, job, threads, split);
+  call_epilogue(g, job, zero, mul(g, batch, M), zero, N); /* a few rows: after all of C */
+  LLVMBuildRetVoid(g->b);
+  LLVMPositionBuilderAtEnd(g->b, not_dots);
   LLVMBasicBlockRef few_rows = block(g, "direct"), packed = block(g, "packed");
   LLVMBuildCondBr(g->b, direct, few_rows, packed);
   LLVMPositionBuilderAtEnd(g->b, few_rows);
-  LLVMValueRef workers = gemm_workers(g, threads);
-  LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
-  LLVMValueRef split = LLVMBuildAnd(
+  workers = gemm_workers(g, threads);
+  split = LLVMBuildAnd(
       g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
       LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
   LLVMValueRef rows = mul(g, batch, M);
@@ -818,7 +944,6 @@ static void emit_gemm(Gemm *g) {
   workers = gemm_workers(g, threads);
   LLVMValueRef mp = cdiv(g, M, c64(g, g->mr)), np = cdiv(g, N, c64(g, g->nr));
   LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
-  fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
   LLVMValueRef parallel = LLVMBuildAnd(
       g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
       LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), "");
@@ -881,6 +1006,7 @@ void gemm_ensure(Gemm *g) {
   g->ukernel_half = emit_ukernel(g, g->mr / 2, "nn.gemm.ukernel.half");
   emit_work(g);
   emit_direct(g);
+  emit_dot(g);
   emit_gemm(g);
   gemm_need_scratch(g, gemm_scratch(g));
 }

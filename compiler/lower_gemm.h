@@ -29,6 +29,7 @@ typedef struct Gemm {
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
   LLVMValueRef ukernel_half; /* the micro-kernel on mr / 2 rows, for the tiles of that few */
   LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
+  LLVMValueRef dot;          /* nn.gemm.dot(job): a few rows times a transposed B */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */
   int64_t scratch_elems;     /* per worker: the most any kernel of the module uses */
 } Gemm;
