@@ -7,12 +7,14 @@
 # nnc's step time is the difference between a 1-epoch and an E-epoch run over the same windows
 # (so the first, cold step is not counted); PyTorch's is timed after warm-up steps; each at 1
 # and 2 threads, the faster kept. Also
-# prints nnc's compile time. usage: bench/gpt.sh [tiny|small]... (default: both)
+# prints nnc's compile time. usage: bench/gpt.sh [tiny|small]... (default: both);
+# NNC=path/to/nnc bench/gpt.sh ... times another build's nnc
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/compare.sh
 export GLIBC_TUNABLES=$tunables:glibc.malloc.hugetlb=1
-[ -x build/nnc ] || scripts/build.sh build
+nnc=${NNC:-build/nnc} # NNC=path/to/nnc times another build's
+[ -n "${NNC:-}" ] || [ -x build/nnc ] || scripts/build.sh build
 dir=build/bench-gpt
 mkdir -p "$dir"
 
@@ -32,7 +34,7 @@ np.save('$x', r[:, :64]); np.save('$y', r[:, 1:])"
     { echo "gpt.sh: examples/gpt.nn no longer has the lines this script rewrites" >&2; exit 1; }
   local t0 t1
   t0=$(date +%s.%N)
-  build/nnc "$nn" -o "$dir/$name"
+  "$nnc" "$nn" -o "$dir/$name"
   t1=$(date +%s.%N)
   local secs1 secs_e out rss nnc_ms="" ms nnc_t=""
   for t in 1 2; do # nnc at its best too: on a loaded machine 2 spinning workers can lose
