@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # gemm.sh — nnc's generated matmul vs OpenBLAS cblas_sgemm (Debian libopenblas-dev), f32, in
-# GFLOP/s at 1 and 2 threads, in the forms the training steps use: nn (C = A·B: a layer's
-# forward, its data gradient's dY·W for the head), nt (A·Bᵀ: x @ transpose(W), the data
-# gradients dY·Wᵀ, attention's q·kᵀ), tn (Aᵀ·B: the weight gradients Xᵀ·dY) and a batch of
-# them (attention's heads). For each form and M×K·K×N shape it compiles a model whose forward
+# GFLOP/s at 1 and 2 threads, in the forms the training steps use: nt (A·Bᵀ: a dense layer's
+# forward x @ transpose(W), W being [units, n]; attention's q·kᵀ, the tied head), nn (C = A·B:
+# a dense layer's data gradient dY·W, a convolution as im2col), tn (Aᵀ·B: the weight
+# gradients dYᵀ·X) and a batch of them (attention's heads). For each form and M×K·K×N shape it compiles a model whose forward
 # is that matmul with nnc --emit=obj and links it with bench/gemm_bench.c, which times the
 # model's forward kernel and cblas_sgemm side by side (the best of 5 rounds; 1 thread in
 # thread CPU time, 2 threads in wall time). The tn model slices A and B out of one input
@@ -65,32 +65,32 @@ for set in "$@"; do
     OPENBLAS_NUM_THREADS=2 "$tmp/bench" "$form" "$m" "$k" "$n" "$g"
   done < <(sed -n "/^$set\$/,/^\$/p" <<'SHAPES' | sed '/^$/d'
 mlp
-nn 64 784 256 1 mlp-fwd1
-nn 64 256 128 1 mlp-fwd2
-tn 784 64 256 1 mlp-dW1
-tn 256 64 128 1 mlp-dW2
-nt 64 128 256 1 mlp-dX2
+nt 64 784 256 1 mlp-fwd1
+nt 64 256 128 1 mlp-fwd2
+tn 256 64 784 1 mlp-dW1
+tn 128 64 256 1 mlp-dW2
+nn 64 128 256 1 mlp-dX2
 nn 576 9 32 1 cnn-conv1
 nn 100 288 64 1 cnn-conv2
 tn 288 100 64 1 cnn-conv2-dW
 nt 100 64 288 1 cnn-conv2-dX
-nn 64 1600 64 1 cnn-dense
-tn 1600 64 64 1 cnn-dense-dW
+nt 64 1600 64 1 cnn-dense
+tn 64 64 1600 1 cnn-dense-dW
 nn 1024 1024 1024 1 square-1024
 
 gpt
-nn 256 768 768 1 qkv/proj
-nn 256 768 3072 1 mlp-up
-nn 256 3072 768 1 mlp-down
+nt 256 768 768 1 qkv/proj
+nt 256 768 3072 1 mlp-up
+nt 256 3072 768 1 mlp-down
 nt 256 768 50257 1 head
 nn 256 50257 768 1 head-dX
 tn 50257 256 768 1 head-dW
-nt 256 768 768 1 proj-dX
-nt 256 768 3072 1 mlp-down-dX
-nt 256 3072 768 1 mlp-up-dX
+nn 256 768 768 1 proj-dX
+nn 256 768 3072 1 mlp-down-dX
+nn 256 3072 768 1 mlp-up-dX
 tn 768 256 768 1 proj-dW
-tn 768 256 3072 1 mlp-up-dW
-tn 3072 256 768 1 mlp-down-dW
+tn 3072 256 768 1 mlp-up-dW
+tn 768 256 3072 1 mlp-down-dW
 nn 64 64 64 48 attn-pv
 nt 64 64 64 48 attn-qk
 tn 64 64 64 48 attn-dv

@@ -412,15 +412,23 @@ LLVMValueRef gemm_block_start(Gemm *g, LLVMValueRef i, LLVMValueRef panels,
   return muli(g, LLVMBuildSDiv(g->b, mul(g, i, panels), blocks, ""), size);
 }
 
+/* A worker function name(job, w) of the GEMM's job, begun: its fields but the task counter
+ * loaded into v, the job and the worker's number in *job and *w. */
+static LLVMValueRef job_worker(Gemm *g, const char *name, LLVMValueRef v[], LLVMValueRef *job,
+                               LLVMValueRef *w) {
+  LLVMTypeRef params[2] = {g->ptr, g->i64};
+  LLVMValueRef fn = function(g, name, params, 2);
+  *job = LLVMGetParam(fn, 0), *w = LLVMGetParam(fn, 1);
+  for (int f = 0; f < J_COUNT; f++)
+    if (f != J_NEXT) v[f] = get(g, g->job_type, *job, f);
+  return fn;
+}
+
 /* nn.gemm.work(job, w): worker w takes tasks until none is left. */
 static void emit_work(Gemm *g) {
-  LLVMTypeRef params[2] = {g->ptr, g->i64};
-  LLVMValueRef fn = g->work = function(g, "nn.gemm.work", params, 2);
   LLVMTypeRef J = g->job_type;
-  LLVMValueRef job = LLVMGetParam(fn, 0), w = LLVMGetParam(fn, 1);
-  LLVMValueRef v[J_COUNT];
-  for (int f = 0; f < J_COUNT; f++)
-    if (f != J_NEXT) v[f] = get(g, J, job, f);
+  LLVMValueRef job, w, v[J_COUNT];
+  g->work = job_worker(g, "nn.gemm.work", v, &job, &w);
   LLVMValueRef scratch = byte_at(g, v[J_SCRATCH], mul(g, w, v[J_SSTRIDE]));
   LLVMValueRef ap = scratch, bp = at(g, scratch, c64(g, round16((int64_t)g->mb * KC)));
   LLVMValueRef per = mul(g, v[J_MBLK], v[J_NBLK]);
@@ -672,11 +680,9 @@ static LLVMValueRef part_sums(Gemm *g, LLVMValueRef scratch, LLVMValueRef sstrid
  * (part_sums), and nn.gemm adds them to C in block order after the workers are done. So the
  * results are the same bits as the packed path's, at any thread count. */
 static void emit_direct(Gemm *g) {
-  LLVMTypeRef params[2] = {g->ptr, g->i64};
-  LLVMValueRef fn = g->direct = function(g, "nn.gemm.direct", params, 2);
   LLVMTypeRef J = g->job_type;
-  LLVMValueRef job = LLVMGetParam(fn, 0), worker = LLVMGetParam(fn, 1), v[J_COUNT];
-  for (int f = 0; f < J_COUNT; f++) v[f] = get(g, J, job, f);
+  LLVMValueRef job, worker, v[J_COUNT];
+  g->direct = job_worker(g, "nn.gemm.direct", v, &job, &worker);
   LLVMValueRef zero = c64(g, 0);
   int64_t strip = (int64_t)g->dv * g->w;
   LLVMValueRef whole = LLVMBuildSDiv(g->b, v[J_N], c64(g, strip), ""); /* full strips a row */
@@ -809,11 +815,9 @@ static void dot_output(Gemm *g, LLVMValueRef arow, LLVMValueRef W, LLVMValueRef 
  * faster than one). One output at a time streams W's rows in order, as one pass: 8 outputs
  * side by side (8 streams) took 10-20% longer at batch 1. */
 static void emit_dot(Gemm *g) {
-  LLVMTypeRef params[2] = {g->ptr, g->i64};
-  LLVMValueRef fn = g->dot = function(g, "nn.gemm.dot", params, 2);
   LLVMTypeRef J = g->job_type;
-  LLVMValueRef job = LLVMGetParam(fn, 0), worker = LLVMGetParam(fn, 1), v[J_COUNT];
-  for (int f = 0; f < J_COUNT; f++) v[f] = get(g, J, job, f);
+  LLVMValueRef job, worker, v[J_COUNT];
+  g->dot = job_worker(g, "nn.gemm.dot", v, &job, &worker);
   LLVMValueRef parts = v[J_KPARTS], rows = mul(g, v[J_BATCH], v[J_M]);
   TaskLoop task = gemm_tasks_begin(g, field_ptr(g, J, job, J_NEXT), mul(g, rows, parts), worker);
   LLVMValueRef part = LLVMBuildSRem(g->b, task.i, parts, "part");

@@ -6,19 +6,9 @@ usage: dense_ref.py INPUTS.csv CHECKPOINT PREDICTIONS.csv K N
 Each prediction row is dense(x, N) of an input row's first K values, with W [N, K] and b [N]
 read from the checkpoint (f32 safetensors). Prints `TENSOR OK maxdiff=...` or `TENSOR FAIL`.
 """
-import json
-import struct
 import sys
 
-
-def read_param(path, name):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    info = json.loads(data[8 : 8 + n])[name]
-    lo, hi = info["data_offsets"]
-    raw = data[8 + n + lo : 8 + n + hi]
-    return list(struct.unpack("<%df" % (len(raw) // 4), raw))
+from matmul_ref import read_param  # the same f32 safetensors reader
 
 
 def main():
