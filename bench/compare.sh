@@ -10,6 +10,11 @@ unset OPENBLAS_CORETYPE
 export OPENBLAS_NUM_THREADS=1
 tunables=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824
 
+# The nnc the benchmarks run: NNC=path/to/nnc times another build's (bench/gemm.sh takes it
+# too); build/nnc by default, built first if it is missing.
+nnc=${NNC:-build/nnc}
+need_nnc() { [ -n "${NNC:-}" ] || [ -x build/nnc ] || scripts/build.sh build; }
+
 # The machine's phase: the round trip of a cache line between CPUs 0 and 1 (bench/pingpong.c;
 # about 100 ns on one die, 450 on two, where two threads run a third slower).
 dies() {
@@ -19,9 +24,9 @@ dies() {
 
 compare() {
   local ex=$1 peer=$2 rounds=${ROUNDS:-3}
-  [ -x build/nnc ] || scripts/build.sh build
+  need_nnc
   dies
-  build/nnc "examples/$ex.nn" -o "build/$ex"
+  "$nnc" "examples/$ex.nn" -o "build/$ex"
   local nnc_sps=0 nnc_acc="" nnc_rss="" best=0 torch_acc="" torch_rss="" torch_t=""
   local r t out sps line
   for r in $(seq "$rounds"); do

@@ -13,8 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/compare.sh
 export GLIBC_TUNABLES=$tunables:glibc.malloc.hugetlb=1
-nnc=${NNC:-build/nnc} # NNC=path/to/nnc times another build's
-[ -n "${NNC:-}" ] || [ -x build/nnc ] || scripts/build.sh build
+need_nnc
 dir=build/bench-gpt
 mkdir -p "$dir"
 

@@ -10,8 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/compare.sh
 iters=${ITERS:-5000}
-nnc=${NNC:-build/nnc}
-[ -n "${NNC:-}" ] || [ -x build/nnc ] || scripts/build.sh build
+need_nnc
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 dies

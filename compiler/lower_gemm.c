@@ -596,6 +596,16 @@ void lower_run_workers(Gemm *g, LLVMBuilderRef b, LLVMValueRef work, LLVMValueRe
   g->b = own;
 }
 
+/* The lanes of a vector of g->w below n (an i64 from 0 to g->w): the mask of a vector's
+ * first n elements, for load_lanes / store_lanes. */
+static LLVMValueRef lanes_below(Gemm *g, LLVMValueRef n, const char *name) {
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef lane[64];
+  for (int i = 0; i < g->w; i++) lane[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
+  return LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w),
+                       splat(g, LLVMBuildTrunc(g->b, n, i32, "")), name);
+}
+
 /* A vector at p, or only the lanes `mask` (NULL: all) sets (0 in the others), or stores it. */
 static LLVMValueRef load_lanes(Gemm *g, LLVMTypeRef vt, LLVMValueRef p, LLVMValueRef mask) {
   if (!mask) return load(g, vt, p, (unsigned)g->es);
@@ -721,11 +731,7 @@ static void emit_direct(Gemm *g) {
   LLVMValueRef left = LLVMBuildNSWSub(g->b, v[J_N], col0, "left");
   LLVMValueRef vecs = cdiv(g, left, c64(g, g->w));
   LLVMValueRef in_last = sub(g, left, muli(g, sub(g, vecs, c64(g, 1)), g->w));
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef lane[64];
-  for (int i = 0; i < g->w; i++) lane[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
-  LLVMValueRef mask = LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w),
-                                    splat(g, LLVMBuildTrunc(g->b, in_last, i32, "")), "last");
+  LLVMValueRef mask = lanes_below(g, in_last, "last");
   LLVMBasicBlockRef tail = block(g, "tail");
   LLVMValueRef sw = LLVMBuildSwitch(g->b, vecs, tail, (unsigned)g->dv);
   for (int nv = 1; nv <= g->dv; nv++) {
@@ -746,13 +752,15 @@ static void emit_direct(Gemm *g) {
 static LLVMValueRef lane_sum(Gemm *g, LLVMValueRef v) {
   LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
   for (int n = g->w; n > 1; n /= 2) {
-    LLVMValueRef lo[32], hi[32];
-    for (int i = 0; i < n / 2; i++)
-      lo[i] = LLVMConstInt(i32, (unsigned)i, 0), hi[i] = LLVMConstInt(i32, (unsigned)(i + n / 2), 0);
-    LLVMValueRef none = LLVMGetPoison(LLVMTypeOf(v));
-    v = LLVMBuildFAdd(g->b, LLVMBuildShuffleVector(g->b, v, none, LLVMConstVector(lo, (unsigned)n / 2), ""),
-                      LLVMBuildShuffleVector(g->b, v, none, LLVMConstVector(hi, (unsigned)n / 2), ""),
-                      "");
+    LLVMValueRef lo[32], hi[32], none = LLVMGetPoison(LLVMTypeOf(v));
+    for (int i = 0; i < n / 2; i++) {
+      lo[i] = LLVMConstInt(i32, (unsigned)i, 0);
+      hi[i] = LLVMConstInt(i32, (unsigned)(i + n / 2), 0);
+    }
+    unsigned half = (unsigned)n / 2;
+    LLVMValueRef a = LLVMBuildShuffleVector(g->b, v, none, LLVMConstVector(lo, half), "");
+    LLVMValueRef b = LLVMBuildShuffleVector(g->b, v, none, LLVMConstVector(hi, half), "");
+    v = LLVMBuildFAdd(g->b, a, b, "");
   }
   return LLVMBuildExtractElement(g->b, v, LLVMConstInt(i32, 0, 0), "");
 }
@@ -787,11 +795,7 @@ static void dot_output(Gemm *g, LLVMValueRef arow, LLVMValueRef W, LLVMValueRef 
                     load(g, vt, slot[0], 0)), slot[0], 0);
   loop_end(g, &lv);
   GIf tail = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, whole, K, ""), "k.tail");
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef lane[64];
-  for (int i = 0; i < g->w; i++) lane[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
-  LLVMValueRef mask = LLVMBuildICmp(g->b, LLVMIntULT, LLVMConstVector(lane, (unsigned)g->w),
-                                    splat(g, LLVMBuildTrunc(g->b, sub(g, K, whole), i32, "")), "");
+  LLVMValueRef mask = lanes_below(g, sub(g, K, whole), "k.last");
   store(g, vfmuladd(g, load_lanes(g, vt, at(g, arow, whole), mask),
                     load_lanes(g, vt, at(g, wrow, whole), mask), load(g, vt, slot[0], 0)),
         slot[0], 0);
@@ -912,17 +916,20 @@ static void emit_gemm(Gemm *g) {
       g->b, LLVMBuildICmp(g->b, LLVMIntSLE, M, c64(g, DIRECT_ROWS), ""),
       LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_RSB), one, ""),
                    LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_CSA), one, ""), ""), "");
-  dot = LLVMBuildAnd(g->b, dot, LLVMBuildNot(g->b, direct, ""), "");
-  dot = LLVMBuildAnd(g->b, dot, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_APANELS), zero, ""), "");
-  dot = LLVMBuildAnd(g->b, dot, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_BPANELS), zero, ""), "dot");
+  LLVMValueRef unpacked = LLVMBuildAnd(
+      g->b, LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_APANELS), zero, ""),
+      LLVMBuildICmp(g->b, LLVMIntEQ, get(g, J, job, J_BPANELS), zero, ""), "");
+  dot = LLVMBuildAnd(g->b, LLVMBuildAnd(g->b, dot, LLVMBuildNot(g->b, direct, ""), ""),
+                     unpacked, "dot");
   LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
-  LLVMBasicBlockRef dots = block(g, "dots"), not_dots = block(g, "not.dots");
-  LLVMBuildCondBr(g->b, dot, dots, not_dots);
-  LLVMPositionBuilderAtEnd(g->b, dots);
   LLVMValueRef workers = gemm_workers(g, threads);
+  /* a few rows (dot or direct) are split from DIRECT_SPLIT_FMAS multiply-adds */
   LLVMValueRef split = LLVMBuildAnd(
       g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
       LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
+  LLVMBasicBlockRef dots = block(g, "dots"), not_dots = block(g, "not.dots");
+  LLVMBuildCondBr(g->b, dot, dots, not_dots);
+  LLVMPositionBuilderAtEnd(g->b, dots);
   set(g, g->b, J, job, J_KPARTS, LLVMBuildSelect(g->b, split, min64(g, workers, N), one, ""));
   set(g, g->b, J, job, J_NEXT, zero);
   gemm_dispatch(g, g->dot, job, threads, split);
@@ -932,10 +939,6 @@ static void emit_gemm(Gemm *g) {
   LLVMBasicBlockRef few_rows = block(g, "direct"), packed = block(g, "packed");
   LLVMBuildCondBr(g->b, direct, few_rows, packed);
   LLVMPositionBuilderAtEnd(g->b, few_rows);
-  workers = gemm_workers(g, threads);
-  split = LLVMBuildAnd(
-      g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
-      LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
   LLVMValueRef rows = mul(g, batch, M);
   LLVMValueRef kparts = direct_kparts(g, job, split, workers, rows);
   set(g, g->b, J, job, J_KPARTS, kparts);
@@ -945,7 +948,6 @@ static void emit_gemm(Gemm *g) {
   call_epilogue(g, job, zero, mul(g, batch, M), zero, N); /* a few rows: after all of C */
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, packed);
-  workers = gemm_workers(g, threads);
   LLVMValueRef mp = cdiv(g, M, c64(g, g->mr)), np = cdiv(g, N, c64(g, g->nr));
   LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
   LLVMValueRef parallel = LLVMBuildAnd(

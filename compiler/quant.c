@@ -4,10 +4,11 @@
  * measure what pruning or quantising costs.
  *
  * A site is a matmul x[.., K] @ W[K, N] or x[.., K] @ transpose(W[N, K]) (dense's layout) or a
- * convolution with filter W[kh, kw, C, N] whose W is a parameter. Its weights become int8 with one symmetric scale per output channel
- * (max |W[:, j]| / 127); its input becomes int8 with one symmetric scale, max |x| / 127, the
- * max taken over the calibration data (min/max calibration: no percentile clipping). The
- * products accumulate in int32 and are scaled back to f32 (lower_llvm.c emits the loops).
+ * convolution with filter W[kh, kw, C, N] whose W is a parameter. Its weights become int8 with
+ * one symmetric scale per output channel (max |W[:, j]| / 127); its input becomes int8 with
+ * one symmetric scale, max |x| / 127, the max taken over the calibration data (min/max
+ * calibration: no percentile clipping). The products accumulate in int32 and are scaled back
+ * to f32 (lower_llvm.c emits the loops).
  *
  * nnc runs the model by building the training binary from the same Unit with helper variants
  * of the forward and eval kernels (Options.quant: weights baked in, f32 or int8, optionally

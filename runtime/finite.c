@@ -5,9 +5,10 @@
  * An element is inf or NaN exactly when its exponent bits are all ones. The test looks at
  * 32-bit words, sixteen at a time in a 64-byte vector (a GCC and clang extension), OR-ing the
  * results: every word of f32; the high word of f64 (little-endian), whose low word is masked
- * to 0, which never counts. The words left over after the vectors are OR-ed the same way. The pass is cloned for AVX-512 and AVX2 (GCC's ifunc picks one when the program
- * starts; the runtime is built for any x86-64): with SSE2's 16-byte vectors it was bound by
- * its instructions at 12 bytes a cycle, even on data in L1, and took 2.6% of an MLP step.
+ * to 0, which never counts. The words left over after the vectors are OR-ed the same way.
+ * The pass is cloned for AVX-512 and AVX2 (GCC's ifunc picks one when the program starts;
+ * the runtime is built for any x86-64): with SSE2's 16-byte vectors it was bound by its
+ * instructions at 12 bytes a cycle, even on data in L1, and took 2.6% of an MLP step.
  * Not in libnnembed.a (NNRT_NO_IFUNC), whose object links with nothing but libc: the
  * clones' resolver needs libgcc's __cpu_model. */
 #include <stdbool.h>

@@ -1,8 +1,9 @@
 /* embed_threads.c — any embedded model (built with -DMODEL_H="x.h" -DPFX=x -DPFXU=X, the
  * header's symbol and macro prefixes) run on a batch of N pseudo-random inputs serially and
  * with W workers (a pthread per worker and parallel-for call), and each input alone: prints
- * whether the outputs are the same bits (each input alone: or within 1e-5, relative); with `print`, each input's outputs (from the W-worker
- * run, one line each, 9 digits) instead, for diff against another build of the model.
+ * whether the outputs are the same bits (each input alone: or within 1e-5, relative); with
+ * `print`, each input's outputs (from the W-worker run, one line each, 9 digits) instead, for
+ * diff against another build of the model.
  * usage: embed_threads N W [print] */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <pthread.h>
