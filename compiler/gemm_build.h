@@ -56,6 +56,16 @@ static inline LLVMValueRef vfmuladd(Gemm *g, LLVMValueRef a, LLVMValueRef b,
                         LLVMGetIntrinsicDeclaration(g->mod, id, &vt, 1),
                         (LLVMValueRef[]){a, b, acc}, 3, "");
 }
+/* A read prefetch of the cache line at p into L1 (llvm.prefetch; never faults, so p may run
+ * past the end of the array) */
+static inline void prefetch(Gemm *g, LLVMValueRef p) {
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  unsigned id = LLVMLookupIntrinsicID("llvm.prefetch", 13);
+  LLVMValueRef args[4] = {p, LLVMConstInt(i32, 0, 0), LLVMConstInt(i32, 3, 0),
+                          LLVMConstInt(i32, 1, 0)}; /* read, keep in all levels, data */
+  LLVMBuildCall2(g->b, LLVMIntrinsicGetType(g->ctx, id, &g->ptr, 1),
+                 LLVMGetIntrinsicDeclaration(g->mod, id, &g->ptr, 1), args, 4, "");
+}
 static inline LLVMValueRef at(Gemm *g, LLVMValueRef base, LLVMValueRef i) {
   return LLVMBuildInBoundsGEP2(g->b, g->elem, base, &i, 1, "");
 }
