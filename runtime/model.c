@@ -38,8 +38,12 @@ static void *alloc_region(int64_t bytes) {
   return p;
 }
 
+void *nnrt_batch_buffer(const NnModelDesc *d, int64_t per_row) {
+  return alloc_region(d->max_batch * per_row * d->elem_size);
+}
+
 void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threads) {
-  int64_t es = d->elem_size, b = d->max_batch;
+  int64_t es = d->elem_size;
   if (threads < 1) threads = 1;
   /* The pool is owned through io[NN_IO_THREADS]; NnThreads is its first member. */
   io[NN_IO_THREADS] = threads > 1 ? nnrt_pool_threads(nnrt_pool_new((int)threads)) : NULL;
@@ -48,9 +52,9 @@ void nnrt_buffers_new(const NnModelDesc *d, void *io[NN_IO_COUNT], int64_t threa
   io[NN_IO_PARAM] = alloc_region(d->param_size * es);
   io[NN_IO_GRAD] = alloc_region(d->param_size * es);
   io[NN_IO_STATE] = alloc_region(d->state_size * es); /* optimizer state starts at 0 */
-  io[NN_IO_X] = alloc_region(b * d->x_size * es);     /* (max_batch, x_size) */
-  io[NN_IO_Y] = alloc_region(b * d->y_size * es);     /* (max_batch, y_size) */
-  io[NN_IO_OUT] = alloc_region(b * d->out_size * es); /* (max_batch, out_size) */
+  io[NN_IO_X] = nnrt_batch_buffer(d, d->x_size);      /* (max_batch, x_size) */
+  io[NN_IO_Y] = nnrt_batch_buffer(d, d->y_size);      /* (max_batch, y_size) */
+  io[NN_IO_OUT] = nnrt_batch_buffer(d, d->out_size);  /* (max_batch, out_size) */
   io[NN_IO_LOSS] = alloc_region((d->n_steps ? d->n_steps : 1) * (int64_t)sizeof(double));
   io[NN_IO_HYPER] = alloc_region((d->n_hyper + NN_HYPER_SLOTS) * (int64_t)sizeof(double));
 }
@@ -130,7 +134,7 @@ static void widen_row(const NnData *data, const ByteTable *t, int64_t row, void 
 typedef struct Gather {
   const NnData *data;
   const int64_t *rows;
-  void **io;
+  char *x, *y;     /* where the batch goes */
   ByteTable table; /* when x is stored as bytes */
 } Gather;
 
@@ -142,7 +146,7 @@ static void gather_range(void *ctx, int64_t lo, int64_t hi) {
   size_t xb = (size_t)(data->x_size * data->elem_size);
   size_t yb = (size_t)(data->y_size * data->elem_size);
   size_t stored = data->x_store == NNRT_STORE_ELEM ? xb : (size_t)data->x_size; /* row bytes */
-  char *x = g->io[NN_IO_X], *y = g->io[NN_IO_Y];
+  char *x = g->x, *y = g->y;
   for (int64_t i = lo; i < hi; i++) {
     if (i + 2 < hi) /* rows are random: fetch one two rows ahead while this one is widened */
       for (size_t b = 0; b < stored; b += 64)
@@ -156,11 +160,20 @@ static void gather_range(void *ctx, int64_t lo, int64_t hi) {
   }
 }
 
-void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
-  Gather g = {.data = data, .rows = rows, .io = io};
+static void gather(const NnData *data, const int64_t *rows, int64_t n, void *x, void *y,
+                   NnThreads *threads) {
+  Gather g = {.data = data, .rows = rows, .x = x, .y = y};
   if (data->x_store != NNRT_STORE_ELEM && !widens_in_vectors(data))
     byte_table(data, &g.table);
-  nnrt_split(io[NN_IO_THREADS], n, GATHER_GRAIN, gather_range, &g);
+  nnrt_split(threads, n, GATHER_GRAIN, gather_range, &g);
+}
+
+void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io) {
+  gather(data, rows, n, io[NN_IO_X], io[NN_IO_Y], io[NN_IO_THREADS]);
+}
+
+void nnrt_gather_serial(const NnData *data, const int64_t *rows, int64_t n, void *x, void *y) {
+  gather(data, rows, n, x, y, NULL);
 }
 
 int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name) {

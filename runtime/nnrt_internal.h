@@ -217,6 +217,11 @@ void nnrt_pool_free(NnPool *p);
  * generated kernels take their tasks): the runtime's own loops over a batch or a buffer. */
 void nnrt_split(NnThreads *t, int64_t n, int64_t grain,
                 void (*fn)(void *ctx, int64_t lo, int64_t hi), void *ctx);
+/* fn(arg) on one of t's workers while the caller goes on (now, on the caller, when t is NULL
+ * or has one worker); one at a time. nnrt_background_wait returns once it is done, running it
+ * on the caller if no worker has taken it yet. */
+void nnrt_background(NnThreads *t, void (*fn)(void *), void *arg);
+void nnrt_background_wait(NnThreads *t);
 
 /* ---- model.c ---- */
 
@@ -230,6 +235,10 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
                     uint64_t seed);
 /* Copies rows[0..n) of data into X (scaling stored bytes) and Y when data has targets. */
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io);
+/* The same into x and y (buffers like X's and Y's), by the caller alone. */
+void nnrt_gather_serial(const NnData *data, const int64_t *rows, int64_t n, void *x, void *y);
+/* A buffer like X's (per_row: x_size) or Y's (y_size) for max_batch rows; free() frees it. */
+void *nnrt_batch_buffer(const NnModelDesc *d, int64_t per_row);
 double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */
 /* Whether none of n elements (f32 or f64 by elem_size) is inf or NaN. */
 bool nnrt_all_finite(const void *base, int64_t n, int64_t elem_size);

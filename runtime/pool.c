@@ -8,12 +8,19 @@
  * for a worker that has not joined by the time it finished its own share: on a loaded machine
  * a worker may not get a core for milliseconds. It closes the job, so late workers skip it,
  * and waits only for those that joined (the kernels hand out work dynamically, so whatever a
- * worker does not take, the others do). */
+ * worker does not take, the others do).
+ *
+ * Beside the jobs, one background job at a time (nnrt_background): the next batch's gather
+ * while the caller computes this one. A waiting worker takes it, but only between jobs, so it
+ * fills the time a worker would spend waiting for the caller's serial parts (the MLP's loss
+ * and last layer, about 25 us a step); a job that starts meanwhile runs without that worker,
+ * as it would without a late one. */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "nnrt_internal.h"
 
@@ -22,6 +29,12 @@ enum {
   SPINS_BEFORE_YIELD = 1000,  /* busy polls before each sched_yield */
   YIELDS_BEFORE_SLEEP = 30,   /* yields before a worker blocks (about a millisecond) */
 };
+
+enum { BG_NONE, BG_POSTED, BG_RUNNING, BG_DONE }; /* a background job's states */
+/* How long a worker waits for a job before it takes the background one instead: longer than
+ * the caller takes between two jobs of a step (about a microsecond), so the worker takes it in
+ * the step's serial parts, not at the start of its next job. */
+enum { BG_IDLE_NS = 3000 };
 
 struct NnPool {
   NnThreads threads;          /* what the kernels see; ctx points back here */
@@ -35,6 +48,9 @@ struct NnPool {
   int quit;                   /* under lock: workers exit */
   NnWork work;                /* the current job */
   void *arg;
+  void (*bg_fn)(void *);      /* the background job, */
+  void *bg_arg;
+  atomic_int bg;              /* and its state (BG_*) */
 };
 
 typedef struct Worker {
@@ -48,12 +64,26 @@ static void cpu_relax(void) {
 #endif
 }
 
-/* Waits until generation differs from `seen`; returns the new value. */
+static bool bg_posted(NnPool *p) { return atomic_load(&p->bg) == BG_POSTED; }
+
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Waits until generation differs from `seen`, or a background job is posted and no job has
+ * come for BG_IDLE_NS; returns the generation. */
 static long wait_job(NnPool *p, long seen) {
+  int64_t since = 0;
   for (int y = 0; y < YIELDS_BEFORE_SLEEP; y++) {
     for (int s = 0; s < SPINS_BEFORE_YIELD; s++) {
       long g = atomic_load_explicit(&p->generation, memory_order_acquire);
       if (g != seen) return g;
+      if (bg_posted(p)) {
+        if (!since) since = now_ns();
+        else if (now_ns() - since > BG_IDLE_NS) return g;
+      }
       cpu_relax();
     }
     sched_yield();
@@ -61,7 +91,7 @@ static long wait_job(NnPool *p, long seen) {
   pthread_mutex_lock(&p->lock);
   atomic_fetch_add(&p->sleepers, 1);
   long g;
-  while ((g = atomic_load(&p->generation)) == seen && !p->quit)
+  while ((g = atomic_load(&p->generation)) == seen && !bg_posted(p) && !p->quit)
     pthread_cond_wait(&p->wake, &p->lock);
   atomic_fetch_sub(&p->sleepers, 1);
   pthread_mutex_unlock(&p->lock);
@@ -73,11 +103,20 @@ static void *worker_main(void *v) {
   NnPool *p = w->pool;
   long seen = 0;
   for (;;) {
-    seen = wait_job(p, seen);
+    long g = wait_job(p, seen);
     pthread_mutex_lock(&p->lock);
     int quit = p->quit;
     pthread_mutex_unlock(&p->lock);
     if (quit) break;
+    if (g == seen) { /* no job: the background one (unless the caller took it back) */
+      int posted = BG_POSTED;
+      if (atomic_compare_exchange_strong(&p->bg, &posted, BG_RUNNING)) {
+        p->bg_fn(p->bg_arg);
+        atomic_store_explicit(&p->bg, BG_DONE, memory_order_release);
+      }
+      continue;
+    }
+    seen = g;
     int a = atomic_load_explicit(&p->active, memory_order_acquire);
     while (!(a & CLOSED) && !atomic_compare_exchange_weak_explicit(
                                 &p->active, &a, a + 1, memory_order_acq_rel, memory_order_acquire))
@@ -131,6 +170,7 @@ NnPool *nnrt_pool_new(int workers) {
   atomic_init(&p->generation, 0);
   atomic_init(&p->active, CLOSED);
   atomic_init(&p->sleepers, 0);
+  atomic_init(&p->bg, BG_NONE);
   p->tid = NNRT_ALLOC(workers, pthread_t);
   for (int i = 1; i < workers; i++) {
     Worker *w = NNRT_ALLOC(1, Worker);
@@ -177,8 +217,40 @@ void nnrt_split(NnThreads *t, int64_t n, int64_t grain,
   t->run(t->ctx, split_work, &s);
 }
 
+void nnrt_background(NnThreads *t, void (*fn)(void *), void *arg) {
+  if (!t || t->workers < 2) {
+    fn(arg);
+    return;
+  }
+  NnPool *p = t->ctx;
+  nnrt_background_wait(t); /* one at a time */
+  p->bg_fn = fn;
+  p->bg_arg = arg;
+  atomic_store(&p->bg, BG_POSTED);
+  if (atomic_load(&p->sleepers) > 0) {
+    pthread_mutex_lock(&p->lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+  }
+}
+
+void nnrt_background_wait(NnThreads *t) {
+  if (!t || t->workers < 2) return;
+  NnPool *p = t->ctx;
+  int state = BG_POSTED;
+  if (atomic_compare_exchange_strong(&p->bg, &state, BG_RUNNING)) /* no worker took it */
+    p->bg_fn(p->bg_arg);
+  else if (state == BG_RUNNING)
+    for (int s = 0; atomic_load_explicit(&p->bg, memory_order_acquire) != BG_DONE; s++) {
+      if (s % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1) sched_yield();
+      cpu_relax();
+    }
+  atomic_store(&p->bg, BG_NONE);
+}
+
 void nnrt_pool_free(NnPool *p) {
   if (!p) return;
+  nnrt_background_wait(&p->threads);
   pthread_mutex_lock(&p->lock);
   p->quit = 1;
   atomic_fetch_add(&p->generation, 1);
