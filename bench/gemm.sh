@@ -6,8 +6,10 @@
 # gradients dYᵀ·X) and a batch of them (attention's heads). For each form and M×K·K×N shape it compiles a model whose forward
 # is that matmul with nnc --emit=obj and links it with bench/gemm_bench.c, which times the
 # model's forward kernel and cblas_sgemm side by side (the best of 5 rounds; 1 thread in
-# thread CPU time, 2 threads in wall time). The tn model slices A and B out of one input
-# (slice copies O(K·(M+N)) elements, nothing beside the O(M·K·N) multiply).
+# thread CPU time, 2 threads in wall time). The tn model multiplies two parameters,
+# transpose(A) @ W, which is one GEMM with A read transposed (as the weight gradients'
+# dYᵀ·X are); it used to slice A and B out of one input, and the slices' copies (as long as
+# the multiply itself for the CNN's dense layer) were timed with it.
 #   usage: bench/gemm.sh [mlp|gpt]...  (default: mlp, the MLP and CNN training shapes and
 #   1024³; gpt: GPT-2-small's, batch 4 × context 64 = 256 rows, width 768, vocabulary 50257)
 #   NNC=path/to/nnc bench/gemm.sh ...  times another build's nnc (default build/nnc)
@@ -33,8 +35,8 @@ model() {
     case $form in
     nn) x=$k param="param W: [$k, $n] = uniform(-1, 1)" body="x @ W" batch=$m ;;
     nt) x=$k param="param W: [$n, $k] = uniform(-1, 1)" body="x @ transpose(W)" batch=$m ;;
-    tn) x="$k, $((m + n))"
-        body="transpose(slice(x, axis = 1, end = $m)) @ slice(x, axis = 1, start = $m)" ;;
+    tn) x=1 param="param A: [$k, $m] = uniform(-1, 1)
+    param W: [$k, $n] = uniform(-1, 1)" body="transpose(A) @ W" ;;
     esac
   fi
   cat <<NN

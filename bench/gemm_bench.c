@@ -4,7 +4,8 @@
  *   usage: gemm_bench FORM M K N [G]
  * FORM is nn (C = A·B), nt (C = A·Bᵀ) or tn (C = Aᵀ·B); G > 1 is a batch of G such
  * products (attention's heads × samples), which OpenBLAS runs as G calls. The forward takes
- * M rows of x for nn and nt (x: [K] a row) and one sample otherwise (gemm.sh's models).
+ * M rows of x for nn and nt (x: [K] a row) and one sample otherwise (gemm.sh's models; tn
+ * multiplies two parameters).
  * Each figure is the best of 5 rounds: at 1 thread in the thread's CPU time (the machine is
  * shared; waiting for the CPU is not counted), at 2 threads in wall time (the workers' time
  * is not this thread's).
@@ -99,7 +100,10 @@ int main(int argc, char **argv) {
   io[NN_IO_ARENA] = region(d->arena_bytes);
   io[NN_IO_PARAM] = region(d->param_size * 4);
   io[NN_IO_X] = region(d->max_batch * d->x_size * 4);
-  io[NN_IO_OUT] = region(d->max_batch * d->out_size * 4);
+  /* tn's transpose(A) @ W of two parameters is [M, N] with no batch axis; the model's out_size
+   * counts N only */
+  int64_t out = d->max_batch * d->out_size > g * m * n ? d->max_batch * d->out_size : g * m * n;
+  io[NN_IO_OUT] = region(out * 4);
   io[NN_IO_SCRATCH] = region(2 * d->scratch_bytes);
   Ctx c = {io, strcmp(form, "tn") && g == 1 ? m : 1, !strcmp(form, "tn"), !strcmp(form, "nt"),
            m, k, n, g, region(g * m * k * 4), region(g * k * n * 4), region(g * m * n * 4)};
