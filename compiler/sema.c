@@ -1717,6 +1717,13 @@ static Value call_def(Sema *s, Frame *f, const Ast *def, const Ast *call) {
     diag_error(def->loc, "'%s' has no 'return'", def->name);
     return ERR;
   }
+  /* A model's output is per sample: one that does not depend on x (parameters alone) is the
+   * same for every sample. Left unbatched, its first axis was taken for the batch (a [4, 5]
+   * output was 4 samples of [5]) and the forward wrote past the output buffer. */
+  if (def->kind == AST_MODEL && r.kind == V_TENSOR && !batched(r.node)) {
+    s->b.loc = def->loc;
+    if (!(r.node = to_batched(s, r.node))) return ERR;
+  }
   if (def->kind == AST_MODEL && r.kind == V_TENSOR && def->a && def->a->has_dims) {
     Shape want;
     Frame global = {.prefix = ""};
