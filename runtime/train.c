@@ -33,6 +33,8 @@ typedef struct NextBatch {
   int64_t step; /* the epoch's step whose batch they hold (or are being filled with); -1: none */
 } NextBatch;
 
+enum { SPARE_BATCH_MAX = 64 << 20 }; /* bytes of X and Y past which there is no NextBatch */
+
 static void gather_next(void *arg) {
   NextBatch *nb = arg;
   nnrt_gather_serial(nb->data, nb->rows, nb->n, nb->x, nb->y);
@@ -129,7 +131,10 @@ static void init_state(Run *r) {
   r->plateau_best = INFINITY;
   nnrt_buffers_new(d, r->io, o->threads);
   r->next.step = -1;
-  if (r->io[NN_IO_THREADS]) {
+  /* spare batch buffers for the background gather, unless they would be large (a batch of
+   * big images: the memory doubled for a gather that is then a small part of a step) */
+  int64_t batch_bytes = d->max_batch * (d->x_size + d->y_size) * d->elem_size;
+  if (r->io[NN_IO_THREADS] && batch_bytes <= SPARE_BATCH_MAX) {
     r->next.x = nnrt_batch_buffer(d, d->x_size);
     r->next.y = nnrt_batch_buffer(d, d->y_size);
   }
