@@ -832,7 +832,8 @@ static LLVMValueRef aligned_copy(Gemm *g, LLVMValueRef src, LLVMValueRef n, LLVM
   GIf c = if_begin(g, copy, "realign");
   LLVMValueRef whole = muli(g, LLVMBuildSDiv(g->b, n, c64(g, g->w), ""), g->w);
   GLoop l = loop_begin(g, zero, whole, g->w, "copy");
-  store(g, load(g, vt, at(g, src, l.i), (unsigned)g->es), at(g, dst, l.i), 64);
+  store(g, load(g, vt, at(g, src, l.i), (unsigned)g->es), at(g, dst, l.i),
+        (unsigned)(g->w * g->es)); /* dst is 64-byte aligned, l.i a whole vector in */
   loop_end(g, &l);
   LLVMValueRef mask = lanes_below(g, sub(g, n, whole), "copy.last");
   store_lanes(g, load_lanes(g, vt, at(g, src, whole), mask), at(g, dst, whole), mask);
