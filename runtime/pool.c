@@ -64,7 +64,33 @@ static void cpu_relax(void) {
 #endif
 }
 
+/* Spin s of a wait on another thread: a pause, and every SPINS_BEFORE_YIELD a sched_yield
+ * (the cores may be shared). */
+static void backoff(int s) {
+  if (s % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1) sched_yield();
+  cpu_relax();
+}
+
+/* Wakes the workers blocked on `wake`, if any (only then is the syscall needed), after a new
+ * job or background job is published. */
+static void wake_sleepers(NnPool *p) {
+  if (atomic_load(&p->sleepers) > 0) {
+    pthread_mutex_lock(&p->lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+  }
+}
+
 static bool bg_posted(NnPool *p) { return atomic_load(&p->bg) == BG_POSTED; }
+
+/* Runs the posted background job on this thread unless another took it first; whether it did. */
+static bool run_background(NnPool *p) {
+  int posted = BG_POSTED;
+  if (!atomic_compare_exchange_strong(&p->bg, &posted, BG_RUNNING)) return false;
+  p->bg_fn(p->bg_arg);
+  atomic_store_explicit(&p->bg, BG_DONE, memory_order_release);
+  return true;
+}
 
 static int64_t now_ns(void) {
   struct timespec t;
@@ -109,11 +135,7 @@ static void *worker_main(void *v) {
     pthread_mutex_unlock(&p->lock);
     if (quit) break;
     if (g == seen) { /* no job: the background one (unless the caller took it back) */
-      int posted = BG_POSTED;
-      if (atomic_compare_exchange_strong(&p->bg, &posted, BG_RUNNING)) {
-        p->bg_fn(p->bg_arg);
-        atomic_store_explicit(&p->bg, BG_DONE, memory_order_release);
-      }
+      run_background(p);
       continue;
     }
     seen = g;
@@ -140,17 +162,11 @@ static void pool_run(void *ctx, NnWork work, void *arg) {
   p->arg = arg;
   atomic_store_explicit(&p->active, 0, memory_order_release);
   atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-  if (atomic_load(&p->sleepers) > 0) { /* only then is the syscall needed */
-    pthread_mutex_lock(&p->lock);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-  }
+  wake_sleepers(p);
   work(arg, 0);
   atomic_fetch_or_explicit(&p->active, CLOSED, memory_order_acq_rel);
-  for (int s = 0; atomic_load_explicit(&p->active, memory_order_acquire) & ~CLOSED; s++) {
-    if (s % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1) sched_yield();
-    cpu_relax();
-  }
+  for (int s = 0; atomic_load_explicit(&p->active, memory_order_acquire) & ~CLOSED; s++)
+    backoff(s);
 }
 
 int nnrt_cpus_available(void) {
@@ -227,24 +243,15 @@ void nnrt_background(NnThreads *t, void (*fn)(void *), void *arg) {
   p->bg_fn = fn;
   p->bg_arg = arg;
   atomic_store(&p->bg, BG_POSTED);
-  if (atomic_load(&p->sleepers) > 0) {
-    pthread_mutex_lock(&p->lock);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-  }
+  wake_sleepers(p);
 }
 
 void nnrt_background_wait(NnThreads *t) {
   if (!t || t->workers < 2) return;
   NnPool *p = t->ctx;
-  int state = BG_POSTED;
-  if (atomic_compare_exchange_strong(&p->bg, &state, BG_RUNNING)) /* no worker took it */
-    p->bg_fn(p->bg_arg);
-  else if (state == BG_RUNNING)
-    for (int s = 0; atomic_load_explicit(&p->bg, memory_order_acquire) != BG_DONE; s++) {
-      if (s % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1) sched_yield();
-      cpu_relax();
-    }
+  if (!run_background(p)) /* a worker has it (or there is none) */
+    for (int s = 0; atomic_load_explicit(&p->bg, memory_order_acquire) == BG_RUNNING; s++)
+      backoff(s);
   atomic_store(&p->bg, BG_NONE);
 }
 

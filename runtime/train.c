@@ -445,6 +445,11 @@ static void run_steps(Run *r, int64_t k, int64_t b, int64_t steps, int64_t *skip
   r->step++;
 }
 
+/* The samples of the epoch's batch that starts at row `start` (the last one may be short). */
+static int64_t batch_rows(const Run *r, int64_t start) {
+  return r->train.n - start < r->batch ? r->train.n - start : r->batch;
+}
+
 /* One pass over the training rows in this epoch's order; m collects the loss and accuracy of
  * the steps taken (OUT is grad's, from the parameters before each update). */
 static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
@@ -454,7 +459,7 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
   double t0 = now_seconds(), drawn = t0;
   NextBatch *nb = &r->next;
   for (int64_t b = 0; b < steps; b++) {
-    int64_t start = b * r->batch, k = n - start < r->batch ? n - start : r->batch;
+    int64_t start = b * r->batch, k = batch_rows(r, start);
     if (nb->step == b) { /* gathered during the last step */
       nnrt_background_wait(r->io[NN_IO_THREADS]);
       void *x = r->io[NN_IO_X], *y = r->io[NN_IO_Y];
@@ -466,8 +471,7 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
     nb->step = -1;
     if (nb->x && b + 1 < steps) { /* not past the epoch: the next one shuffles again */
       int64_t next = start + r->batch;
-      *nb = (NextBatch){r->train.data, r->order + next, n - next < r->batch ? n - next : r->batch,
-                        nb->x, nb->y, b + 1};
+      *nb = (NextBatch){r->train.data, r->order + next, batch_rows(r, next), nb->x, nb->y, b + 1};
       nnrt_background(r->io[NN_IO_THREADS], gather_next, nb);
     }
     if (d->n_steps) {
