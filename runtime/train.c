@@ -71,6 +71,8 @@ typedef struct Run {
   int64_t wait;              /* epochs since best_epoch */
   char best_row[512];        /* the log row of the best epoch, after its "epoch," */
   NextBatch next;            /* the next step's batch, gathered in the background */
+  double train_secs;         /* time in train_epoch (steps only, as a peer's training loop) */
+  double val_secs;           /* time validating after the epochs */
 } Run;
 
 static const char *const monitor_names[] = NN_MONITOR_NAMES;
@@ -681,11 +683,15 @@ static void train_epochs(Run *r) {
     NnMetrics t, v = {0};
     int64_t skipped = 0;
     nnrt_metrics_init(&t, d, 0);
+    double t0 = now_seconds();
     train_epoch(r, &t, &skipped);
+    double t1 = now_seconds();
+    r->train_secs += t1 - t0;
     r->epoch++;
     if (r->val.n) {
       nnrt_metrics_init(&v, d, 1); /* full: the log's val_f1 */
       nnrt_evaluate(d, r->io, &r->val, &v);
+      r->val_secs += now_seconds() - t1;
     }
     if (r->progress)
       printf("\r\033[K");
@@ -742,9 +748,8 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
            (long long)o->epochs);
 
   int64_t first = r.epoch, steps0 = r.step;
-  double t0 = now_seconds();
   train_epochs(&r);
-  double secs = now_seconds() - t0;
+  double secs = r.train_secs;
 
   if (r.skipped && !o->quiet)
     printf("skipped %lld step%s with a non-finite loss or gradient (--skip-nonfinite)\n",
@@ -765,6 +770,9 @@ int nnrt_train(const NnModelDesc *d, const NnOptions *o) {
     fprintf(stderr, "trained %.0f samples in %.3f s (%.0f samples/s, %.3f s per epoch, %lld "
             "steps)\n", samples, secs, samples / (secs > 1e-9 ? secs : 1e-9),
             secs / (double)(r.epoch - first), (long long)(r.step - steps0));
+    if (r.val.n)
+      fprintf(stderr, "validated %lld samples after each epoch in %.3f s in all (not in the "
+              "time above)\n", (long long)r.val.n, r.val_secs);
   }
   run_free(&r);
   return NNRT_EXIT_OK;
