@@ -2799,13 +2799,17 @@ static bool build_step(Sema *s, const Ast *model, const Ast *step, int k) {
 }
 
 /* A step's update graph reads the step count and the run's total in the slots after the
- * hyperparameters; steps built later added theirs, so those slots move up. */
+ * hyperparameters (and with a schedule writes the lr it used there); steps built later added
+ * theirs, so those slots move up. */
 static void renumber_slots(Unit *u) {
   for (int k = 0; k < u->n_steps; k++) {
     Graph *g = u->steps[k].update;
     for (int i = 0; g && i < g->n_nodes; i++)
       if (g->nodes[i]->op == OP_HYPER && g->nodes[i]->attr.index >= u->steps[k].hyper_end)
         g->nodes[i]->attr.index += u->n_hyper - u->steps[k].hyper_end;
+    for (int i = 0; g && i < g->n_outs; i++) /* a schedule's "lr used" */
+      if (g->outs[i].io == NN_IO_HYPER && g->outs[i].offset >= u->steps[k].hyper_end)
+        g->outs[i].offset += u->n_hyper - u->steps[k].hyper_end;
   }
 }
 

@@ -45,7 +45,7 @@ struct NnPool {
   atomic_long generation;     /* bumped by run(): a new job is published */
   atomic_int active;          /* workers inside the current job, | CLOSED once the caller is done */
   atomic_int sleepers;        /* workers blocked on `wake` */
-  int quit;                   /* under lock: workers exit */
+  atomic_int quit;            /* workers exit (set under lock, for the sleepers) */
   NnWork work;                /* the current job */
   void *arg;
   void (*bg_fn)(void *);      /* the background job, */
@@ -117,7 +117,7 @@ static long wait_job(NnPool *p, long seen) {
   pthread_mutex_lock(&p->lock);
   atomic_fetch_add(&p->sleepers, 1);
   long g;
-  while ((g = atomic_load(&p->generation)) == seen && !bg_posted(p) && !p->quit)
+  while ((g = atomic_load(&p->generation)) == seen && !bg_posted(p) && !atomic_load(&p->quit))
     pthread_cond_wait(&p->wake, &p->lock);
   atomic_fetch_sub(&p->sleepers, 1);
   pthread_mutex_unlock(&p->lock);
@@ -130,10 +130,7 @@ static void *worker_main(void *v) {
   long seen = 0;
   for (;;) {
     long g = wait_job(p, seen);
-    pthread_mutex_lock(&p->lock);
-    int quit = p->quit;
-    pthread_mutex_unlock(&p->lock);
-    if (quit) break;
+    if (atomic_load(&p->quit)) break;
     if (g == seen) { /* no job: the background one (unless the caller took it back) */
       run_background(p);
       continue;
@@ -186,6 +183,7 @@ NnPool *nnrt_pool_new(int workers) {
   atomic_init(&p->generation, 0);
   atomic_init(&p->active, CLOSED);
   atomic_init(&p->sleepers, 0);
+  atomic_init(&p->quit, 0);
   atomic_init(&p->bg, BG_NONE);
   p->tid = NNRT_ALLOC(workers, pthread_t);
   for (int i = 1; i < workers; i++) {
@@ -259,7 +257,7 @@ void nnrt_pool_free(NnPool *p) {
   if (!p) return;
   nnrt_background_wait(&p->threads);
   pthread_mutex_lock(&p->lock);
-  p->quit = 1;
+  atomic_store(&p->quit, 1);
   atomic_fetch_add(&p->generation, 1);
   pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->lock);
