@@ -176,6 +176,16 @@ void nnrt_gather_serial(const NnData *data, const int64_t *rows, int64_t n, void
   gather(data, rows, n, x, y, NULL);
 }
 
+void nnrt_prefetch_rows(const NnData *data, const int64_t *rows, int64_t n) {
+  size_t xb = (size_t)(data->x_size * (data->x_store == NNRT_STORE_ELEM ? data->elem_size : 1));
+  size_t yb = (size_t)(data->y_size * data->elem_size);
+  for (int64_t i = 0; i < n; i++) {
+    const char *x = (const char *)data->x + (size_t)rows[i] * xb;
+    for (size_t b = 0; b < xb; b += 64) __builtin_prefetch(x + b, 0, 1);
+    if (yb) __builtin_prefetch((const char *)data->y + (size_t)rows[i] * yb, 0, 1);
+  }
+}
+
 int64_t nnrt_hyper_index(const NnModelDesc *d, const char *name) {
   for (int64_t i = 0; i < d->n_hyper; i++)
     if (strcmp(d->hyper_names[i], name) == 0)

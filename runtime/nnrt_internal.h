@@ -237,6 +237,8 @@ void nnrt_set_hyper(const NnModelDesc *d, void **io, const double *hyper, int64_
 void nnrt_gather(const NnData *data, const int64_t *rows, int64_t n, void **io);
 /* The same into x and y (buffers like X's and Y's), by the caller alone. */
 void nnrt_gather_serial(const NnData *data, const int64_t *rows, int64_t n, void *x, void *y);
+/* Starts bringing the stored rows (x and y) into the cache, for a gather a step later. */
+void nnrt_prefetch_rows(const NnData *data, const int64_t *rows, int64_t n);
 /* A buffer like X's (per_row: x_size) or Y's (y_size) for max_batch rows; free() frees it. */
 void *nnrt_batch_buffer(const NnModelDesc *d, int64_t per_row);
 double nnrt_loss(void **io); /* the LOSS slot the last grad/eval call wrote */

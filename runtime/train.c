@@ -31,6 +31,8 @@ typedef struct NextBatch {
   int64_t n;
   void *x, *y;  /* the spare buffers; NULL: no background gathers (one thread) */
   int64_t step; /* the epoch's step whose batch they hold (or are being filled with); -1: none */
+  const int64_t *after; /* the rows of the batch after it (n_after of them), to prefetch */
+  int64_t n_after;
 } NextBatch;
 
 enum { SPARE_BATCH_MAX = 64 << 20 }; /* bytes of X and Y past which there is no NextBatch */
@@ -38,6 +40,7 @@ enum { SPARE_BATCH_MAX = 64 << 20 }; /* bytes of X and Y past which there is no 
 static void gather_next(void *arg) {
   NextBatch *nb = arg;
   nnrt_gather_serial(nb->data, nb->rows, nb->n, nb->x, nb->y);
+  nnrt_prefetch_rows(nb->data, nb->after, nb->n_after);
 }
 
 /* Everything one training run holds. */
@@ -473,7 +476,9 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
     nb->step = -1;
     if (nb->x && b + 1 < steps) { /* not past the epoch: the next one shuffles again */
       int64_t next = start + r->batch;
-      *nb = (NextBatch){r->train.data, r->order + next, batch_rows(r, next), nb->x, nb->y, b + 1};
+      int64_t after = next + r->batch, n_after = b + 2 < steps ? batch_rows(r, after) : 0;
+      *nb = (NextBatch){r->train.data, r->order + next, batch_rows(r, next), nb->x, nb->y, b + 1,
+                        r->order + after, n_after};
       nnrt_background(r->io[NN_IO_THREADS], gather_next, nb);
     }
     if (d->n_steps) {
