@@ -103,6 +103,7 @@ static uint64_t node_hash(const Node *n) {
 static bool node_same(const Node *a, const Node *b) {
   if (a->op != b->op || !shape_eq(a->shape, b->shape) || a->attr.index != b->attr.index ||
       a->attr.axes != b->attr.axes || a->attr.ta != b->attr.ta || a->attr.tb != b->attr.tb ||
+      a->attr.any_order != b->attr.any_order ||
       memcmp(&a->attr.value, &b->attr.value, sizeof a->attr.value) ||
       memcmp(&a->attr.conv, &b->attr.conv, sizeof a->attr.conv) ||
       memcmp(&a->attr.move, &b->attr.move, sizeof a->attr.move))
@@ -193,6 +194,12 @@ Node *ir_reduce(Builder *b, OpKind op, Node *a, unsigned axes) {
    * for 2x2 windows, to the same shape: the bias gradient of a conv before max pooling */
   if (op == OP_SUM && a && a->op == OP_MAXPOOL_BWD && (axes & 6u) == 6u) a = a->src[1];
   return make(b, op, a, NULL, (Attr){.axes = axes}, (Shape){0});
+}
+Node *ir_sum_any_order(Builder *b, Node *a) {
+  if (!a) return NULL;
+  unsigned all = (1u << a->shape.rank) - 1;
+  Node *sum = make(b, OP_SUM, a, NULL, (Attr){.axes = all, .any_order = true}, (Shape){0});
+  return ir_reshape(b, sum, (Shape){0});
 }
 Node *ir_expand(Builder *b, Node *a, Shape to) {
   if (a && shape_eq(a->shape, to)) return a;
@@ -355,7 +362,7 @@ void ir_print_node(FILE *out, const Node *n) {
     const char *sep = "";
     for (int i = 0; i < MAX_RANK; i++)
       if (n->attr.axes >> i & 1) fprintf(out, "%s%d", sep, i), sep = ",";
-    fprintf(out, "]");
+    fprintf(out, "]%s", n->attr.any_order ? " any-order" : "");
   }
   if (n->op == OP_MATMUL && (n->attr.ta || n->attr.tb))
     fprintf(out, "%s%s", n->attr.ta ? " ta" : "", n->attr.tb ? " tb" : "");

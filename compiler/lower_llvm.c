@@ -1823,9 +1823,15 @@ static LLVMValueRef member_value(Lower *L, LoopCtx *c, const Node *m, LLVMValueR
   return c->value[i] = v;
 }
 
-/* A reduction's accumulator acc after adding v: acc + v (sum), or the larger (rmax). */
-static LLVMValueRef reduce_step(Lower *L, OpKind op, LLVMValueRef acc, LLVMValueRef v) {
-  if (op == OP_SUM) return LLVMBuildFAdd(L->b, acc, v, "");
+/* A reduction's accumulator acc after adding v: acc + v (sum), or the larger (rmax). A sum
+ * in any order may be reassociated: LLVM then adds vectors of terms, not one term at a time. */
+static LLVMValueRef reduce_step(Lower *L, const Node *m, LLVMValueRef acc, LLVMValueRef v) {
+  OpKind op = m->op;
+  if (op == OP_SUM) {
+    LLVMValueRef sum = LLVMBuildFAdd(L->b, acc, v, "");
+    if (m->attr.any_order) LLVMSetFastMathFlags(sum, LLVMFastMathAllowReassoc);
+    return sum;
+  }
   if (op != OP_RMAX) unreachable();
   return LLVMBuildSelect(L->b, LLVMBuildFCmp(L->b, LLVMRealOGT, v, acc, ""), v, acc, "");
 }
@@ -1848,7 +1854,7 @@ static void loop_body(Lower *L, LLVMValueRef ptr[], const void *ctx) {
     if (c->store[i] < 0) continue;
     LLVMValueRef p = ptr[c->store[i]], v = out[i];
     if (class_of(m) == CLASS_REDUCE)
-      v = reduce_step(L, m->op, LLVMBuildLoad2(L->b, L->elem, p, ""), v);
+      v = reduce_step(L, m, LLVMBuildLoad2(L->b, L->elem, p, ""), v);
     LLVMBuildStore(L->b, v, p);
   }
 }
@@ -1956,7 +1962,7 @@ static bool emit_partial_split(Lower *L, Nest t, LoopCtx *c, const bool accum[])
   LLVMValueRef part = elem_ptr(L, L->region[NN_IO_SCRATCH], ix_mul(L, p.i, re.n));
   Loop e = loop_open(L, i64c(L, re.n), "e");
   LLVMValueRef d = elem_ptr(L, res, e.i);
-  LLVMBuildStore(L->b, reduce_step(L, r->op, load_elem(L, d), load_elem(L, elem_ptr(L, part, e.i))),
+  LLVMBuildStore(L->b, reduce_step(L, r, load_elem(L, d), load_elem(L, elem_ptr(L, part, e.i))),
                  d);
   loop_close(L, &e);
   loop_close(L, &p);

@@ -177,6 +177,8 @@ typedef struct Attr {
   int index;       /* INPUT: NN_IO_X or NN_IO_Y; PARAM/GRAD/STATE: parameter/state index;
                       HYPER: hyperparameter index; RAND_*: the call site's salt */
   unsigned axes;   /* SUM, RMAX: bit i set = reduce axis i */
+  bool any_order;  /* SUM: its terms may be added in any order (a finiteness check's sum of
+                      zeros and NaNs), so the lowering may vectorise it across the terms */
   bool ta, tb;     /* MATMUL: transpose the last two dims of a / b */
   ConvAttr conv;   /* CLASS_WINDOW ops: window, stride, dilation, padding */
   MoveAttr move;   /* PERMUTE, SLICE, PAD, CONCAT, GATHER, SCATTER_ADD, IOTA */
@@ -273,6 +275,7 @@ Node *ir_scalar(Builder *b, OpKind op, int index, const char *name); /* HYPER, B
 Node *ir_unary(Builder *b, OpKind op, Node *a);
 Node *ir_binary(Builder *b, OpKind op, Node *a, Node *c);
 Node *ir_reduce(Builder *b, OpKind op, Node *a, unsigned axes);
+Node *ir_sum_any_order(Builder *b, Node *a); /* all of a's elements, to a scalar, any order */
 Node *ir_expand(Builder *b, Node *a, Shape to);
 Node *ir_reshape(Builder *b, Node *a, Shape to);
 Node *ir_matmul(Builder *b, Node *a, Node *c, bool ta, bool tb);

@@ -2283,6 +2283,15 @@ static Frame *schedule_hypers(Sema *s, const Ast *call, const Ast *def) {
   return bind_args(s, f, f, def, &call2) ? f : NULL;
 }
 
+/* check + the sum of `zeros`, values times 0 (check NULL: none yet): 0 while every value is
+ * finite, NaN from one that is not (NN_HYPER_CHECK). Summed in any order, in the loop that
+ * writes the values (fuse.c takes a reduction into its producer's loop), it is a few vector
+ * adds an element in the update's loop instead of a pass of its own over the gradient. */
+static Node *add_check(Builder *b, Node *check, Node *zeros) {
+  Node *sum = zeros->shape.rank ? ir_sum_any_order(b, zeros) : zeros;
+  return check ? ir_add(b, check, sum) : sum;
+}
+
 /* The update graph (u->update) of optimizer `opt` called as `call`, with clipping and a
  * schedule. Its hyperparameters are appended to u's, named with `prefix` (a step's "d.", or
  * ""); its slots after them (the step count, the total) are numbered as if no more followed,
@@ -2346,6 +2355,7 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
   hypers[n_new] = ir_scalar(&s->b, OP_HYPER, u->n_hyper, "step");
   Node *scale = clip_norm_at >= 0 ? clip_scale(s, hypers[clip_norm_at]) : NULL;
   Node *lr = NULL; /* the scheduled learning rate */
+  Node *check = NULL; /* NN_HYPER_CHECK: add_check of every value the update writes */
   if (sched) {
     Frame sf = {.prefix = "", .where = IN_FN, .def = sched};
     int lr_at = -1;
@@ -2390,6 +2400,7 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
     gn->io = NN_IO_GRAD, gn->offset = pd->offset;
     if (pd->buffer) { /* the grad kernel left its next value in its GRAD slot */
       ir_output(u->update, gn, NN_IO_PARAM, pd->offset, xprintf("param %s", pd->name));
+      check = add_check(&s->b, check, ir_mul(&s->b, gn, ir_const(&s->b, 0)));
       continue;
     }
     if (scale) gn = ir_mul(&s->b, gn, scale);
@@ -2409,19 +2420,25 @@ static bool build_update(Sema *s, const Ast *call, const Ast *opt, double clip_n
         diag_error(opt->loc, "optimizer '%s' never updates 'param'", opt->name);
       return false;
     }
-    ir_output(u->update, ir_expand(&s->b, s->param_new, pd->shape), NN_IO_PARAM, pd->offset,
-              xprintf("param %s", pd->name));
+    Node *written = ir_expand(&s->b, s->param_new, pd->shape);
+    ir_output(u->update, written, NN_IO_PARAM, pd->offset, xprintf("param %s", pd->name));
+    Node *zero = ir_const(&s->b, 0), *zeros = ir_mul(&s->b, written, zero);
     /* each state variable's final value is stored back for the next step */
     for (int k = 0; k < u->update->n_nodes; k++) {
       Node *n = u->update->nodes[k];
       if (n->op != OP_STATE || n->attr.index < first_state) continue;
       const char *local = strrchr(n->name, '.') + 1;
       Binding *b = lookup_local(&f, local);
-      if (b && b->value.kind == V_TENSOR && b->value.node != n)
-        ir_output(u->update, ir_expand(&s->b, b->value.node, pd->shape), NN_IO_STATE,
-                  n->offset, xprintf("state %s", n->name));
+      if (b && b->value.kind == V_TENSOR && b->value.node != n) {
+        Node *next = ir_expand(&s->b, b->value.node, pd->shape);
+        ir_output(u->update, next, NN_IO_STATE, n->offset, xprintf("state %s", n->name));
+        zeros = ir_add(&s->b, zeros, ir_mul(&s->b, next, zero));
+      }
     }
+    check = add_check(&s->b, check, zeros);
   }
+  if (check) /* renumber_slots moves it up if a later step adds hyperparameters */
+    ir_output(u->update, check, NN_IO_HYPER, u->n_hyper + NN_HYPER_CHECK, "check");
   return s->b.ok && diag_error_count() == 0;
 }
 

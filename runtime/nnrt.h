@@ -39,6 +39,8 @@ typedef enum NnHyperSlot {
   NN_HYPER_TOTAL, /* the updates of the whole training run (LR schedules); 0 outside train */
   NN_HYPER_LR,    /* the learning rate the last update used: a `schedule`'s value, which the
                      update kernel writes here; without one the caller's copy of 'lr' */
+  NN_HYPER_CHECK, /* written by the update kernel: 0 when every value it wrote (parameters,
+                     optimizer state) is finite, else NaN (the sum of each value times 0) */
   NN_HYPER_SLOTS  /* count */
 } NnHyperSlot;
 

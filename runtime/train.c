@@ -364,15 +364,16 @@ static void epoch_row(const Run *r, const NnMetrics *t, const NnMetrics *v, char
 
 /* ---- one epoch ---- */
 
-/* The name of the first parameter whose gradient is not finite. */
-static const char *bad_gradient(const NnModelDesc *d, void *const *io) {
+/* The name of the first parameter whose values in region io (NN_IO_GRAD: its gradient, or
+ * NN_IO_PARAM) are not finite; NULL if none. */
+static const char *nonfinite_param(const NnModelDesc *d, void *const *io, int region) {
   for (int64_t k = 0; k < d->n_params; k++) {
     const NnParamInfo *p = &d->params[k];
-    if (!nnrt_all_finite((const char *)io[NN_IO_GRAD] + p->offset * d->elem_size, p->size,
+    if (!nnrt_all_finite((const char *)io[region] + p->offset * d->elem_size, p->size,
                          d->elem_size))
       return p->name;
   }
-  return "?";
+  return NULL;
 }
 
 NNRT_NORETURN static void stop_nonfinite(const Run *r, const char *what, int64_t batch_no,
@@ -412,17 +413,46 @@ static bool gradient_finite(const Run *r) {
   return !atomic_load(&f.bad);
 }
 
-/* After a grad call: NULL if loss and gradient are finite, else what is not (in buf). */
+/* After a grad call: NULL if the loss and (with --skip-nonfinite) the gradient are finite,
+ * else what is not (in buf). Without --skip-nonfinite a bad gradient stops the run, so the
+ * update is not held back for it: checked_update finds it, in the update's own loop. */
 static const char *nonfinite(const Run *r, double loss, char *buf, size_t cap) {
   const NnModelDesc *d = r->d;
   if (!isfinite(loss)) {
     snprintf(buf, cap, "loss is %s", isnan(loss) ? "nan" : loss > 0 ? "inf" : "-inf");
     return buf;
   }
-  if (gradient_finite(r))
+  if (!r->o->skip_nonfinite || gradient_finite(r))
     return NULL;
-  snprintf(buf, cap, "the gradient of '%s' is not finite", bad_gradient(d, r->io));
+  const char *name = nonfinite_param(d, r->io, NN_IO_GRAD);
+  snprintf(buf, cap, "the gradient of '%s' is not finite", name ? name : "?");
   return buf;
+}
+
+/* Runs an update kernel; without --skip-nonfinite, stops the run (the last checkpoint kept)
+ * when the update wrote a value that is not finite (NN_HYPER_CHECK): from a gradient that is
+ * not, or one that overflowed the optimizer's state. `step` names the step of a multi-step
+ * block ("step 'd': "), or is "". */
+static void checked_update(Run *r, NnKernel update, int64_t k, const char *step,
+                           int64_t batch_no, int64_t batches) {
+  const NnModelDesc *d = r->d;
+  double *check = (double *)r->io[NN_IO_HYPER] + d->n_hyper + NN_HYPER_CHECK;
+  *check = 0;
+  update(r->io, k);
+  if (r->o->skip_nonfinite || *check == 0)
+    return;
+  char why[320];
+  const char *grad = nonfinite_param(d, r->io, NN_IO_GRAD);
+  const char *param = nonfinite_param(d, r->io, NN_IO_PARAM);
+  if (grad)
+    snprintf(why, sizeof why, "%sthe gradient of '%s' is not finite", step, grad);
+  else if (param)
+    snprintf(why, sizeof why, "%sthe update of '%s' overflowed (its gradient is finite)", step,
+             param);
+  else
+    snprintf(why, sizeof why, "%sthe optimizer's state overflowed in the update (the gradient "
+             "is finite)", step);
+  stop_nonfinite(r, why, batch_no, batches);
 }
 
 /* A block with steps: on one batch (already in X, Y), each step's gradient and update in
@@ -442,10 +472,14 @@ static void run_steps(Run *r, int64_t k, int64_t b, int64_t steps, int64_t *skip
         stop_nonfinite(r, named, b + 1, steps);
       r->skipped++;
       ++*skipped_now;
+      /* the skipped gradient would stay in GRAD, where the other steps' checks (which read
+       * all of it) saw it: they do not write this step's parameters' slots */
+      memset(r->io[NN_IO_GRAD], 0, (size_t)(d->param_size * d->elem_size));
       continue;
     }
     *step_slot = (double)r->step + 1;
-    d->steps[j].update(r->io, k);
+    snprintf(named, sizeof named, "step '%s': ", d->steps[j].name);
+    checked_update(r, d->steps[j].update, k, named, b + 1, steps);
   }
   r->step++;
 }
@@ -501,10 +535,11 @@ static void train_epoch(Run *r, NnMetrics *m, int64_t *skipped_now) {
       int64_t hits = m->hits, total = m->total;
       nnrt_metrics_add(m, d, r->io, k, loss);
       double *hyper = r->io[NN_IO_HYPER];
-      hyper[d->n_hyper + NN_HYPER_STEP] = (double)++r->step;
+      hyper[d->n_hyper + NN_HYPER_STEP] = (double)(r->step + 1);
       if (r->lr_at >= 0) /* the rate used, unless the update kernel's schedule writes its own */
         hyper[d->n_hyper + NN_HYPER_LR] = hyper[r->lr_at];
-      d->update(r->io, k);
+      checked_update(r, d->update, k, "", b + 1, steps); /* a stop names step r->step + 1 */
+      r->step++;
       log_step(r, loss, m->hits - hits, m->total - total);
     }
     double now = now_seconds();
