@@ -72,6 +72,9 @@ nt 64 256 128 1 mlp-fwd2
 tn 256 64 784 1 mlp-dW1
 tn 128 64 256 1 mlp-dW2
 nn 64 128 256 1 mlp-dX2
+nt 64 128 10 1 mlp-fwd3
+nn 64 10 128 1 mlp-dX3
+tn 10 64 128 1 mlp-dW3
 nn 576 9 32 1 cnn-conv1
 nn 100 288 64 1 cnn-conv2
 tn 288 100 64 1 cnn-conv2-dW

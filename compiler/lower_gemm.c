@@ -12,7 +12,8 @@
  *                              worker w's scratch, then calls the micro-kernel on every tile
  *   nn.gemm.ukernel(...)       the register tile: mr × (nr/w) vector accumulators, per k one
  *                              broadcast of A and nr/w loads of B, llvm.fmuladd on vectors
- *                              (nn.gemm.ukernel.half: the same on mr/2 rows, for edge tiles)
+ *                              (nn.gemm.ukernel.half: the same on mr/2 rows, for edge tiles;
+ *                              .narrow, .narrow.half: on one vector of columns)
  *   nn.gemm.direct(job, w)     C with a few rows and B's rows contiguous (a dense layer on
  *                              one sample): strips of a row (and parts of K, when there are
  *                              fewer strips than workers) as tasks, no packing, which would
@@ -118,6 +119,10 @@ void gemm_need_scratch(Gemm *g, int64_t elems) {
 }
 /* ============================== the micro-kernel ============================== */
 
+static LLVMValueRef lanes_below(Gemm *g, LLVMValueRef n, const char *name);
+static LLVMValueRef load_lanes(Gemm *g, LLVMTypeRef vt, LLVMValueRef p, LLVMValueRef mask);
+static void store_lanes(Gemm *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef mask);
+
 /* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr, ars, aks, bks): the mr×nr tile at c (row
  * stride ldc) = (beta ? tile : 0) + sum over k < kc of A(i, k) * bp[k*bks + j], where A(i, k)
  * is ap[i*ars + k*aks]: a packed panel (ars 1, aks MR) or, unpacked, rows of a row-major A
@@ -125,8 +130,7 @@ void gemm_need_scratch(Gemm *g, int64_t elems) {
  * or NR columns of a row-major B read in place (bks its row stride); only the first mr rows
  * and nr columns are stored (the rest of the tile is padding whose products are thrown
  * away). */
-static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
-  int NV = g->nr / g->w;
+static LLVMValueRef emit_ukernel(Gemm *g, int MR, int NV, const char *name) {
   LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
   LLVMTypeRef params[11] = {g->i64, g->ptr, g->ptr, g->ptr, g->i64, g->i64,
                             g->i64, g->i64, g->i64, g->i64, g->i64};
@@ -146,12 +150,9 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
                             LLVMCreateEnumAttribute(g->ctx,
                                                     LLVMGetEnumAttributeKindForName("noalias", 7),
                                                     0));
-  LLVMValueRef tile = entry_alloca(g, g->b, LLVMArrayType2(g->elem, (uint64_t)(MR * g->nr)),
-                                   "tile");
   LLVMValueRef arow_off[16]; /* A(i, 0) - A(0, 0) */
   for (int i = 0; i < MR; i++)
     arow_off[i] = mul(g, min64(g, c64(g, i), sub(g, mr, c64(g, 1))), ars);
-  unsigned valign = (unsigned)(g->w * g->es);
 
   /* the k loop, with the accumulators as phis */
   LLVMBasicBlockRef entry = LLVMGetInsertBlock(g->b);
@@ -189,7 +190,7 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
   /* store: whole tiles straight into C, edge tiles through `tile` */
   LLVMPositionBuilderAtEnd(g->b, done);
   LLVMValueRef whole = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, mr, c64(g, MR), ""),
-                                    LLVMBuildICmp(g->b, LLVMIntEQ, nr, c64(g, g->nr), ""), "");
+                                    LLVMBuildICmp(g->b, LLVMIntEQ, nr, c64(g, NV * g->w), ""), "");
   LLVMValueRef accumulate = LLVMBuildICmp(g->b, LLVMIntNE, beta, zero, "");
   GIf f = if_begin(g, whole, "whole"), h = {0};
   for (int pass = 0; pass < 2; pass++) { /* pass 0: C += acc; pass 1: C = acc */
@@ -205,20 +206,23 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, const char *name) {
     else if_end(g, &h);
   }
   if_else(g, &f);
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NV; j++)
-      store(g, acc[i][j], at(g, tile, c64(g, i * g->nr + j * g->w)), valign);
-  GLoop li = loop_begin(g, zero, mr, 1, "ti");
-  GLoop lj = loop_begin(g, zero, nr, 1, "tj");
-  LLVMValueRef t = load(g, g->elem, at(g, tile, add(g, muli(g, li.i, g->nr), lj.i)), 0);
-  LLVMValueRef p = at(g, c, add(g, mul(g, li.i, ldc), lj.i));
-  LLVMValueRef old = LLVMBuildSelect(g->b, accumulate, load(g, g->elem, p, 0),
-                                     LLVMConstReal(g->elem, 0), "");
-  /* -0 + x would turn a -0 product into +0: add only when accumulating */
-  LLVMValueRef sum = LLVMBuildFAdd(g->b, old, t, "");
-  store(g, LLVMBuildSelect(g->b, accumulate, sum, t, ""), p, 0);
-  loop_end(g, &lj);
-  loop_end(g, &li);
+  /* an edge tile: its first mr rows, each vector masked to the columns below nr (a tile
+   * stored whole on the stack and copied out an element at a time took as long as the
+   * multiply-adds of a classifier's 10-wide last layer) */
+  LLVMValueRef cols[8];
+  for (int j = 0; j < NV; j++)
+    cols[j] = lanes_below(g, max64(g, min64(g, sub(g, nr, c64(g, j * g->w)), c64(g, g->w)), zero),
+                          "cols");
+  for (int i = 0; i < MR; i++) {
+    GIf row = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, c64(g, i), mr, ""), "row");
+    for (int j = 0; j < NV; j++) {
+      LLVMValueRef p = at(g, c, add(g, muli(g, ldc, i), c64(g, j * g->w)));
+      LLVMValueRef sum = LLVMBuildFAdd(g->b, load_lanes(g, vt, p, cols[j]), acc[i][j], "");
+      /* -0 + x would turn a -0 product into +0: add only when accumulating */
+      store_lanes(g, LLVMBuildSelect(g->b, accumulate, sum, acc[i][j], ""), p, cols[j]);
+    }
+    if_end(g, &row);
+  }
   if_end(g, &f);
   LLVMBuildRetVoid(g->b);
   return fn;
@@ -349,31 +353,39 @@ void gemm_pack_b(Gemm *g, LLVMValueRef dst, LLVMValueRef b, LLVMValueRef rsb, LL
   }
   if_else(g, &f);
   /* general strides, column by column, clamped into B; with B transposed (rsb = 1: each of
-   * B's columns is a contiguous row of Bᵀ, x @ transpose(W) and q @ transpose(k)) whole
-   * W×W blocks first: W columns' next W values loaded as vectors and transposed in
-   * registers into W rows of the panel, instead of an element at a time */
+   * B's columns is a contiguous row of Bᵀ, x @ transpose(W) and q @ transpose(k)) W×W
+   * blocks first: W columns' next W values loaded as vectors and transposed in registers
+   * into W rows of the panel, instead of an element at a time. Only the columns the
+   * micro-kernels read are packed: a panel of at most W columns goes to the narrow ones,
+   * which read its first W (a classifier's 10 outputs: 16 of 32 columns, in one block). */
+  LLVMValueRef valid = min64(g, sub(g, N, col0), c64(g, NR));
+  LLVMValueRef used = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSLE, valid, c64(g, W), ""),
+                                      c64(g, W), c64(g, NR), "pb.used");
   LLVMValueRef kdone = zero;
   if (W > 1 && W <= 16) {
-    LLVMValueRef blocks = LLVMBuildAnd(g->b, whole, transposed, "");
     LLVMValueRef kw = mul(g, LLVMBuildSDiv(g->b, kc, c64(g, W), ""), c64(g, W));
-    kdone = LLVMBuildSelect(g->b, blocks, kw, zero, "pb.tdone");
+    kdone = LLVMBuildSelect(g->b, transposed, kw, zero, "pb.tdone");
     LLVMValueRef src = at(g, b, add(g, rowbase, mul(g, col0, csb)));
+    LLVMValueRef lastcol = sub(g, valid, one);
     GLoop lk = loop_begin(g, zero, kdone, W, "pb.tk");
     for (int h = 0; h < NR / W; h++) {
+      GIf inside = if_begin(g, LLVMBuildICmp(g->b, LLVMIntSLT, c64(g, h * W), used, ""), "pb.h");
       LLVMValueRef r[16];
-      for (int j = 0; j < W; j++)
-        r[j] = load(g, vt, at(g, src, add(g, mul(g, c64(g, h * W + j), csb), lk.i)),
+      for (int j = 0; j < W; j++) /* a column past N repeats the last one */
+        r[j] = load(g, vt, at(g, src, add(g, mul(g, min64(g, c64(g, h * W + j), lastcol), csb),
+                                          lk.i)),
                     (unsigned)g->es);
       transpose_block(g, r);
       for (int kk = 0; kk < W; kk++)
         store(g, r[kk], at(g, panel, add(g, muli(g, add(g, lk.i, c64(g, kk)), NR), c64(g, h * W))),
               valign);
+      if_end(g, &inside);
     }
     loop_end(g, &lk);
   }
   {
     LLVMValueRef last = sub(g, N, one);
-    GLoop lj = loop_begin(g, zero, c64(g, NR), 1, "pb.j");
+    GLoop lj = loop_begin(g, zero, used, 1, "pb.j");
     LLVMValueRef src = at(g, b, add(g, rowbase, mul(g, min64(g, add(g, col0, lj.i), last), csb)));
     LLVMValueRef d = at(g, panel, lj.i);
     GLoop lk = loop_begin(g, kdone, kc, 1, "pb.k");
@@ -517,8 +529,13 @@ static void emit_work(Gemm *g) {
   /* a tile of at most half of mr rows (121 rows: the 16th tile holds 1) on a kernel of half
    * the rows: half the multiply-adds for nothing, in the same order (the same bits) */
   LLVMValueRef low = LLVMBuildICmp(g->b, LLVMIntSLE, sub(g, rows, li.i), c64(g, g->mr / 2), "");
+  /* likewise a tile of at most one vector's columns (the 10 outputs of a classifier's last
+   * layer, the 16 left of 784) on a kernel of one vector a row: 2x for those tiles */
+  LLVMValueRef thin = LLVMBuildICmp(g->b, LLVMIntSLE, sub(g, cols, lj.i), c64(g, g->w), "");
+  LLVMValueRef two = LLVMBuildSelect(g->b, low, g->ukernel_half, g->ukernel, "");
+  LLVMValueRef narrow = LLVMBuildSelect(g->b, low, g->ukernel_narrow_half, g->ukernel_narrow, "");
   LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel),
-                 LLVMBuildSelect(g->b, low, g->ukernel_half, g->ukernel, ""), args, 11, "");
+                 LLVMBuildSelect(g->b, thin, narrow, two, ""), args, 11, "");
   loop_end(g, &li);
   loop_end(g, &lj);
   LLVMValueRef k1 = add(g, k0, c64(g, KC));
@@ -1050,8 +1067,11 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
 
 void gemm_ensure(Gemm *g) {
   if (g->gemm) return;
-  g->ukernel = emit_ukernel(g, g->mr, "nn.gemm.ukernel");
-  g->ukernel_half = emit_ukernel(g, g->mr / 2, "nn.gemm.ukernel.half");
+  int nv = g->nr / g->w;
+  g->ukernel = emit_ukernel(g, g->mr, nv, "nn.gemm.ukernel");
+  g->ukernel_half = emit_ukernel(g, g->mr / 2, nv, "nn.gemm.ukernel.half");
+  g->ukernel_narrow = emit_ukernel(g, g->mr, 1, "nn.gemm.ukernel.narrow");
+  g->ukernel_narrow_half = emit_ukernel(g, g->mr / 2, 1, "nn.gemm.ukernel.narrow.half");
   emit_work(g);
   emit_direct(g);
   emit_dot(g);

@@ -28,6 +28,7 @@ typedef struct Gemm {
   LLVMTypeRef sample_type;   /* void (ptr ctx, i64 s, ptr dst): a ConvHook */
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
   LLVMValueRef ukernel_half; /* the micro-kernel on mr / 2 rows, for the tiles of that few */
+  LLVMValueRef ukernel_narrow, ukernel_narrow_half; /* the two on one vector of columns */
   LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
   LLVMValueRef dot;          /* nn.gemm.dot(job): a few rows times a transposed B */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""thin_ref.py - checks run/gemm-thin.nn's predictions against matrix products in Python.
+
+usage: thin_ref.py INPUTS.csv CHECKPOINT PREDICTIONS.csv
+
+The model (per sample x: [300]) outputs x @ transpose(A), x @ transpose(B), x @ transpose(C)
+for parameters A [10, 300], B [20, 300], C [40, 300], concatenated (70 values). Prints
+`THIN OK maxdiff=...` or `THIN FAIL ...`.
+"""
+import json
+import struct
+import sys
+
+K = 300
+SIZES = (("probe0.A", 10), ("probe0.B", 20), ("probe0.C", 40))
+
+
+def read_param(path, name):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    lo, hi = json.loads(data[8 : 8 + n])[name]["data_offsets"]
+    raw = data[8 + n + lo : 8 + n + hi]
+    return list(struct.unpack("<%df" % (len(raw) // 4), raw))
+
+
+def main():
+    xs = [[float(v) for v in line.split(",")][:K] for line in open(sys.argv[1]).read().split()]
+    ws = [(read_param(sys.argv[2], name), n) for name, n in SIZES]
+    preds = [[float(v) for v in line.split(",")] for line in open(sys.argv[3]).read().split()[1:]]
+    worst = 0.0
+    for x, p in zip(xs, preds):
+        ref = [sum(x[k] * w[j * K + k] for k in range(K)) for w, n in ws for j in range(n)]
+        if len(p) != len(ref):
+            print("THIN FAIL: %d outputs, expected %d" % (len(p), len(ref)))
+            return
+        worst = max([worst] + [abs(r - q) / (1 + abs(r)) for r, q in zip(ref, p)])
+    print(("THIN OK" if worst < 1e-4 and len(preds) == len(xs) else "THIN FAIL") +
+          " maxdiff=%.2e" % worst)
+
+
+if __name__ == "__main__":
+    main()
