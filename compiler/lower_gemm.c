@@ -447,6 +447,15 @@ static void emit_work(Gemm *g) {
   LLVMValueRef ap = scratch, bp = at(g, scratch, c64(g, round16((int64_t)g->mb * KC)));
   LLVMValueRef per = mul(g, v[J_MBLK], v[J_NBLK]);
   LLVMValueRef tasks = mul(g, v[J_BATCH], per);
+  /* The blocks of A and B this worker's last task packed (-1: none yet). With one K block
+   * a panel is packed whole, and a task on the same block of A (B) as the one before finds
+   * it still in its scratch: consecutive tasks share one (the blocks along the other side
+   * are innermost), as GPT-2-small's weight gradients' row blocks do 2 tasks at a time */
+  LLVMValueRef packed_a = entry_alloca(g, g->b, g->i64, "packed.a");
+  LLVMValueRef packed_b = entry_alloca(g, g->b, g->i64, "packed.b");
+  LLVMBuildStore(g->b, c64(g, -1), packed_a);
+  LLVMBuildStore(g->b, c64(g, -1), packed_b);
+  LLVMValueRef one_k = LLVMBuildICmp(g->b, LLVMIntSLE, v[J_K], c64(g, KC), "one.k");
 
   TaskLoop task = gemm_tasks_begin(g, field_ptr(g, J, job, J_NEXT), tasks, w);
   LLVMValueRef t = task.i;
@@ -498,11 +507,22 @@ static void emit_work(Gemm *g) {
   LLVMValueRef kc = min64(g, c64(g, KC), sub(g, v[J_K], k0));
   kc = max64(g, kc, zero);
   LLVMValueRef b_panels = LLVMBuildICmp(g->b, LLVMIntNE, v[J_BPANELS], c64(g, 0), "b.panels");
-  GIf pb = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, b_panels, b_rows, ""), ""), "pack_b");
+  LLVMValueRef key_b = add(g, mul(g, bi, v[J_NBLK]), ni), key_a = add(g, mul(g, bi, v[J_MBLK]), mi);
+  LLVMValueRef have_b = LLVMBuildAnd(
+      g->b, one_k, LLVMBuildICmp(g->b, LLVMIntEQ, LLVMBuildLoad2(g->b, g->i64, packed_b, ""),
+                                 key_b, ""), "");
+  LLVMValueRef have_a = LLVMBuildAnd(
+      g->b, one_k, LLVMBuildICmp(g->b, LLVMIntEQ, LLVMBuildLoad2(g->b, g->i64, packed_a, ""),
+                                 key_a, ""), "");
+  GIf pb = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, LLVMBuildOr(g->b, b_panels, b_rows, ""),
+                                                      have_b, ""), ""), "pack_b");
   gemm_pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
+  LLVMBuildStore(g->b, key_b, packed_b);
   if_end(g, &pb);
-  GIf pa = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, unpacked, panels, ""), ""), "pack_a");
+  GIf pa = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, LLVMBuildOr(g->b, unpacked, panels, ""),
+                                                      have_a, ""), ""), "pack_a");
   pack_a(g, ap, A, v[J_RSA], v[J_CSA], v[J_M], k0, kc, m0, rows);
+  LLVMBuildStore(g->b, key_a, packed_a);
   if_end(g, &pa);
   LLVMValueRef beta = LLVMBuildOr(g->b, v[J_BETA],
                                   LLVMBuildZExt(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, k0, zero, ""),
