@@ -44,6 +44,7 @@ enum {
   MB_PANELS = 16,      /* most mr-row panels of A one task packs (about 128 KB: L2) */
   NB_PANELS = 16,      /* most nr-column panels of B one task packs (about 512 KB: L2) */
   B_SPAN = 32 << 10,   /* most bytes a K block's rows of a B read in place may span */
+  C_SHARED = 4 << 20,  /* bytes of C past which B's blocks may come outermost (emit_work) */
   DIRECT_ROWS = 4,     /* C with at most this many rows (one sample's dense layer) skips packing */
   DOT_VECTORS = 8,     /* vector sums of one output of nn.gemm.dot (the FMA's latency x pipes) */
   DOT_AHEAD = 4096,    /* bytes ahead in W that nn.gemm.dot prefetches each cache line, */
@@ -461,8 +462,17 @@ static void emit_work(Gemm *g) {
   LLVMValueRef t = task.i;
   LLVMValueRef bi = LLVMBuildSDiv(g->b, t, per, ""), r = sub(g, t, mul(g, bi, per));
   /* wide C (more column blocks than row blocks: GPT's vocabulary head): the row blocks are
-   * innermost, so a column block of B is packed again by the next task while it is in cache */
+   * innermost, so that the next task reuses the block of B this one packed. Likewise a C
+   * past C_SHARED bytes whose column blocks are wider than its row blocks are tall (GPT-2-
+   * small's weight gradients: 512 columns against 128 rows), B's block being the larger
+   * packing; a smaller C (the MLP's) keeps its row blocks outermost, so that each worker
+   * writes whole rows, which the optimizer's update, split by rows, then reads in its cache */
   LLVMValueRef wide = LLVMBuildICmp(g->b, LLVMIntSGT, v[J_NBLK], v[J_MBLK], "wide");
+  LLVMValueRef c_big = LLVMBuildICmp(g->b, LLVMIntSGT, muli(g, mul(g, v[J_M], v[J_N]), g->es),
+                                     c64(g, C_SHARED), "");
+  LLVMValueRef b_wider = LLVMBuildICmp(g->b, LLVMIntSGT, mul(g, v[J_N], v[J_MBLK]),
+                                       mul(g, v[J_M], v[J_NBLK]), "");
+  wide = LLVMBuildOr(g->b, wide, LLVMBuildAnd(g->b, c_big, b_wider, ""), "b.inner");
   LLVMValueRef mi = LLVMBuildSelect(g->b, wide, LLVMBuildSRem(g->b, r, v[J_MBLK], ""),
                                     LLVMBuildSDiv(g->b, r, v[J_NBLK], ""), "mi");
   LLVMValueRef ni = LLVMBuildSelect(g->b, wide, LLVMBuildSDiv(g->b, r, v[J_MBLK], ""),
