@@ -7,21 +7,12 @@ The model (per sample x: [300]) outputs x @ transpose(A), x @ transpose(B), x @ 
 for parameters A [10, 300], B [20, 300], C [40, 300], concatenated (70 values). Prints
 `THIN OK maxdiff=...` or `THIN FAIL ...`.
 """
-import json
-import struct
 import sys
+
+from matmul_ref import read_param  # the same f32 safetensors reader
 
 K = 300
 SIZES = (("probe0.A", 10), ("probe0.B", 20), ("probe0.C", 40))
-
-
-def read_param(path, name):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    lo, hi = json.loads(data[8 : 8 + n])[name]["data_offsets"]
-    raw = data[8 + n + lo : 8 + n + hi]
-    return list(struct.unpack("<%df" % (len(raw) // 4), raw))
 
 
 def main():

@@ -8,20 +8,12 @@ C (4.8 MB, past the GEMM's C_SHARED, so its column blocks are outermost). Checks
 and columns at the edges of its blocks (128-row blocks, 384-column blocks, tiles of 8 x 32).
 Prints `WIDE OK maxdiff=...` or `WIDE FAIL ...`.
 """
-import json
 import struct
 import sys
 
+from matmul_ref import read_param  # the same f32 safetensors reader
+
 K, N = 256, 1100
-
-
-def read_param(path, name):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    lo, hi = json.loads(data[8 : 8 + n])[name]["data_offsets"]
-    raw = data[8 + n + lo : 8 + n + hi]
-    return list(struct.unpack("<%df" % (len(raw) // 4), raw))
 
 
 def read_npy(path):
