@@ -30,6 +30,7 @@ enum {
   MAX_LOOPS = MAX_RANK + 2, /* matmul: leading dims, then m, k, n */
   MAX_OPERANDS = FUSE_MAX_PORTS, /* a fused loop's stores and reads (fuse.c bounds them) */
   SPLIT_ELEMS = 1 << 14, /* a loop nest over fewer elements is not worth waking threads for */
+  NEST_SHORT = 16,       /* a last loop this short that a sum runs along goes inside the rows */
   TASK_ELEMS = 1 << 13,  /* elements of one task of a split nest: enough to outweigh taking it */
   MAX_PARTIALS = 16,     /* most tasks of a reduction over the outer loop (one partial each) */
   PARTIAL_ELEMS = 1 << 16, /* most elements of all of one reduction's partials (in scratch) */
@@ -371,8 +372,34 @@ static void nest_level(Lower *L, const Nest *t, int d, LLVMValueRef off[], NestB
 }
 
 /* Emits the nest at the builder's position; the builder ends after it. */
+/* A reduction over a short last axis (softmax's over a classifier's 10 classes: [B, 10])
+ * is a loop of a few scalar steps, exp's among them, per row. With the last two loops
+ * swapped, the inner loop runs along the rows, one sum per row, which LLVM vectorises (the
+ * rows' elements a stride apart); each sum still adds its terms in the same order. Not when
+ * a sum does not move along the rows (then it would add in another order), nor for a batch
+ * extent (unknown until run time) or a short outer loop. */
+static void nest_rows_inner(Nest *t) {
+  int d = t->depth - 1;
+  if (d < 1 || t->ext[d].batch || t->ext[d].n >= NEST_SHORT) return;
+  if (!t->ext[d - 1].batch && t->ext[d - 1].n < NEST_SHORT) return;
+  bool reduces = false;
+  for (int k = 0; k < t->n_ops; k++) {
+    if (!t->accum[k]) continue;
+    if (t->stride[k][d - 1] == 0) return;
+    reduces |= t->stride[k][d] == 0;
+  }
+  if (!reduces) return;
+  Extent e = t->ext[d];
+  t->ext[d] = t->ext[d - 1], t->ext[d - 1] = e;
+  for (int k = 0; k < t->n_ops; k++) {
+    int64_t s = t->stride[k][d];
+    t->stride[k][d] = t->stride[k][d - 1], t->stride[k][d - 1] = s;
+  }
+}
+
 static void emit_nest(Lower *L, Nest t, NestBody body, const void *ctx) {
   nest_simplify(&t);
+  nest_rows_inner(&t);
   LLVMValueRef off[MAX_OPERANDS] = {0}; /* NULL = offset 0 */
   nest_level(L, &t, 0, off, body, ctx);
 }
