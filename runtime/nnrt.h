@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NN_ABI_VERSION 9
+#define NN_ABI_VERSION 10 /* 10: the update writes NN_HYPER_CHECK */
 #define NN_MAX_RANK 6
 #define NN_MAX_STEPS 8 /* steps of one train block */
 
