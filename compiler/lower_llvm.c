@@ -371,7 +371,6 @@ static void nest_level(Lower *L, const Nest *t, int d, LLVMValueRef off[], NestB
       LLVMBuildStore(L->b, LLVMBuildLoad2(L->b, L->elem, in.base[k], ""), home[k]);
 }
 
-/* Emits the nest at the builder's position; the builder ends after it. */
 /* A reduction over a short last axis (softmax's over a classifier's 10 classes: [B, 10])
  * is a loop of a few scalar steps, exp's among them, per row. With the last two loops
  * swapped, the inner loop runs along the rows, one sum per row, which LLVM vectorises (the
@@ -397,6 +396,7 @@ static void nest_rows_inner(Nest *t) {
   }
 }
 
+/* Emits the nest at the builder's position; the builder ends after it. */
 static void emit_nest(Lower *L, Nest t, NestBody body, const void *ctx) {
   nest_simplify(&t);
   nest_rows_inner(&t);
@@ -640,10 +640,9 @@ static void emit_split(Lower *L, Extent outer, int64_t rows, int64_t inner, Spli
 
 /* Emits nest t split across threads when it can be that large (task(lo, hi, ctx) makes the
  * nest again in the split function, the same but for loop 0's range), and returns true; false when
- * it is too small to pay, or when an operand that accumulates (accum[k]: a reduction's
+ * it is too small to pay, or when an operand that accumulates (t.accum[k]: a reduction's
  * result) does not move along the outer loop, so that two tasks would add into one element. */
-static bool emit_nest_split(Lower *L, Nest t, SplitBody task, const void *ctx,
-                            const bool accum[]) {
+static bool emit_nest_split(Lower *L, Nest t, SplitBody task, const void *ctx) {
   nest_simplify(&t);
   if (t.depth == 0) return false;
   int64_t inner = 1;
@@ -651,7 +650,7 @@ static bool emit_nest_split(Lower *L, Nest t, SplitBody task, const void *ctx,
   int64_t batch = L->u->batch > 1 ? L->u->batch : 1;
   if (t.ext[0].n * inner * (t.ext[0].batch ? batch : 1) < SPLIT_ELEMS) return false;
   for (int k = 0; k < t.n_ops; k++)
-    if (accum[k] && t.stride[k][0] == 0) return false;
+    if (t.accum[k] && t.stride[k][0] == 0) return false;
   emit_split(L, t.ext[0], TASK_ELEMS / inner > 1 ? TASK_ELEMS / inner : 1, inner, task, ctx);
   return true;
 }
@@ -1957,12 +1956,12 @@ static LoopCtx loop_ctx(Lower *L, int gi, const bool *need) {
  * kernel adds the partials into the result in task order. So the order of the additions is
  * fixed by the batch: the same bits at any thread count (though not the bits of one serial
  * loop). Returns false, emitting nothing, where that does not apply. */
-static bool emit_partial_split(Lower *L, Nest t, LoopCtx *c, const bool accum[]) {
+static bool emit_partial_split(Lower *L, Nest t, LoopCtx *c) {
   nest_simplify(&t);
   if (t.depth == 0) return false;
   int k = -1;
   for (int j = 0; j < t.n_ops; j++)
-    if (accum[j]) {
+    if (t.accum[j]) {
       if (t.stride[j][0] != 0 || k >= 0) return false;
       k = j;
     }
@@ -2006,11 +2005,8 @@ static void lower_loop_group(Lower *L, int gi, const bool *need) {
         G->members[i] != c.head)
       fill_node(L, G->members[i], elemc(L, reduce_identity(G->members[i])));
   Nest t = group_nest(L, &c);
-  bool accum[MAX_OPERANDS] = {0};
-  for (int i = 0; i < nm; i++)
-    if (c.store[i] >= 0 && class_of(G->members[i]) == CLASS_REDUCE) accum[c.store[i]] = true;
-  if (emit_partial_split(L, t, &c, accum)) return;
-  if (!emit_nest_split(L, t, group_task, &c, accum)) emit_nest(L, t, loop_body, &c);
+  if (emit_partial_split(L, t, &c)) return;
+  if (!emit_nest_split(L, t, group_task, &c)) emit_nest(L, t, loop_body, &c);
 }
 
 /* ---- epilogues ----

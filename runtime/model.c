@@ -140,17 +140,29 @@ typedef struct Gather {
 
 enum { GATHER_GRAIN = 16 }; /* samples one worker gathers at a time */
 
+/* Bytes of one stored row of x: elements, or bytes when x is kept as bytes. */
+static size_t stored_row_bytes(const NnData *data) {
+  return (size_t)(data->x_size * (data->x_store == NNRT_STORE_ELEM ? data->elem_size : 1));
+}
+
+/* Starts bringing stored row `row` of x into the cache (locality: 3 into L1, 1 into L2). */
+static void prefetch_row(const NnData *data, int64_t row, int locality) {
+  size_t stored = stored_row_bytes(data);
+  const char *x = (const char *)data->x + (size_t)row * stored;
+  for (size_t b = 0; b < stored; b += 64)
+    if (locality == 3) __builtin_prefetch(x + b);
+    else __builtin_prefetch(x + b, 0, 1);
+}
+
 static void gather_range(void *ctx, int64_t lo, int64_t hi) {
   const Gather *g = ctx;
   const NnData *data = g->data;
   size_t xb = (size_t)(data->x_size * data->elem_size);
   size_t yb = (size_t)(data->y_size * data->elem_size);
-  size_t stored = data->x_store == NNRT_STORE_ELEM ? xb : (size_t)data->x_size; /* row bytes */
   char *x = g->x, *y = g->y;
   for (int64_t i = lo; i < hi; i++) {
     if (i + 2 < hi) /* rows are random: fetch one two rows ahead while this one is widened */
-      for (size_t b = 0; b < stored; b += 64)
-        __builtin_prefetch((const char *)data->x + (size_t)g->rows[i + 2] * stored + b);
+      prefetch_row(data, g->rows[i + 2], 3);
     if (data->x_store == NNRT_STORE_ELEM)
       memcpy(x + (size_t)i * xb, (const char *)data->x + (size_t)g->rows[i] * xb, xb);
     else
@@ -177,11 +189,9 @@ void nnrt_gather_serial(const NnData *data, const int64_t *rows, int64_t n, void
 }
 
 void nnrt_prefetch_rows(const NnData *data, const int64_t *rows, int64_t n) {
-  size_t xb = (size_t)(data->x_size * (data->x_store == NNRT_STORE_ELEM ? data->elem_size : 1));
   size_t yb = (size_t)(data->y_size * data->elem_size);
   for (int64_t i = 0; i < n; i++) {
-    const char *x = (const char *)data->x + (size_t)rows[i] * xb;
-    for (size_t b = 0; b < xb; b += 64) __builtin_prefetch(x + b, 0, 1);
+    prefetch_row(data, rows[i], 1);
     if (yb) __builtin_prefetch((const char *)data->y + (size_t)rows[i] * yb, 0, 1);
   }
 }
