@@ -35,7 +35,10 @@
  * A job may carry an epilogue (GemmEpilogue): the elementwise loop that follows the matmul
  * (bias, activation), called on each block of C by the worker that finished it, while the
  * block is still in its cache. */
+#include <stdio.h>
 #include <string.h>
+
+#include <llvm-c/DebugInfo.h>
 
 #include "gemm_build.h"
 
@@ -54,6 +57,8 @@ enum {
                         * then stream row after whole row, through all of L2's sets */
   DIRECT_SPLIT_FMAS = 1 << 16, /* a direct GEMM with fewer is not split (one sample's layer
                                 * of 256 x 256 is: the weights stream from two caches) */
+  DOTS_MIN_VECTORS = 8, /* vectors along K from which a dot product pays for its lane sums */
+  DOTS_TASK_TILES = 4, /* tiles of rows per task of nn.gemm.dots.nN */
 };
 
 /* Fields of %nn.gemm.job, a struct the caller fills on its stack. ORDER JOB */
@@ -72,6 +77,8 @@ enum {
                                  * nn.gemm.dot: a row's outputs, likewise */
   J_APANELS,                    /* 1: A is in mr-row panels already (GemmArgs.a_panels) */
   J_BPANELS,                    /* 1: B is in nr-column panels already (GemmArgs.b_panels) */
+  J_TALL,                       /* the micro-kernel on all M rows (Gemm.tall), or null */
+  J_DOTS,                       /* nn.gemm.dots.nN for this N (Gemm.dots), or null */
   J_COUNT
 };
 
@@ -123,6 +130,20 @@ void gemm_need_scratch(Gemm *g, int64_t elems) {
 static LLVMValueRef lanes_below(Gemm *g, LLVMValueRef n, const char *name);
 static LLVMValueRef load_lanes(Gemm *g, LLVMTypeRef vt, LLVMValueRef p, LLVMValueRef mask);
 static void store_lanes(Gemm *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef mask);
+
+/* Marks the loop whose back edge is `br` not to be unrolled (llvm.loop.unroll.disable). The
+ * micro-kernel's k loop unrolled by 2 kept two offsets per row of A in place (A's strides
+ * are arguments), 16 for 8 rows, and reloaded the ones spilled to the stack every k: the
+ * narrow kernel, one broadcast per multiply-add, was then bound by its loads. */
+static void not_unrolled(Gemm *g, LLVMValueRef br) {
+  LLVMMetadataRef self = LLVMTemporaryMDNode(g->ctx, NULL, 0);
+  LLVMMetadataRef off = LLVMMDStringInContext2(g->ctx, "llvm.loop.unroll.disable", 24);
+  LLVMMetadataRef ops[2] = {self, LLVMMDNodeInContext2(g->ctx, &off, 1)};
+  LLVMMetadataRef id = LLVMMDNodeInContext2(g->ctx, ops, 2);
+  LLVMMetadataReplaceAllUsesWith(self, id);
+  LLVMSetMetadata(br, LLVMGetMDKindIDInContext(g->ctx, "llvm.loop", 9),
+                  LLVMMetadataAsValue(g->ctx, id));
+}
 
 /* nn.gemm.ukernel(kc, ap, bp, c, ldc, beta, mr, nr, ars, aks, bks): the mr×nr tile at c (row
  * stride ldc) = (beta ? tile : 0) + sum over k < kc of A(i, k) * bp[k*bks + j], where A(i, k)
@@ -183,7 +204,7 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, int NV, const char *name) {
   }
   LLVMValueRef k1 = add(g, k, c64(g, 1));
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
-  LLVMBuildBr(g->b, head);
+  not_unrolled(g, LLVMBuildBr(g->b, head));
   LLVMAddIncoming(k, &k1, &latch, 1);
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < NV; j++) LLVMAddIncoming(acc[i][j], &next[i][j], &latch, 1);
@@ -482,15 +503,20 @@ static void emit_work(Gemm *g) {
   LLVMValueRef one = c64(g, 1);
   LLVMValueRef rows = sub(g, min64(g, v[J_M], gemm_block_start(g, add(g, mi, one), v[J_MPANELS],
                                                           v[J_MBLK], g->mr)), m0);
+  /* a tall kernel: one tile of all M rows (nn.gemm counts them as one panel, one block) */
+  LLVMValueRef tall = LLVMBuildIsNotNull(g->b, v[J_TALL], "tall");
+  rows = LLVMBuildSelect(g->b, tall, v[J_M], rows, "rows");
   LLVMValueRef cols = sub(g, min64(g, v[J_N], gemm_block_start(g, add(g, ni, one), v[J_NPANELS],
                                                           v[J_NBLK], g->nr)), n0);
   LLVMValueRef A = at(g, v[J_A], mul(g, bi, v[J_SA])), B = at(g, v[J_B], mul(g, bi, v[J_SB]));
   LLVMValueRef C = at(g, v[J_C], mul(g, bi, v[J_SC]));
   /* a row-major A is read in place by the micro-kernel: packing it (a transpose into k-major
-   * panels, element by element) cost more than it saved */
+   * panels, element by element) cost more than it saved. So is any A of a tall kernel, which
+   * packs into no panel (row-major or transposed: the weight gradient's dYᵀ, whose few rows
+   * are each k's adjacent values) */
   LLVMValueRef panels = LLVMBuildICmp(g->b, LLVMIntNE, v[J_APANELS], c64(g, 0), "panels");
   LLVMValueRef unpacked = LLVMBuildAnd(
-      g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), ""),
+      g->b, LLVMBuildOr(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, v[J_CSA], c64(g, 1), ""), tall, ""),
       LLVMBuildNot(g->b, panels, ""), "unpacked");
 
   /* a row-major B whose columns are whole panels is read in place by the micro-kernel when
@@ -538,9 +564,10 @@ static void emit_work(Gemm *g) {
                                   LLVMBuildZExt(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, k0, zero, ""),
                                                 g->i64, ""), "");
   GLoop lj = loop_begin(g, zero, cols, g->nr, "jr");
-  GLoop li = loop_begin(g, zero, rows, g->mr, "ir");
+  GLoop li = loop_begin(g, zero, LLVMBuildSelect(g->b, tall, one, rows, ""), g->mr, "ir");
   LLVMValueRef cp = at(g, C, add(g, mul(g, add(g, m0, li.i), v[J_LDC]), add(g, n0, lj.i)));
-  LLVMValueRef a_in_place = at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_RSA]), k0));
+  LLVMValueRef a_in_place =
+      at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_RSA]), mul(g, k0, v[J_CSA])));
   /* the caller's panels: row m0 + li starts a panel, (m0 + li) * K elements in */
   LLVMValueRef a_panel = at(g, A, add(g, mul(g, add(g, m0, li.i), v[J_K]), muli(g, k0, g->mr)));
   LLVMValueRef a_packed = LLVMBuildSelect(g->b, panels, a_panel, at(g, ap, mul(g, li.i, kc)), "");
@@ -552,9 +579,10 @@ static void emit_work(Gemm *g) {
       kc, LLVMBuildSelect(g->b, unpacked, a_in_place, a_packed, ""),
       LLVMBuildSelect(g->b, b_rows, b_in_place, b_packed, ""),
       cp, v[J_LDC], beta,
-      min64(g, c64(g, g->mr), sub(g, rows, li.i)), min64(g, c64(g, g->nr), sub(g, cols, lj.i)),
+      LLVMBuildSelect(g->b, tall, rows, min64(g, c64(g, g->mr), sub(g, rows, li.i)), ""),
+      min64(g, c64(g, g->nr), sub(g, cols, lj.i)),
       LLVMBuildSelect(g->b, unpacked, v[J_RSA], c64(g, 1), ""),
-      LLVMBuildSelect(g->b, unpacked, c64(g, 1), c64(g, g->mr), ""),
+      LLVMBuildSelect(g->b, unpacked, v[J_CSA], c64(g, g->mr), ""),
       LLVMBuildSelect(g->b, b_rows, v[J_RSB], c64(g, g->nr), "")};
   /* a tile of at most half of mr rows (121 rows: the 16th tile holds 1) on a kernel of half
    * the rows: half the multiply-adds for nothing, in the same order (the same bits) */
@@ -564,8 +592,9 @@ static void emit_work(Gemm *g) {
   LLVMValueRef thin = LLVMBuildICmp(g->b, LLVMIntSLE, sub(g, cols, lj.i), c64(g, g->w), "");
   LLVMValueRef two = LLVMBuildSelect(g->b, low, g->ukernel_half, g->ukernel, "");
   LLVMValueRef narrow = LLVMBuildSelect(g->b, low, g->ukernel_narrow_half, g->ukernel_narrow, "");
+  LLVMValueRef kernel = LLVMBuildSelect(g->b, thin, narrow, two, "");
   LLVMBuildCall2(g->b, LLVMGlobalGetValueType(g->ukernel),
-                 LLVMBuildSelect(g->b, thin, narrow, two, ""), args, 11, "");
+                 LLVMBuildSelect(g->b, tall, v[J_TALL], kernel, ""), args, 11, "");
   loop_end(g, &li);
   loop_end(g, &lj);
   LLVMValueRef k1 = add(g, k0, c64(g, KC));
@@ -589,8 +618,8 @@ void gemm_dispatch(Gemm *g, LLVMValueRef work, LLVMValueRef job, LLVMValueRef th
   LLVMTypeRef run_ty = LLVMFunctionType(g->vd, (LLVMTypeRef[]){g->ptr, g->ptr, g->ptr}, 3, 0);
   LLVMBuildCall2(g->b, run_ty, run, (LLVMValueRef[]){ctx, work, job}, 3, "");
   if_else(g, &f);
-  LLVMBuildCall2(g->b, LLVMGlobalGetValueType(work), work, (LLVMValueRef[]){job, c64(g, 0)}, 2,
-                 "");
+  LLVMTypeRef work_ty = LLVMFunctionType(g->vd, (LLVMTypeRef[]){g->ptr, g->i64}, 2, 0);
+  LLVMBuildCall2(g->b, work_ty, work, (LLVMValueRef[]){job, c64(g, 0)}, 2, "");
   if_end(g, &f);
 }
 
@@ -930,6 +959,135 @@ static void emit_dot(Gemm *g) {
   LLVMBuildRetVoid(g->b);
 }
 
+/* The vector whose lane j is the sum of v[j]'s lanes (v[j] NULL: 0), for j < g->w: the W×W
+ * transpose of transpose_block with each stage's two halves added instead of kept apart
+ * (the shuffles are linear, so the rows it would go on to transpose separately are summed
+ * first): 2W - 2 shuffles and W - 1 adds for W sums, in a fixed tree. */
+static LLVMValueRef lane_sums(Gemm *g, LLVMValueRef *v) {
+  int n = g->w;
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
+  LLVMValueRef r[64], lo[64], hi[64], zero = LLVMConstNull(LLVMVectorType(g->elem, (unsigned)n));
+  for (int i = 0; i < n; i++) r[i] = v[i];
+  for (int d = n / 2; d >= 1; d /= 2) {
+    for (int p = 0; p < n; p++) {
+      lo[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p - d : p), 0);
+      hi[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p : p + d), 0);
+    }
+    LLVMValueRef mlo = LLVMConstVector(lo, (unsigned)n), mhi = LLVMConstVector(hi, (unsigned)n);
+    for (int i = 0; i < d; i++) {
+      if (!r[i] && !r[i + d]) continue;
+      LLVMValueRef a = r[i] ? r[i] : zero, b = r[i + d] ? r[i + d] : zero;
+      r[i] = LLVMBuildFAdd(g->b, LLVMBuildShuffleVector(g->b, a, b, mlo, ""),
+                           LLVMBuildShuffleVector(g->b, a, b, mhi, ""), "");
+    }
+  }
+  return r[0] ? r[0] : zero;
+}
+
+/* R rows of C at crow (ldc apart), N columns: the dot products of A's rows at arow (rsa apart)
+ * and W's N rows at W (ldw apart), both contiguous along K: R×N vector sums along K
+ * (llvm.fmuladd, k ascending; the last vector masked to the K left), then each row's N sums
+ * across their lanes (lane_sums), stored (store_c) or added to C with N-lane masked stores. */
+static void dots_tile(Gemm *g, int R, int N, LLVMValueRef arow, LLVMValueRef rsa,
+                      LLVMValueRef W, LLVMValueRef ldw, LLVMValueRef K, LLVMValueRef crow,
+                      LLVMValueRef ldc, LLVMValueRef store_c) {
+  LLVMValueRef zero = c64(g, 0);
+  LLVMTypeRef vt = LLVMVectorType(g->elem, (unsigned)g->w);
+  LLVMTypeRef arr = LLVMArrayType2(vt, (uint64_t)(R * N));
+  LLVMValueRef sums = entry_alloca(g, g->b, arr, "dots"), slot[64];
+  for (int q = 0; q < R * N; q++) {
+    slot[q] = LLVMBuildInBoundsGEP2(g->b, arr, sums, (LLVMValueRef[]){zero, c64(g, q)}, 2, "");
+    store(g, LLVMConstNull(vt), slot[q], 0);
+  }
+  LLVMValueRef whole = muli(g, LLVMBuildSDiv(g->b, K, c64(g, g->w), ""), g->w);
+  for (int tail = 0; tail < 2; tail++) { /* the whole vectors, then the masked last one */
+    GLoop lk = loop_begin(g, tail ? whole : zero, tail ? K : whole, g->w, tail ? "k.tail" : "k");
+    LLVMValueRef mask = tail ? lanes_below(g, sub(g, K, lk.i), "k.last") : NULL;
+    LLVMValueRef a[8];
+    for (int r = 0; r < R; r++)
+      a[r] = load_lanes(g, vt, at(g, arow, add(g, muli(g, rsa, r), lk.i)), mask);
+    for (int j = 0; j < N; j++) {
+      LLVMValueRef wv = load_lanes(g, vt, at(g, W, add(g, muli(g, ldw, j), lk.i)), mask);
+      for (int r = 0; r < R; r++) {
+        LLVMValueRef s = slot[r * N + j];
+        store(g, vfmuladd(g, a[r], wv, load(g, vt, s, 0)), s, 0);
+      }
+    }
+    loop_end(g, &lk);
+  }
+  for (int r = 0; r < R; r++)
+    for (int j0 = 0; j0 < N; j0 += g->w) { /* a vector of sums at a time */
+      LLVMValueRef v[64] = {0};
+      for (int j = j0; j < N && j < j0 + g->w; j++) v[j - j0] = load(g, vt, slot[r * N + j], 0);
+      LLVMValueRef sum = lane_sums(g, v), cp = at(g, crow, add(g, muli(g, ldc, r), c64(g, j0)));
+      LLVMValueRef cols = lanes_below(g, c64(g, N - j0 < g->w ? N - j0 : g->w), "cols");
+      GIf f = if_begin(g, store_c, "set");
+      store_lanes(g, sum, cp, cols);
+      if_else(g, &f);
+      store_lanes(g, LLVMBuildFAdd(g->b, load_lanes(g, vt, cp, cols), sum, ""), cp, cols);
+      if_end(g, &f);
+    }
+}
+
+/* Rows per tile of nn.gemm.dots.nN: 2 or more, so that the tile's A rows are read once for
+ * two or more of W's, and enough that its R×N sums keep the FMA pipes busy (8 at least) in
+ * the registers they may take (Gemm.dots_max × 2). */
+static int dots_rows(const Gemm *g, int N) {
+  int R = (8 + N - 1) / N;
+  if (R < 2) R = 2;
+  while (R > 2 && R * N > 2 * g->dots_max) R--;
+  return R;
+}
+
+/* nn.gemm.dots.nN(job, w): C of N columns (N <= Gemm.dots_max), A row-major and B transposed, both
+ * contiguous along K (a classifier's last layer, x @ transpose(W)): each element a dot
+ * product, R rows (dots_rows) at a time. The micro-kernel there, its vectors along C's rows,
+ * used 10 of 16 lanes for 10 columns; along K every lane works, and the lane sums (a fixed
+ * tree, lane_sums) cost less than the lanes left idle once K has DOTS_MIN_VECTORS vectors.
+ * A task is DOTS_TASK_TILES tiles of one matrix of C, then its epilogue. The sums' order
+ * depends on neither the thread count nor the tiling. */
+static LLVMValueRef emit_dots(Gemm *g, int N) {
+  char name[32];
+  snprintf(name, sizeof name, "nn.gemm.dots.n%d", N);
+  LLVMTypeRef J = g->job_type;
+  LLVMValueRef job, worker, v[J_COUNT];
+  LLVMValueRef fn = job_worker(g, name, v, &job, &worker);
+  int R = dots_rows(g, N);
+  LLVMValueRef per = cdiv(g, v[J_M], c64(g, (int64_t)R * DOTS_TASK_TILES)); /* tasks a matrix */
+  TaskLoop task = gemm_tasks_begin(g, field_ptr(g, J, job, J_NEXT), mul(g, v[J_BATCH], per),
+                                   worker);
+  LLVMValueRef t = LLVMBuildSDiv(g->b, task.i, per, "t");
+  LLVMValueRef i0 = muli(g, LLVMBuildSRem(g->b, task.i, per, ""), (int64_t)R * DOTS_TASK_TILES);
+  LLVMValueRef i1 = min64(g, v[J_M], add(g, i0, c64(g, (int64_t)R * DOTS_TASK_TILES)));
+  LLVMValueRef A = at(g, v[J_A], mul(g, t, v[J_SA])), W = at(g, v[J_B], mul(g, t, v[J_SB]));
+  LLVMValueRef C = at(g, v[J_C], mul(g, t, v[J_SC]));
+  LLVMValueRef store_c = LLVMBuildICmp(g->b, LLVMIntEQ, v[J_BETA], c64(g, 0), "");
+  LLVMValueRef tiles = muli(g, LLVMBuildSDiv(g->b, sub(g, i1, i0), c64(g, R), ""), R);
+  GLoop li = loop_begin(g, i0, add(g, i0, tiles), R, "i");
+  dots_tile(g, R, N, at(g, A, mul(g, li.i, v[J_RSA])), v[J_RSA], W, v[J_CSB], v[J_K],
+            at(g, C, mul(g, li.i, v[J_LDC])), v[J_LDC], store_c);
+  loop_end(g, &li);
+  /* the rows left over (fewer than R), on a tile of as many, picked by a switch on their
+   * count, which the tile needs as a constant */
+  LLVMValueRef i = add(g, i0, tiles), left = sub(g, i1, i);
+  LLVMBasicBlockRef done = block(g, "left.done");
+  LLVMValueRef sw = LLVMBuildSwitch(g->b, left, done, (unsigned)R);
+  for (int r = 1; r < R; r++) {
+    LLVMBasicBlockRef bb = block(g, "left");
+    LLVMAddCase(sw, c64(g, r), bb);
+    LLVMPositionBuilderAtEnd(g->b, bb);
+    dots_tile(g, r, N, at(g, A, mul(g, i, v[J_RSA])), v[J_RSA], W, v[J_CSB], v[J_K],
+              at(g, C, mul(g, i, v[J_LDC])), v[J_LDC], store_c);
+    LLVMBuildBr(g->b, done);
+  }
+  LLVMPositionBuilderAtEnd(g->b, done);
+  LLVMValueRef r0 = mul(g, t, v[J_M]);
+  call_epilogue(g, job, add(g, r0, i0), add(g, r0, i1), c64(g, 0), v[J_N]);
+  gemm_tasks_end(g, &task);
+  LLVMBuildRetVoid(g->b);
+  return fn;
+}
+
 /* How many parts nn.gemm.direct shares K's blocks out in: one, unless the GEMM is split and
  * has fewer strips than workers (one sample's 784 x 256 layer: each worker then streams whole
  * rows of half the weights, which stay in its L2 from call to call), and each part's block
@@ -1025,6 +1183,20 @@ static void emit_gemm(Gemm *g) {
   call_epilogue(g, job, zero, mul(g, batch, M), zero, N); /* a few rows: after all of C */
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, not_dots);
+  /* C of a few columns, B transposed, K long enough: dot products (nn.gemm.dots.nN) */
+  LLVMValueRef dots_fn = get(g, J, job, J_DOTS);
+  LLVMValueRef use_dots = LLVMBuildAnd(
+      g->b, LLVMBuildIsNotNull(g->b, dots_fn, ""),
+      LLVMBuildICmp(g->b, LLVMIntSGE, K, c64(g, (int64_t)DOTS_MIN_VECTORS * g->w), ""), "dots");
+  LLVMBasicBlockRef many = block(g, "dots.n"), not_many = block(g, "not.dots.n");
+  LLVMBuildCondBr(g->b, use_dots, many, not_many);
+  LLVMPositionBuilderAtEnd(g->b, many);
+  set(g, g->b, J, job, J_NEXT, zero);
+  gemm_dispatch(g, dots_fn, job, threads,
+                LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
+                             LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), ""));
+  LLVMBuildRetVoid(g->b);
+  LLVMPositionBuilderAtEnd(g->b, not_many);
   LLVMBasicBlockRef few_rows = block(g, "direct"), packed = block(g, "packed");
   LLVMBuildCondBr(g->b, direct, few_rows, packed);
   LLVMPositionBuilderAtEnd(g->b, few_rows);
@@ -1037,7 +1209,10 @@ static void emit_gemm(Gemm *g) {
   call_epilogue(g, job, zero, mul(g, batch, M), zero, N); /* a few rows: after all of C */
   LLVMBuildRetVoid(g->b);
   LLVMPositionBuilderAtEnd(g->b, packed);
-  LLVMValueRef mp = cdiv(g, M, c64(g, g->mr)), np = cdiv(g, N, c64(g, g->nr));
+  /* M rows of a tall kernel are one panel */
+  LLVMValueRef tall = LLVMBuildIsNotNull(g->b, get(g, J, job, J_TALL), "tall");
+  LLVMValueRef mp = LLVMBuildSelect(g->b, tall, one, cdiv(g, M, c64(g, g->mr)), "mp");
+  LLVMValueRef np = cdiv(g, N, c64(g, g->nr));
   LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
   LLVMValueRef parallel = LLVMBuildAnd(
       g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
@@ -1076,12 +1251,15 @@ void lower_gemm_init(Gemm *g, LLVMContextRef ctx, LLVMModuleRef mod, LLVMTypeRef
   g->dv = registers >= 32 ? DIRECT_VECTORS : DIRECT_VECTORS / 2; /* + 1 broadcast */
   /* mr × 2 accumulators + 2 of B + 1 broadcast must fit the vector registers */
   g->mr = registers >= 32 ? 8 : 6;
+  g->tall_max = registers >= 32 ? 12 : 0; /* 12 × 2 accumulators + 2 of B + 1 broadcast */
+  g->dots_max = registers >= 32 ? 12 : 6;  /* 2 × 12 sums + 2 of A + 1 of W */
   g->kc = KC;
   g->mb = g->mr * MB_PANELS;
   g->nb = g->nr * NB_PANELS;
   LLVMTypeRef jt[J_COUNT];
   for (int f = 0; f < J_COUNT; f++)
-    jt[f] = f == J_A || f == J_B || f == J_C || f == J_SCRATCH || f == J_EPI || f == J_EPI_CTX
+    jt[f] = f == J_A || f == J_B || f == J_C || f == J_SCRATCH || f == J_EPI || f == J_EPI_CTX ||
+                    f == J_TALL || f == J_DOTS
                 ? g->ptr : g->i64;
   g->job_type = LLVMStructCreateNamed(ctx, "nn.gemm.job");
   LLVMStructSetBody(g->job_type, jt, J_COUNT, 0);
@@ -1109,6 +1287,48 @@ void gemm_ensure(Gemm *g) {
   gemm_need_scratch(g, gemm_scratch(g));
 }
 
+/* The integer constant v, or -1 when v is not one. */
+static int64_t constant(LLVMValueRef v) {
+  return v && LLVMIsAConstantInt(v) ? LLVMConstIntGetSExtValue(v) : -1;
+}
+
+/* The tall kernel for a's GEMM, or a null pointer: one when M is a constant a little past mr
+ * (up to tall_max) and A is read in place (row-major or transposed). With mr = 8, a tile of
+ * the rows past 8 ran on the kernel of 4 rows, as slow as 8 (the multiply-add's latency):
+ * a classifier's 10-row weight gradient took 12 rows' time. */
+static LLVMValueRef tall_kernel(Gemm *g, const GemmArgs *a) {
+  int64_t m = constant(a->m);
+  bool in_place = constant(a->csa) == 1 || constant(a->rsa) == 1;
+  if (m <= g->mr || m > g->tall_max || !in_place || a->a_panels) return LLVMConstNull(g->ptr);
+  if (!g->tall[m]) {
+    char name[40];
+    snprintf(name, sizeof name, "nn.gemm.ukernel.rows%d", (int)m);
+    LLVMBuilderRef own = g->b;
+    g->b = LLVMCreateBuilderInContext(g->ctx);
+    g->tall[m] = emit_ukernel(g, (int)m, g->nr / g->w, name);
+    LLVMDisposeBuilder(g->b);
+    g->b = own;
+  }
+  return g->tall[m];
+}
+
+/* nn.gemm.dots.nN for a's GEMM, or a null pointer: one when N is a constant of at most
+ * Gemm.dots_max, A row-major and B transposed (both contiguous along K). */
+static LLVMValueRef dots_kernel(Gemm *g, const GemmArgs *a) {
+  int64_t n = constant(a->n);
+  bool along_k = constant(a->csa) == 1 && constant(a->rsb) == 1;
+  if (n < 1 || n > g->dots_max || !along_k || a->a_panels || constant(a->b_panels) > 0)
+    return LLVMConstNull(g->ptr);
+  if (!g->dots[n]) {
+    LLVMBuilderRef own = g->b;
+    g->b = LLVMCreateBuilderInContext(g->ctx);
+    g->dots[n] = emit_dots(g, (int)n);
+    LLVMDisposeBuilder(g->b);
+    g->b = own;
+  }
+  return g->dots[n];
+}
+
 /* Fills a %nn.gemm.job at `job` (builder b) from a. */
 static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs *a,
                      LLVMValueRef scratch, LLVMValueRef sstride) {
@@ -1123,6 +1343,7 @@ static void fill_job(Gemm *g, LLVMBuilderRef b, LLVMValueRef job, const GemmArgs
       [J_EPI] = a->epilogue ? a->epilogue : LLVMConstNull(g->ptr),
       [J_EPI_CTX] = a->epilogue ? a->epilogue_ctx : LLVMConstNull(g->ptr),
       [J_EPI_ROW] = a->epilogue ? a->epilogue_row : c64(g, 0),
+      [J_TALL] = tall_kernel(g, a), [J_DOTS] = dots_kernel(g, a),
   };
   for (int f = 0; f < J_COUNT; f++)
     if (v[f]) set(g, b, J, job, f, v[f]);

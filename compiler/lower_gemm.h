@@ -29,6 +29,12 @@ typedef struct Gemm {
   LLVMValueRef gemm, work, ukernel; /* nn.gemm(job, threads), its worker, the micro-kernel */
   LLVMValueRef ukernel_half; /* the micro-kernel on mr / 2 rows, for the tiles of that few */
   LLVMValueRef ukernel_narrow, ukernel_narrow_half; /* the two on one vector of columns */
+  LLVMValueRef tall[16];     /* the micro-kernel on exactly r rows, mr < r <= tall_max (emitted
+                              * for a GEMM whose M is r: a classifier's 10 outputs) */
+  int tall_max;              /* the most rows a tall tile's accumulators leave registers for */
+  LLVMValueRef dots[16];     /* nn.gemm.dots.nN(job, w): C of N <= dots_max columns, B transposed
+                              * (x @ transpose(W) of a classifier's last layer): dot products */
+  int dots_max;
   LLVMValueRef direct;       /* nn.gemm.direct(job): a few rows, no packing */
   LLVMValueRef dot;          /* nn.gemm.dot(job): a few rows times a transposed B */
   LLVMValueRef scratch_bytes; /* global i64: bytes of NN_IO_SCRATCH per worker (set at the end) */

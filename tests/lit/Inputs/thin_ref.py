@@ -4,15 +4,16 @@
 usage: thin_ref.py INPUTS.csv CHECKPOINT PREDICTIONS.csv
 
 The model (per sample x: [300]) outputs x @ transpose(A), x @ transpose(B), x @ transpose(C)
-for parameters A [10, 300], B [20, 300], C [40, 300], concatenated (70 values). Prints
-`THIN OK maxdiff=...` or `THIN FAIL ...`.
+x @ transpose(D) and x @ transpose(E) for parameters A [10, 300], B [20, 300], C [40, 300],
+D [3, 300], E [6, 300], concatenated (79 values). Prints `THIN OK maxdiff=...` or
+`THIN FAIL ...`.
 """
 import sys
 
 from matmul_ref import read_param  # the same f32 safetensors reader
 
 K = 300
-SIZES = (("probe0.A", 10), ("probe0.B", 20), ("probe0.C", 40))
+SIZES = (("probe0.A", 10), ("probe0.B", 20), ("probe0.C", 40), ("probe0.D", 3), ("probe0.E", 6))
 
 
 def main():
