@@ -365,7 +365,12 @@ static int64_t parse_monitor(const char *flag, const char *s) {
 
 /* A count that may be 0 (--patience 0 turns early stopping off). */
 static int64_t parse_count0(const char *flag, const char *s) {
-  return strcmp(s, "0") == 0 ? 0 : parse_count(flag, s);
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (!*s || *end || errno == ERANGE || v < 0)
+    usage_error("%s expects a non-negative integer (0: off), got '%s'", flag, s);
+  return v;
 }
 
 /* A file name: not empty. */

@@ -587,8 +587,13 @@ static void early_stop_setup(Run *r) {
   r->monitor = (NnMonitor)o->monitor;
   if (r->monitor == NN_MONITOR_AUTO)
     r->monitor = r->val.n ? NN_MONITOR_VAL_LOSS : NN_MONITOR_LOSS;
-  if (!r->patience)
+  if (!r->patience) {
+    if (o->monitor != NN_MONITOR_AUTO) /* what it names is watched by early stopping alone */
+      fprintf(stderr, "%s: warning: --monitor %s has no effect without early stopping; HINT: "
+              "--patience N, or 'early_stop = N' in the train block\n", nnrt_prog,
+              monitor_names[r->monitor]);
     return;
+  }
   int val = r->monitor <= NN_MONITOR_VAL_F1;
   if (val && !r->val.n)
     nnrt_fatal("early stopping watches %s, but there is no validation set; HINT: pass --val "
