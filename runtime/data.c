@@ -36,7 +36,7 @@ NNRT_NORETURN NNRT_PRINTF(4, 5) static void csv_error(const char *path, long lin
   vfprintf(stderr, fmt, ap);
   va_end(ap);
   fputc('\n', stderr);
-  exit(NNRT_EXIT_FAIL);
+  nnrt_exit(NNRT_EXIT_FAIL);
 }
 
 static void *xrealloc(void *p, size_t n) {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nnrt_internal.h"
 
@@ -23,12 +24,17 @@ static void vreport(const char *fmt, va_list ap) {
   fputc('\n', stderr);
 }
 
+void nnrt_exit(int status) {
+  fflush(NULL);
+  _exit(status);
+}
+
 void nnrt_fatal(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vreport(fmt, ap);
   va_end(ap);
-  exit(NNRT_EXIT_FAIL);
+  nnrt_exit(NNRT_EXIT_FAIL);
 }
 
 void nnrt_file_error(const char *path, const char *fmt, ...) {
@@ -39,7 +45,7 @@ void nnrt_file_error(const char *path, const char *fmt, ...) {
   vfprintf(stderr, fmt, ap);
   va_end(ap);
   fputc('\n', stderr);
-  exit(NNRT_EXIT_FAIL);
+  nnrt_exit(NNRT_EXIT_FAIL);
 }
 
 void *nnrt_alloc(size_t bytes, const char *where) {
@@ -55,7 +61,7 @@ NNRT_NORETURN NNRT_PRINTF(1, 2) static void usage_error(const char *fmt, ...) {
   va_start(ap, fmt);
   vreport(fmt, ap);
   va_end(ap);
-  exit(NNRT_EXIT_USAGE);
+  nnrt_exit(NNRT_EXIT_USAGE);
 }
 
 /* ---- the model description ---- */
@@ -68,7 +74,7 @@ NNRT_NORETURN NNRT_PRINTF(1, 2) static void bad_model(const char *fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fprintf(stderr, "; HINT: rebuild the model with the nnc that built this runtime\n");
   va_end(ap);
-  exit(NNRT_EXIT_FAIL);
+  nnrt_exit(NNRT_EXIT_FAIL);
 }
 
 /* The runtime trusts these sizes for every buffer, so a corrupt description must stop here. */

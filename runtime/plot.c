@@ -107,7 +107,7 @@ static double number(const char *path, long line, const char *col, const char *s
             col);
     free(text); /* s points into it */
     log_free(g);
-    exit(NNRT_EXIT_FAIL);
+    nnrt_exit(NNRT_EXIT_FAIL);
   }
   return v;
 }
