@@ -160,14 +160,20 @@ static const char *hyper_list(const NnModelDesc *d, char *buf, size_t cap) {
 
 /* ---- flag values ---- */
 
-/* A positive int64 (epochs, batch). */
-static int64_t parse_count(const char *flag, const char *s) {
+/* An int64 of at least `least`, else a usage error saying it expects `what`. */
+static int64_t parse_int_from(const char *flag, const char *s, long long least,
+                              const char *what) {
   char *end;
   errno = 0;
   long long v = strtoll(s, &end, 10);
-  if (!*s || *end || errno == ERANGE || v < 1)
-    usage_error("%s expects a positive integer, got '%s'", flag, s);
+  if (!*s || *end || errno == ERANGE || v < least)
+    usage_error("%s expects %s, got '%s'", flag, what, s);
   return v;
+}
+
+/* A positive int64 (epochs, batch). */
+static int64_t parse_count(const char *flag, const char *s) {
+  return parse_int_from(flag, s, 1, "a positive integer");
 }
 
 static uint64_t parse_seed(const char *flag, const char *s) {
@@ -371,12 +377,7 @@ static int64_t parse_monitor(const char *flag, const char *s) {
 
 /* A count that may be 0 (--patience 0 turns early stopping off). */
 static int64_t parse_count0(const char *flag, const char *s) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (!*s || *end || errno == ERANGE || v < 0)
-    usage_error("%s expects a non-negative integer (0: off), got '%s'", flag, s);
-  return v;
+  return parse_int_from(flag, s, 0, "a non-negative integer (0: off)");
 }
 
 /* A file name: not empty. */
