@@ -212,7 +212,7 @@ static LLVMValueRef emit_ukernel(Gemm *g, int MR, int NV, const char *name) {
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < NV; j++) LLVMAddIncoming(acc[i][j], &next[i][j], &latch, 1);
 
-  /* store: whole tiles straight into C, edge tiles through `tile` */
+  /* store: whole tiles straight into C, edge tiles with masked stores */
   LLVMPositionBuilderAtEnd(g->b, done);
   LLVMValueRef whole = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntEQ, mr, c64(g, MR), ""),
                                     LLVMBuildICmp(g->b, LLVMIntEQ, nr, c64(g, NV * g->w), ""), "");
@@ -332,16 +332,24 @@ static void pack_a(Gemm *g, LLVMValueRef dst, LLVMValueRef a, LLVMValueRef rsa, 
 /* The n×n block of vectors r (rows) transposed in registers, n = g->w a power of two: log2(n)
  * stages, each swapping the off-diagonal blocks of size d (d = n/2, n/4, .., 1) between rows i
  * and i + d with two-input shuffles. */
-static void transpose_block(Gemm *g, LLVMValueRef *r) {
+/* The two-input shuffle masks of the transpose's stage d (of vectors of g->w): lo takes a's
+ * element p or b's p - d, hi a's p + d or b's p. */
+static void stage_masks(Gemm *g, int d, LLVMValueRef *mlo, LLVMValueRef *mhi) {
   int n = g->w;
   LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef lo[16], hi[16];
+  LLVMValueRef lo[64], hi[64];
+  for (int p = 0; p < n; p++) {
+    lo[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p - d : p), 0);
+    hi[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p : p + d), 0);
+  }
+  *mlo = LLVMConstVector(lo, (unsigned)n), *mhi = LLVMConstVector(hi, (unsigned)n);
+}
+
+static void transpose_block(Gemm *g, LLVMValueRef *r) {
+  int n = g->w;
   for (int d = n / 2; d >= 1; d /= 2) {
-    for (int p = 0; p < n; p++) { /* lo: a's element p or b's p - d; hi: a's p + d or b's p */
-      lo[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p - d : p), 0);
-      hi[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p : p + d), 0);
-    }
-    LLVMValueRef mlo = LLVMConstVector(lo, (unsigned)n), mhi = LLVMConstVector(hi, (unsigned)n);
+    LLVMValueRef mlo, mhi;
+    stage_masks(g, d, &mlo, &mhi);
     for (int i = 0; i < n; i++)
       if (!(i & d)) {
         LLVMValueRef a = r[i], b = r[i + d];
@@ -463,6 +471,14 @@ static LLVMValueRef job_worker(Gemm *g, const char *name, LLVMValueRef v[], LLVM
   return fn;
 }
 
+/* Is block `key` the one whose panels the worker packed last (in the slot `packed`), with one
+ * K block (one_k), so that they are still whole in its scratch? */
+static LLVMValueRef still_packed(Gemm *g, LLVMValueRef one_k, LLVMValueRef packed,
+                                 LLVMValueRef key) {
+  LLVMValueRef last = LLVMBuildLoad2(g->b, g->i64, packed, "");
+  return LLVMBuildAnd(g->b, one_k, LLVMBuildICmp(g->b, LLVMIntEQ, last, key, ""), "");
+}
+
 /* nn.gemm.work(job, w): worker w takes tasks until none is left. */
 static void emit_work(Gemm *g) {
   LLVMTypeRef J = g->job_type;
@@ -547,12 +563,8 @@ static void emit_work(Gemm *g) {
   kc = max64(g, kc, zero);
   LLVMValueRef b_panels = LLVMBuildICmp(g->b, LLVMIntNE, v[J_BPANELS], c64(g, 0), "b.panels");
   LLVMValueRef key_b = add(g, mul(g, bi, v[J_NBLK]), ni), key_a = add(g, mul(g, bi, v[J_MBLK]), mi);
-  LLVMValueRef have_b = LLVMBuildAnd(
-      g->b, one_k, LLVMBuildICmp(g->b, LLVMIntEQ, LLVMBuildLoad2(g->b, g->i64, packed_b, ""),
-                                 key_b, ""), "");
-  LLVMValueRef have_a = LLVMBuildAnd(
-      g->b, one_k, LLVMBuildICmp(g->b, LLVMIntEQ, LLVMBuildLoad2(g->b, g->i64, packed_a, ""),
-                                 key_a, ""), "");
+  LLVMValueRef have_b = still_packed(g, one_k, packed_b, key_b);
+  LLVMValueRef have_a = still_packed(g, one_k, packed_a, key_a);
   GIf pb = if_begin(g, LLVMBuildNot(g->b, LLVMBuildOr(g->b, LLVMBuildOr(g->b, b_panels, b_rows, ""),
                                                       have_b, ""), ""), "pack_b");
   gemm_pack_b(g, bp, B, v[J_RSB], v[J_CSB], v[J_N], k0, kc, n0, cols);
@@ -710,6 +722,16 @@ static void store_lanes(Gemm *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef ma
                  LLVMGetIntrinsicDeclaration(g->mod, id, types, 2), args, 4, "");
 }
 
+/* v stored at p (store_c) or added to what is there, in the lanes `mask` sets (NULL: all). */
+static void store_or_add(Gemm *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef mask,
+                         LLVMValueRef store_c) {
+  GIf f = if_begin(g, store_c, "set");
+  store_lanes(g, v, p, mask);
+  if_else(g, &f);
+  store_lanes(g, LLVMBuildFAdd(g->b, load_lanes(g, LLVMTypeOf(v), p, mask), v, ""), p, mask);
+  if_end(g, &f);
+}
+
 /* The columns [col0, col0 + nv * w) of C's row crow over the K block [k0, k1), the last vector
  * only in the lanes `last` sets (NULL: all): their sums accumulated from zero in nv vector
  * registers (SROA makes the slots registers) with llvm.fmuladd, k ascending, then stored
@@ -734,15 +756,9 @@ static void direct_strip(Gemm *g, int nv, LLVMValueRef arow, LLVMValueRef csa, L
     store(g, vfmuladd(g, va, bv, load(g, vt, slot[q], 0)), slot[q], 0);
   }
   loop_end(g, &lk);
-  for (int q = 0; q < nv; q++) {
-    LLVMValueRef cp = at(g, crow, add(g, col0, c64(g, q * g->w))), sum = load(g, vt, slot[q], 0);
-    LLVMValueRef mask = q == nv - 1 ? last : NULL;
-    GIf f = if_begin(g, store_c, "set");
-    store_lanes(g, sum, cp, mask);
-    if_else(g, &f);
-    store_lanes(g, LLVMBuildFAdd(g->b, load_lanes(g, vt, cp, mask), sum, ""), cp, mask);
-    if_end(g, &f);
-  }
+  for (int q = 0; q < nv; q++)
+    store_or_add(g, load(g, vt, slot[q], 0), at(g, crow, add(g, col0, c64(g, q * g->w))),
+                 q == nv - 1 ? last : NULL, store_c);
 }
 
 /* The K blocks [b0, b1) of part `part` of nparts of nb: every part at least one block when
@@ -968,15 +984,11 @@ static void emit_dot(Gemm *g) {
  * first): 2W - 2 shuffles and W - 1 adds for W sums, in a fixed tree. */
 static LLVMValueRef lane_sums(Gemm *g, LLVMValueRef *v) {
   int n = g->w;
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(g->ctx);
-  LLVMValueRef r[64], lo[64], hi[64], zero = LLVMConstNull(LLVMVectorType(g->elem, (unsigned)n));
+  LLVMValueRef r[64], zero = LLVMConstNull(LLVMVectorType(g->elem, (unsigned)n));
   for (int i = 0; i < n; i++) r[i] = v[i];
   for (int d = n / 2; d >= 1; d /= 2) {
-    for (int p = 0; p < n; p++) {
-      lo[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p - d : p), 0);
-      hi[p] = LLVMConstInt(i32, (unsigned long long)((p & d) ? n + p : p + d), 0);
-    }
-    LLVMValueRef mlo = LLVMConstVector(lo, (unsigned)n), mhi = LLVMConstVector(hi, (unsigned)n);
+    LLVMValueRef mlo, mhi;
+    stage_masks(g, d, &mlo, &mhi);
     for (int i = 0; i < d; i++) {
       if (!r[i] && !r[i + d]) continue;
       LLVMValueRef a = r[i] ? r[i] : zero, b = r[i + d] ? r[i + d] : zero;
@@ -1022,13 +1034,8 @@ static void dots_tile(Gemm *g, int R, int N, LLVMValueRef arow, LLVMValueRef rsa
     for (int j0 = 0; j0 < N; j0 += g->w) { /* a vector of sums at a time */
       LLVMValueRef v[64] = {0};
       for (int j = j0; j < N && j < j0 + g->w; j++) v[j - j0] = load(g, vt, slot[r * N + j], 0);
-      LLVMValueRef sum = lane_sums(g, v), cp = at(g, crow, add(g, muli(g, ldc, r), c64(g, j0)));
-      LLVMValueRef cols = lanes_below(g, c64(g, N - j0 < g->w ? N - j0 : g->w), "cols");
-      GIf f = if_begin(g, store_c, "set");
-      store_lanes(g, sum, cp, cols);
-      if_else(g, &f);
-      store_lanes(g, LLVMBuildFAdd(g->b, load_lanes(g, vt, cp, cols), sum, ""), cp, cols);
-      if_end(g, &f);
+      store_or_add(g, lane_sums(g, v), at(g, crow, add(g, muli(g, ldc, r), c64(g, j0))),
+                   lanes_below(g, c64(g, N - j0 < g->w ? N - j0 : g->w), "cols"), store_c);
     }
 }
 
@@ -1173,10 +1180,13 @@ static void emit_gemm(Gemm *g) {
                      unpacked, "dot");
   LLVMValueRef fmas = mul(g, mul(g, batch, mul(g, M, N)), max64(g, K, one));
   LLVMValueRef workers = gemm_workers(g, threads);
-  /* a few rows (dot or direct) are split from DIRECT_SPLIT_FMAS multiply-adds */
+  /* a few rows (dot or direct) are split from DIRECT_SPLIT_FMAS multiply-adds, the rest from
+   * SERIAL_FMAS */
+  LLVMValueRef many = LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, "");
   LLVMValueRef split = LLVMBuildAnd(
-      g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
-      LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
+      g->b, many, LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, DIRECT_SPLIT_FMAS), ""), "");
+  LLVMValueRef parallel = LLVMBuildAnd(
+      g->b, many, LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), "parallel");
   LLVMBasicBlockRef dots = block(g, "dots"), not_dots = block(g, "not.dots");
   LLVMBuildCondBr(g->b, dot, dots, not_dots);
   LLVMPositionBuilderAtEnd(g->b, dots);
@@ -1193,15 +1203,13 @@ static void emit_gemm(Gemm *g) {
       c64(g, (int64_t)DOTS_MIN_VECTORS / 2 * g->w), c64(g, (int64_t)DOTS_MIN_VECTORS * g->w), "");
   LLVMValueRef use_dots = LLVMBuildAnd(g->b, LLVMBuildIsNotNull(g->b, dots_fn, ""),
                                        LLVMBuildICmp(g->b, LLVMIntSGE, K, min_k, ""), "dots");
-  LLVMBasicBlockRef many = block(g, "dots.n"), not_many = block(g, "not.dots.n");
-  LLVMBuildCondBr(g->b, use_dots, many, not_many);
-  LLVMPositionBuilderAtEnd(g->b, many);
+  LLVMBasicBlockRef few_cols = block(g, "dots.n"), not_few = block(g, "not.dots.n");
+  LLVMBuildCondBr(g->b, use_dots, few_cols, not_few);
+  LLVMPositionBuilderAtEnd(g->b, few_cols);
   set(g, g->b, J, job, J_NEXT, zero);
-  gemm_dispatch(g, dots_fn, job, threads,
-                LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
-                             LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), ""));
+  gemm_dispatch(g, dots_fn, job, threads, parallel);
   LLVMBuildRetVoid(g->b);
-  LLVMPositionBuilderAtEnd(g->b, not_many);
+  LLVMPositionBuilderAtEnd(g->b, not_few);
   LLVMBasicBlockRef few_rows = block(g, "direct"), packed = block(g, "packed");
   LLVMBuildCondBr(g->b, direct, few_rows, packed);
   LLVMPositionBuilderAtEnd(g->b, few_rows);
@@ -1219,9 +1227,6 @@ static void emit_gemm(Gemm *g) {
   LLVMValueRef mp = LLVMBuildSelect(g->b, tall, one, cdiv(g, M, c64(g, g->mr)), "mp");
   LLVMValueRef np = cdiv(g, N, c64(g, g->nr));
   LLVMValueRef mblk = cdiv(g, mp, c64(g, MB_PANELS)), nblk = cdiv(g, np, c64(g, NB_PANELS));
-  LLVMValueRef parallel = LLVMBuildAnd(
-      g->b, LLVMBuildICmp(g->b, LLVMIntSGT, workers, one, ""),
-      LLVMBuildICmp(g->b, LLVMIntSGE, fmas, c64(g, SERIAL_FMAS), ""), "");
   LLVMValueRef total = mul(g, batch, mul(g, mblk, nblk));
   LLVMValueRef even = mul(g, cdiv(g, max64(g, total, muli(g, workers, 2)), workers), workers);
   LLVMValueRef want = LLVMBuildSelect(g->b, parallel, even, one, "");
@@ -1297,6 +1302,18 @@ static int64_t constant(LLVMValueRef v) {
   return v && LLVMIsAConstantInt(v) ? LLVMConstIntGetSExtValue(v) : -1;
 }
 
+/* The kernels emitted on first use, from fill_job at the caller's builder: on a builder of
+ * their own, g->b restored after. */
+static LLVMBuilderRef builder_aside(Gemm *g) {
+  LLVMBuilderRef own = g->b;
+  g->b = LLVMCreateBuilderInContext(g->ctx);
+  return own;
+}
+static void builder_back(Gemm *g, LLVMBuilderRef own) {
+  LLVMDisposeBuilder(g->b);
+  g->b = own;
+}
+
 /* The tall kernel for a's GEMM, or a null pointer: one when M is a constant a little past mr
  * (up to tall_max) and A is read in place (row-major or transposed). With mr = 8, a tile of
  * the rows past 8 ran on the kernel of 4 rows, as slow as 8 (the multiply-add's latency):
@@ -1308,11 +1325,9 @@ static LLVMValueRef tall_kernel(Gemm *g, const GemmArgs *a) {
   if (!g->tall[m]) {
     char name[40];
     snprintf(name, sizeof name, "nn.gemm.ukernel.rows%d", (int)m);
-    LLVMBuilderRef own = g->b;
-    g->b = LLVMCreateBuilderInContext(g->ctx);
+    LLVMBuilderRef own = builder_aside(g);
     g->tall[m] = emit_ukernel(g, (int)m, g->nr / g->w, name);
-    LLVMDisposeBuilder(g->b);
-    g->b = own;
+    builder_back(g, own);
   }
   return g->tall[m];
 }
@@ -1325,11 +1340,9 @@ static LLVMValueRef dots_kernel(Gemm *g, const GemmArgs *a) {
   if (n < 1 || n > g->dots_max || !along_k || a->a_panels || constant(a->b_panels) > 0)
     return LLVMConstNull(g->ptr);
   if (!g->dots[n]) {
-    LLVMBuilderRef own = g->b;
-    g->b = LLVMCreateBuilderInContext(g->ctx);
+    LLVMBuilderRef own = builder_aside(g);
     g->dots[n] = emit_dots(g, (int)n);
-    LLVMDisposeBuilder(g->b);
-    g->b = own;
+    builder_back(g, own);
   }
   return g->dots[n];
 }
